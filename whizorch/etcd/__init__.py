@@ -1,0 +1,41 @@
+"""Layer 1: the thin asyncio etcd v3 adapter (grpc.aio). Knows nothing of sagas."""
+
+from whizorch.etcd._client import EtcdClient, LeaseInfo, Member, Status
+from whizorch.etcd._config import AuthConfig, EtcdConfig, TLSConfig, parse_endpoints
+from whizorch.etcd._types import (
+    Compare,
+    DeleteResult,
+    EventType,
+    Header,
+    KeyValue,
+    Op,
+    PutResult,
+    RangeResult,
+    TxnResult,
+    WatchEvent,
+    prefix_end,
+)
+from whizorch.etcd._watch import Watch
+
+__all__ = [
+    "AuthConfig",
+    "Compare",
+    "DeleteResult",
+    "EtcdClient",
+    "EtcdConfig",
+    "EventType",
+    "Header",
+    "KeyValue",
+    "LeaseInfo",
+    "Member",
+    "Op",
+    "PutResult",
+    "RangeResult",
+    "Status",
+    "TLSConfig",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+    "parse_endpoints",
+    "prefix_end",
+]

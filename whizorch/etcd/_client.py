@@ -1,0 +1,580 @@
+"""EtcdClient: the thin asyncio adapter over grpc.aio.
+
+One client holds one gRPC channel per endpoint it has used and talks to one endpoint at
+a time, moving to the next when the current one fails (connection refused, no leader,
+timeouts). Every call has a deadline. Reads, lease calls and txns the caller marks
+idempotent are retried with tenacity within ``retry_deadline_s``; a write that may have
+reached etcd is never resent: it raises :class:`OutcomeUnknownError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import grpc
+import grpc.aio
+import tenacity
+
+from whizorch.errors import (
+    ClosedError,
+    ConfigError,
+    EtcdError,
+    LeaseNotFoundError,
+    RequestTooLargeError,
+    WhizorchError,
+)
+from whizorch.etcd import _errors
+from whizorch.etcd._config import AuthConfig, EtcdConfig, TLSConfig
+from whizorch.etcd._methods import METHODS, Method
+from whizorch.etcd._proto import rpc_pb2
+from whizorch.etcd._types import (
+    Compare,
+    DeleteResult,
+    KeyLike,
+    Op,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    delete_request,
+    delete_result,
+    put_request,
+    put_result,
+    range_request,
+    range_result,
+    txn_request,
+    txn_result,
+)
+
+__all__ = ["EtcdClient", "LeaseInfo", "Member", "Status"]
+
+log = logging.getLogger("whizorch.etcd")
+
+
+@attrs.frozen
+class LeaseInfo:
+    """A lease: its id and TTL in seconds (remaining TTL for ``lease_time_to_live``)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int = 0
+    keys: tuple[bytes, ...] = ()
+
+
+@attrs.frozen
+class Member:
+    """One member of the etcd cluster."""
+
+    id: int
+    name: str
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    is_learner: bool
+
+
+@attrs.frozen
+class Status:
+    """A member's maintenance status."""
+
+    endpoint: str
+    version: str
+    db_size: int
+    leader: int
+    member_id: int
+    raft_index: int
+    raft_term: int
+    revision: int
+    errors: tuple[str, ...]
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Resend only what certainly never took effect, or what is safe to repeat."""
+    return isinstance(exc, WhizorchError) and (_errors.is_token_expired(exc) or _errors.is_safe_to_retry(exc))
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+class EtcdClient:
+    """An asyncio etcd v3 client for etcd 3.4 and 3.5.
+
+    ``EtcdClient("127.0.0.1:2379,127.0.0.1:22379")`` or ``EtcdClient(EtcdConfig(...))``;
+    keyword arguments set the :class:`EtcdConfig` fields. Use it as ``async with``.
+    """
+
+    def __init__(self, config: EtcdConfig | str | Sequence[str], /, **options: Any) -> None:
+        if isinstance(config, EtcdConfig):
+            self.config = attrs.evolve(config, **options) if options else config
+        else:
+            self.config = EtcdConfig(endpoints=config, **options)  # type: ignore[arg-type]
+        self._state = _State.UNOPENED
+        self._endpoints = list(self.config.endpoints)
+        self._current = 0
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._token: str | None = None
+        self._auth_lock = asyncio.Lock()
+        self._ka_lock = asyncio.Lock()
+        self._ka_call: Any = None
+        self._ka_endpoint: str | None = None
+        self._watcher: Any = None
+        self._credentials: grpc.ChannelCredentials | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> EtcdClient:
+        """Prepare credentials and authenticate (when auth is configured)."""
+        if self._state is _State.OPEN:
+            return self
+        if self._state is _State.CLOSED:
+            raise ClosedError("an EtcdClient cannot be reopened after close; make a new one")
+        if self.config.tls is not None:
+            ca, key, cert = self.config.tls.credentials_bytes()
+            self._credentials = grpc.ssl_channel_credentials(ca, key, cert)
+        self._state = _State.OPEN
+        try:
+            if self.config.auth is not None:
+                await self._authenticate()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Close watches, the keepalive stream and every channel. Closing twice is fine."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._watcher is not None:
+            await self._watcher.aclose()
+        await self._reset_keepalive()
+        channels, self._channels = list(self._channels.values()), {}
+        for ch in channels:
+            await ch.close(grace=None)
+
+    async def __aenter__(self) -> EtcdClient:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def is_open(self) -> bool:
+        """True between open() and close()."""
+        return self._state is _State.OPEN
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise ClosedError(f"EtcdClient is {self._state.value}; use 'async with EtcdClient(...)'")
+
+    # -- endpoints and channels ------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls currently go to."""
+        return self._endpoints[self._current]
+
+    def _channel_for(self, endpoint: str) -> grpc.aio.Channel:
+        ch = self._channels.get(endpoint)
+        if ch is None:
+            opts = [*_CHANNEL_OPTIONS, ("grpc.keepalive_time_ms", int(self.config.keepalive_time_s * 1000))]
+            tls = self.config.tls
+            if self._credentials is not None:
+                if tls is not None and tls.server_name:
+                    opts.append(("grpc.ssl_target_name_override", tls.server_name))
+                ch = grpc.aio.secure_channel(endpoint, self._credentials, options=opts)
+            else:
+                ch = grpc.aio.insecure_channel(endpoint, options=opts)
+            self._channels[endpoint] = ch
+        return ch
+
+    def _mark_failed(self, endpoint: str) -> None:
+        """Move to the next endpoint if ``endpoint`` is still the current one."""
+        if len(self._endpoints) > 1 and self._endpoints[self._current] == endpoint:
+            self._current = (self._current + 1) % len(self._endpoints)
+            log.info("etcd endpoint %s failed; switching to %s", endpoint, self.endpoint)
+
+    async def ready_channel(self, deadline: float | None = None) -> tuple[str, grpc.aio.Channel]:
+        """A connected channel: the current endpoint's, else the next one that connects."""
+        self._check_open()
+        tried = 0
+        last_state = None
+        while tried < len(self._endpoints):
+            endpoint = self.endpoint
+            ch = self._channel_for(endpoint)
+            state = ch.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                return endpoint, ch
+            wait = self.config.connect_timeout_s
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            try:
+                await asyncio.wait_for(ch.channel_ready(), wait)
+                return endpoint, ch
+            except asyncio.TimeoutError:
+                last_state = ch.get_state()
+            tried += 1
+            self._mark_failed(endpoint)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        raise _errors.unavailable(
+            "no etcd endpoint could be connected", endpoints=tuple(self._endpoints), state=str(last_state)
+        )
+
+    def metadata(self, *, stream: bool = False) -> tuple[tuple[str, str], ...]:
+        """Call metadata: the auth token, and ``hasleader`` so a member cut off from the
+        quorum refuses at once (unary calls) or cancels the stream (watches)."""
+        md: list[tuple[str, str]] = [("hasleader", "true")]
+        if self._token:
+            md.append(("token", self._token))
+        return tuple(md)
+
+    async def _authenticate(self) -> None:
+        auth = self.config.auth
+        assert auth is not None
+        method = METHODS["Authenticate"]
+        req = rpc_pb2.AuthenticateRequest(name=auth.username, password=auth.password)
+        self._token = None
+        resp = await self._call(method, req, write=False, authenticate=False)
+        self._token = resp.token
+        log.debug("authenticated to etcd as %s", auth.username)
+
+    async def refresh_token(self, stale: str | None) -> None:
+        """Authenticate again unless another task already replaced ``stale``."""
+        async with self._auth_lock:
+            if self._token == stale and self.config.auth is not None:
+                await self._authenticate()
+
+    # -- the call path ---------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: Method,
+        request: Any,
+        *,
+        write: bool,
+        timeout_s: float | None = None,
+        authenticate: bool = True,
+    ) -> Any:
+        """One unary call with deadline, endpoint failover and (where safe) retries.
+
+        ``write=False`` for reads and for writes that are idempotent: those are resent
+        after any transport failure. A ``write=True`` call is resent only when it
+        certainly never took effect.
+        """
+        self._check_open()
+        size = request.ByteSize()
+        if size > self.config.max_request_bytes:
+            raise RequestTooLargeError(
+                f"request of {size} bytes is over etcd's limit of {self.config.max_request_bytes} bytes",
+                method=method.path,
+                size=size,
+            )
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        if timeout <= 0:
+            raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout)
+
+        # the fast path: one attempt, no retry machinery
+        try:
+            return await self._attempt(method, request, write=write, timeout=timeout, authenticate=authenticate)
+        except WhizorchError as exc:
+            if not _retryable(exc):
+                raise
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(_retryable),
+            stop=tenacity.stop_after_delay(self.config.retry_deadline_s),
+            wait=tenacity.wait_random_exponential(multiplier=0.02, max=0.5),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._attempt(method, request, write=write, timeout=timeout, authenticate=authenticate)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, method: Method, request: Any, *, write: bool, timeout: float, authenticate: bool) -> Any:
+        deadline = time.monotonic() + timeout
+        endpoint, ch = await self.ready_channel(deadline)
+        token = self._token
+        remaining = max(0.001, deadline - time.monotonic())
+        stub = ch.unary_unary(
+            method.path,
+            request_serializer=method.request.SerializeToString,
+            response_deserializer=method.response.FromString,
+        )
+        try:
+            return await stub(request, timeout=remaining, metadata=self.metadata() if authenticate else ())
+        except grpc.RpcError as exc:
+            err = _errors.translate(exc, endpoint=endpoint, write=write, method=method.path)
+            if _errors.endpoint_failed(err):
+                self._mark_failed(endpoint)
+            if _errors.is_token_expired(err) and authenticate and self.config.auth is not None:
+                await self.refresh_token(token)
+            raise err from exc
+
+    # -- KV ----------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: KeyLike,
+        *,
+        prefix: bool = False,
+        range_end: bytes | None = None,
+        revision: int = 0,
+        limit: int = 0,
+        serializable: bool = False,
+        keys_only: bool = False,
+        count_only: bool = False,
+        sort_target: SortTarget = "key",
+        sort_order: SortOrder = "none",
+        min_create_revision: int = 0,
+        max_create_revision: int = 0,
+        timeout_s: float | None = None,
+    ) -> RangeResult:
+        """Read a key, a range or a prefix (linearizable unless ``serializable``)."""
+        req = range_request(
+            key,
+            range_end=range_end,
+            prefix=prefix,
+            revision=revision,
+            limit=limit,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            sort_target=sort_target,
+            sort_order=sort_order,
+            min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision,
+        )
+        resp = await self._call(METHODS["Range"], req, write=False, timeout_s=timeout_s)
+        return range_result(resp)
+
+    async def put(
+        self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False, timeout_s: float | None = None
+    ) -> PutResult:
+        """Write a key. Not retried once sent: a lost answer raises OutcomeUnknownError."""
+        req = put_request(key, value, lease=lease, prev_kv=prev_kv)
+        return put_result(await self._call(METHODS["Put"], req, write=True, timeout_s=timeout_s))
+
+    async def delete(
+        self, key: KeyLike, *, prefix: bool = False, prev_kv: bool = False, timeout_s: float | None = None
+    ) -> DeleteResult:
+        """Delete a key or a prefix (idempotent, so retried; ``deleted`` then counts the
+        last attempt only)."""
+        req = delete_request(key, prefix=prefix, prev_kv=prev_kv)
+        # deleting twice deletes nothing more: safe to resend
+        resp = await self._call(METHODS["DeleteRange"], req, write=False, timeout_s=timeout_s)
+        return delete_result(resp)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op] = (),
+        failure: Sequence[Op] = (),
+        *,
+        idempotent: bool = False,
+        timeout_s: float | None = None,
+    ) -> TxnResult:
+        """Run a transaction: ``success`` ops if every compare holds, else ``failure``.
+
+        A txn that only reads is retried. Pass ``idempotent=True`` when resending a txn
+        whose first send may have committed is harmless (its compares make a second
+        run a no-op whose result tells the same story); otherwise a lost answer raises
+        :class:`OutcomeUnknownError`.
+        """
+        req = txn_request(compare, success, failure)
+        reads_only = all(o.is_read for o in (*success, *failure))
+        resp = await self._call(
+            METHODS["Txn"], req, write=not (reads_only or idempotent), timeout_s=timeout_s
+        )
+        return txn_result(resp)
+
+    async def compact(self, revision: int, *, physical: bool = False, timeout_s: float | None = None) -> None:
+        """Compact the history up to ``revision`` (idempotent)."""
+        req = rpc_pb2.CompactionRequest(revision=revision, physical=physical)
+        await self._call(METHODS["Compact"], req, write=False, timeout_s=timeout_s)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def lease_grant(self, ttl_s: int, *, lease_id: int = 0, timeout_s: float | None = None) -> LeaseInfo:
+        """Grant a lease of ``ttl_s`` seconds (etcd may raise it to its minimum).
+
+        Retried: a grant whose answer was lost leaves an unused lease that expires.
+        """
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
+            raise ConfigError("a lease TTL must be a positive whole number of seconds", field="ttl_s", value=ttl_s)
+        req = rpc_pb2.LeaseGrantRequest(TTL=ttl_s, ID=lease_id)
+        resp = await self._call(METHODS["LeaseGrant"], req, write=False, timeout_s=timeout_s)
+        if resp.error:
+            raise EtcdError(f"etcd refused the lease: {resp.error}", ttl_s=ttl_s)
+        return LeaseInfo(resp.ID, resp.TTL, resp.TTL)
+
+    async def lease_revoke(self, lease_id: int, *, timeout_s: float | None = None) -> None:
+        """Revoke a lease, deleting its keys. A lease already gone is not an error."""
+        req = rpc_pb2.LeaseRevokeRequest(ID=lease_id)
+        try:
+            await self._call(METHODS["LeaseRevoke"], req, write=False, timeout_s=timeout_s)
+        except LeaseNotFoundError:
+            pass
+
+    async def lease_time_to_live(
+        self, lease_id: int, *, keys: bool = False, timeout_s: float | None = None
+    ) -> LeaseInfo | None:
+        """The lease's remaining TTL (None when it no longer exists)."""
+        req = rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=keys)
+        resp = await self._call(METHODS["LeaseTimeToLive"], req, write=False, timeout_s=timeout_s)
+        if resp.TTL == -1:
+            return None
+        return LeaseInfo(resp.ID, resp.TTL, resp.grantedTTL, tuple(resp.keys))
+
+    async def lease_keepalive_once(self, lease_id: int, *, timeout_s: float | None = None) -> int:
+        """Refresh a lease once over the client's shared keepalive stream.
+
+        Returns the new TTL; raises :class:`LeaseNotFoundError` if the lease is gone.
+        Keepalives of all sessions share one stream; they are sent one at a time, so
+        each response matches its request.
+        """
+        self._check_open()
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        deadline = time.monotonic() + timeout
+        method = METHODS["LeaseKeepAlive"]
+        async with self._ka_lock:
+            endpoint = self._ka_endpoint
+            try:
+                if self._ka_call is None:
+                    endpoint, ch = await self.ready_channel(deadline)
+                    stream = ch.stream_stream(
+                        method.path,
+                        request_serializer=method.request.SerializeToString,
+                        response_deserializer=method.response.FromString,
+                    )
+                    self._ka_call = stream(metadata=self.metadata(stream=True))
+                    self._ka_endpoint = endpoint
+                call = self._ka_call
+                remaining = max(0.001, deadline - time.monotonic())
+                async with asyncio.timeout(remaining):
+                    await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                    resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    raise _errors.unavailable("keepalive stream closed by etcd", endpoint=endpoint)
+            except grpc.RpcError as exc:
+                await self._reset_keepalive()
+                err = _errors.stream_error(exc, endpoint=endpoint, method=method.path)
+                if endpoint and _errors.endpoint_failed(err):
+                    self._mark_failed(endpoint)
+                if _errors.is_token_expired(err):
+                    await self.refresh_token(self._token)
+                raise err from exc
+            except TimeoutError as exc:
+                await self._reset_keepalive()
+                if endpoint:
+                    self._mark_failed(endpoint)
+                raise _errors.unavailable(
+                    f"lease keepalive got no answer within {timeout:.3g}s", endpoint=endpoint, lease=lease_id
+                ) from exc
+            except BaseException:
+                await self._reset_keepalive()
+                raise
+        if resp.TTL <= 0:
+            raise LeaseNotFoundError("the lease has expired or was revoked", lease=lease_id)
+        return int(resp.TTL)
+
+    async def _reset_keepalive(self) -> None:
+        call, self._ka_call, self._ka_endpoint = self._ka_call, None, None
+        if call is not None:
+            call.cancel()
+
+    # -- cluster and maintenance -----------------------------------------------------
+
+    async def member_list(self, *, timeout_s: float | None = None) -> list[Member]:
+        """The cluster's members."""
+        resp = await self._call(
+            METHODS["MemberList"], rpc_pb2.MemberListRequest(), write=False, timeout_s=timeout_s
+        )
+        return [
+            Member(m.ID, m.name, tuple(m.peerURLs), tuple(m.clientURLs), bool(getattr(m, "isLearner", False)))
+            for m in resp.members
+        ]
+
+    async def status(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> Status:
+        """Maintenance status of ``endpoint`` (default: the current endpoint)."""
+        self._check_open()
+        method = METHODS["Status"]
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        if endpoint is None:
+            resp = await self._call(method, rpc_pb2.StatusRequest(), write=False, timeout_s=timeout)
+            endpoint = self.endpoint
+        else:
+            ch = self._channel_for(endpoint)
+            stub = ch.unary_unary(
+                method.path,
+                request_serializer=method.request.SerializeToString,
+                response_deserializer=method.response.FromString,
+            )
+            try:
+                resp = await stub(rpc_pb2.StatusRequest(), timeout=timeout, metadata=self.metadata()[1:])
+            except grpc.RpcError as exc:
+                raise _errors.translate(exc, endpoint=endpoint, write=False, method=method.path) from exc
+        return Status(
+            endpoint,
+            resp.version,
+            resp.dbSize,
+            resp.leader,
+            resp.header.member_id,
+            resp.raftIndex,
+            resp.raftTerm,
+            resp.header.revision,
+            tuple(getattr(resp, "errors", ())),
+        )
+
+    # -- watches -----------------------------------------------------------------------
+
+    def watch(
+        self,
+        key: KeyLike,
+        *,
+        prefix: bool = False,
+        range_end: bytes | None = None,
+        start_revision: int = 0,
+        prev_kv: bool = False,
+        progress_notify: bool = False,
+    ) -> Any:
+        """Watch a key or prefix: ``async with client.watch(k) as w: async for ev in w``.
+
+        ``start_revision=0`` means "from now". Events arrive in revision order, each
+        once, across reconnects (the watch resumes from the last delivered revision
+        + 1). If history the watch needs was compacted, iteration raises
+        :class:`~whizorch.errors.CompactedError`: re-read, then watch again.
+        """
+        from whizorch.etcd._watch import Watch, Watcher
+
+        self._check_open()
+        if self._watcher is None:
+            self._watcher = Watcher(self)
+        return Watch(
+            self._watcher,
+            key,
+            prefix=prefix,
+            range_end=range_end,
+            start_revision=start_revision,
+            prev_kv=prev_kv,
+            progress_notify=progress_notify,
+        )

@@ -1,0 +1,146 @@
+"""The one seam where gRPC errors become whizorch errors.
+
+Nothing above this module sees ``grpc.RpcError``. The translation decides two things
+the retry logic needs:
+
+* ``safe_to_retry``: the request certainly did not take effect (it never left, or etcd
+  refused it before proposing it to Raft), so it may be sent again, writes included;
+* whether a write's outcome is unknown (:class:`OutcomeUnknownError`).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from whizorch.errors import (
+    AuthError,
+    CompactedError,
+    ConfigError,
+    EtcdError,
+    EtcdUnavailableError,
+    LeaseNotFoundError,
+    NoSpaceError,
+    OutcomeUnknownError,
+    RequestTooLargeError,
+    WhizorchError,
+)
+
+__all__ = ["is_safe_to_retry", "is_token_expired", "translate"]
+
+# Refusals etcd makes before a request reaches Raft: never applied.
+_REFUSED_BEFORE_PROPOSE = (
+    "etcdserver: no leader",  # with hasleader metadata the interceptor refuses up front
+    "etcdserver: too many requests",
+    "etcdserver: not capable",
+    "etcdserver: rpc not supported for learner",
+    "etcdserver: invalid auth token",
+    "etcdserver: revision of auth store is old",
+)
+# Transport failures that mean the request never reached a server.
+_NOT_SENT = (
+    "failed to connect",
+    "connection refused",
+    "connect failed",
+    "no such host",
+    "dns resolution failed",
+    "name resolution failure",
+)
+
+
+def _details(exc: grpc.RpcError) -> str:
+    try:
+        return str(exc.details() or "")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - defensive: RpcError without details
+        return str(exc)
+
+
+def _code(exc: grpc.RpcError) -> grpc.StatusCode:
+    try:
+        code = exc.code()  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover
+        return grpc.StatusCode.UNKNOWN
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def translate(
+    exc: grpc.RpcError, *, endpoint: str | None, write: bool, method: str
+) -> WhizorchError:
+    """Map a gRPC error to whizorch's tree.
+
+    ``write`` says whether the request could change state: then a failure after sending
+    becomes :class:`OutcomeUnknownError` (never replayed blindly).
+    """
+    code = _code(exc)
+    details = _details(exc)
+    low = details.lower()
+    fields = {"endpoint": endpoint, "code": code.name, "method": method}
+    not_applied = any(s in low for s in _REFUSED_BEFORE_PROPOSE) or any(s in low for s in _NOT_SENT)
+
+    err: WhizorchError
+    if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in low:
+        err = CompactedError(f"etcd: {details}", **fields)
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+        if "too large" in low:
+            err = RequestTooLargeError(f"etcd refused the request: {details}", **fields)
+        elif "authentication failed" in low:
+            err = AuthError(f"etcd: {details}", **fields)
+        else:
+            err = ConfigError(f"etcd refused the request: {details}", **fields)
+    elif code == grpc.StatusCode.NOT_FOUND and "lease" in low:
+        err = LeaseNotFoundError(f"etcd: {details}", **fields)
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "space" in low:
+        err = NoSpaceError(f"etcd: {details}", **fields)
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+        code == grpc.StatusCode.FAILED_PRECONDITION and "auth" in low
+    ):
+        err = AuthError(f"etcd: {details}", **fields)
+    elif code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    ):
+        if write and not not_applied:
+            err = OutcomeUnknownError(
+                f"{method} may or may not have been applied: {details or code.name}", **fields
+            )
+        else:
+            err = EtcdUnavailableError(f"etcd unavailable: {details or code.name}", **fields)
+    else:
+        err = EtcdError(f"etcd error: {details or code.name}", **fields)
+    err._safe_to_retry = not_applied or (not write and isinstance(err, EtcdUnavailableError))  # type: ignore[attr-defined]
+    err._token_expired = "invalid auth token" in low or "auth store is old" in low  # type: ignore[attr-defined]
+    err._endpoint_failed = not_applied or code in (  # type: ignore[attr-defined]
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    return err
+
+
+def is_safe_to_retry(err: BaseException) -> bool:
+    """True when the failed request certainly did not take effect (or was a read)."""
+    return bool(getattr(err, "_safe_to_retry", False))
+
+
+def is_token_expired(err: BaseException) -> bool:
+    """True when etcd rejected the auth token (expired): authenticate again, resend."""
+    return bool(getattr(err, "_token_expired", False))
+
+
+def endpoint_failed(err: BaseException) -> bool:
+    """True when the endpoint itself looks unhealthy and the next one should be tried."""
+    return bool(getattr(err, "_endpoint_failed", False))
+
+
+def unavailable(message: str, **fields: object) -> EtcdUnavailableError:
+    """A pre-send failure (no endpoint ready): always safe to retry."""
+    err = EtcdUnavailableError(message, **fields)
+    err._safe_to_retry = True  # type: ignore[attr-defined]
+    err._endpoint_failed = True  # type: ignore[attr-defined]
+    return err
+
+
+def stream_error(exc: grpc.RpcError, *, endpoint: str | None, method: str) -> EtcdError:
+    """Translate an error that ended a stream (watch, keepalive): never a write."""
+    err = translate(exc, endpoint=endpoint, write=False, method=method)
+    return err if isinstance(err, EtcdError) else EtcdError(str(err), endpoint=endpoint)
