@@ -1,0 +1,91 @@
+"""whizorch: multi-region distributed sagas; consensus delegated to etcd.
+
+Layers (imports run one way): ``whizorch.etcd`` (adapter) <- ``whizorch.coord``
+(primitives) <- saga engine <- CLI. This module re-exports the public names.
+"""
+
+from whizorch.coord import (
+    Election,
+    Fence,
+    GlobalIds,
+    LeaderInfo,
+    Lock,
+    Session,
+    Versioned,
+    VersionedStore,
+    has_quorum,
+    propose_value,
+)
+from whizorch.errors import (
+    AuthError,
+    ClosedError,
+    CompactedError,
+    ConfigError,
+    ConflictError,
+    CoordinationError,
+    EtcdError,
+    EtcdUnavailableError,
+    FencedError,
+    LeaseNotFoundError,
+    LockTimeoutError,
+    NoSpaceError,
+    NotOwnerError,
+    OutcomeUnknownError,
+    QuorumError,
+    RequestTooLargeError,
+    SessionLostError,
+    WhizorchError,
+)
+from whizorch.etcd import (
+    AuthConfig,
+    Compare,
+    EtcdClient,
+    EtcdConfig,
+    EventType,
+    KeyValue,
+    Op,
+    TLSConfig,
+    WatchEvent,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AuthConfig",
+    "AuthError",
+    "ClosedError",
+    "Compare",
+    "CompactedError",
+    "ConfigError",
+    "ConflictError",
+    "CoordinationError",
+    "Election",
+    "EtcdClient",
+    "EtcdConfig",
+    "EtcdError",
+    "EtcdUnavailableError",
+    "EventType",
+    "Fence",
+    "FencedError",
+    "GlobalIds",
+    "KeyValue",
+    "LeaderInfo",
+    "LeaseNotFoundError",
+    "Lock",
+    "LockTimeoutError",
+    "NoSpaceError",
+    "NotOwnerError",
+    "Op",
+    "OutcomeUnknownError",
+    "QuorumError",
+    "RequestTooLargeError",
+    "Session",
+    "SessionLostError",
+    "TLSConfig",
+    "Versioned",
+    "VersionedStore",
+    "WatchEvent",
+    "WhizorchError",
+    "has_quorum",
+    "propose_value",
+]

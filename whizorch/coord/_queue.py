@@ -1,0 +1,144 @@
+"""The etcd queue recipe shared by locks and elections (etcd's ``concurrency`` package).
+
+Layout: ``NAME/<lease id in lowercase hex>``; the key with the lowest create_revision
+under ``NAME/`` owns. A lock and an election with the same NAME share one queue, and
+``etcdctl lock``/``etcdctl elect`` interoperate with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+
+from whizorch.errors import ConfigError, NotOwnerError
+from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult
+from whizorch.coord._session import Session
+
+__all__ = ["Fence", "QueuePosition", "enqueue", "name_prefix", "next_unless", "wait_turn"]
+
+
+@attrs.frozen
+class Fence:
+    """A fencing token: owner key + its create revision.
+
+    Guarded writes include :meth:`compare`, so they fail once the key was deleted or
+    re-created (lease lost, lock released, leader replaced).
+    """
+
+    key: bytes
+    token: int
+
+    def compare(self) -> Compare:
+        """The txn compare ``create_revision(key) == token``."""
+        return Compare.create_revision(self.key, "==", self.token)
+
+
+@attrs.frozen
+class QueuePosition:
+    """My key in the queue, its create revision, and the header revision of enqueueing."""
+
+    key: bytes
+    revision: int
+    header_revision: int
+    is_first: bool
+
+
+def name_prefix(name: str | bytes, what: str) -> bytes:
+    """``NAME/`` as bytes, with a clear error for bad names."""
+    if isinstance(name, str):
+        raw = name.encode()
+    elif isinstance(name, bytes):
+        raw = name
+    else:
+        raise ConfigError(f"a {what} name must be str or bytes", field="name", value=type(name).__name__)
+    if not raw or not raw.strip(b"/"):
+        raise ConfigError(f"a {what} name must not be empty", field="name", value=name)
+    return raw + b"/"
+
+
+def _first(result: Any) -> KeyValue | None:
+    return result.kvs[0] if isinstance(result, RangeResult) and result.kvs else None
+
+
+async def enqueue(client: EtcdClient, prefix: bytes, session: Session, value: bytes) -> QueuePosition:
+    """Put my key (create-if-absent, on the session's lease); learn whether I am first.
+
+    Idempotent: resending after a lost answer finds my key and returns the same result.
+    """
+    session.check()
+    my_key = prefix + f"{session.lease_id:x}".encode()
+    first_by_create = Op.get(prefix, prefix=True, sort_target="create", sort_order="ascend", limit=1)
+    res = await client.txn(
+        [Compare.create_revision(my_key, "==", 0)],
+        [Op.put(my_key, value, lease=session.lease_id), first_by_create],
+        [Op.get(my_key), first_by_create],
+        idempotent=True,
+    )
+    if res.succeeded:
+        my_rev = res.header.revision
+    else:
+        mine = _first(res.responses[0])
+        if mine is None:  # pragma: no cover - the compare said it exists
+            raise NotOwnerError("queue key vanished while enqueueing", key=my_key)
+        my_rev = mine.create_revision
+    first = _first(res.responses[1])
+    return QueuePosition(my_key, my_rev, res.header.revision, first is not None and first.create_revision == my_rev)
+
+
+async def wait_turn(client: EtcdClient, prefix: bytes, session: Session, pos: QueuePosition) -> None:
+    """Wait until every key created before mine under ``prefix`` is gone.
+
+    Then re-read my own key: if it is gone, my lease expired while I waited and I do
+    not own (etcd's fix for the Jepsen finding). Raises SessionLostError/NotOwnerError.
+    """
+    if not pos.is_first:
+        while True:
+            session.check()
+            prev = await client.get(
+                prefix,
+                prefix=True,
+                max_create_revision=pos.revision - 1,
+                sort_target="create",
+                sort_order="descend",
+                limit=1,
+            )
+            if not prev.kvs:
+                break
+            await _wait_deleted(client, prev.kvs[0].key, prev.header.revision, session)
+    mine = await client.get(pos.key)
+    if not mine.kvs or mine.kvs[0].create_revision != pos.revision:
+        session.check()
+        raise NotOwnerError("my queue key was deleted while waiting (lease expired?)", key=pos.key)
+
+
+async def _wait_deleted(client: EtcdClient, key: bytes, revision: int, session: Session) -> None:
+    async with client.watch(key, start_revision=revision + 1) as watch:
+        lost = asyncio.ensure_future(session.wait_lost())
+        try:
+            while (event := await next_unless(watch, lost)) is not None:
+                if event.type is EventType.DELETE:
+                    return
+        finally:
+            lost.cancel()
+    session.check()
+    raise NotOwnerError("the watch ended while waiting for my turn", key=key)
+
+
+async def next_unless(iterator: Any, stop: asyncio.Future[Any]) -> Any:
+    """The next item of an async iterator, or None once ``stop`` is done (or the
+    iterator ends). Nothing is left pending either way."""
+    nxt = asyncio.ensure_future(iterator.__anext__())
+    try:
+        done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if nxt not in done:
+            return None
+        try:
+            return nxt.result()
+        except StopAsyncIteration:
+            return None
+    finally:
+        if not nxt.done():
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)

@@ -1,0 +1,222 @@
+"""Session: one etcd lease kept alive by an owned task, and the promise it backs.
+
+The lease is refreshed every TTL/3. Each successful keepalive *sent* at local time
+``t`` with answer ``ttl`` proves the lease lives at the server until at least
+``t + ttl`` (the server started counting after ``t``). The session therefore declares
+itself **lost** at ``t + ttl - step_down_margin_s`` if no newer keepalive has
+succeeded: strictly before the lease can have expired at the server. Everything the
+lease guards (leadership, locks, claims) must stop then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+
+from whizorch.errors import ClosedError, ConfigError, LeaseNotFoundError, SessionLostError, WhizorchError
+from whizorch.etcd import EtcdClient
+
+__all__ = ["Session"]
+
+log = logging.getLogger("whizorch.coord.session")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Session:
+    """A lease kept alive in the background; ``async with Session(client, ttl_s=10)``.
+
+    ``lost`` is set as soon as the lease may be gone (keepalive failed past the
+    deadline, the lease was revoked, or the session closed); ``check()`` raises
+    :class:`SessionLostError` from then on.
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        /,
+        *,
+        ttl_s: int = 10,
+        step_down_margin_s: float | None = None,
+        keepalive_interval_s: float | None = None,
+    ) -> None:
+        if not isinstance(client, EtcdClient):
+            raise ConfigError("Session needs an EtcdClient", field="client", value=type(client).__name__)
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+            raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
+        margin = ttl_s / 5 if step_down_margin_s is None else step_down_margin_s
+        interval = ttl_s / 3 if keepalive_interval_s is None else keepalive_interval_s
+        if not 0 <= margin < ttl_s:
+            raise ConfigError("step_down_margin_s must be in [0, ttl_s)", field="step_down_margin_s", value=margin)
+        if not 0 < interval < ttl_s - margin:
+            raise ConfigError(
+                "keepalive_interval_s must be positive and shorter than ttl_s - step_down_margin_s",
+                field="keepalive_interval_s",
+                value=interval,
+            )
+        self.client = client
+        self.ttl_s = ttl_s
+        self.step_down_margin_s = margin
+        self.keepalive_interval_s = interval
+        self.lease_id = 0
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self._safe_until = 0.0
+        self._state = _State.UNOPENED
+        self._task: asyncio.Task[None] | None = None
+        self._callbacks: list[Callable[[Session], None]] = []
+        self._failure: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> Session:
+        """Grant the lease and start keeping it alive."""
+        if self._state is _State.OPEN:
+            return self
+        if self._state is _State.CLOSED:
+            raise ClosedError("a Session cannot be reopened; make a new one")
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        lease = await self.client.lease_grant(self.ttl_s)
+        self.lease_id = lease.id
+        self._safe_until = sent + lease.ttl - self.step_down_margin_s
+        self._state = _State.OPEN
+        self._task = loop.create_task(self._keepalive(), name=f"whizorch-session-{lease.id:x}")
+        log.debug("session %x opened (ttl %ss)", lease.id, lease.ttl)
+        return self
+
+    async def close(self) -> None:
+        """Stop the keepalive and revoke the lease (its keys go with it).
+
+        Closing twice is fine. Runs to the end even if the caller is being cancelled.
+        """
+        if self._state is not _State.OPEN:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSED
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._mark_lost("session closed")
+        if self.client.is_open:
+            try:
+                await asyncio.shield(self.client.lease_revoke(self.lease_id, timeout_s=self.client.config.timeout_s))
+            except WhizorchError as exc:
+                # the lease expires by itself within its TTL
+                log.warning("could not revoke lease %x on close: %s", self.lease_id, exc)
+        if self._failure is not None:
+            raise self._failure
+
+    async def __aenter__(self) -> Session:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the promise -----------------------------------------------------------------
+
+    @property
+    def is_lost(self) -> bool:
+        """True once the lease may have expired (checked against the clock, too)."""
+        if self.lost.is_set():
+            return True
+        if self._state is _State.OPEN and asyncio.get_running_loop().time() >= self._safe_until:
+            self._mark_lost("keepalive deadline passed")
+            return True
+        return self._state is not _State.OPEN
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left before this session must consider itself lost."""
+        if self.is_lost:
+            return 0.0
+        return max(0.0, self._safe_until - asyncio.get_running_loop().time())
+
+    def check(self) -> None:
+        """Raise :class:`SessionLostError` unless the session is alive."""
+        if self._state is _State.UNOPENED:
+            raise ClosedError("the Session is not open; use 'async with Session(...)'")
+        if self.is_lost:
+            raise SessionLostError(
+                f"session lost: {self.lost_reason or 'closed'}", lease=self.lease_id
+            )
+
+    def on_lost(self, callback: Callable[[Session], None]) -> Callable[[], None]:
+        """Call ``callback(session)`` once when the session is lost; returns a remover."""
+        if self.lost.is_set():
+            callback(self)
+            return lambda: None
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def wait_lost(self) -> None:
+        """Return when the session is lost (by the clock, even if no task noticed)."""
+        while not self.is_lost:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, self._safe_until - asyncio.get_running_loop().time())):
+                    await self.lost.wait()
+
+    def _mark_lost(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost_reason = reason
+        self.lost.set()
+        if reason != "session closed":
+            log.warning("session %x lost: %s", self.lease_id, reason)
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:  # a callback's bug must not stop the others
+                log.exception("session-lost callback failed")
+
+    # -- the keepalive task ----------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        retry_s = min(0.25, self.keepalive_interval_s / 4)
+        next_at = loop.time() + self.keepalive_interval_s
+        try:
+            while True:
+                now = loop.time()
+                if now >= self._safe_until:
+                    self._mark_lost("keepalive failed past its deadline")
+                    return
+                await asyncio.sleep(max(0.0, min(next_at, self._safe_until) - now))
+                sent = loop.time()
+                if sent >= self._safe_until:
+                    self._mark_lost("keepalive failed past its deadline")
+                    return
+                budget = self._safe_until - sent
+                try:
+                    async with asyncio.timeout(budget):
+                        ttl = await self.client.lease_keepalive_once(
+                            self.lease_id, timeout_s=max(0.05, min(budget, self.keepalive_interval_s))
+                        )
+                except LeaseNotFoundError:
+                    self._mark_lost("lease expired or revoked at the server")
+                    return
+                except (WhizorchError, TimeoutError) as exc:
+                    took = loop.time() - sent
+                    log.info("keepalive of lease %x failed after %.3fs: %s", self.lease_id, took, exc)
+                    next_at = loop.time() + retry_s
+                    continue
+                took = loop.time() - sent
+                if took > self.keepalive_interval_s / 2:
+                    log.warning("keepalive of lease %x took %.3fs (overrun)", self.lease_id, took)
+                self._safe_until = sent + ttl - self.step_down_margin_s
+                next_at = sent + self.keepalive_interval_s
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._failure = exc
+            self._mark_lost(f"keepalive task failed: {exc!r}")
+            raise
