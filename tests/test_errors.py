@@ -1,0 +1,119 @@
+"""The gRPC -> whizorch error seam, and client-side checks made before anything is sent."""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+import pytest
+
+from whizorch import (
+    AuthError,
+    ClosedError,
+    CompactedError,
+    ConfigError,
+    EtcdClient,
+    EtcdUnavailableError,
+    LeaseNotFoundError,
+    NoSpaceError,
+    OutcomeUnknownError,
+    RequestTooLargeError,
+    WhizorchError,
+)
+from whizorch.etcd._errors import endpoint_failed, is_safe_to_retry, is_token_expired, translate
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.RpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+
+
+def tr(code: grpc.StatusCode, details: str, *, write: bool) -> WhizorchError:
+    return translate(rpc_error(code, details), endpoint="127.0.0.1:2379", write=write, method="/etcdserverpb.KV/Put")
+
+
+def test_timeout_of_a_write_is_outcome_unknown_and_not_retried() -> None:
+    """A write that timed out may have committed: OutcomeUnknownError, never resent."""
+    err = tr(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", write=True)
+    assert isinstance(err, OutcomeUnknownError)
+    assert not is_safe_to_retry(err)
+    assert err.endpoint == "127.0.0.1:2379"
+
+
+def test_timeout_of_a_read_is_retryable() -> None:
+    """A read that timed out is EtcdUnavailableError and safe to resend."""
+    err = tr(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", write=False)
+    assert isinstance(err, EtcdUnavailableError) and is_safe_to_retry(err)
+
+
+def test_no_leader_refusal_is_safe_even_for_writes() -> None:
+    """'no leader' (hasleader metadata) is refused before Raft: a write may be resent elsewhere."""
+    err = tr(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader", write=True)
+    assert isinstance(err, EtcdUnavailableError)
+    assert is_safe_to_retry(err) and endpoint_failed(err)
+
+
+def test_connection_refused_is_safe_even_for_writes() -> None:
+    """A connection that never opened sent nothing: safe to resend."""
+    err = tr(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; Connection refused", write=True)
+    assert is_safe_to_retry(err)
+
+
+def test_etcd_request_timeout_of_a_write_is_unknown() -> None:
+    """'request timed out' from etcd means the proposal may still commit."""
+    err = tr(grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out", write=True)
+    assert isinstance(err, OutcomeUnknownError)
+
+
+@pytest.mark.parametrize(
+    "code,details,cls",
+    [
+        (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted", CompactedError),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", RequestTooLargeError),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request", ConfigError),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password", AuthError),
+        (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFoundError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", NoSpaceError),
+        (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", AuthError),
+        (grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", AuthError),
+    ],
+)
+def test_etcd_errors_map_to_the_tree(code, details, cls) -> None:  # type: ignore[no-untyped-def]
+    """etcd's error strings map to the documented classes, carrying the gRPC code."""
+    err = tr(code, details, write=True)
+    assert type(err) is cls
+    assert err.code == code.name
+    assert details in str(err)
+
+
+def test_expired_token_is_flagged_for_refresh() -> None:
+    """An invalid auth token is recognised so the client authenticates again and resends."""
+    err = tr(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token", write=True)
+    assert is_token_expired(err) and is_safe_to_retry(err)
+
+
+async def test_oversized_request_is_refused_before_sending() -> None:
+    """A put over max_request_bytes fails with RequestTooLargeError naming the size; nothing is sent."""
+    async with EtcdClient("127.0.0.1:1", max_request_bytes=1024) as client:
+        with pytest.raises(RequestTooLargeError, match="over etcd's limit") as info:
+            await client.put("k", b"x" * 2048)
+        assert info.value.size > 1024
+
+
+async def test_closed_client_refuses_calls_and_cannot_reopen() -> None:
+    """Using a client before open or after close raises ClosedError; reopening is refused."""
+    client = EtcdClient("127.0.0.1:1")
+    with pytest.raises(ClosedError, match="unopened"):
+        await client.get("k")
+    await client.open()
+    await client.close()
+    await client.close()  # closing twice is fine
+    with pytest.raises(ClosedError, match="closed"):
+        await client.get("k")
+    with pytest.raises(ClosedError):
+        await client.open()
+
+
+async def test_unreachable_endpoint_is_unavailable_within_the_deadline() -> None:
+    """With nothing listening, a read fails with EtcdUnavailableError once the retry deadline passes."""
+    async with EtcdClient("127.0.0.1:1", connect_timeout_s=0.2, retry_deadline_s=0.5, timeout_s=0.3) as client:
+        with pytest.raises(EtcdUnavailableError):
+            await client.get("k")
