@@ -100,9 +100,9 @@ class Election:
                 if not pos.is_first:
                     log.debug("election %r: waiting behind earlier candidates", self.name)
                 await wait_turn(self.client, self.prefix, self.session, pos)
-                # re-campaign with an existing key: make sure the value is ours
                 fence = Fence(pos.key, pos.revision)
-                await self._guarded_put(fence, data)
+                if not pos.created:  # my key was there already: make the value mine
+                    await self._guarded_put(fence, data)
         except BaseException as exc:
             await self._delete_mine(my_key)
             if isinstance(exc, TimeoutError) and not isinstance(exc, WhizorchError):

@@ -43,6 +43,8 @@ class QueuePosition:
     revision: int
     header_revision: int
     is_first: bool
+    created: bool
+    """False when my key already existed (the same session queued before)."""
 
 
 def name_prefix(name: str | bytes, what: str) -> bytes:
@@ -84,7 +86,8 @@ async def enqueue(client: EtcdClient, prefix: bytes, session: Session, value: by
             raise NotOwnerError("queue key vanished while enqueueing", key=my_key)
         my_rev = mine.create_revision
     first = _first(res.responses[1])
-    return QueuePosition(my_key, my_rev, res.header.revision, first is not None and first.create_revision == my_rev)
+    is_first = first is not None and first.create_revision == my_rev
+    return QueuePosition(my_key, my_rev, res.header.revision, is_first, res.succeeded)
 
 
 async def wait_turn(client: EtcdClient, prefix: bytes, session: Session, pos: QueuePosition) -> None:
@@ -93,20 +96,21 @@ async def wait_turn(client: EtcdClient, prefix: bytes, session: Session, pos: Qu
     Then re-read my own key: if it is gone, my lease expired while I waited and I do
     not own (etcd's fix for the Jepsen finding). Raises SessionLostError/NotOwnerError.
     """
-    if not pos.is_first:
-        while True:
-            session.check()
-            prev = await client.get(
-                prefix,
-                prefix=True,
-                max_create_revision=pos.revision - 1,
-                sort_target="create",
-                sort_order="descend",
-                limit=1,
-            )
-            if not prev.kvs:
-                break
-            await _wait_deleted(client, prev.kvs[0].key, prev.header.revision, session)
+    if pos.is_first:
+        return  # the enqueue txn itself saw my key first: owned at its revision
+    while True:
+        session.check()
+        prev = await client.get(
+            prefix,
+            prefix=True,
+            max_create_revision=pos.revision - 1,
+            sort_target="create",
+            sort_order="descend",
+            limit=1,
+        )
+        if not prev.kvs:
+            break
+        await _wait_deleted(client, prev.kvs[0].key, prev.header.revision, session)
     mine = await client.get(pos.key)
     if not mine.kvs or mine.kvs[0].create_revision != pos.revision:
         session.check()

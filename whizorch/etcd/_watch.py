@@ -143,7 +143,8 @@ class Watcher:
         self._created: dict[int, asyncio.Event] = {}
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._serving = False  # a stream is up and creates may be sent on it
+        self._stream_ok = False  # the current stream has answered at least once
         self._closed = False
 
     def created_event(self, watch: Watch) -> asyncio.Event:
@@ -156,7 +157,8 @@ class Watcher:
         self._pending.append(watch)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="whizorch-etcd-watch")
-        self._pump()
+        elif self._serving:
+            self._pump()
 
     async def remove(self, watch: Watch) -> None:
         self._created.pop(id(watch), None)
@@ -180,23 +182,20 @@ class Watcher:
         self._inflight = None
 
     def _pump(self) -> None:
-        """Send the next create if none is in flight."""
+        """Send the next create if none is in flight (only while a stream is up)."""
         if self._inflight is None and self._pending:
             self._inflight = self._pending.popleft()
             self._outbox.put_nowait(self._inflight._create_request())
 
     async def _run(self) -> None:
-        """Keep a stream open while there are watches; resume them after a break."""
+        """Keep the stream open (idle too, so the next watch is one message away);
+        after a break, resume every watch on the next endpoint."""
         backoff = 0.05
         while not self._closed and (self._by_id or self._pending or self._inflight):
             endpoint = None
             try:
                 endpoint, ch = await self._client.ready_channel()
-                await self._serve(endpoint, ch)
-                # no watch left: the stream was closed; re-check in case one was added
-                self._requeue_all()
-                backoff = 0.05
-                continue
+                await self._serve(endpoint, ch)  # returns only by raising
             except asyncio.CancelledError:
                 raise
             except WhizorchError as exc:
@@ -213,8 +212,10 @@ class Watcher:
                 self._pending.clear()
                 return
             self._requeue_all()
+            # a stream that worked earns a quick reconnect; repeated failures back off
+            backoff = 0.05 if self._stream_ok else min(backoff * 2, 1.0)
+            self._stream_ok = False
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
 
     def _requeue_all(self) -> None:
         """After a break: every watch is created again from its next revision."""
@@ -236,10 +237,8 @@ class Watcher:
             response_deserializer=method.response.FromString,
         )
         call = stream(metadata=self._client.metadata(stream=True))
-        if self._inflight is not None:  # its create went to the old stream
-            self._pending.appendleft(self._inflight)
-            self._inflight = None
         outbox = self._outbox
+        self._serving = True
         self._pump()
 
         async def send() -> None:
@@ -256,11 +255,10 @@ class Watcher:
                 self._handle(resp, endpoint)
                 if sender.done():
                     sender.result()
-                if not (self._by_id or self._pending or self._inflight):
-                    return
         except grpc.RpcError as exc:
             raise _errors.stream_error(exc, endpoint=endpoint, method=method.path) from exc
         finally:
+            self._serving = False
             sender.cancel()
             call.cancel()
             try:
@@ -269,6 +267,7 @@ class Watcher:
                 pass
 
     def _handle(self, resp: Any, endpoint: str) -> None:
+        self._stream_ok = True
         if resp.created:
             w = self._inflight
             self._inflight = None
