@@ -39,7 +39,7 @@ fi
 
 step "oldest supported protobuf and grpcio"
 OLD="$VENV-oldest"
-PROTOBUF_MIN=$(sed -n 's/.*"protobuf>=\([0-9.]*\).*/\1/p' pyproject.toml)
+PROTOBUF_MIN=$(sed -n "s/.*\"protobuf>=\([0-9.]*\),<8; python_version<'3.12'\".*/\1/p" pyproject.toml)
 GRPCIO_MIN=$(sed -n 's/.*"grpcio>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 if [ ! -f "$OLD/.installed-$PROTOBUF_MIN-$GRPCIO_MIN" ]; then
   rm -rf "$OLD"
