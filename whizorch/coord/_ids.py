@@ -24,8 +24,8 @@ class GlobalIds:
     async def next(self) -> int:
         """One new ID (one etcd write).
 
-        A put whose answer was lost raises OutcomeUnknownError: call again; an ID that
-        may have been taken is simply skipped (IDs need not be dense).
+        A put whose answer was lost is resent: the revision it may have taken is
+        simply skipped (IDs need not be dense), so resending is harmless.
         """
-        res = await self.client.put(self.key, b"")
+        res = await self.client.put(self.key, b"", idempotent=True)
         return res.header.revision

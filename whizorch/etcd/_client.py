@@ -368,11 +368,22 @@ class EtcdClient:
         return range_result(resp)
 
     async def put(
-        self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False, timeout_s: float | None = None
+        self,
+        key: KeyLike,
+        value: KeyLike,
+        *,
+        lease: int = 0,
+        prev_kv: bool = False,
+        idempotent: bool = False,
+        timeout_s: float | None = None,
     ) -> PutResult:
-        """Write a key. Not retried once sent: a lost answer raises OutcomeUnknownError."""
+        """Write a key.
+
+        Not resent once it may have reached etcd: a lost answer raises
+        OutcomeUnknownError, unless ``idempotent=True`` says writing twice is harmless.
+        """
         req = put_request(key, value, lease=lease, prev_kv=prev_kv)
-        return put_result(await self._call(METHODS["Put"], req, write=True, timeout_s=timeout_s))
+        return put_result(await self._call(METHODS["Put"], req, write=not idempotent, timeout_s=timeout_s))
 
     async def delete(
         self, key: KeyLike, *, prefix: bool = False, prev_kv: bool = False, timeout_s: float | None = None

@@ -1,0 +1,1 @@
+"""Demos of whizorch on a local etcd cluster (``python -m whizorch.demo``)."""
