@@ -456,6 +456,11 @@ class EtcdClient:
             return None
         return LeaseInfo(resp.ID, resp.TTL, resp.grantedTTL, tuple(resp.keys))
 
+    async def lease_list(self, *, timeout_s: float | None = None) -> list[int]:
+        """IDs of every lease the cluster holds."""
+        resp = await self._call(METHODS["LeaseLeases"], rpc_pb2.LeaseLeasesRequest(), write=False, timeout_s=timeout_s)
+        return [lease.ID for lease in resp.leases]
+
     async def lease_keepalive_once(self, lease_id: int, *, timeout_s: float | None = None) -> int:
         """Refresh a lease once over the client's shared keepalive stream.
 

@@ -46,6 +46,7 @@ METHODS: dict[str, Method] = {
     "LeaseTimeToLive": _m(
         "etcdserverpb.Lease", "LeaseTimeToLive", _R, "LeaseTimeToLiveRequest", "LeaseTimeToLiveResponse"
     ),
+    "LeaseLeases": _m("etcdserverpb.Lease", "LeaseLeases", _R, "LeaseLeasesRequest", "LeaseLeasesResponse"),
     "MemberList": _m("etcdserverpb.Cluster", "MemberList", _R, "MemberListRequest", "MemberListResponse"),
     "Status": _m("etcdserverpb.Maintenance", "Status", _R, "StatusRequest", "StatusResponse"),
     "Alarm": _m("etcdserverpb.Maintenance", "Alarm", _R, "AlarmRequest", "AlarmResponse"),

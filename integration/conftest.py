@@ -1,0 +1,29 @@
+"""Shared fixtures for tests against real etcd (see whizorch.testing.pytest_plugin).
+
+Every test gets a unique key prefix and a client on the module's shared cluster; the
+prefix is deleted after the test. Tests that kill or pause members use the
+``etcd_cluster`` fixture (a fresh 3-member cluster) instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from whizorch import EtcdClient
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"test/{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+async def client(etcd_endpoints: list[str], prefix: str) -> AsyncIterator[EtcdClient]:
+    """An open client on the shared cluster; the test's prefix is deleted afterwards."""
+    async with EtcdClient(etcd_endpoints, timeout_s=3.0, retry_deadline_s=5.0) as c:
+        yield c
+        await c.delete(prefix, prefix=True)
