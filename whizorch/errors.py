@@ -20,6 +20,7 @@
         │   └── FencedError                   a guarded write failed its fence
         ├── ConflictError                     compare-and-set lost to another writer
         └── QuorumError                       etcd could not commit within the deadline
+    SagaFailedError                           a saga ended compensated or failed
 
 Every error carries the structured fields that apply (``key``, ``revision``,
 ``lease``, ``endpoint`` ...) as attributes, and a message that names them.
@@ -46,6 +47,7 @@ __all__ = [
     "OutcomeUnknownError",
     "QuorumError",
     "RequestTooLargeError",
+    "SagaFailedError",
     "SessionLostError",
     "WhizorchError",
 ]
@@ -155,3 +157,10 @@ class ConflictError(CoordinationError):
 
 class QuorumError(CoordinationError):
     """etcd could not commit (or confirm a quorum) within the deadline."""
+
+
+class SagaFailedError(WhizorchError):
+    """A saga ended without completing (``status`` compensated or failed).
+
+    ``result`` holds the full :class:`~whizorch.saga.SagaResult`.
+    """

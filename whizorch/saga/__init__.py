@@ -1,0 +1,29 @@
+"""Layer 3: distributed sagas on the coordination primitives (see docs/sagas.md)."""
+
+from whizorch.saga._client import SagaClient, SagaHandle, SagaResult, SagaSummary
+from whizorch.saga._definition import App, Retry, Saga, Step, StepContext
+from whizorch.saga._machine import Settings
+from whizorch.saga._model import SagaRecord, StepState
+from whizorch.saga._orchestrator import Orchestrator
+from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._worker import Worker
+
+__all__ = [
+    "App",
+    "Orchestrator",
+    "RegionInfo",
+    "Retry",
+    "Router",
+    "Saga",
+    "SagaClient",
+    "SagaHandle",
+    "SagaRecord",
+    "SagaResult",
+    "SagaSummary",
+    "Settings",
+    "Step",
+    "StepContext",
+    "StepState",
+    "Weights",
+    "Worker",
+]

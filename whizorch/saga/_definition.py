@@ -1,0 +1,277 @@
+"""Saga definitions in plain async Python: ordered steps, compensations, retry policies.
+
+::
+
+    transfer = Saga("transfer")
+
+    @transfer.step(retry=Retry(attempts=3), timeout_s=10, region="eu")
+    async def debit(ctx, cmd):
+        ...
+
+    @debit.compensate
+    async def refund(ctx, cmd):
+        ...
+
+Handlers take ``(ctx, input)`` and return a JSON-serialisable output. Sync functions
+run in a worker thread so they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from whizorch.errors import ConfigError
+
+__all__ = ["App", "Retry", "Saga", "Step", "StepContext"]
+
+Handler = Callable[["StepContext", Any], Any]
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+def _check_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ConfigError(
+            f"{field} must be 1-100 characters of letters, digits, '_', '.', '-'", field=field, value=value
+        )
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Retry:
+    """How a step (or a compensation) is retried.
+
+    ``attempts`` counts every run, the first included. Delays grow as
+    ``backoff_s * multiplier**(attempt-1)``, capped at ``max_delay_s``, with full jitter
+    when ``jitter`` is set. Only exceptions that are instances of ``retry_on`` and not
+    of ``give_up_on`` are retried; the worker that catches one decides, and records
+    the verdict with the result.
+    """
+
+    attempts: int = 3
+    """Total runs, the first included (1 = no retry)."""
+    backoff_s: float = 0.1
+    """Delay before the second run."""
+    multiplier: float = 2.0
+    """Growth of the delay per further run."""
+    max_delay_s: float = 10.0
+    """Upper bound of one delay."""
+    jitter: bool = True
+    """Randomise each delay in [delay/2, delay]."""
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    """Exception classes worth retrying."""
+    give_up_on: tuple[type[BaseException], ...] = ()
+    """Exception classes never retried (checked first)."""
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigError("Retry.attempts must be an int >= 1", field="retry.attempts", value=self.attempts)
+        for name in ("backoff_s", "max_delay_s"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"Retry.{name} must be >= 0 seconds", field=f"retry.{name}", value=v)
+        if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
+            raise ConfigError("Retry.multiplier must be >= 1", field="retry.multiplier", value=self.multiplier)
+
+    def delay_s(self, attempt: int) -> float:
+        """Seconds to wait before run ``attempt + 1``."""
+        base = min(self.max_delay_s, self.backoff_s * self.multiplier ** max(0, attempt - 1))
+        return random.uniform(base / 2, base) if self.jitter else base
+
+    def retryable(self, exc: BaseException) -> bool:
+        """True when ``exc`` may be retried under this policy."""
+        return not isinstance(exc, self.give_up_on) and isinstance(exc, self.retry_on)
+
+
+NO_RETRY = Retry(attempts=1)
+
+
+@attrs.frozen(kw_only=True)
+class StepContext:
+    """What a handler knows about the run it is part of."""
+
+    saga_id: str
+    """The saga's id (chosen by the submitter or generated)."""
+    transaction_id: int
+    """The global transaction id: an etcd revision, unique and monotonic."""
+    saga: str
+    """The saga type's name."""
+    step: str
+    """This step's name."""
+    step_index: int
+    """This step's position (0-based)."""
+    attempt: int
+    """1 for the first run, 2 for the first retry ..."""
+    region: str
+    """The region running this attempt."""
+    compensating: bool
+    """True when this call is the step's compensation."""
+    idempotency_key: str
+    """Stable per saga + step across attempts, regions and failovers: pass it to
+    external systems so a repeated run has no repeated effect."""
+    outputs: Mapping[str, Any]
+    """Outputs of the steps completed before this one, by step name."""
+    worker: str = ""
+    """The worker running this attempt."""
+
+
+class Step:
+    """One step of a saga; use ``@step.compensate`` to give it a compensation."""
+
+    def __init__(
+        self,
+        saga: Saga,
+        fn: Handler,
+        *,
+        name: str,
+        index: int,
+        retry: Retry,
+        timeout_s: float | None,
+        region: str | None,
+        compliance: frozenset[str],
+        size_bytes: int,
+    ) -> None:
+        self.saga = saga
+        self.fn = fn
+        self.name = name
+        self.index = index
+        self.retry = retry
+        self.timeout_s = timeout_s
+        self.region = region
+        self.compliance = compliance
+        self.size_bytes = size_bytes
+        self.compensation: Handler | None = None
+        self.compensation_retry: Retry = Retry(attempts=5)
+        self.compensation_timeout_s: float | None = timeout_s
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def compensate(
+        self,
+        fn: Handler | None = None,
+        /,
+        *,
+        retry: Retry | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Register the compensation of this step (usable with or without arguments)."""
+
+        def register(f: Handler) -> Handler:
+            if not callable(f):
+                raise ConfigError("a compensation must be callable", field="compensate", value=f)
+            if self.compensation is not None:
+                raise ConfigError("this step already has a compensation", field="compensate", value=self.name)
+            self.compensation = f
+            if retry is not None:
+                self.compensation_retry = retry
+            if timeout_s is not None:
+                self.compensation_timeout_s = timeout_s
+            return f
+
+        return register(fn) if fn is not None else register
+
+    async def __call__(self, ctx: StepContext, value: Any) -> Any:
+        """Run the step's handler (sync handlers in a thread)."""
+        return await call_handler(self.fn, ctx, value)
+
+    def __repr__(self) -> str:
+        return f"<Step {self.saga.name}.{self.name} #{self.index}>"
+
+
+async def call_handler(fn: Handler, ctx: StepContext, value: Any) -> Any:
+    """Await an async handler, or run a sync one in a thread."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(ctx, value)
+    result = await asyncio.to_thread(fn, ctx, value)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class Saga:
+    """A saga type: a name and its ordered steps."""
+
+    def __init__(self, name: str, /, *, max_failovers: int = 3) -> None:
+        self.name = _check_name(name, "saga name")
+        if isinstance(max_failovers, bool) or not isinstance(max_failovers, int) or max_failovers < 0:
+            raise ConfigError("max_failovers must be an int >= 0", field="max_failovers", value=max_failovers)
+        self.max_failovers = max_failovers
+        self.steps: list[Step] = []
+
+    def step(
+        self,
+        fn: Handler | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout_s: float | None = 30.0,
+        region: str | None = None,
+        compliance: Iterable[str] = (),
+        size_bytes: int = 0,
+    ) -> Any:
+        """Add a step (decorator, with or without arguments).
+
+        ``region`` is the data's home region (routing prefers it), ``compliance`` the
+        tags a region must have to run the step, ``size_bytes`` the data it moves.
+        """
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0):
+            raise ConfigError("timeout_s must be a positive number of seconds or None", field="timeout_s", value=timeout_s)
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError("retry must be a whizorch Retry", field="retry", value=type(retry).__name__)
+
+        def register(f: Handler) -> Step:
+            if not callable(f):
+                raise ConfigError("a step must be callable", field="step", value=f)
+            step_name = _check_name(name or getattr(f, "__name__", ""), "step name")
+            if any(s.name == step_name for s in self.steps):
+                raise ConfigError(f"saga {self.name!r} already has a step {step_name!r}", field="step name", value=step_name)
+            st = Step(
+                self,
+                f,
+                name=step_name,
+                index=len(self.steps),
+                retry=retry or Retry(),
+                timeout_s=timeout_s,
+                region=region,
+                compliance=frozenset(compliance),
+                size_bytes=size_bytes,
+            )
+            self.steps.append(st)
+            return st
+
+        return register(fn) if fn is not None else register
+
+    def __repr__(self) -> str:
+        return f"<Saga {self.name} steps={[s.name for s in self.steps]}>"
+
+
+class App:
+    """The sagas a deployment knows; orchestrators and workers load the same App."""
+
+    def __init__(self, sagas: Iterable[Saga] = (), /) -> None:
+        self.sagas: dict[str, Saga] = {}
+        for s in sagas:
+            self.add(s)
+
+    def add(self, saga: Saga) -> Saga:
+        """Register a saga type (names are unique)."""
+        if not isinstance(saga, Saga):
+            raise ConfigError("App.add takes a Saga", field="saga", value=type(saga).__name__)
+        if saga.name in self.sagas and self.sagas[saga.name] is not saga:
+            raise ConfigError(f"a saga named {saga.name!r} is already registered", field="saga", value=saga.name)
+        if not saga.steps:
+            raise ConfigError(f"saga {saga.name!r} has no steps", field="saga", value=saga.name)
+        self.sagas[saga.name] = saga
+        return saga
+
+    def get(self, name: str) -> Saga | None:
+        """The saga type called ``name``, or None."""
+        return self.sagas.get(name)
+

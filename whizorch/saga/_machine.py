@@ -1,0 +1,490 @@
+"""The saga state machine: record + event -> new record + task writes + timers.
+
+Pure: no IO, no clock (``now`` is passed in), no randomness beyond the retry policy's
+jitter. The orchestrator applies each transition as one fenced etcd txn, so a crash
+between transitions loses nothing, and a new leader resumes from the last record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from whizorch.saga._definition import Saga, Step
+from whizorch.saga._model import (
+    COMPENSATED,
+    COMPENSATING,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SagaRecord,
+    StepState,
+)
+
+__all__ = [
+    "Cancel",
+    "ClaimLost",
+    "Dispatch",
+    "RegionsChanged",
+    "Result",
+    "Route",
+    "Settings",
+    "Timer",
+    "Transition",
+    "adopt",
+    "apply",
+]
+
+RUN = "run"
+COMPENSATE = "compensate"
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Result:
+    """A worker recorded the outcome of one run."""
+
+    step: int
+    kind: str
+    attempt: int
+    ok: bool
+    key: str
+    error: str | None = None
+    retryable: bool = False
+    region: str = ""
+
+
+@attrs.frozen
+class ClaimLost:
+    """A claim vanished without a result: the worker died or lost its lease."""
+
+    step: int
+    kind: str
+    attempt: int
+
+
+@attrs.frozen
+class Cancel:
+    """Someone asked to cancel the saga."""
+
+
+@attrs.frozen
+class RegionsChanged:
+    """The set of healthy regions changed."""
+
+    healthy: frozenset[str]
+
+
+@attrs.frozen
+class Timer:
+    """A timer set by an earlier transition fired (retry due, or dispatch deadline)."""
+
+    step: int
+    kind: str
+    attempt: int
+    reason: str  # "retry" | "deadline" | "no_region"
+
+
+Event = Result | ClaimLost | Cancel | RegionsChanged | Timer
+
+
+# -- effects ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Dispatch:
+    """Put a task for (step, kind, attempt) in ``region``."""
+
+    step: int
+    kind: str
+    attempt: int
+    region: str
+
+
+@attrs.define
+class Transition:
+    """What the orchestrator must write (atomically) and schedule."""
+
+    changed: bool = False
+    dispatch: list[Dispatch] = attrs.Factory(list)
+    delete_tasks: list[tuple[str, int]] = attrs.Factory(list)
+    """(region, step) task keys to delete."""
+    timers: list[tuple[float, Timer]] = attrs.Factory(list)
+    failovers: list[dict[str, Any]] = attrs.Factory(list)
+
+
+class Route:
+    """Routing decisions the machine needs (implemented by the Router)."""
+
+    def pick(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> str | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def failover(self, step: Step, *, failed: str) -> str | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def healthy(self, region: str) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Timing knobs of the machine."""
+
+    dispatch_grace_s: float = 10.0
+    """Extra time past a step's timeout before a run with no result counts as failed."""
+    no_region_timeout_s: float = 30.0
+    """How long a step waits for a healthy, compliant region before failing."""
+
+
+# -- the machine --------------------------------------------------------------------------
+
+
+def adopt(
+    saga: Saga, *, saga_id: str, txid: int, now: float, route: Route, settings: Settings, trace: dict[str, str], term: int
+) -> tuple[SagaRecord, Transition]:
+    """A new record for a submission, with its first step dispatched."""
+    rec = SagaRecord(
+        id=saga_id,
+        saga=saga.name,
+        txid=txid,
+        status=RUNNING,
+        steps=[StepState(name=s.name) for s in saga.steps],
+        created=now,
+        updated=now,
+        trace=dict(trace),
+        leader_term=term,
+    )
+    rec.note(now, "adopted", txid=txid)
+    tr = Transition(changed=True)
+    _dispatch_run(rec, saga, 0, now, route, settings, tr)
+    return rec, tr
+
+
+def apply(
+    rec: SagaRecord, saga: Saga, event: Event, *, now: float, route: Route, settings: Settings
+) -> Transition:
+    """Apply ``event`` to ``rec`` in place; return the effects."""
+    tr = Transition()
+    if rec.is_final:
+        return tr  # late duplicates: nothing is left to drive
+    if isinstance(event, Result):
+        _on_result(rec, saga, event, now, route, settings, tr)
+    elif isinstance(event, ClaimLost):
+        st = rec.steps[event.step]
+        if st.retry_at is not None:
+            return tr  # the run already failed (its result deleted the claim): retry is set
+        _on_failure(
+            rec, saga, event.step, event.kind, event.attempt, "worker lost its claim (died or lease expired)",
+            True, now, route, settings, tr,
+        )
+    elif isinstance(event, Cancel):
+        if not rec.cancel_requested:
+            rec.cancel_requested = True
+            rec.note(now, "cancel_requested")
+            tr.changed = True
+            if rec.status == RUNNING and not _in_flight(rec):
+                _start_compensation(rec, saga, "cancelled", now, route, settings, tr)
+    elif isinstance(event, RegionsChanged):
+        _on_regions(rec, saga, event, now, route, settings, tr)
+    elif isinstance(event, Timer):
+        _on_timer(rec, saga, event, now, route, settings, tr)
+    if tr.changed:
+        rec.updated = now
+    return tr
+
+
+def _in_flight(rec: SagaRecord) -> bool:
+    return any(s.state in ("dispatched", "compensating") for s in rec.steps)
+
+
+def _dispatch_run(
+    rec: SagaRecord, saga: Saga, index: int, now: float, route: Route, settings: Settings, tr: Transition,
+    *, region: str | None = None,
+) -> None:
+    st = rec.steps[index]
+    step = saga.steps[index]
+    rec.step = index
+    target = region or route.pick(step)
+    if target is None:
+        _wait_for_region(rec, st, index, RUN, st.run, now, settings, tr)
+        return
+    st.run += 1
+    st.state = "dispatched"
+    st.region = target
+    st.regions.append(target)
+    st.dispatched_at = now
+    st.retry_at = None
+    st.waiting_region = False
+    if st.started is None:
+        st.started = now
+    tr.changed = True
+    tr.dispatch.append(Dispatch(index, RUN, st.run, target))
+    rec.note(now, "dispatched", step=index, region=target, attempt=st.run)
+    if step.timeout_s is not None:
+        tr.timers.append((now + step.timeout_s + settings.dispatch_grace_s, Timer(index, RUN, st.run, "deadline")))
+
+
+def _dispatch_compensation(
+    rec: SagaRecord, saga: Saga, index: int, now: float, route: Route, settings: Settings, tr: Transition
+) -> None:
+    st = rec.steps[index]
+    step = saga.steps[index]
+    target = st.region if st.region and route.healthy(st.region) else None
+    if target is None:
+        target = route.failover(step, failed=st.region) if st.region else route.pick(step)
+        if target is not None and st.region is not None:
+            _record_failover(rec, index, st.region, target, "region down (compensation)", now, tr)
+    if target is None:
+        _wait_for_region(rec, st, index, COMPENSATE, st.comp_run, now, settings, tr)
+        return
+    st.comp_run += 1
+    st.state = "compensating"
+    if target not in st.regions:
+        st.regions.append(target)
+    st.region = target
+    st.dispatched_at = now
+    st.retry_at = None
+    st.waiting_region = False
+    tr.changed = True
+    tr.dispatch.append(Dispatch(index, COMPENSATE, st.comp_run, target))
+    rec.note(now, "compensation_dispatched", step=index, region=target, attempt=st.comp_run)
+    timeout = step.compensation_timeout_s
+    if timeout is not None:
+        tr.timers.append((now + timeout + settings.dispatch_grace_s, Timer(index, COMPENSATE, st.comp_run, "deadline")))
+
+
+def _wait_for_region(
+    rec: SagaRecord, st: StepState, index: int, kind: str, run: int, now: float, settings: Settings, tr: Transition
+) -> None:
+    if not st.waiting_region:
+        st.waiting_region = True
+        st.dispatched_at = now
+        rec.note(now, "waiting_for_region", step=index, kind=kind)
+        tr.changed = True
+        tr.timers.append((now + settings.no_region_timeout_s, Timer(index, kind, run, "no_region")))
+
+
+def _current_run(st: StepState, kind: str) -> int:
+    return st.run if kind == RUN else st.comp_run
+
+
+def _on_result(
+    rec: SagaRecord, saga: Saga, ev: Result, now: float, route: Route, settings: Settings, tr: Transition
+) -> None:
+    st = rec.steps[ev.step]
+    if ev.kind == RUN:
+        if st.state != "dispatched":
+            return  # late or duplicate
+        if not ev.ok and ev.attempt != st.run:
+            return  # a failure of a superseded run: the newer run decides
+        if ev.ok:
+            # a success of any run of the current step counts: its effect happened
+            if st.region:
+                tr.delete_tasks.append((st.region, ev.step))
+            st.state = "done"
+            st.result = ev.key
+            st.ended = now
+            st.error = None
+            if ev.region and ev.region != st.region:
+                st.region = ev.region
+            tr.changed = True
+            rec.note(now, "step_done", step=ev.step, region=ev.region or st.region, attempt=ev.attempt)
+            _advance(rec, saga, ev.step, now, route, settings, tr)
+            return
+        _on_failure(rec, saga, ev.step, RUN, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr)
+    else:
+        if st.state != "compensating":
+            return
+        if not ev.ok and ev.attempt != st.comp_run:
+            return
+        if ev.ok:
+            if st.region:
+                tr.delete_tasks.append((st.region, ev.step))
+            st.state = "compensated"
+            st.comp_error = None
+            tr.changed = True
+            rec.note(now, "compensated", step=ev.step, attempt=ev.attempt)
+            _continue_compensation(rec, saga, now, route, settings, tr)
+            return
+        _on_failure(rec, saga, ev.step, COMPENSATE, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr)
+
+
+def _advance(rec: SagaRecord, saga: Saga, done: int, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+    if rec.cancel_requested:
+        _start_compensation(rec, saga, "cancelled", now, route, settings, tr)
+        return
+    if done + 1 < len(rec.steps):
+        _dispatch_run(rec, saga, done + 1, now, route, settings, tr)
+        return
+    rec.status = COMPLETED
+    rec.finished = now
+    rec.note(now, "completed")
+
+
+def _on_failure(
+    rec: SagaRecord, saga: Saga, index: int, kind: str, attempt: int, error: str, retryable: bool,
+    now: float, route: Route, settings: Settings, tr: Transition,
+) -> None:
+    st = rec.steps[index]
+    step = saga.steps[index]
+    expected_state = "dispatched" if kind == RUN else "compensating"
+    if st.state != expected_state or attempt != _current_run(st, kind):
+        return
+    tr.changed = True
+    policy = step.retry if kind == RUN else step.compensation_retry
+    if kind == RUN:
+        st.failures += 1
+        st.error = error
+        failures = st.failures
+    else:
+        st.comp_failures += 1
+        st.comp_error = error
+        failures = st.comp_failures
+    rec.note(now, "run_failed" if kind == RUN else "compensation_failed", step=index, attempt=attempt, error=error[:500])
+    if retryable and failures < policy.attempts:
+        delay = policy.delay_s(failures)
+        st.retry_at = now + delay
+        if st.region:
+            tr.delete_tasks.append((st.region, index))
+        tr.timers.append((now + delay, Timer(index, kind, attempt, "retry")))
+        rec.note(now, "retry_scheduled", step=index, kind=kind, delay_s=round(delay, 3))
+        return
+    if st.region:
+        tr.delete_tasks.append((st.region, index))
+    if kind == RUN:
+        st.state = "failed"
+        st.ended = now
+        _start_compensation(rec, saga, f"step {step.name!r} failed: {error}", now, route, settings, tr)
+    else:
+        st.state = "comp_failed"
+        rec.note(now, "compensation_gave_up", step=index, error=error[:500])
+        _continue_compensation(rec, saga, now, route, settings, tr)
+
+
+def _start_compensation(
+    rec: SagaRecord, saga: Saga, reason: str, now: float, route: Route, settings: Settings, tr: Transition
+) -> None:
+    rec.status = COMPENSATING
+    rec.error = reason
+    tr.changed = True
+    rec.note(now, "compensating", reason=reason[:500])
+    for st in rec.steps:
+        if st.state in ("pending",):
+            st.state = "skipped"
+    _continue_compensation(rec, saga, now, route, settings, tr)
+
+
+def _continue_compensation(rec: SagaRecord, saga: Saga, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+    """Compensate the next completed step, last first; finish when none is left."""
+    if any(s.state == "compensating" for s in rec.steps):
+        return
+    for index in range(len(rec.steps) - 1, -1, -1):
+        st = rec.steps[index]
+        if st.state != "done":
+            continue
+        if saga.steps[index].compensation is None:
+            st.state = "compensated"  # nothing to undo
+            rec.note(now, "nothing_to_compensate", step=index)
+            continue
+        _dispatch_compensation(rec, saga, index, now, route, settings, tr)
+        return
+    failed = [s.name for s in rec.steps if s.state == "comp_failed"]
+    rec.finished = now
+    tr.changed = True
+    if failed:
+        rec.status = FAILED
+        rec.error = f"{rec.error}; compensation gave up for {', '.join(failed)}"
+        rec.note(now, "failed", error=rec.error[:500])
+    else:
+        rec.status = COMPENSATED
+        rec.note(now, "compensated_all")
+
+
+def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+    st = rec.steps[ev.step]
+    if ev.reason == "retry":
+        if st.retry_at is None or now < st.retry_at - 1e-6 or ev.attempt != _current_run(st, ev.kind):
+            return
+        if ev.kind == RUN and st.state == "dispatched":
+            _dispatch_run(rec, saga, ev.step, now, route, settings, tr, region=_still_healthy(st.region, route))
+        elif ev.kind == COMPENSATE and st.state == "compensating":
+            _dispatch_compensation(rec, saga, ev.step, now, route, settings, tr)
+    elif ev.reason == "deadline":
+        if st.retry_at is not None or st.waiting_region or ev.attempt != _current_run(st, ev.kind):
+            return
+        _on_failure(
+            rec, saga, ev.step, ev.kind, ev.attempt, "no result within the step timeout", True, now, route, settings, tr
+        )
+    elif ev.reason == "no_region":
+        if not st.waiting_region:
+            return
+        st.waiting_region = False
+        message = "no healthy region can run this step (compliance/health)"
+        if ev.kind == RUN:
+            st.state = "failed"
+            st.error = message
+            rec.note(now, "no_region", step=ev.step)
+            _start_compensation(rec, saga, f"step {st.name!r} failed: {message}", now, route, settings, tr)
+        else:
+            st.state = "comp_failed"
+            st.comp_error = message
+            rec.note(now, "no_region", step=ev.step, kind=COMPENSATE)
+            _continue_compensation(rec, saga, now, route, settings, tr)
+        tr.changed = True
+
+
+def _still_healthy(region: str | None, route: Route) -> str | None:
+    return region if region is not None and route.healthy(region) else None
+
+
+def _record_failover(rec: SagaRecord, index: int, src: str, dst: str, reason: str, now: float, tr: Transition) -> None:
+    entry = {"step": index, "from": src, "to": dst, "reason": reason, "at": round(now, 4)}
+    rec.failovers.append(entry)
+    tr.failovers.append(entry)
+    rec.note(now, "failover", step=index, **{"from": src, "to": dst}, reason=reason)
+
+
+def _on_regions(
+    rec: SagaRecord, saga: Saga, ev: RegionsChanged, now: float, route: Route, settings: Settings, tr: Transition
+) -> None:
+    for index, st in enumerate(rec.steps):
+        step = saga.steps[index]
+        if st.waiting_region:
+            if st.state == "compensating" or (rec.status == COMPENSATING and st.state == "done"):
+                st.waiting_region = False
+                _dispatch_compensation(rec, saga, index, now, route, settings, tr)
+            elif st.state in ("pending", "dispatched") and rec.status == RUNNING:
+                st.waiting_region = False
+                _dispatch_run(rec, saga, index, now, route, settings, tr)
+            continue
+        if st.state not in ("dispatched", "compensating") or st.region is None or st.region in ev.healthy:
+            continue
+        if st.retry_at is not None:
+            continue  # re-routed when the retry fires
+        # the step's region died under it: move it
+        if len(rec.failovers) >= saga.max_failovers:
+            tr.delete_tasks.append((st.region, index))
+            kind = RUN if st.state == "dispatched" else COMPENSATE
+            _on_failure(
+                rec, saga, index, kind, _current_run(st, kind),
+                f"region {st.region!r} down and max_failovers={saga.max_failovers} reached", False,
+                now, route, settings, tr,
+            )
+            continue
+        target = route.failover(step, failed=st.region)
+        if target is None:
+            continue  # nowhere to go yet; the deadline timer still guards the step
+        old = st.region
+        tr.delete_tasks.append((old, index))
+        _record_failover(rec, index, old, target, "region down", now, tr)
+        tr.changed = True
+        if st.state == "dispatched":
+            _dispatch_run(rec, saga, index, now, route, settings, tr, region=target)
+        else:
+            st.state = "done"  # re-dispatch the compensation in the new region
+            st.region = target
+            _dispatch_compensation(rec, saga, index, now, route, settings, tr)
+

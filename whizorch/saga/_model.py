@@ -1,0 +1,257 @@
+"""The saga record, task and result payloads, and the key layout (see docs/sagas.md).
+
+Everything here is plain data with a JSON codec; nothing talks to etcd.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from whizorch.errors import ConfigError
+
+__all__ = [
+    "FINAL_STATUSES",
+    "Keys",
+    "ResultPayload",
+    "SagaRecord",
+    "StepState",
+    "TaskPayload",
+    "decode_json",
+    "encode_json",
+]
+
+RUNNING = "running"
+COMPENSATING = "compensating"
+COMPLETED = "completed"
+COMPENSATED = "compensated"
+FAILED = "failed"
+STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
+FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
+
+RECORD_VERSION = 1
+MAX_HISTORY = 200
+
+
+def encode_json(value: Any, *, what: str, limit: int | None = None) -> bytes:
+    """Compact JSON; a clear ConfigError when the value is not JSON or too large."""
+    try:
+        data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
+    if limit is not None and len(data) > limit:
+        raise ConfigError(f"{what} is {len(data)} bytes, over the limit of {limit} bytes", field=what, size=len(data))
+    return data
+
+
+def decode_json(data: bytes, *, what: str) -> Any:
+    """Parse JSON, naming what failed to parse."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}", field=what) from exc
+
+
+@attrs.frozen
+class Keys:
+    """The key layout under one namespace."""
+
+    ns: str = "whizorch"
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.ns, str) or not self.ns or self.ns.endswith("/"):
+            raise ConfigError("namespace must be a non-empty string without a trailing '/'", field="namespace", value=self.ns)
+
+    @property
+    def leader(self) -> str:
+        return f"{self.ns}/leader"
+
+    def prefix(self, kind: str) -> bytes:
+        return f"{self.ns}/{kind}/".encode()
+
+    def submit(self, saga_id: str) -> bytes:
+        return f"{self.ns}/submit/{saga_id}".encode()
+
+    def saga(self, saga_id: str) -> bytes:
+        return f"{self.ns}/saga/{saga_id}".encode()
+
+    def cancel(self, saga_id: str) -> bytes:
+        return f"{self.ns}/cancel/{saga_id}".encode()
+
+    def task(self, region: str, saga_id: str, step: int) -> bytes:
+        return f"{self.ns}/task/{region}/{saga_id}/{step}".encode()
+
+    def region_tasks(self, region: str) -> bytes:
+        return f"{self.ns}/task/{region}/".encode()
+
+    # claims and results of one step share the prefix run/<saga>/<step>/, so a single
+    # watch delivers a worker's "result put + claim delete" txn in order, together
+    def claim(self, saga_id: str, step: int) -> bytes:
+        return f"{self.ns}/run/{saga_id}/{step}/claim".encode()
+
+    def result(self, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+        return f"{self.ns}/run/{saga_id}/{step}/{kind}-{attempt}".encode()
+
+    def results(self, saga_id: str) -> bytes:
+        """Prefix of every claim and result of the saga."""
+        return f"{self.ns}/run/{saga_id}/".encode()
+
+    def region(self, region: str, lease: int) -> bytes:
+        return f"{self.ns}/region/{region}/{lease:x}".encode()
+
+    def region_of(self, key: bytes) -> str:
+        """The region of a ``region/<region>/<lease>`` key."""
+        return key.decode().split("/")[-2]
+
+    def split(self, key: bytes, kind: str) -> list[str]:
+        """The parts of a key after ``<ns>/<kind>/``."""
+        text = key.decode()
+        head = f"{self.ns}/{kind}/"
+        if not text.startswith(head):
+            raise ValueError(f"{text!r} is not a {kind} key")
+        return text[len(head) :].split("/")
+
+
+SAGA_ID = r"^[A-Za-z0-9_.:\-]{1,200}$"
+
+
+@attrs.define
+class StepState:
+    """One step's progress inside the saga record."""
+
+    name: str
+    state: str = "pending"
+    """pending | dispatched | done | failed | compensating | compensated | comp_failed | skipped"""
+    region: str | None = None
+    run: int = 0
+    """How many times the step was dispatched (ctx.attempt of the latest run)."""
+    failures: int = 0
+    """Failed runs, counted against the retry policy."""
+    comp_run: int = 0
+    comp_failures: int = 0
+    result: str | None = None
+    """Key of the successful result (the output lives there, not in the record)."""
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None
+    comp_error: str | None = None
+    regions: list[str] = attrs.Factory(list)
+    """Every region that ran (or was sent) this step, in order."""
+    dispatched_at: float | None = None
+    retry_at: float | None = None
+    waiting_region: bool = False
+
+
+@attrs.define
+class SagaRecord:
+    """The durable state of one saga (key ``<ns>/saga/<id>``)."""
+
+    id: str
+    saga: str
+    txid: int
+    status: str
+    steps: list[StepState]
+    created: float
+    updated: float
+    finished: float | None = None
+    step: int = 0
+    failovers: list[dict[str, Any]] = attrs.Factory(list)
+    history: list[dict[str, Any]] = attrs.Factory(list)
+    error: str | None = None
+    cancel_requested: bool = False
+    trace: dict[str, str] = attrs.Factory(dict)
+    leader_term: int = 0
+    v: int = RECORD_VERSION
+
+    @property
+    def is_final(self) -> bool:
+        """True once completed, compensated or failed."""
+        return self.status in FINAL_STATUSES
+
+    @property
+    def regions(self) -> list[str]:
+        """Every region that ran a step, in order of first use."""
+        seen: list[str] = []
+        for st in self.steps:
+            for r in st.regions:
+                if r not in seen:
+                    seen.append(r)
+        return seen
+
+    def note(self, now: float, event: str, **fields: Any) -> None:
+        """Append to the history (bounded: the oldest entries go first)."""
+        self.history.append({"at": round(now, 4), "event": event, **fields})
+        if len(self.history) > MAX_HISTORY:
+            del self.history[: len(self.history) - MAX_HISTORY]
+
+    def to_json(self) -> bytes:
+        return encode_json(attrs.asdict(self), what="saga record")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SagaRecord:
+        raw = decode_json(data, what="saga record")
+        try:
+            if raw.get("v") != RECORD_VERSION:
+                raise ValueError(f"unknown record version {raw.get('v')!r}")
+            steps = [StepState(**s) for s in raw.pop("steps")]
+            return cls(steps=steps, **raw)
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            raise ConfigError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc
+
+
+@attrs.frozen(kw_only=True)
+class TaskPayload:
+    """A dispatched step (key ``<ns>/task/<region>/<saga>/<step>``), read by workers."""
+
+    saga_id: str
+    saga: str
+    txid: int
+    step: int
+    step_name: str
+    kind: str
+    """``run`` or ``compensate``."""
+    attempt: int
+    region: str
+    input: Any
+    outputs: dict[str, Any]
+    timeout_s: float | None
+    trace: dict[str, str] = attrs.Factory(dict)
+
+    def to_json(self, limit: int | None = None) -> bytes:
+        return encode_json(attrs.asdict(self), what="task", limit=limit)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TaskPayload:
+        raw = decode_json(data, what="task")
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"task is not valid: {exc}", field="task") from exc
+
+
+@attrs.frozen(kw_only=True)
+class ResultPayload:
+    """The outcome of one run (key ``<ns>/result/<saga>/<step>/<kind>-<attempt>``)."""
+
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = False
+    worker: str = ""
+    region: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+
+    def to_json(self, limit: int | None = None) -> bytes:
+        return encode_json(attrs.asdict(self), what="step output", limit=limit)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ResultPayload:
+        raw = decode_json(data, what="result")
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ConfigError(f"result is not valid: {exc}", field="result") from exc

@@ -1,0 +1,674 @@
+"""The orchestrator: campaigns for leadership; the leader drives every saga.
+
+While leading, it keeps an in-memory view rebuilt from etcd (records, inputs, outputs,
+claims, regions) and turns each event into one state-machine transition, committed
+as one txn guarded by the leader's fence and the record's mod_revision. Losing the
+lease, or a write refused by the fence, stops the driver at once (safe mode); the node
+then campaigns again and, if it wins, rebuilds from etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from whizorch.coord import Election, Fence, Session
+from whizorch.errors import (
+    ClosedError,
+    ConfigError,
+    OutcomeUnknownError,
+    WhizorchError,
+)
+from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
+from whizorch.saga import _machine as m
+from whizorch.saga._definition import App, Saga
+from whizorch.saga._model import (
+    FAILED,
+    FINAL_STATUSES,
+    Keys,
+    ResultPayload,
+    SagaRecord,
+    TaskPayload,
+    decode_json,
+)
+from whizorch.saga._router import RegionInfo, Router
+
+__all__ = ["Orchestrator"]
+
+log = logging.getLogger("whizorch.saga.orchestrator")
+
+
+class _LeadershipLost(Exception):
+    """Internal: the fence refused a write, or the session/leadership is gone."""
+
+
+@attrs.define
+class _Saga:
+    """The leader's cache of one saga."""
+
+    record: SagaRecord
+    mod_revision: int
+    definition: Saga | None
+    input: Any = None
+    outputs: dict[str, Any] = attrs.Factory(dict)
+    lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
+
+
+class Orchestrator:
+    """One orchestrator node. ``async with Orchestrator(client, app):`` campaigns and,
+    when elected, drives sagas until closed."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        app: App,
+        /,
+        *,
+        namespace: str = "whizorch",
+        node_id: str | None = None,
+        router: Router | None = None,
+        lease_ttl_s: int = 5,
+        retention_s: float = 3600.0,
+        settings: m.Settings = m.Settings(),
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        if not isinstance(app, App):
+            raise ConfigError("Orchestrator needs a whizorch App", field="app", value=type(app).__name__)
+        if not isinstance(retention_s, (int, float)) or retention_s < 0:
+            raise ConfigError("retention_s must be >= 0", field="retention_s", value=retention_s)
+        self.client = client
+        self.app = app
+        self.keys = Keys(namespace)
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.router = router or Router()
+        self.lease_ttl_s = lease_ttl_s
+        self.retention_s = float(retention_s)
+        self.settings = settings
+        self.on_event = on_event
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._election: Election | None = None
+        self._fence: Fence | None = None
+        self._sagas: dict[str, _Saga] = {}
+        self._workers: dict[str, dict[bytes, dict[str, Any]]] = {}
+        self._timers: list[tuple[float, int, str, m.Timer]] = []
+        self._timer_seq = itertools.count()
+        self._timer_wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._lost: asyncio.Event = asyncio.Event()
+        self.is_leader = False
+        """True while this node leads and its driver runs."""
+        self.term = 0
+        """The term (fencing token) of the current leadership, 0 when not leading."""
+        self.leader_changed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start campaigning in the background."""
+        if self._task is not None or self._closed:
+            raise ClosedError("an Orchestrator starts once")
+        self._task = asyncio.get_running_loop().create_task(self._main(), name=f"whizorch-orchestrator-{self.node_id}")
+
+    async def aclose(self) -> None:
+        """Stop driving, resign and close the session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+
+    async def wait_leader(self, timeout_s: float | None = None) -> None:
+        """Return once this node leads."""
+        async with asyncio.timeout(timeout_s):
+            while not self.is_leader:
+                self.leader_changed.clear()
+                await self.leader_changed.wait()
+
+    def _emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, fields)
+            except Exception:  # an observer's bug must not stop the driver
+                log.exception("on_event callback failed")
+
+    async def _main(self) -> None:
+        while not self._closed:
+            try:
+                async with Session(self.client, ttl_s=self.lease_ttl_s) as session:
+                    election = Election(session, self.keys.leader)
+                    self._election = election
+                    try:
+                        fence = await election.campaign(self.node_id)
+                        await self._lead(session, election, fence)
+                    finally:
+                        self._set_leader(False, 0)
+                        with contextlib.suppress(WhizorchError):
+                            await election.resign()
+            except asyncio.CancelledError:
+                raise
+            except (WhizorchError, _LeadershipLost) as exc:
+                log.warning("orchestrator %s: %s; campaigning again", self.node_id, exc)
+            if not self._closed:
+                await asyncio.sleep(0.1)  # ok: pause before the next campaign
+
+    def _set_leader(self, leading: bool, term: int) -> None:
+        self.is_leader = leading
+        self.term = term
+        self.leader_changed.set()
+        self._emit("leader" if leading else "follower", node=self.node_id, term=term)
+
+    # -- leading ---------------------------------------------------------------------
+
+    async def _lead(self, session: Session, election: Election, fence: Fence) -> None:
+        self._fence = fence
+        self._sagas.clear()
+        self._workers.clear()
+        self._timers.clear()
+        self._lost = asyncio.Event()
+        log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
+        revision = await self._rebuild()
+        self._set_leader(True, fence.token)
+        watchers = [
+            asyncio.ensure_future(self._watch(kind, revision, handler))
+            for kind, handler in (
+                ("submit", self._on_submit_event),
+                ("run", self._on_run_event),
+                ("cancel", self._on_cancel_event),
+                ("region", self._on_region_event),
+            )
+        ]
+        helpers = [asyncio.ensure_future(self._timer_loop()), asyncio.ensure_future(self._retention_loop())]
+        stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
+        everything = [*watchers, *helpers, *stop]
+        try:
+            done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut in stop:
+                    continue
+                exc = fut.exception()
+                if exc is not None:
+                    raise exc
+            raise _LeadershipLost(f"leadership lost ({session.lost_reason or 'fence or key gone'})")
+        finally:
+            # safe mode: stop every write at once
+            self._set_leader(False, 0)
+            self._fence = None
+            for fut in everything:
+                fut.cancel()
+            pending = list(self._inflight)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*everything, *pending, return_exceptions=True)
+            self._inflight.clear()
+            self._sagas.clear()
+
+    async def _rebuild(self) -> int:
+        """Load everything under the namespace at one revision; resume every saga."""
+        snap = await self.client.get(self.keys.ns + "/", prefix=True)
+        ns = self.keys.ns + "/"
+        submits: dict[str, KeyValue] = {}
+        records: dict[str, KeyValue] = {}
+        results: dict[str, list[KeyValue]] = {}
+        claims: dict[tuple[str, int], KeyValue] = {}
+        cancels: set[str] = set()
+        for kv in snap.kvs:
+            rest = kv.key.decode(errors="replace")[len(ns) :]
+            kind, _, tail = rest.partition("/")
+            if kind == "submit":
+                submits[tail] = kv
+            elif kind == "saga":
+                records[tail] = kv
+            elif kind == "run":
+                parts = tail.split("/")
+                if len(parts) != 3:
+                    continue
+                if parts[2] == "claim":
+                    with contextlib.suppress(ValueError):
+                        claims[(parts[0], int(parts[1]))] = kv
+                else:
+                    results.setdefault(parts[0], []).append(kv)
+            elif kind == "cancel":
+                cancels.add(tail)
+            elif kind == "region":
+                region = tail.split("/")[0]
+                self._workers.setdefault(region, {})[kv.key] = _caps(kv.value)
+        self._update_router()
+        now = time.time()
+        for sid, kv in records.items():
+            sub = submits.get(sid)
+            try:
+                rec = SagaRecord.from_json(kv.value)
+            except ConfigError as exc:
+                await self._quarantine(sid, kv, str(exc))
+                continue
+            entry = _Saga(rec, kv.mod_revision, self.app.get(rec.saga))
+            if sub is not None:
+                with contextlib.suppress(ConfigError):
+                    entry.input = decode_json(sub.value, what="submission").get("input")
+            for rkv in results.get(sid, []):
+                self._learn_output(entry, rkv)
+            self._sagas[sid] = entry
+            if rec.is_final:
+                continue
+            if entry.definition is None:
+                await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
+                continue
+            await self._resume(entry, results.get(sid, []), claims, sid in cancels, now)
+        for sid, kv in submits.items():
+            if sid not in records:
+                await self._adopt(sid, kv)
+        return snap.header.revision
+
+    async def _resume(
+        self, entry: _Saga, results: list[KeyValue], claims: dict[tuple[str, int], KeyValue], cancelled: bool, now: float
+    ) -> None:
+        """Feed what happened while nobody led; re-arm timers; re-dispatch lost runs."""
+        rec = entry.record
+        for rkv in sorted(results, key=lambda kv: kv.mod_revision):
+            ev = self._result_event(rkv)
+            if ev is not None:
+                await self._apply(entry, ev)
+        if cancelled and not rec.cancel_requested:
+            await self._apply(entry, m.Cancel())
+        for index, st in enumerate(rec.steps):
+            kind = m.RUN if st.state == "dispatched" else m.COMPENSATE if st.state == "compensating" else None
+            if kind is None:
+                continue
+            run = st.run if kind == m.RUN else st.comp_run
+            if st.waiting_region:
+                at = (st.dispatched_at or now) + self.settings.no_region_timeout_s
+                self._arm(at, rec.id, m.Timer(index, kind, run, "no_region"))
+            elif st.retry_at is not None:
+                self._arm(st.retry_at, rec.id, m.Timer(index, kind, run, "retry"))
+            elif (rec.id, index) not in claims:
+                # dispatched, unclaimed and no result: maybe claimed by a worker that
+                # died while nobody led; run it again (a new attempt, same idempotency key)
+                await self._apply(entry, m.ClaimLost(index, kind, run))
+            else:
+                step = entry.definition.steps[index] if entry.definition else None
+                timeout = (step.timeout_s if kind == m.RUN else step.compensation_timeout_s) if step else None
+                if timeout is not None:
+                    self._arm((st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s, rec.id, m.Timer(index, kind, run, "deadline"))
+        if any(s.state in ("dispatched", "compensating") and s.region and not self.router.healthy(s.region) for s in rec.steps):
+            await self._apply(entry, m.RegionsChanged(frozenset(self.router.regions)))
+
+    # -- watches -----------------------------------------------------------------------
+
+    async def _watch(self, kind: str, revision: int, handler: Callable[[WatchEvent], None]) -> None:
+        async with self.client.watch(self.keys.prefix(kind), prefix=True, start_revision=revision + 1, prev_kv=True) as w:
+            async for ev in w:
+                handler(ev)
+
+    def _spawn(self, saga_id: str, event: m.Event | None = None, *, submit: KeyValue | None = None) -> None:
+        """Apply an event to a saga in its own task (events of one saga stay ordered)."""
+
+        async def run() -> None:
+            try:
+                if submit is not None:
+                    await self._adopt(saga_id, submit)
+                    return
+                entry = self._sagas.get(saga_id)
+                if entry is None or event is None:
+                    return
+                await self._apply(entry, event)
+            except _LeadershipLost:
+                self._lost.set()
+            except asyncio.CancelledError:
+                raise
+            except WhizorchError as exc:
+                # etcd trouble: the event is not lost, it is applied again shortly
+                # (the machine ignores what it has already seen)
+                log.warning("saga %s: could not apply %r: %s; retrying", saga_id, event or "adoption", exc)
+                if not self._lost.is_set():
+                    asyncio.get_running_loop().call_later(0.5, self._respawn, saga_id, event, submit)
+            except Exception:
+                log.exception("saga %s: bug while applying %r", saga_id, event)
+                self._lost.set()  # do not drive on in an unknown state
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _respawn(self, saga_id: str, event: m.Event | None, submit: KeyValue | None) -> None:
+        if self.is_leader_now():
+            self._spawn(saga_id, event, submit=submit)
+
+    def _on_submit_event(self, ev: WatchEvent) -> None:
+        if ev.type is EventType.PUT and ev.kv.version == 1:
+            sid = self.keys.split(ev.kv.key, "submit")[0]
+            if sid not in self._sagas:
+                self._spawn(sid, submit=ev.kv)
+
+    def _on_run_event(self, ev: WatchEvent) -> None:
+        """Claims and results (one prefix, so one txn's events arrive in order)."""
+        if ev.kv.key.endswith(b"/claim"):
+            self._on_claim_event(ev)
+        else:
+            self._on_result_event(ev)
+
+    def _on_result_event(self, ev: WatchEvent) -> None:
+        if ev.type is not EventType.PUT:
+            return
+        sid = self.keys.split(ev.kv.key, "run")[0]
+        entry = self._sagas.get(sid)
+        if entry is None:
+            return
+        self._learn_output(entry, ev.kv)
+        result = self._result_event(ev.kv)
+        if result is not None:
+            self._spawn(sid, result)
+
+    def _on_claim_event(self, ev: WatchEvent) -> None:
+        if ev.type is not EventType.DELETE or ev.prev_kv is None:
+            return
+        sid, step, _claim = self.keys.split(ev.kv.key, "run")
+        try:
+            claim = decode_json(ev.prev_kv.value, what="claim")
+            attempt, kind = int(claim["attempt"]), str(claim["kind"])
+        except (ConfigError, KeyError, TypeError, ValueError):
+            return
+        entry = self._sagas.get(sid)
+        if entry is None:
+            return
+        # a result written with the claim's deletion arrives first (same txn): the
+        # machine then ignores this event, as the run is no longer current
+        self._spawn(sid, m.ClaimLost(int(step), kind, attempt))
+
+    def _on_cancel_event(self, ev: WatchEvent) -> None:
+        if ev.type is EventType.PUT:
+            sid = self.keys.split(ev.kv.key, "cancel")[0]
+            if sid in self._sagas:
+                self._spawn(sid, m.Cancel())
+
+    def _on_region_event(self, ev: WatchEvent) -> None:
+        region = self.keys.region_of(ev.kv.key)
+        workers = self._workers.setdefault(region, {})
+        before = frozenset(self.router.regions)
+        if ev.type is EventType.DELETE:
+            workers.pop(ev.kv.key, None)
+        else:
+            workers[ev.kv.key] = _caps(ev.kv.value)
+        self._update_router()
+        after = frozenset(self.router.regions)
+        if after != before:
+            log.info("healthy regions: %s", sorted(after))
+            self._emit("regions", healthy=sorted(after))
+            for sid, entry in self._sagas.items():
+                if not entry.record.is_final:
+                    self._spawn(sid, m.RegionsChanged(after))
+
+    def _update_router(self) -> None:
+        view: dict[str, RegionInfo] = {}
+        for region, workers in self._workers.items():
+            if not workers:
+                continue
+            caps = list(workers.values())
+            tags = frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps))
+            capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
+            busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
+            view[region] = RegionInfo(
+                name=region,
+                compliance=tags,
+                cost=min(float(c.get("cost", 0.0)) for c in caps),
+                load=busy / capacity if capacity else 0.0,
+                workers=len(caps),
+            )
+        self.router.update(view)
+
+    def _learn_output(self, entry: _Saga, kv: KeyValue) -> None:
+        try:
+            payload = ResultPayload.from_json(kv.value)
+        except ConfigError:
+            return
+        parts = self.keys.split(kv.key, "run")
+        if payload.ok and parts[2].startswith(m.RUN) and entry.definition is not None:
+            index = int(parts[1])
+            if 0 <= index < len(entry.definition.steps):
+                entry.outputs[entry.definition.steps[index].name] = payload.output
+
+    def _result_event(self, kv: KeyValue) -> m.Result | None:
+        try:
+            payload = ResultPayload.from_json(kv.value)
+            _sid, step, tag = self.keys.split(kv.key, "run")
+            kind, _, attempt = tag.rpartition("-")
+            return m.Result(
+                int(step), kind, int(attempt), payload.ok, kv.key.decode(), payload.error, payload.retryable, payload.region
+            )
+        except (ConfigError, ValueError) as exc:
+            log.error("undecodable result %r: %s", kv.key, exc)
+            return None
+
+    # -- transitions ---------------------------------------------------------------------
+
+    async def _adopt(self, saga_id: str, kv: KeyValue) -> None:
+        try:
+            sub = decode_json(kv.value, what="submission")
+            name, value, trace = sub["saga"], sub.get("input"), dict(sub.get("trace") or {})
+        except (ConfigError, KeyError, TypeError) as exc:
+            rec = _failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
+            entry = _Saga(rec, 0, None)
+            await self._commit(entry, rec, m.Transition(changed=True))
+            self._sagas[saga_id] = entry
+            return
+        definition = self.app.get(name)
+        now = time.time()
+        if definition is None:
+            rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", now)
+            entry = _Saga(rec, 0, None, value)
+            await self._commit(entry, rec, m.Transition(changed=True))
+            self._sagas[saga_id] = entry
+            return
+        rec, tr = m.adopt(
+            definition, saga_id=saga_id, txid=kv.create_revision, now=now, route=self.router,
+            settings=self.settings, trace=trace, term=self.term,
+        )
+        entry = _Saga(rec, 0, definition, value)
+        async with entry.lock:
+            await self._commit(entry, rec, tr)
+        self._sagas[saga_id] = entry
+        self._emit("adopted", saga_id=saga_id, saga=name)
+
+    async def _apply(self, entry: _Saga, event: m.Event) -> None:
+        async with entry.lock:
+            for _ in range(3):
+                if entry.definition is None or entry.record.is_final:
+                    return
+                # the machine works on a copy: the cache changes only once etcd has it
+                rec = SagaRecord.from_json(entry.record.to_json())
+                tr = m.apply(rec, entry.definition, event, now=time.time(), route=self.router, settings=self.settings)
+                if not tr.changed and not tr.dispatch and not tr.delete_tasks:
+                    for at, timer in tr.timers:
+                        self._arm(at, rec.id, timer)
+                    return
+                try:
+                    await self._commit(entry, rec, tr)
+                    return
+                except _Conflict:
+                    await self._reload(entry)
+            raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)
+
+    async def _reload(self, entry: _Saga) -> None:
+        """Our cache is stale (or a write's outcome unknown): read the record again."""
+        cur = await self.client.get(self.keys.saga(entry.record.id))
+        if cur.kvs:
+            entry.record = SagaRecord.from_json(cur.kvs[0].value)
+            entry.mod_revision = cur.kvs[0].mod_revision
+        else:
+            entry.mod_revision = 0
+
+    async def _commit(self, entry: _Saga, rec: SagaRecord, tr: m.Transition) -> None:
+        """One txn: fence + CAS on the record, the record, the task writes.
+
+        On success the cache takes ``rec``; on failure it is left as it was.
+        """
+        fence = self._fence
+        if fence is None or not self.is_leader_now():
+            raise _LeadershipLost("not leading")
+        key = self.keys.saga(rec.id)
+        ops = [Op.put(key, rec.to_json())]
+        deleted = set()
+        for region, step in tr.delete_tasks:
+            if (region, step) not in deleted:
+                deleted.add((region, step))
+                ops.append(Op.delete(self.keys.task(region, rec.id, step)))
+        for d in tr.dispatch:
+            tkey = self.keys.task(d.region, rec.id, d.step)
+            if (d.region, d.step) in deleted:
+                ops = [o for o in ops if not _deletes(o, tkey)]
+            ops.append(Op.put(tkey, self._task_payload(entry, d).to_json()))
+        compares = [fence.compare(), Compare.mod_revision(key, "==", entry.mod_revision)]
+        try:
+            res = await self.client.txn(compares, ops, [Op.get(fence.key), Op.get(key)])
+        except OutcomeUnknownError as exc:
+            raise _Conflict() from exc  # re-read decides
+        if not res.succeeded:
+            fence_now = res.responses[0]
+            owner = getattr(fence_now, "kvs", [])
+            if not owner or owner[0].create_revision != fence.token:
+                self._lost.set()
+                raise _LeadershipLost("the leader fence refused a write")
+            raise _Conflict()
+        entry.record = rec
+        entry.mod_revision = res.header.revision
+        for at, timer in tr.timers:
+            self._arm(at, rec.id, timer)
+        for fo in tr.failovers:
+            self._emit("failover", saga_id=rec.id, **fo)
+        if rec.is_final:
+            self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+
+    def is_leader_now(self) -> bool:
+        """Leader by the election and the session's clock (checked before every write)."""
+        return self._election is not None and self._election.is_leader and not self._lost.is_set()
+
+    def _task_payload(self, entry: _Saga, d: m.Dispatch) -> TaskPayload:
+        rec = entry.record
+        definition = entry.definition
+        assert definition is not None
+        step = definition.steps[d.step]
+        return TaskPayload(
+            saga_id=rec.id,
+            saga=rec.saga,
+            txid=rec.txid,
+            step=d.step,
+            step_name=step.name,
+            kind=d.kind,
+            attempt=d.attempt,
+            region=d.region,
+            input=entry.input,
+            outputs=dict(entry.outputs),
+            timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
+            trace=dict(rec.trace),
+        )
+
+    async def _fail_unknown(self, entry: _Saga, reason: str) -> None:
+        rec = SagaRecord.from_json(entry.record.to_json())
+        rec.status = FAILED
+        rec.error = reason
+        rec.finished = time.time()
+        rec.note(rec.finished, "failed", error=reason)
+        await self._commit(entry, rec, m.Transition(changed=True))
+
+    async def _quarantine(self, saga_id: str, kv: KeyValue, reason: str) -> None:
+        """An undecodable record: replace it with a failed one that keeps the raw bytes."""
+        rec = _failed_record(saga_id, "?", 0, f"undecodable saga record: {reason}", time.time())
+        rec.history.append({"event": "raw_record", "raw": kv.value.decode(errors="replace")[:4000]})
+        entry = _Saga(rec, kv.mod_revision, None)
+        await self._commit(entry, rec, m.Transition(changed=True))
+        self._sagas[saga_id] = entry
+
+    # -- timers and retention --------------------------------------------------------
+
+    def _arm(self, at: float, saga_id: str, timer: m.Timer) -> None:
+        heapq.heappush(self._timers, (at, next(self._timer_seq), saga_id, timer))
+        self._timer_wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = time.time()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, sid, timer = heapq.heappop(self._timers)
+                self._spawn(sid, timer)
+            wait = self._timers[0][0] - now if self._timers else 3600.0
+            self._timer_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._timer_wake.wait()
+
+    async def _retention_loop(self) -> None:
+        """Delete terminal sagas older than ``retention_s`` (fenced), so the store stays bounded."""
+        while True:
+            await asyncio.sleep(min(60.0, max(0.2, self.retention_s / 4)))  # ok: periodic sweep
+            now = time.time()
+            for sid, entry in list(self._sagas.items()):
+                rec = entry.record
+                if rec.status in FINAL_STATUSES and rec.status != FAILED and rec.finished is not None:
+                    if now - rec.finished >= self.retention_s:
+                        await self._purge(entry)
+
+    async def _purge(self, entry: _Saga) -> None:
+        fence = self._fence
+        if fence is None:
+            raise _LeadershipLost("not leading")
+        sid = entry.record.id
+        key = self.keys.saga(sid)
+        res = await self.client.txn(
+            [fence.compare(), Compare.mod_revision(key, "==", entry.mod_revision)],
+            [
+                Op.delete(key),
+                Op.delete(self.keys.submit(sid)),
+                Op.delete(self.keys.cancel(sid)),
+                Op.delete(self.keys.results(sid), prefix=True),
+            ],
+            idempotent=True,
+        )
+        if res.succeeded:
+            self._sagas.pop(sid, None)
+            self._emit("purged", saga_id=sid)
+
+
+class _Conflict(Exception):
+    """Internal: the record's mod_revision moved (or the outcome is unknown): reload."""
+
+
+def _deletes(op: Op, key: bytes) -> bool:
+    pb = op._pb
+    return pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key
+
+
+def _caps(value: bytes) -> dict[str, Any]:
+    try:
+        caps = decode_json(value, what="worker capabilities")
+        return caps if isinstance(caps, dict) else {}
+    except ConfigError:
+        return {}
+
+
+def _failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:
+    rec = SagaRecord(id=saga_id, saga=saga, txid=txid, status=FAILED, steps=[], created=now, updated=now, finished=now, error=reason)
+    rec.note(now, "failed", error=reason)
+    return rec
+

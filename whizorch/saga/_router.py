@@ -1,0 +1,147 @@
+"""The global router: scores healthy regions for a step.
+
+Default score (the spec's weights): ``+50`` if the region holds the step's data,
+``- latency_ms / 10`` (from the data's region, else from the orchestrator's home),
+``- cost * 10``, ``- load * 20``; a region lacking a compliance tag the step requires
+is disqualified. Pass ``scorer=`` to replace the formula.
+
+Failover (a step's region died): ``"closest"`` (default) moves it to the healthy,
+compliant region with the lowest latency from the dead one; ``"score"`` re-routes by
+score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from whizorch.errors import ConfigError
+from whizorch.saga._definition import Step
+from whizorch.saga._machine import Route
+
+__all__ = ["RegionInfo", "Router", "Weights"]
+
+
+@attrs.frozen(kw_only=True)
+class RegionInfo:
+    """A healthy region as its live workers describe it."""
+
+    name: str
+    compliance: frozenset[str] = frozenset()
+    cost: float = 0.0
+    load: float = 0.0
+    """Busy fraction of the region's worker capacity, 0..1."""
+    workers: int = 1
+
+
+@attrs.frozen(kw_only=True)
+class Weights:
+    """Weights of the default score."""
+
+    locality: float = 50.0
+    latency_per_ms: float = 0.1
+    cost: float = 10.0
+    load: float = 20.0
+
+
+Scorer = Callable[[Step, RegionInfo, "Router"], "float | None"]
+
+
+def _latency_table(latency_ms: Mapping[Any, Any]) -> dict[tuple[str, str], float]:
+    table: dict[tuple[str, str], float] = {}
+    for key, value in latency_ms.items():
+        if isinstance(key, tuple) and len(key) == 2:
+            pairs = [(key, value)]
+        elif isinstance(key, str) and isinstance(value, Mapping):
+            pairs = [((key, dst), ms) for dst, ms in value.items()]
+        else:
+            raise ConfigError("latency_ms maps (src, dst) or src -> {dst: ms}", field="latency_ms", value=key)
+        for (src, dst), ms in pairs:
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms < 0:
+                raise ConfigError("a latency must be a number of ms >= 0", field=f"latency_ms[{src}][{dst}]", value=ms)
+            table[(src, dst)] = float(ms)
+            table.setdefault((dst, src), float(ms))
+    return table
+
+
+class Router(Route):
+    """Picks a region for each step among the healthy ones."""
+
+    def __init__(
+        self,
+        *,
+        latency_ms: Mapping[Any, Any] | None = None,
+        weights: Weights = Weights(),
+        scorer: Scorer | None = None,
+        home_region: str | None = None,
+        failover_policy: str = "closest",
+    ) -> None:
+        if failover_policy not in ("closest", "score"):
+            raise ConfigError("failover_policy must be 'closest' or 'score'", field="failover_policy", value=failover_policy)
+        self.latency = _latency_table(latency_ms or {})
+        self.weights = weights
+        self.scorer = scorer
+        self.home_region = home_region
+        self.failover_policy = failover_policy
+        self.regions: dict[str, RegionInfo] = {}
+
+    def update(self, regions: Mapping[str, RegionInfo]) -> None:
+        """Replace the view of healthy regions."""
+        self.regions = dict(regions)
+
+    def latency_ms(self, src: str | None, dst: str) -> float:
+        """Configured latency between two regions (0 for the same region or unknown)."""
+        if src is None or src == dst:
+            return 0.0
+        return self.latency.get((src, dst), 0.0)
+
+    def healthy(self, region: str) -> bool:
+        return region in self.regions
+
+    def eligible(self, step: Step, region: RegionInfo) -> bool:
+        """Compliance: the region must carry every tag the step requires."""
+        return step.compliance <= region.compliance
+
+    def score(self, step: Step, region: RegionInfo) -> float | None:
+        """The region's score for ``step``; None when disqualified."""
+        if not self.eligible(step, region):
+            return None
+        if self.scorer is not None:
+            return self.scorer(step, region, self)
+        w = self.weights
+        origin = step.region or self.home_region
+        s = 0.0
+        if step.region is not None and step.region == region.name:
+            s += w.locality
+        s -= self.latency_ms(origin, region.name) * w.latency_per_ms
+        s -= region.cost * w.cost
+        s -= region.load * w.load
+        return s
+
+    def ranked(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
+        """Eligible healthy regions, best first (ties broken by name)."""
+        out = []
+        for name, info in self.regions.items():
+            if name in exclude:
+                continue
+            sc = self.score(step, info)
+            if sc is not None:
+                out.append((sc, name))
+        out.sort(key=lambda p: (-p[0], p[1]))
+        return out
+
+    def pick(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> str | None:
+        ranked = self.ranked(step, exclude=exclude)
+        return ranked[0][1] if ranked else None
+
+    def failover(self, step: Step, *, failed: str) -> str | None:
+        candidates = [
+            name for name, info in self.regions.items() if name != failed and self.eligible(step, info)
+        ]
+        if not candidates:
+            return None
+        if self.failover_policy == "score":
+            return self.pick(step, exclude=frozenset({failed}))
+        return min(candidates, key=lambda r: (self.latency_ms(failed, r), r))

@@ -1,0 +1,364 @@
+"""Regional worker: claims its region's tasks on its lease and records results once.
+
+A worker registers ``<ns>/region/<region>/<lease hex>`` on its session's lease (its
+liveness, with its capabilities: compliance tags, cost, capacity and load), watches
+``<ns>/task/<region>/``, and for each task it has room for:
+
+1. claims it: ``create_revision(claim) == 0 and mod_revision(task) == seen`` ->
+   put the claim on its lease (one executor per step at a time);
+2. runs the handler (``asyncio.timeout`` = the step's timeout; sync handlers in a
+   thread) under the concurrency limit;
+3. records the result exactly once: ``create_revision(claim) == mine and
+   create_revision(result) == 0`` -> put the result, delete the claim.
+
+If the session is lost, running handlers are cancelled and their late results are
+refused by the claim fence; the worker re-registers on a new lease. ``aclose()``
+drains: no new claims, running handlers finish (up to ``drain_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from whizorch.coord import Session
+from whizorch.errors import ClosedError, ConfigError, OutcomeUnknownError, WhizorchError
+from whizorch.etcd import Compare, EtcdClient, EventType, Op
+from whizorch.saga._definition import App, StepContext, call_handler
+from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("whizorch.saga.worker")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Worker:
+    """Runs the steps dispatched to one region. ``async with Worker(client, app, region="eu"):``"""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        app: App,
+        /,
+        *,
+        region: str,
+        namespace: str = "whizorch",
+        worker_id: str | None = None,
+        concurrency: int = 16,
+        compliance: tuple[str, ...] | list[str] | frozenset[str] = (),
+        cost: float = 0.0,
+        lease_ttl_s: int = 5,
+        max_payload_bytes: int = 64 * 1024,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        if not isinstance(app, App):
+            raise ConfigError("Worker needs a whizorch App", field="app", value=type(app).__name__)
+        if not isinstance(region, str) or not region or "/" in region:
+            raise ConfigError("region must be a non-empty name without '/'", field="region", value=region)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigError("concurrency must be an int >= 1", field="concurrency", value=concurrency)
+        self.client = client
+        self.app = app
+        self.region = region
+        self.keys = Keys(namespace)
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{region}"
+        self.concurrency = concurrency
+        self.compliance = sorted(set(compliance))
+        self.cost = float(cost)
+        self.lease_ttl_s = lease_ttl_s
+        self.max_payload_bytes = max_payload_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self._state = _State.UNOPENED
+        self._task: asyncio.Task[None] | None = None
+        self._running: dict[bytes, asyncio.Task[None]] = {}
+        self._backlog: dict[bytes, tuple[TaskPayload, int]] = {}
+        self._draining = asyncio.Event()
+        self._session: Session | None = None
+        self._reported_load = -1.0
+        self._claiming = 0
+        self.completed = 0
+        """Runs this worker finished and recorded (for tests and metrics)."""
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Register and start claiming (returns once registered)."""
+        if self._state is not _State.UNOPENED:
+            raise ClosedError(f"Worker is {self._state.value}; a Worker starts once")
+        self._state = _State.OPEN
+        registered = asyncio.get_running_loop().create_future()
+        self._task = asyncio.get_running_loop().create_task(self._main(registered), name=f"whizorch-worker-{self.region}")
+        done, _ = await asyncio.wait({registered, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done and not registered.done():
+            await self.aclose()
+            self._task.result()  # re-raise why it stopped
+
+    async def aclose(self, *, drain: bool = True) -> None:
+        """Stop claiming, let running handlers finish (drain), deregister. Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._draining.set()
+        if drain and self._running:
+            _, pending = await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
+            if pending:
+                log.warning("worker %s: %d handlers still running after the drain timeout; cancelling", self.worker_id, len(pending))
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            results = await asyncio.gather(task, return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+
+    @property
+    def load(self) -> float:
+        """Busy fraction of this worker's capacity."""
+        return len(self._running) / self.concurrency
+
+    # -- main loop ---------------------------------------------------------------------
+
+    async def _main(self, registered: asyncio.Future[None]) -> None:
+        while not self._draining.is_set():
+            try:
+                async with Session(self.client, ttl_s=self.lease_ttl_s) as session:
+                    self._session = session
+                    await self._register(session)
+                    if not registered.done():
+                        registered.set_result(None)
+                    await self._serve(session)
+            except asyncio.CancelledError:
+                raise
+            except WhizorchError as exc:
+                if not registered.done() and not isinstance(exc, (ConfigError,)):
+                    log.warning("worker %s: could not start: %s; retrying", self.worker_id, exc)
+                elif isinstance(exc, ConfigError):
+                    raise
+                else:
+                    log.warning("worker %s: session ended: %s; re-registering", self.worker_id, exc)
+            finally:
+                await self._cancel_running()
+                self._session = None
+            if not self._draining.is_set():
+                await asyncio.sleep(0.2)  # ok: a short pause before re-registering
+
+    async def _register(self, session: Session) -> None:
+        await self.client.put(
+            self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id, idempotent=True
+        )
+        log.info("worker %s registered in region %s (lease %x)", self.worker_id, self.region, session.lease_id)
+
+    def _capabilities(self) -> bytes:
+        self._reported_load = round(self.load, 2)
+        return encode_json(
+            {
+                "worker": self.worker_id,
+                "region": self.region,
+                "compliance": self.compliance,
+                "cost": self.cost,
+                "concurrency": self.concurrency,
+                "load": self._reported_load,
+            },
+            what="worker capabilities",
+        )
+
+    async def _serve(self, session: Session) -> None:
+        prefix = self.keys.region_tasks(self.region)
+        snapshot = await self.client.get(prefix, prefix=True)
+        for kv in snapshot.kvs:
+            self._offer(kv.key, kv.value, kv.mod_revision)
+        await self._claim_backlog(session)
+        lost = asyncio.ensure_future(session.wait_lost())
+        draining = asyncio.ensure_future(self._draining.wait())
+        loads = asyncio.ensure_future(self._report_load(session))
+        try:
+            async with self.client.watch(prefix, prefix=True, start_revision=snapshot.header.revision + 1) as watch:
+                while True:
+                    nxt = asyncio.ensure_future(watch.__anext__())
+                    try:
+                        done, _ = await asyncio.wait({nxt, lost, draining, loads}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if not nxt.done():
+                            nxt.cancel()
+                            await asyncio.gather(nxt, return_exceptions=True)
+                    if nxt not in done:
+                        if loads in done:
+                            loads.result()
+                        if lost in done:
+                            raise WhizorchError("worker session lost", lease=session.lease_id)
+                        return  # draining: keep running handlers, claim nothing new
+                    ev = nxt.result()
+                    if ev.type is EventType.DELETE:
+                        self._backlog.pop(ev.kv.key, None)
+                    else:
+                        self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
+                    await self._claim_backlog(session)
+        finally:
+            for fut in (lost, draining, loads):
+                fut.cancel()
+            await asyncio.gather(lost, draining, loads, return_exceptions=True)
+            if self._draining.is_set() and self._running:
+                await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
+
+    async def _report_load(self, session: Session) -> None:
+        """Publish the load when it moved, at most every half second."""
+        while True:
+            await asyncio.sleep(0.5)  # ok: rate limit of load reports
+            if abs(round(self.load, 2) - self._reported_load) >= 0.1:
+                await self.client.put(
+                    self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id,
+                    idempotent=True,
+                )
+
+    def _offer(self, key: bytes, value: bytes, mod_revision: int) -> None:
+        try:
+            task = TaskPayload.from_json(value)
+        except ConfigError as exc:
+            log.error("worker %s: undecodable task %r: %s", self.worker_id, key, exc)
+            return
+        self._backlog[key] = (task, mod_revision)
+
+    async def _claim_backlog(self, session: Session) -> None:
+        while (
+            self._backlog
+            and len(self._running) + self._claiming < self.concurrency
+            and not self._draining.is_set()
+        ):
+            key, (task, mod_rev) = next(iter(self._backlog.items()))
+            del self._backlog[key]
+            if key in self._running:
+                continue
+            claim_key = self.keys.claim(task.saga_id, task.step)
+            claim = encode_json(
+                {"worker": self.worker_id, "attempt": task.attempt, "kind": task.kind, "region": self.region},
+                what="claim",
+            )
+            session.check()
+            self._claiming += 1
+            try:
+                claim_rev = await self._claim(session, key, mod_rev, claim_key, claim)
+            finally:
+                self._claiming -= 1
+            if claim_rev is None:
+                continue  # another worker has it, or the task changed (a newer event follows)
+            self._running[key] = asyncio.get_running_loop().create_task(
+                self._run(session, key, task, claim_key, claim_rev),
+                name=f"whizorch-step-{task.saga_id}-{task.step}",
+            )
+
+    async def _claim(self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes) -> int | None:
+        """Claim a task on my lease; the claim's create revision, or None if not mine."""
+        try:
+            res = await self.client.txn(
+                [Compare.create_revision(claim_key, "==", 0), Compare.mod_revision(key, "==", mod_rev)],
+                [Op.put(claim_key, claim, lease=session.lease_id)],
+            )
+        except OutcomeUnknownError:
+            # did my claim land? it is mine if it sits on my lease
+            cur = await self.client.get(claim_key)
+            if cur.kvs and cur.kvs[0].lease == session.lease_id:
+                return cur.kvs[0].create_revision
+            return None
+        return res.header.revision if res.succeeded else None
+
+    async def _cancel_running(self) -> None:
+        running = list(self._running.values())
+        for t in running:
+            t.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        self._running.clear()
+        self._backlog.clear()
+
+    # -- one run ---------------------------------------------------------------------
+
+    async def _run(self, session: Session, key: bytes, task: TaskPayload, claim_key: bytes, claim_rev: int) -> None:
+        started = time.time()
+        try:
+            outcome = await self._execute(task)
+            payload = ResultPayload(
+                ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
+                worker=self.worker_id, region=self.region, started=started, ended=time.time(),
+            )
+            try:
+                data = payload.to_json(self.max_payload_bytes)
+            except ConfigError as exc:
+                data = ResultPayload(
+                    ok=False, error=str(exc), error_type="ConfigError", retryable=False,
+                    worker=self.worker_id, region=self.region, started=started, ended=time.time(),
+                ).to_json()
+            result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
+            res = await self.client.txn(
+                [Compare.create_revision(claim_key, "==", claim_rev), Compare.create_revision(result_key, "==", 0)],
+                [Op.put(result_key, data), Op.delete(claim_key)],
+                idempotent=True,
+            )
+            if res.succeeded:
+                self.completed += 1
+            else:
+                log.warning(
+                    "worker %s: result of %s step %d (%s #%d) refused: claim lost or result exists",
+                    self.worker_id, task.saga_id, task.step, task.kind, task.attempt,
+                )
+        except asyncio.CancelledError:
+            raise
+        except WhizorchError as exc:
+            # the claim expires with the lease; the leader re-dispatches
+            log.warning("worker %s: could not record %s step %d: %s", self.worker_id, task.saga_id, task.step, exc)
+        finally:
+            self._running.pop(key, None)
+            if self._session is session and not session.is_lost and not self._draining.is_set():
+                with contextlib.suppress(WhizorchError):
+                    await self._claim_backlog(session)
+
+    async def _execute(self, task: TaskPayload) -> tuple[bool, Any, str | None, str | None, bool]:
+        """(ok, output, error, error_type, retryable) of running the handler."""
+        saga = self.app.get(task.saga)
+        if saga is None or not 0 <= task.step < len(saga.steps):
+            return False, None, f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}", "UnknownSaga", False
+        step = saga.steps[task.step]
+        compensating = task.kind == "compensate"
+        fn = step.compensation if compensating else step.fn
+        if fn is None:
+            return True, None, None, None, False
+        policy = step.compensation_retry if compensating else step.retry
+        ctx = StepContext(
+            saga_id=task.saga_id,
+            transaction_id=task.txid,
+            saga=task.saga,
+            step=step.name,
+            step_index=task.step,
+            attempt=task.attempt,
+            region=self.region,
+            compensating=compensating,
+            idempotency_key=f"{task.saga_id}:{step.name}",
+            outputs=task.outputs,
+            worker=self.worker_id,
+        )
+        try:
+            async with asyncio.timeout(task.timeout_s):
+                output = await call_handler(fn, ctx, task.input)
+        except TimeoutError as exc:
+            return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
+        except Exception as exc:
+            return False, None, f"{type(exc).__name__}: {exc}", type(exc).__name__, policy.retryable(exc)
+        return True, output, None, None, False
