@@ -31,7 +31,9 @@ def test_top_level_all_is_pinned_and_sorted() -> None:
 
 def test_layer_all_lists_are_sorted() -> None:
     """Each layer's __all__ is sorted and resolves."""
-    for mod in (whizorch.etcd, whizorch.coord):
+    import whizorch.saga
+
+    for mod in (whizorch.etcd, whizorch.coord, whizorch.saga):
         assert sorted(mod.__all__) == mod.__all__
         for name in mod.__all__:
             getattr(mod, name)
@@ -49,10 +51,11 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def test_layers_import_one_way() -> None:
-    """etcd/ never imports coord/ or higher; coord/ never imports saga or CLI layers; testing/ never imports coord."""
+    """etcd <- coord <- saga <- cli: no layer imports a higher one; testing/ uses the adapter only."""
     forbidden = {
         "etcd": ("whizorch.coord", "whizorch.saga", "whizorch.cli", "whizorch.testing"),
         "coord": ("whizorch.saga", "whizorch.cli", "whizorch.testing"),
+        "saga": ("whizorch.cli", "whizorch.testing", "whizorch.demo"),
         "testing": ("whizorch.coord", "whizorch.saga", "whizorch.cli"),
     }
     for layer, banned in forbidden.items():

@@ -1,0 +1,10 @@
+"""Layer 4: the ``whizorch`` command line (click).
+
+``whizorch dev`` runs a local etcd cluster; ``whizorch worker`` and ``whizorch
+orchestrator`` run the real roles for your own sagas (``--app module:object``);
+``whizorch demo`` shows it all on a local cluster.
+"""
+
+from whizorch.cli._main import main
+
+__all__ = ["main"]
