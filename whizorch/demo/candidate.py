@@ -11,10 +11,12 @@ Lines on stdout (one JSON object each, flushed):
 
 * ``{"event": "campaigning"}`` then ``{"event": "leader", "term": T, "lease": L}``
 * ``{"event": "write", "ok": true, "revision": R}`` for each fenced heartbeat write
-  while it believes it leads (every ``--interval`` seconds, key ``<name>-state``)
+  while it believes it leads (every ``--interval`` seconds, key ``<name>-state``); a
+  write is given up when the session's lease may be gone, so ``lost`` follows in time
 * ``{"event": "lost", "reason": "..."}`` once it learns it lost leadership
 * ``{"event": "late_write", "error": "FencedError", ...}``: after losing, it tries one
-  write with the old fence, as a stale leader would; etcd rejects it
+  write with the old fence, as a stale leader would; etcd rejects it. While etcd
+  cannot be reached it retries (for up to 30 s), printing ``late_write_retry`` lines
 * then it campaigns again (``--once`` exits instead).
 """
 
@@ -27,7 +29,18 @@ import sys
 import time
 from typing import Any
 
-from whizorch import Election, EtcdClient, FencedError, Session, VersionedStore, WhizorchError
+from whizorch import (
+    Election,
+    EtcdClient,
+    EtcdUnavailableError,
+    FencedError,
+    OutcomeUnknownError,
+    Session,
+    VersionedStore,
+    WhizorchError,
+)
+
+_LATE_WRITE_RETRY_S = 30.0
 
 
 def emit(**fields: Any) -> None:
@@ -49,36 +62,49 @@ async def run(args: argparse.Namespace) -> int:
                 while election.is_leader:
                     seq += 1
                     try:
-                        cur = await store.get(state_key)
-                        rev = await store.compare_and_set(
-                            state_key,
-                            json.dumps({"leader": args.id, "seq": seq}),
-                            expected_revision=cur.mod_revision if cur else 0,
-                            fence=fence,
-                        )
+                        # a write stuck on an unreachable etcd must not keep a leader that
+                        # lost its lease from stepping down (the fence makes it harmless)
+                        async with asyncio.timeout(session.remaining_s):
+                            cur = await store.get(state_key)
+                            rev = await store.compare_and_set(
+                                state_key,
+                                json.dumps({"leader": args.id, "seq": seq}),
+                                expected_revision=cur.mod_revision if cur else 0,
+                                fence=fence,
+                            )
                         emit(event="write", ok=True, revision=rev, seq=seq)
-                    except WhizorchError as exc:
-                        emit(event="write", ok=False, error=type(exc).__name__, message=str(exc))
+                    except (WhizorchError, TimeoutError) as exc:
+                        message = str(exc) or "no answer before the session's deadline"
+                        emit(event="write", ok=False, error=type(exc).__name__, message=message)
                     lost = asyncio.ensure_future(election.wait_lost())
                     try:
                         await asyncio.wait({lost}, timeout=args.interval)
                     finally:
                         lost.cancel()
                 emit(event="lost", id=args.id, reason=session.lost_reason or "leader key gone")
-                # what a stale leader would do next: write with its old fence
-                try:
-                    cur = await store.get(state_key)
-                    await store.compare_and_set(
-                        state_key,
-                        json.dumps({"leader": args.id, "stale": True}),
-                        expected_revision=cur.mod_revision if cur else 0,
-                        fence=fence,
-                    )
-                    emit(event="late_write", ok=True)
-                except FencedError as exc:
-                    emit(event="late_write", ok=False, error="FencedError", current_token=exc.current_token)
-                except WhizorchError as exc:
-                    emit(event="late_write", ok=False, error=type(exc).__name__, message=str(exc))
+                # what a stale leader would do next: write with its old fence, retrying
+                # while etcd cannot be reached, until etcd answers
+                retry_until = time.monotonic() + _LATE_WRITE_RETRY_S
+                while True:
+                    try:
+                        cur = await store.get(state_key)
+                        await store.compare_and_set(
+                            state_key,
+                            json.dumps({"leader": args.id, "stale": True}),
+                            expected_revision=cur.mod_revision if cur else 0,
+                            fence=fence,
+                        )
+                        emit(event="late_write", ok=True)
+                    except FencedError as exc:
+                        emit(event="late_write", ok=False, error="FencedError", current_token=exc.fields.get("current_token"))
+                    except (EtcdUnavailableError, OutcomeUnknownError) as exc:
+                        if time.monotonic() < retry_until:
+                            emit(event="late_write_retry", error=type(exc).__name__, message=str(exc))
+                            continue
+                        emit(event="late_write", ok=False, error=type(exc).__name__, message=str(exc))
+                    except WhizorchError as exc:
+                        emit(event="late_write", ok=False, error=type(exc).__name__, message=str(exc))
+                    break
             if args.once:
                 return 0
 
