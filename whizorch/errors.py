@@ -28,7 +28,7 @@ Every error carries the structured fields that apply (``key``, ``revision``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "AuthError",
@@ -78,6 +78,10 @@ class WhizorchError(Exception):
             setattr(self, name, value)
         detail = " ".join(f"{k}={_show(v)}" for k, v in self.fields.items())
         super().__init__(f"{message} ({detail})" if detail else message)
+
+    if TYPE_CHECKING:
+        # structured fields are set per instance (key, revision, lease, endpoint ...)
+        def __getattr__(self, name: str) -> Any: ...
 
 
 class ConfigError(WhizorchError, ValueError):

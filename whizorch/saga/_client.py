@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ConfigError, SagaFailedError
+from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._model import (
@@ -113,6 +113,74 @@ class SagaClient:
         self.client = client
         self.keys = Keys(namespace)
         self.max_payload_bytes = max_payload_bytes
+        # one watch on <ns>/saga/ serves every wait() of this client
+        self._waiters: dict[str, list[asyncio.Future[SagaRecord]]] = {}
+        self._hub: asyncio.Task[None] | None = None
+        self._hub_ready: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> SagaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the shared outcome watch (waiters get ClosedError). Idempotent."""
+        hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.cancel()
+            await asyncio.gather(hub, return_exceptions=True)
+        for futures in self._waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(ClosedError("the SagaClient was closed"))
+        self._waiters.clear()
+
+    async def _ensure_hub(self) -> None:
+        if self._hub is None or self._hub.done():
+            self._hub_ready = asyncio.get_running_loop().create_future()
+            self._hub = asyncio.get_running_loop().create_task(self._run_hub(self._hub_ready), name="whizorch-saga-outcomes")
+        assert self._hub_ready is not None
+        await asyncio.shield(self._hub_ready)
+
+    async def _run_hub(self, ready: asyncio.Future[None]) -> None:
+        """Watch every saga record from "now"; resolve waiters on final records."""
+        while True:
+            try:
+                async with self.client.watch(self.keys.prefix("saga"), prefix=True) as watch:
+                    await watch.wait_created()
+                    if not ready.done():
+                        ready.set_result(None)
+                    else:  # a restarted watch may have missed events: re-read waiters
+                        await self._recheck_waiters()
+                    async for ev in watch:
+                        sid = ev.kv.key.decode()[len(self.keys.prefix("saga")) :]
+                        if sid in self._waiters and ev.kv.value:
+                            try:
+                                rec = SagaRecord.from_json(ev.kv.value)
+                            except ConfigError:
+                                continue
+                            if rec.is_final:
+                                self._resolve(sid, rec)
+            except asyncio.CancelledError:
+                raise
+            except WhizorchError as exc:
+                if not self.client.is_open:
+                    if not ready.done():
+                        ready.set_exception(exc)
+                    return
+                await asyncio.sleep(0.1)  # ok: back off before re-creating the watch
+
+    def _resolve(self, saga_id: str, rec: SagaRecord) -> None:
+        for fut in self._waiters.pop(saga_id, []):
+            if not fut.done():
+                fut.set_result(rec)
+
+    async def _recheck_waiters(self) -> None:
+        for sid in list(self._waiters):
+            rec = await self.get(sid)
+            if rec is not None and rec.is_final:
+                self._resolve(sid, rec)
 
     async def submit(
         self,
@@ -183,22 +251,22 @@ class SagaClient:
 
     async def wait(self, saga_id: str, *, timeout_s: float | None = None, raise_on_failure: bool = True) -> SagaResult:
         """Wait until the saga is final; watches the record (no polling)."""
-        key = self.keys.saga(saga_id)
         async with asyncio.timeout(timeout_s):
-            # watch from "now" first, then read: a watch that must replay history
-            # waits for etcd's 100 ms resync of unsynced watchers, and nothing that
-            # happens after the watch starts can be missed
-            async with self.client.watch(key) as watch:
-                await watch.wait_created()
-                res = await self.client.get(key)
-                rec = SagaRecord.from_json(res.kvs[0].value) if res.kvs else None
-                seen = res.kvs[0].mod_revision if res.kvs else 0
+            await self._ensure_hub()
+            fut: asyncio.Future[SagaRecord] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(saga_id, []).append(fut)
+            try:
+                # the hub's watch started before this read: a final write is either
+                # in the read or delivered by the watch
+                rec = await self.get(saga_id)
                 if rec is None or not rec.is_final:
-                    async for ev in watch:
-                        if ev.kv.value and ev.revision > seen:
-                            rec = SagaRecord.from_json(ev.kv.value)
-                            if rec.is_final:
-                                break
+                    rec = await fut
+            finally:
+                waiting = self._waiters.get(saga_id)
+                if waiting is not None and fut in waiting:
+                    waiting.remove(fut)
+                    if not waiting:
+                        del self._waiters[saga_id]
         assert rec is not None
         result = await self._result(rec)
         if raise_on_failure and not result.ok:

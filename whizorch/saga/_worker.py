@@ -19,7 +19,6 @@ drains: no new claims, running handlers finish (up to ``drain_timeout_s``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import os
@@ -87,7 +86,6 @@ class Worker:
         self._draining = asyncio.Event()
         self._session: Session | None = None
         self._reported_load = -1.0
-        self._claiming = 0
         self.completed = 0
         """Runs this worker finished and recorded (for tests and metrics)."""
 
@@ -186,7 +184,7 @@ class Worker:
         snapshot = await self.client.get(prefix, prefix=True)
         for kv in snapshot.kvs:
             self._offer(kv.key, kv.value, kv.mod_revision)
-        await self._claim_backlog(session)
+        self._claim_backlog(session)
         lost = asyncio.ensure_future(session.wait_lost())
         draining = asyncio.ensure_future(self._draining.wait())
         loads = asyncio.ensure_future(self._report_load(session))
@@ -211,7 +209,7 @@ class Worker:
                         self._backlog.pop(ev.kv.key, None)
                     else:
                         self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
-                    await self._claim_backlog(session)
+                    self._claim_backlog(session)
         finally:
             for fut in (lost, draining, loads):
                 fut.cancel()
@@ -237,32 +235,18 @@ class Worker:
             return
         self._backlog[key] = (task, mod_revision)
 
-    async def _claim_backlog(self, session: Session) -> None:
-        while (
-            self._backlog
-            and len(self._running) + self._claiming < self.concurrency
-            and not self._draining.is_set()
-        ):
-            key, (task, mod_rev) = next(iter(self._backlog.items()))
-            del self._backlog[key]
+    def _claim_backlog(self, session: Session) -> None:
+        """Start claiming backlog tasks while there is room (claims run concurrently)."""
+        if self._draining.is_set() or session.is_lost:
+            return
+        for key in list(self._backlog):
+            if len(self._running) >= self.concurrency:
+                return
             if key in self._running:
-                continue
-            claim_key = self.keys.claim(task.saga_id, task.step)
-            claim = encode_json(
-                {"worker": self.worker_id, "attempt": task.attempt, "kind": task.kind, "region": self.region},
-                what="claim",
-            )
-            session.check()
-            self._claiming += 1
-            try:
-                claim_rev = await self._claim(session, key, mod_rev, claim_key, claim)
-            finally:
-                self._claiming -= 1
-            if claim_rev is None:
-                continue  # another worker has it, or the task changed (a newer event follows)
+                continue  # an older run of this step is still here; its end re-offers
+            task, mod_rev = self._backlog.pop(key)
             self._running[key] = asyncio.get_running_loop().create_task(
-                self._run(session, key, task, claim_key, claim_rev),
-                name=f"whizorch-step-{task.saga_id}-{task.step}",
+                self._claim_and_run(session, key, task, mod_rev), name=f"whizorch-step-{task.saga_id}-{task.step}"
             )
 
     async def _claim(self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes) -> int | None:
@@ -290,6 +274,24 @@ class Worker:
         self._backlog.clear()
 
     # -- one run ---------------------------------------------------------------------
+
+    async def _claim_and_run(self, session: Session, key: bytes, task: TaskPayload, mod_rev: int) -> None:
+        claim_key = self.keys.claim(task.saga_id, task.step)
+        claim = encode_json(
+            {"worker": self.worker_id, "attempt": task.attempt, "kind": task.kind, "region": self.region},
+            what="claim",
+        )
+        try:
+            claim_rev = await self._claim(session, key, mod_rev, claim_key, claim)
+        except WhizorchError as exc:
+            log.warning("worker %s: claim of %r failed: %s", self.worker_id, key, exc)
+            claim_rev = None
+        if claim_rev is None:
+            # another worker has it, or the task changed (a newer event follows)
+            self._running.pop(key, None)
+            self._claim_backlog(session)
+            return
+        await self._run(session, key, task, claim_key, claim_rev)
 
     async def _run(self, session: Session, key: bytes, task: TaskPayload, claim_key: bytes, claim_rev: int) -> None:
         started = time.time()
@@ -326,9 +328,8 @@ class Worker:
             log.warning("worker %s: could not record %s step %d: %s", self.worker_id, task.saga_id, task.step, exc)
         finally:
             self._running.pop(key, None)
-            if self._session is session and not session.is_lost and not self._draining.is_set():
-                with contextlib.suppress(WhizorchError):
-                    await self._claim_backlog(session)
+            if self._session is session:
+                self._claim_backlog(session)
 
     async def _execute(self, task: TaskPayload) -> tuple[bool, Any, str | None, str | None, bool]:
         """(ok, output, error, error_type, retryable) of running the handler."""

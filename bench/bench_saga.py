@@ -1,0 +1,210 @@
+"""Saga benchmark: latency, throughput and failover times, in one run.
+
+One local 3-member etcd cluster; two orchestrator candidates and one worker per region
+(eu, us, ap) as separate processes (``python -m whizorch orchestrator|worker``); this
+process submits. The saga has 3 steps pinned to 3 regions, with no-op handlers.
+
+Prints:
+* 3-step saga end-to-end latency p50/p99 (sequential, one in flight), and etcd
+  commits per step (store revisions consumed / steps),
+* sagas/s and steps/s with ``--inflight`` (default 200) sagas in flight,
+* leader failover: SIGKILL the leader process -> the other candidate leads (from its
+  own event), and -> the first saga submitted after the kill completes,
+* region failover: SIGKILL the "us" worker during a stream of sagas -> the first
+  failover recorded, and its delay past the worker lease TTL.
+
+Targets (2-core machine): 3-step p99 <= 25 ms; >= 1,000 steps/s; each failover
+<= lease TTL + 1 s. Figures, not a pass/fail test.
+
+    python bench/bench_saga.py [--n 300] [--inflight 200] [--duration 10] [--ttl 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from whizorch import EtcdClient
+from whizorch.saga import SagaClient
+from whizorch.testing import LocalEtcdCluster
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from bench_apps import three  # noqa: E402
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+class Proc:
+    """A whizorch role process whose JSON-line events are collected with arrival times."""
+
+    def __init__(self, args: list[str], endpoints: str) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "whizorch", *args, "--etcd", endpoints, "--app", "bench_apps:app"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True,
+        )
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self._reader = asyncio.get_running_loop().run_in_executor(None, self._read)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append((time.monotonic(), json.loads(line)))
+            except ValueError:
+                pass
+
+    async def wait_event(self, kind: str, *, after: float = 0.0, timeout: float = 30.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, ev in self.events:
+                if ev.get("event") == kind and at >= after:
+                    return at
+            await asyncio.sleep(0.005)  # ok: polling another process's output
+        raise TimeoutError(f"no {kind} event")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    async def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), 10)
+            except TimeoutError:
+                self.kill()
+        await self._reader
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+async def run(n: int, inflight: int, duration: float, ttl: int) -> None:
+    async with LocalEtcdCluster(3, heartbeat_ms=100, election_ms=1000) as cluster:
+        endpoints = ",".join(cluster.endpoints)
+        procs: list[Proc] = []
+        try:
+            orch = [
+                Proc(["orchestrator", "--events", "--id", f"orch-{i}", "--lease-ttl", str(ttl)], endpoints)
+                for i in range(2)
+            ]
+            procs += orch
+            workers = {
+                r: Proc(["worker", "--region", r, "--id", f"w-{r}", "--lease-ttl", str(ttl), "--concurrency", "256"], endpoints)
+                for r in ("eu", "us", "ap")
+            }
+            procs += list(workers.values())
+            for w in workers.values():
+                await w.wait_event("worker_ready")
+            leader = None
+            while leader is None:
+                for o in orch:
+                    if any(ev.get("event") == "leader" for _, ev in o.events):
+                        leader = o
+                await asyncio.sleep(0.01)  # ok: waiting for the first election
+            print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s")
+
+            async with EtcdClient(cluster.endpoints) as client:
+                sc = SagaClient(client, namespace="whizorch")
+                for i in range(20):  # warm-up
+                    await sc.execute(three, {"i": i}, timeout_s=30)
+
+                # -- latency, one in flight --------------------------------------------
+                lat: list[float] = []
+                rev0 = (await client.get("whizorch/none")).header.revision
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    res = await sc.execute(three, {"i": i}, timeout_s=30)
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    assert res.regions == ["eu", "us", "ap"], res.regions
+                rev1 = (await client.get("whizorch/none")).header.revision
+                print()
+                print(f"3-step saga, 3 regions, one in flight (n={n}):")
+                print(f"  p50 {statistics.median(lat):.1f} ms   p99 {pct(lat, 99):.1f} ms   (target p99 <= 25 ms)")
+                print(f"  etcd commits per step: {(rev1 - rev0) / (3 * n):.2f} (submit and result reads included)")
+
+                # -- throughput ----------------------------------------------------------
+                done = 0
+                stop_at = time.monotonic() + duration
+
+                async def pump() -> None:
+                    nonlocal done
+                    while time.monotonic() < stop_at:
+                        await sc.execute(three, None, timeout_s=60)
+                        done += 1
+
+                t0 = time.monotonic()
+                await asyncio.gather(*(pump() for _ in range(inflight)))
+                took = time.monotonic() - t0
+                print()
+                print(f"throughput with {inflight} sagas in flight for {duration:.0f}s:")
+                print(f"  {done / took:.0f} sagas/s   {3 * done / took:.0f} steps/s   (target >= 1,000 steps/s)")
+
+                # -- leader failover -----------------------------------------------------
+                other = orch[1] if leader is orch[0] else orch[0]
+                killed_at = time.monotonic()
+                leader.kill()
+                submitted = asyncio.ensure_future(sc.execute(three, {"after": "kill"}, timeout_s=60))
+                led_at = await other.wait_event("leader", after=killed_at, timeout=60)
+                await submitted
+                completed_at = time.monotonic()
+                print()
+                print("leader failover (SIGKILL of the leader process):")
+                print(f"  new leader after {led_at - killed_at:.2f} s; first saga done {completed_at - killed_at:.2f} s"
+                      f"   (target <= ttl + 1 = {ttl + 1} s)")
+
+                # -- region failover -----------------------------------------------------
+                stream_stop = asyncio.Event()
+                results: list[Any] = []
+
+                async def stream() -> None:
+                    while not stream_stop.is_set():
+                        results.append(await sc.execute(three, None, timeout_s=60, raise_on_failure=False))
+
+                streams = [asyncio.ensure_future(stream()) for _ in range(20)]
+                await asyncio.sleep(0.5)  # ok: let sagas flow before the region dies
+                killed_at = time.monotonic()
+                workers["us"].kill()
+                fo_at = await other.wait_event("failover", after=killed_at, timeout=60)
+                await asyncio.sleep(0.5)  # ok: let failed-over sagas finish
+                stream_stop.set()
+                await asyncio.gather(*streams)
+                flagged = sum(1 for r in results if r.failed_over)
+                ok = sum(1 for r in results if r.ok)
+                print()
+                print("region failover (SIGKILL of the only 'us' worker):")
+                print(f"  first failover recorded after {fo_at - killed_at:.2f} s   (target <= ttl + 1 = {ttl + 1} s)")
+                print(f"  sagas in the stream: {len(results)}, completed {ok}, flagged failed-over {flagged}")
+        finally:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                await p.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="sequential sagas for latency")
+    parser.add_argument("--inflight", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--ttl", type=int, default=2, help="lease TTL of orchestrators and workers")
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.n, args.inflight, args.duration, args.ttl))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
