@@ -186,8 +186,21 @@ class SagaRecord:
         if len(self.history) > MAX_HISTORY:
             del self.history[: len(self.history) - MAX_HISTORY]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (history and failover entries are shared, never mutated)."""
+        d = {f.name: getattr(self, f.name) for f in _RECORD_FIELDS}
+        d["steps"] = [{f.name: getattr(st, f.name) for f in _STEP_FIELDS} for st in self.steps]
+        return d
+
     def to_json(self) -> bytes:
-        return encode_json(attrs.asdict(self), what="saga record")
+        return encode_json(self.to_dict(), what="saga record")
+
+    def clone(self) -> SagaRecord:
+        """A copy the state machine may change freely (cheaper than a JSON round trip)."""
+        steps = [attrs.evolve(st, regions=list(st.regions)) for st in self.steps]
+        return attrs.evolve(
+            self, steps=steps, failovers=list(self.failovers), history=list(self.history), trace=dict(self.trace)
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> SagaRecord:
@@ -255,3 +268,7 @@ class ResultPayload:
             return cls(**raw)
         except TypeError as exc:
             raise ConfigError(f"result is not valid: {exc}", field="result") from exc
+
+
+_RECORD_FIELDS = attrs.fields(SagaRecord)
+_STEP_FIELDS = attrs.fields(StepState)

@@ -497,7 +497,7 @@ class Orchestrator:
                 if entry.definition is None or entry.record.is_final:
                     return
                 # the machine works on a copy: the cache changes only once etcd has it
-                rec = SagaRecord.from_json(entry.record.to_json())
+                rec = entry.record.clone()
                 tr = m.apply(rec, entry.definition, event, now=time.time(), route=self.router, settings=self.settings)
                 if not tr.changed and not tr.dispatch and not tr.delete_tasks:
                     for at, timer in tr.timers:
@@ -585,7 +585,7 @@ class Orchestrator:
         )
 
     async def _fail_unknown(self, entry: _Saga, reason: str) -> None:
-        rec = SagaRecord.from_json(entry.record.to_json())
+        rec = entry.record.clone()
         rec.status = FAILED
         rec.error = reason
         rec.finished = time.time()
