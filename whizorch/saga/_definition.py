@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -42,6 +43,34 @@ def _check_name(value: Any, field: str) -> str:
             f"{field} must be 1-100 characters of letters, digits, '_', '.', '-'", field=field, value=value
         )
     return value
+
+
+def _check_timeout(value: Any, field: str) -> float | None:
+    # NaN passes a plain "<= 0" test and would poison the timer heap; inf is spelt None
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+    ):
+        raise ConfigError("timeout_s must be a positive number of seconds or None", field=field, value=value)
+    return value
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    # a bare str would otherwise become the set of its letters: frozenset("gdpr")
+    tags = () if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) else tuple(value)
+    if (not tags and value) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError("compliance must be a collection of tag strings", field="compliance", value=value)
+    return tags
+
+
+def _exception_classes(value: Any, field: str) -> tuple[type[BaseException], ...]:
+    """A class or an iterable of classes -> tuple (isinstance() rejects lists at run time)."""
+    items = (value,) if isinstance(value, type) else value
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        items = (None,)
+    out = tuple(items)
+    if not all(isinstance(c, type) and issubclass(c, BaseException) for c in out):
+        raise ConfigError("expected an exception class or a tuple of them", field=field, value=value)
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -75,14 +104,20 @@ class Retry:
             raise ConfigError("Retry.attempts must be an int >= 1", field="retry.attempts", value=self.attempts)
         for name in ("backoff_s", "max_delay_s"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"Retry.{name} must be >= 0 seconds", field=f"retry.{name}", value=v)
-        if not isinstance(self.multiplier, (int, float)) or self.multiplier < 1:
-            raise ConfigError("Retry.multiplier must be >= 1", field="retry.multiplier", value=self.multiplier)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ConfigError(f"Retry.{name} must be a finite number >= 0 seconds", field=f"retry.{name}", value=v)
+        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not 1 <= self.multiplier < math.inf:
+            raise ConfigError("Retry.multiplier must be a finite number >= 1", field="retry.multiplier", value=self.multiplier)
+        for name in ("retry_on", "give_up_on"):
+            # frozen: normalise in place once, so a list or a bare class works in retryable()
+            object.__setattr__(self, name, _exception_classes(getattr(self, name), f"retry.{name}"))
 
     def delay_s(self, attempt: int) -> float:
         """Seconds to wait before run ``attempt + 1``."""
-        base = min(self.max_delay_s, self.backoff_s * self.multiplier ** max(0, attempt - 1))
+        try:
+            base = min(self.max_delay_s, self.backoff_s * self.multiplier ** max(0, attempt - 1))
+        except OverflowError:  # multiplier**n past float range (attempts in the thousands)
+            base = self.max_delay_s
         return random.uniform(base / 2, base) if self.jitter else base
 
     def retryable(self, exc: BaseException) -> bool:
@@ -150,7 +185,9 @@ class Step:
         self.compensation: Handler | None = None
         self.compensation_retry: Retry = Retry(attempts=5)
         self.compensation_timeout_s: float | None = timeout_s
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        # name/doc/module only: merging fn.__dict__ (updated=) would let a decorated
+        # function's attributes (tenacity sets fn.retry) overwrite this step's fields
+        functools.update_wrapper(self, fn, updated=())
 
     def compensate(
         self,
@@ -161,6 +198,9 @@ class Step:
         timeout_s: float | None = None,
     ) -> Any:
         """Register the compensation of this step (usable with or without arguments)."""
+        _check_timeout(timeout_s, "compensate.timeout_s")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigError("retry must be a whizorch Retry", field="compensate.retry", value=type(retry).__name__)
 
         def register(f: Handler) -> Handler:
             if not callable(f):
@@ -221,10 +261,14 @@ class Saga:
         ``region`` is the data's home region (routing prefers it), ``compliance`` the
         tags a region must have to run the step, ``size_bytes`` the data it moves.
         """
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0):
-            raise ConfigError("timeout_s must be a positive number of seconds or None", field="timeout_s", value=timeout_s)
+        _check_timeout(timeout_s, "timeout_s")
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry must be a whizorch Retry", field="retry", value=type(retry).__name__)
+        if region is not None:
+            _check_name(region, "region")  # it becomes a key segment: task/<region>/...
+        tags = _tags(compliance)
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
+            raise ConfigError("size_bytes must be an int >= 0", field="size_bytes", value=size_bytes)
 
         def register(f: Handler) -> Step:
             if not callable(f):
@@ -240,7 +284,7 @@ class Saga:
                 retry=retry or Retry(),
                 timeout_s=timeout_s,
                 region=region,
-                compliance=frozenset(compliance),
+                compliance=frozenset(tags),
                 size_bytes=size_bytes,
             )
             self.steps.append(st)

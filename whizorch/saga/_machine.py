@@ -170,6 +170,10 @@ def apply(
     tr = Transition()
     if rec.is_final:
         return tr  # late duplicates: nothing is left to drive
+    if isinstance(event, (Result, ClaimLost, Timer)) and (
+        event.kind not in (RUN, COMPENSATE) or not 0 <= event.step < len(rec.steps)
+    ):
+        return tr  # not about this saga's steps (a foreign or corrupt key): -1 must not mean "last"
     if isinstance(event, Result):
         _on_result(rec, saga, event, now, route, settings, tr)
     elif isinstance(event, ClaimLost):
@@ -185,7 +189,16 @@ def apply(
             rec.cancel_requested = True
             rec.note(now, "cancel_requested")
             tr.changed = True
-            if rec.status == RUNNING and not _in_flight(rec):
+            if rec.status == RUNNING and not _run_in_flight(rec):
+                # between runs (or waiting out a retry delay or for a region): no new run
+                # starts; a step whose runs all failed has nothing to undo
+                for index, st in enumerate(rec.steps):
+                    if st.state == "dispatched":
+                        st.state = "failed"
+                        st.ended = now
+                        st.retry_at = None
+                        st.waiting_region = False
+                        rec.note(now, "retry_cancelled", step=index)
                 _start_compensation(rec, saga, "cancelled", now, route, settings, tr)
     elif isinstance(event, RegionsChanged):
         _on_regions(rec, saga, event, now, route, settings, tr)
@@ -196,8 +209,9 @@ def apply(
     return tr
 
 
-def _in_flight(rec: SagaRecord) -> bool:
-    return any(s.state in ("dispatched", "compensating") for s in rec.steps)
+def _run_in_flight(rec: SagaRecord) -> bool:
+    """A run was dispatched and its outcome is not known yet (not in a retry delay)."""
+    return any(s.state == "dispatched" and s.retry_at is None and not s.waiting_region for s in rec.steps)
 
 
 def _dispatch_run(
@@ -207,7 +221,24 @@ def _dispatch_run(
     st = rec.steps[index]
     step = saga.steps[index]
     rec.step = index
-    target = region or route.pick(step)
+    target = region
+    if target is None and st.run > 0 and st.region is not None:
+        # a retry (or a wait after one) stays in its region; if that region died this
+        # is a failover like any other: same policy, same limit, same record
+        if route.healthy(st.region):
+            target = st.region
+        elif len(rec.failovers) >= saga.max_failovers:
+            _give_up_run(
+                rec, saga, index, f"region {st.region!r} down and max_failovers={saga.max_failovers} reached",
+                now, route, settings, tr,
+            )
+            return
+        else:
+            target = route.failover(step, failed=st.region)
+            if target is not None:
+                _record_failover(rec, index, st.region, target, "region down", now, tr)
+    elif target is None:
+        target = route.pick(step)
     if target is None:
         _wait_for_region(rec, st, index, RUN, st.run, now, settings, tr)
         return
@@ -288,6 +319,8 @@ def _on_result(
             st.result = ev.key
             st.ended = now
             st.error = None
+            st.retry_at = None  # a superseded run's success may land in a retry delay
+            st.waiting_region = False
             if ev.region and ev.region != st.region:
                 st.region = ev.region
             tr.changed = True
@@ -333,6 +366,8 @@ def _on_failure(
     expected_state = "dispatched" if kind == RUN else "compensating"
     if st.state != expected_state or attempt != _current_run(st, kind):
         return
+    if st.retry_at is not None:
+        return  # this run already failed (a duplicate result, or its claim/deadline after it)
     tr.changed = True
     policy = step.retry if kind == RUN else step.compensation_retry
     if kind == RUN:
@@ -344,7 +379,7 @@ def _on_failure(
         st.comp_error = error
         failures = st.comp_failures
     rec.note(now, "run_failed" if kind == RUN else "compensation_failed", step=index, attempt=attempt, error=error[:500])
-    if retryable and failures < policy.attempts:
+    if retryable and failures < policy.attempts and not (kind == RUN and rec.cancel_requested):
         delay = policy.delay_s(failures)
         st.retry_at = now + delay
         if st.region:
@@ -352,13 +387,11 @@ def _on_failure(
         tr.timers.append((now + delay, Timer(index, kind, attempt, "retry")))
         rec.note(now, "retry_scheduled", step=index, kind=kind, delay_s=round(delay, 3))
         return
-    if st.region:
-        tr.delete_tasks.append((st.region, index))
     if kind == RUN:
-        st.state = "failed"
-        st.ended = now
-        _start_compensation(rec, saga, f"step {step.name!r} failed: {error}", now, route, settings, tr)
+        _give_up_run(rec, saga, index, error, now, route, settings, tr)
     else:
+        if st.region:
+            tr.delete_tasks.append((st.region, index))
         st.state = "comp_failed"
         rec.note(now, "compensation_gave_up", step=index, error=error[:500])
         _continue_compensation(rec, saga, now, route, settings, tr)
@@ -372,8 +405,9 @@ def _start_compensation(
     tr.changed = True
     rec.note(now, "compensating", reason=reason[:500])
     for st in rec.steps:
-        if st.state in ("pending",):
+        if st.state == "pending":
             st.state = "skipped"
+            st.waiting_region = False  # its no_region timer must not fail it later
     _continue_compensation(rec, saga, now, route, settings, tr)
 
 
@@ -409,7 +443,7 @@ def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, 
         if st.retry_at is None or now < st.retry_at - 1e-6 or ev.attempt != _current_run(st, ev.kind):
             return
         if ev.kind == RUN and st.state == "dispatched":
-            _dispatch_run(rec, saga, ev.step, now, route, settings, tr, region=_still_healthy(st.region, route))
+            _dispatch_run(rec, saga, ev.step, now, route, settings, tr)
         elif ev.kind == COMPENSATE and st.state == "compensating":
             _dispatch_compensation(rec, saga, ev.step, now, route, settings, tr)
     elif ev.reason == "deadline":
@@ -419,15 +453,14 @@ def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, 
             rec, saga, ev.step, ev.kind, ev.attempt, "no result within the step timeout", True, now, route, settings, tr
         )
     elif ev.reason == "no_region":
-        if not st.waiting_region:
-            return
+        waiting_for = RUN if st.state in ("pending", "dispatched") else COMPENSATE
+        if not st.waiting_region or ev.kind != waiting_for or ev.attempt != _current_run(st, ev.kind):
+            return  # the wait this timer guarded is over (a later wait has its own timer)
         st.waiting_region = False
         message = "no healthy region can run this step (compliance/health)"
         if ev.kind == RUN:
-            st.state = "failed"
-            st.error = message
             rec.note(now, "no_region", step=ev.step)
-            _start_compensation(rec, saga, f"step {st.name!r} failed: {message}", now, route, settings, tr)
+            _give_up_run(rec, saga, ev.step, message, now, route, settings, tr)
         else:
             st.state = "comp_failed"
             st.comp_error = message
@@ -436,8 +469,21 @@ def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, 
         tr.changed = True
 
 
-def _still_healthy(region: str | None, route: Route) -> str | None:
-    return region if region is not None and route.healthy(region) else None
+def _give_up_run(
+    rec: SagaRecord, saga: Saga, index: int, error: str, now: float, route: Route, settings: Settings, tr: Transition
+) -> None:
+    """The step failed for good: compensate the steps before it."""
+    st = rec.steps[index]
+    if st.region:
+        tr.delete_tasks.append((st.region, index))
+    st.state = "failed"
+    st.error = error
+    st.ended = now
+    st.retry_at = None
+    st.waiting_region = False
+    tr.changed = True
+    reason = f"step {st.name!r} failed: {error}"
+    _start_compensation(rec, saga, f"cancelled; {reason}" if rec.cancel_requested else reason, now, route, settings, tr)
 
 
 def _record_failover(rec: SagaRecord, index: int, src: str, dst: str, reason: str, now: float, tr: Transition) -> None:
@@ -453,23 +499,23 @@ def _on_regions(
     for index, st in enumerate(rec.steps):
         step = saga.steps[index]
         if st.waiting_region:
+            # the flag stays up until a dispatch succeeds, so a failed attempt here
+            # neither re-arms the no_region timer nor restarts the wait's clock
             if st.state == "compensating" or (rec.status == COMPENSATING and st.state == "done"):
-                st.waiting_region = False
                 _dispatch_compensation(rec, saga, index, now, route, settings, tr)
             elif st.state in ("pending", "dispatched") and rec.status == RUNNING:
-                st.waiting_region = False
                 _dispatch_run(rec, saga, index, now, route, settings, tr)
             continue
         if st.state not in ("dispatched", "compensating") or st.region is None or st.region in ev.healthy:
             continue
         if st.retry_at is not None:
             continue  # re-routed when the retry fires
-        # the step's region died under it: move it
-        if len(rec.failovers) >= saga.max_failovers:
+        # the step's region died under it: move it. max_failovers bounds forward
+        # progress only; a compensation always moves (as _dispatch_compensation does)
+        if st.state == "dispatched" and len(rec.failovers) >= saga.max_failovers:
             tr.delete_tasks.append((st.region, index))
-            kind = RUN if st.state == "dispatched" else COMPENSATE
             _on_failure(
-                rec, saga, index, kind, _current_run(st, kind),
+                rec, saga, index, RUN, st.run,
                 f"region {st.region!r} down and max_failovers={saga.max_failovers} reached", False,
                 now, route, settings, tr,
             )

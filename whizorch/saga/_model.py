@@ -246,7 +246,7 @@ class TaskPayload:
 
 @attrs.frozen(kw_only=True)
 class ResultPayload:
-    """The outcome of one run (key ``<ns>/result/<saga>/<step>/<kind>-<attempt>``)."""
+    """The outcome of one run (key ``<ns>/run/<saga>/<step>/<kind>-<attempt>``)."""
 
     ok: bool
     output: Any = None

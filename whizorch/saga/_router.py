@@ -6,12 +6,13 @@ Default score (the spec's weights): ``+50`` if the region holds the step's data,
 is disqualified. Pass ``scorer=`` to replace the formula.
 
 Failover (a step's region died): ``"closest"`` (default) moves it to the healthy,
-compliant region with the lowest latency from the dead one; ``"score"`` re-routes by
-score.
+compliant region with the lowest configured latency from the dead one (regions with no
+configured latency come last, by name); ``"score"`` re-routes by score.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -59,7 +60,7 @@ def _latency_table(latency_ms: Mapping[Any, Any]) -> dict[tuple[str, str], float
         else:
             raise ConfigError("latency_ms maps (src, dst) or src -> {dst: ms}", field="latency_ms", value=key)
         for (src, dst), ms in pairs:
-            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms < 0:
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not ms >= 0:  # NaN too
                 raise ConfigError("a latency must be a number of ms >= 0", field=f"latency_ms[{src}][{dst}]", value=ms)
             table[(src, dst)] = float(ms)
             table.setdefault((dst, src), float(ms))
@@ -144,4 +145,5 @@ class Router(Route):
             return None
         if self.failover_policy == "score":
             return self.pick(step, exclude=frozenset({failed}))
-        return min(candidates, key=lambda r: (self.latency_ms(failed, r), r))
+        # a pair with no configured latency is not "0 ms away": rank it after known ones
+        return min(candidates, key=lambda r: (self.latency.get((failed, r), math.inf), r))
