@@ -66,6 +66,8 @@ class Worker:
             raise ConfigError("Worker needs a whizorch App", field="app", value=type(app).__name__)
         if not isinstance(region, str) or not region or "/" in region:
             raise ConfigError("region must be a non-empty name without '/'", field="region", value=region)
+        if isinstance(compliance, str) or not all(isinstance(t, str) and t for t in compliance):
+            raise ConfigError("compliance must be a collection of tag strings", field="compliance", value=compliance)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigError("concurrency must be an int >= 1", field="concurrency", value=concurrency)
         self.client = client
