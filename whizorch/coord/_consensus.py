@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from whizorch.coord._queue import Fence
+from whizorch.coord._queue import Fence, fence_list
 from whizorch.errors import ConfigError, EtcdError, FencedError
 from whizorch.etcd import EtcdClient, Op
 from whizorch.etcd._types import KeyLike, key_bytes, to_bytes
@@ -29,9 +29,9 @@ async def propose_value(
     k, v = key_bytes(key), to_bytes(value, "value")
     if fence is None:
         return (await client.put(k, v, lease=lease)).header.revision
-    fences = [fence] if isinstance(fence, Fence) else list(fence)
-    if not fences or not all(isinstance(f, Fence) for f in fences):
-        raise ConfigError("fence must be a Fence or a list of Fences", field="fence", value=fence)
+    fences = fence_list(fence)
+    if not fences:
+        raise ConfigError("fence must be a Fence or a non-empty list of Fences", field="fence", value=fence)
     res = await client.txn([f.compare() for f in fences], [Op.put(k, v, lease=lease)])
     if not res.succeeded:
         raise FencedError("proposal rejected: the fencing token is no longer current", key=k)

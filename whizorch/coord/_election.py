@@ -87,6 +87,8 @@ class Election:
         is deleted: nothing is left behind.
         """
         data = to_bytes(value, "value")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout_s)
         if self._fence is not None and self.is_leader:
             await self.proclaim(data)
             return self._fence
@@ -120,7 +122,8 @@ class Election:
 
     async def proclaim(self, value: str | bytes) -> None:
         """Change the leader's value without an election (fenced)."""
-        await self._guarded_put(self.fence, to_bytes(value, "value"))
+        data = to_bytes(value, "value")
+        await self._guarded_put(self.fence, data)
 
     async def _guarded_put(self, fence: Fence, value: bytes) -> None:
         res = await self.client.txn(
@@ -133,10 +136,13 @@ class Election:
     async def resign(self) -> None:
         """Give up leadership (fenced delete of my key); idempotent."""
         fence, self._fence = self._fence, None
-        await self._stop_monitor()
-        if fence is not None and self.client.is_open:
-            await asyncio.shield(self.client.txn([fence.compare()], [Op.delete(fence.key)], idempotent=True))
         self.lost.set()
+        try:
+            await self._stop_monitor()
+        finally:
+            # a cancellation of our caller must not leave the leader key behind
+            if fence is not None and self.client.is_open:
+                await asyncio.shield(self.client.txn([fence.compare()], [Op.delete(fence.key)], idempotent=True))
 
     async def _delete_mine(self, my_key: bytes) -> None:
         if not self.client.is_open:

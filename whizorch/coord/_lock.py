@@ -14,6 +14,7 @@ from whizorch.coord._queue import Fence, enqueue, name_prefix, wait_turn
 from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, LockTimeoutError, NotOwnerError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op
+from whizorch.etcd._types import to_bytes
 
 __all__ = ["Lock"]
 
@@ -52,8 +53,10 @@ class Lock:
             self._own_session = True
         else:
             raise ConfigError("Lock needs a Session or an EtcdClient", field="target", value=type(target).__name__)
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+            raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
         self.ttl_s = ttl_s
-        self.value = value.encode() if isinstance(value, str) else value
+        self.value = to_bytes(value, "value")
         self._fence: Fence | None = None
 
     @property
@@ -91,12 +94,13 @@ class Lock:
             raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout_s)
         if self._own_session:
             self._session = Session(self._client, ttl_s=self.ttl_s)
-            await self._session.open()
         session = self._session
         assert session is not None
         my_key: bytes | None = None
         try:
             async with asyncio.timeout(timeout_s):
+                if self._own_session:
+                    await session.open()
                 pos = await enqueue(self._client, self.prefix, session, self.value)
                 my_key = pos.key
                 await wait_turn(self._client, self.prefix, session, pos)

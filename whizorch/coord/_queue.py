@@ -8,15 +8,16 @@ under ``NAME/`` owns. A lock and an election with the same NAME share one queue,
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, NotOwnerError
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult
-from whizorch.coord._session import Session
 
-__all__ = ["Fence", "QueuePosition", "enqueue", "name_prefix", "next_unless", "wait_turn"]
+__all__ = ["Fence", "QueuePosition", "enqueue", "fence_list", "name_prefix", "next_unless", "wait_turn"]
 
 
 @attrs.frozen
@@ -33,6 +34,23 @@ class Fence:
     def compare(self) -> Compare:
         """The txn compare ``create_revision(key) == token``."""
         return Compare.create_revision(self.key, "==", self.token)
+
+
+def fence_list(fence: Fence | Sequence[Fence] | None) -> list[Fence]:
+    """``fence`` (one, a sequence, or None) as a list; anything else is a ConfigError."""
+    if fence is None:
+        return []
+    if isinstance(fence, Fence):
+        return [fence]
+    if isinstance(fence, Sequence) and not isinstance(fence, (str, bytes)):
+        fences = list(fence)
+        if all(isinstance(f, Fence) for f in fences):
+            return fences
+    raise ConfigError(
+        "fence must be a Fence or a sequence of Fences (lock.fence / election.fence)",
+        field="fence",
+        value=type(fence).__name__,
+    )
 
 
 @attrs.frozen

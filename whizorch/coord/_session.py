@@ -16,12 +16,22 @@ import enum
 import logging
 from collections.abc import Callable
 
-from whizorch.errors import ClosedError, ConfigError, LeaseNotFoundError, SessionLostError, WhizorchError
-from whizorch.etcd import EtcdClient
+from whizorch.errors import (
+    ClosedError,
+    ConfigError,
+    LeaseNotFoundError,
+    SessionLostError,
+    WhizorchError,
+)
+from whizorch.etcd import EtcdClient, LeaseInfo
 
 __all__ = ["Session"]
 
 log = logging.getLogger("whizorch.coord.session")
+
+# how long a cancelled open() waits for its lease grant's answer, to revoke the lease
+# (a healthy etcd answers in milliseconds; this bounds the delay when it does not)
+_ORPHAN_GRACE_S = 0.5
 
 
 class _State(enum.Enum):
@@ -77,20 +87,44 @@ class Session:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> Session:
-        """Grant the lease and start keeping it alive."""
+        """Grant the lease and start keeping it alive.
+
+        If cancelled while the grant is in flight, waits up to 0.5 s for its answer to
+        revoke the lease it made; a grant that lands later leaves a lease with no keys
+        that expires within its TTL.
+        """
         if self._state is _State.OPEN:
             return self
         if self._state is _State.CLOSED:
             raise ClosedError("a Session cannot be reopened; make a new one")
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        lease = await self.client.lease_grant(self.ttl_s)
+        grant = asyncio.ensure_future(self.client.lease_grant(self.ttl_s))
+        try:
+            lease = await asyncio.shield(grant)
+        except asyncio.CancelledError:
+            await self._revoke_orphan(grant)
+            raise
         self.lease_id = lease.id
         self._safe_until = sent + lease.ttl - self.step_down_margin_s
         self._state = _State.OPEN
         self._task = loop.create_task(self._keepalive(), name=f"whizorch-session-{lease.id:x}")
         log.debug("session %x opened (ttl %ss)", lease.id, lease.ttl)
         return self
+
+    async def _revoke_orphan(self, grant: asyncio.Future[LeaseInfo]) -> None:
+        """After open() was cancelled: the grant may land anyway. Revoke its lease if it
+        answers within a short grace; later, the lease (it has no keys) expires within
+        its TTL."""
+        try:
+            done, _ = await asyncio.wait({grant}, timeout=_ORPHAN_GRACE_S)
+            if not done or grant.cancelled() or grant.exception() is not None:
+                return
+            await self.client.lease_revoke(grant.result().id)
+        except WhizorchError as exc:
+            log.warning("could not revoke the lease of a cancelled open: %s", exc)
+        finally:
+            grant.cancel()
 
     async def close(self) -> None:
         """Stop the keepalive and revoke the lease (its keys go with it).
@@ -101,17 +135,20 @@ class Session:
             self._state = _State.CLOSED
             return
         self._state = _State.CLOSED
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         self._mark_lost("session closed")
-        if self.client.is_open:
-            try:
-                await asyncio.shield(self.client.lease_revoke(self.lease_id, timeout_s=self.client.config.timeout_s))
-            except WhizorchError as exc:
-                # the lease expires by itself within its TTL
-                log.warning("could not revoke lease %x on close: %s", self.lease_id, exc)
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        finally:
+            # a cancellation of our caller must not leave the lease (and its keys) behind
+            if self.client.is_open:
+                try:
+                    await asyncio.shield(self.client.lease_revoke(self.lease_id, timeout_s=self.client.config.timeout_s))
+                except WhizorchError as exc:
+                    # the lease expires by itself within its TTL
+                    log.warning("could not revoke lease %x on close: %s", self.lease_id, exc)
         if self._failure is not None:
             raise self._failure
 

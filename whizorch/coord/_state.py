@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from whizorch.coord._queue import Fence
+from whizorch.coord._queue import Fence, fence_list
 from whizorch.errors import ConfigError, ConflictError, FencedError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.etcd._types import KeyLike, key_bytes, to_bytes
@@ -118,24 +118,16 @@ class VersionedStore:
 
 
 def _fences(fence: Fence | Sequence[Fence] | None) -> list[Compare]:
-    if fence is None:
-        return []
-    fences = [fence] if isinstance(fence, Fence) else list(fence)
-    for f in fences:
-        if not isinstance(f, Fence):
-            raise ConfigError("fence must be a Fence (lock.fence / election.fence)", field="fence", value=type(f).__name__)
-    return [f.compare() for f in fences]
+    return [f.compare() for f in fence_list(fence)]
 
 
 def _diagnose(k: bytes, fence: Fence | Sequence[Fence] | None) -> list[Op]:
     """Failure-branch reads: the key, then each fence key."""
-    fences = [] if fence is None else ([fence] if isinstance(fence, Fence) else list(fence))
-    return [Op.get(k), *(Op.get(f.key) for f in fences)]
+    return [Op.get(k), *(Op.get(f.key) for f in fence_list(fence))]
 
 
 def _raise_failure(k: bytes, txn: TxnResult, fence: Fence | Sequence[Fence] | None, expected: int | None) -> None:
-    fences = [] if fence is None else ([fence] if isinstance(fence, Fence) else list(fence))
-    for f, res in zip(fences, txn.responses[1:], strict=True):
+    for f, res in zip(fence_list(fence), txn.responses[1:], strict=True):
         assert isinstance(res, RangeResult)
         actual = res.kvs[0].create_revision if res.kvs else 0
         if actual != f.token:
