@@ -1,6 +1,7 @@
 """Child processes that die with their parent, free loopback ports, log tails.
 
-On Linux every etcd member is started with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` so a
+On Linux every etcd member is started with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (by
+util-linux's ``setpriv --pdeathsig`` where it exists, else in a ``preexec_fn``) so a
 test runner killed with SIGKILL takes its etcd members with it. The kernel sends that
 signal when the *thread* that forked the child exits, not the process, so all spawns
 go through one long-lived thread: a member started from a short-lived thread (such as
@@ -13,6 +14,7 @@ import concurrent.futures
 import ctypes
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -83,8 +85,23 @@ def spawn(
     On Linux the child gets SIGKILL when this process dies.
     """
 
+    setpriv = shutil.which("setpriv") if _IS_LINUX else None
+
     def run() -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log:
+            if setpriv is not None:
+                # util-linux's setpriv sets the death signal and execs etcd: no Python
+                # code runs between fork and exec, so subprocess can use vfork and
+                # gRPC's fork handlers never run in a child of this threaded process
+                # (a preexec_fn forks, and gRPC may then abort the child)
+                return subprocess.Popen(
+                    [setpriv, "--pdeathsig", "KILL", "--", *args],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=dict(env),
+                    close_fds=True,
+                )
             return subprocess.Popen(
                 list(args),
                 stdin=subprocess.DEVNULL,
