@@ -71,6 +71,11 @@ class WhizorchError(Exception):
     message, so logs show e.g. ``key='locks/a' lease=7587...``.
     """
 
+    # set by the adapter's error seam (whizorch.etcd._errors) for its retry logic
+    _safe_to_retry: bool = False
+    _token_expired: bool = False
+    _endpoint_failed: bool = False
+
     def __init__(self, message: str, **fields: Any) -> None:
         self.message = message
         self.fields = {k: v for k, v in fields.items() if v is not None}

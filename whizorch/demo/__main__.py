@@ -46,20 +46,20 @@ class Candidate:
         )
         self.events: list[dict[str, Any]] = []
 
-    async def next_event(self, kind: str, timeout: float) -> dict[str, Any]:
+    async def next_event(self, kind: str, timeout_s: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             line = await asyncio.wait_for(
                 asyncio.to_thread(self.proc.stdout.readline), max(0.01, deadline - time.monotonic())
             )
             if not line:
                 break
-            ev = json.loads(line)
+            ev: dict[str, Any] = json.loads(line)
             self.events.append(ev)
             if ev["event"] == kind:
                 return ev
-        raise TimeoutError(f"{self.ident}: no {kind!r} event within {timeout}s")
+        raise TimeoutError(f"{self.ident}: no {kind!r} event within {timeout_s}s")
 
     def stop(self) -> None:
         if self.proc.stdout is not None:

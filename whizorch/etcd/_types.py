@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 
@@ -29,7 +29,7 @@ __all__ = [
     "to_bytes",
 ]
 
-KeyLike = Union[str, bytes]
+KeyLike = str | bytes
 
 
 def to_bytes(value: KeyLike, field: str = "key") -> bytes:
