@@ -70,6 +70,8 @@ def test_etcd_request_timeout_of_a_write_is_unknown() -> None:
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large", RequestTooLargeError),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request", ConfigError),
         (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password", AuthError),
+        (grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: user name is empty", AuthError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max (4718620 vs. 2097152)", RequestTooLargeError),
         (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found", LeaseNotFoundError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded", NoSpaceError),
         (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied", AuthError),
@@ -82,6 +84,13 @@ def test_etcd_errors_map_to_the_tree(code, details, cls) -> None:  # type: ignor
     assert type(err) is cls
     assert err.code == code.name
     assert details in str(err)
+
+
+def test_message_over_grpc_limit_is_too_large_not_unknown() -> None:
+    """gRPC's own size refusal is RequestTooLargeError for a write, not retried (never applied)."""
+    err = tr(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max (1 vs. 0)", write=True)
+    assert isinstance(err, RequestTooLargeError) and not isinstance(err, OutcomeUnknownError)
+    assert not is_safe_to_retry(err) and not endpoint_failed(err)
 
 
 def test_expired_token_is_flagged_for_refresh() -> None:

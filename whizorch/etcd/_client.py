@@ -23,6 +23,7 @@ import tenacity
 
 from whizorch.errors import (
     ClosedError,
+    CompactedError,
     ConfigError,
     EtcdError,
     LeaseNotFoundError,
@@ -419,9 +420,13 @@ class EtcdClient:
         return txn_result(resp)
 
     async def compact(self, revision: int, *, physical: bool = False, timeout_s: float | None = None) -> None:
-        """Compact the history up to ``revision`` (idempotent)."""
+        """Compact the history up to ``revision`` (idempotent: a revision already
+        compacted, by this call's own lost first attempt or by anyone, is not an error)."""
         req = rpc_pb2.CompactionRequest(revision=revision, physical=physical)
-        await self._call(METHODS["Compact"], req, write=False, timeout_s=timeout_s)
+        try:
+            await self._call(METHODS["Compact"], req, write=False, timeout_s=timeout_s)
+        except CompactedError:
+            pass  # the history up to ``revision`` is gone either way
 
     # -- leases ------------------------------------------------------------------------
 
@@ -578,7 +583,9 @@ class EtcdClient:
         ``start_revision=0`` means "from now". Events arrive in revision order, each
         once, across reconnects (the watch resumes from the last delivered revision
         + 1). If history the watch needs was compacted, iteration raises
-        :class:`~whizorch.errors.CompactedError`: re-read, then watch again.
+        :class:`~whizorch.errors.CompactedError`: re-read, then watch again. A watch
+        the user may not read raises :class:`~whizorch.errors.AuthError`; an expired
+        auth token is renewed and the watch created again.
         """
         from whizorch.etcd._watch import Watch, Watcher
 

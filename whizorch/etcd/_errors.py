@@ -25,7 +25,7 @@ from whizorch.errors import (
     WhizorchError,
 )
 
-__all__ = ["is_safe_to_retry", "is_token_expired", "translate"]
+__all__ = ["is_safe_to_retry", "is_token_expired", "token_refused", "translate"]
 
 # Refusals etcd makes before a request reaches Raft: never applied.
 _REFUSED_BEFORE_PROPOSE = (
@@ -82,12 +82,17 @@ def translate(
     elif code == grpc.StatusCode.INVALID_ARGUMENT:
         if "too large" in low:
             err = RequestTooLargeError(f"etcd refused the request: {details}", **fields)
-        elif "authentication failed" in low:
+        elif "authentication failed" in low or "user name is empty" in low:
+            # "user name is empty": auth is on and the request carried no token
             err = AuthError(f"etcd: {details}", **fields)
         else:
             err = ConfigError(f"etcd refused the request: {details}", **fields)
     elif code == grpc.StatusCode.NOT_FOUND and "lease" in low:
         err = LeaseNotFoundError(f"etcd: {details}", **fields)
+    elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in low:
+        # gRPC's own message limit (etcd's is --max-request-bytes + 512 KiB): refused
+        # before any handler ran, and resending cannot help
+        err = RequestTooLargeError(f"etcd refused the request: {details}", **fields)
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "space" in low:
         err = NoSpaceError(f"etcd: {details}", **fields)
     elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
@@ -137,6 +142,17 @@ def unavailable(message: str, **fields: object) -> EtcdUnavailableError:
     err = EtcdUnavailableError(message, **fields)
     err._safe_to_retry = True  # type: ignore[attr-defined]
     err._endpoint_failed = True  # type: ignore[attr-defined]
+    return err
+
+
+def token_refused(message: str, **fields: object) -> AuthError:
+    """etcd refused a request made with an auth token that may have expired (a watch
+    create answered "invalid auth token", or on etcd 3.5.1 "permission denied"):
+    authenticate again and resend; nothing was applied."""
+    err = AuthError(message, **fields)
+    err._safe_to_retry = True  # type: ignore[attr-defined]
+    err._token_expired = True  # type: ignore[attr-defined]
+    err._endpoint_failed = False  # type: ignore[attr-defined]
     return err
 
 

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
-from whizorch.errors import ClosedError, CompactedError, EtcdError, WhizorchError
+from whizorch.errors import (
+    AuthError,
+    ClosedError,
+    CompactedError,
+    ConfigError,
+    EtcdError,
+    WhizorchError,
+)
 from whizorch.etcd import _errors
 from whizorch.etcd._methods import METHODS
 from whizorch.etcd._proto import rpc_pb2
@@ -52,8 +59,10 @@ class Watch:
         prev_kv: bool,
         progress_notify: bool,
     ) -> None:
-        if start_revision < 0:
-            raise ValueError("start_revision must be >= 0")
+        if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 0:
+            raise ConfigError(
+                "start_revision must be a non-negative int", field="start_revision", value=start_revision
+            )
         kb = to_bytes(key, "key") if prefix else key_bytes(key)
         self._watcher = watcher
         self.key = kb or b"\0"
@@ -66,6 +75,8 @@ class Watch:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self._registered = False
         self._closed = False
+        # the token of the stream on which etcd last refused to create this watch
+        self._refused_token: str | None = None
 
     @property
     def last_revision(self) -> int:
@@ -110,8 +121,11 @@ class Watch:
         await asyncio.wait_for(self._watcher.created_event(self).wait(), timeout_s)
 
     def _deliver(self, events: list[WatchEvent]) -> None:
+        # one revision can hold several events (a txn, a prefix delete), and etcd sends
+        # them in one response: compare with the revision needed before this response
+        needed = self.next_revision
         for ev in events:
-            if ev.revision < self.next_revision:
+            if ev.revision < needed:
                 continue  # already delivered before a reconnect
             self.queue.put_nowait(ev)
             self.next_revision = ev.revision + 1
@@ -145,6 +159,7 @@ class Watcher:
         self._task: asyncio.Task[None] | None = None
         self._serving = False  # a stream is up and creates may be sent on it
         self._stream_ok = False  # the current stream has answered at least once
+        self._stream_token: str | None = None  # the auth token the current stream carries
         self._closed = False
 
     def created_event(self, watch: Watch) -> asyncio.Event:
@@ -202,8 +217,8 @@ class Watcher:
                 log.warning("watch stream to %s broke: %s; resuming", endpoint, exc)
                 if endpoint and _errors.endpoint_failed(exc):
                     self._client._mark_failed(endpoint)
-                if _errors.is_token_expired(exc):
-                    await self._client.refresh_token(self._client._token)
+                if _errors.is_token_expired(exc) and not await self._refresh_token():
+                    return
             except Exception as exc:  # an unexpected bug must not kill every watch silently
                 log.exception("watch stream failed unexpectedly")
                 for w in [*self._by_id.values(), *self._pending]:
@@ -216,6 +231,27 @@ class Watcher:
             backoff = 0.05 if self._stream_ok else min(backoff * 2, 1.0)
             self._stream_ok = False
             await asyncio.sleep(backoff)
+
+    async def _refresh_token(self) -> bool:
+        """Authenticate again after etcd refused the stream's token; False when the
+        credentials themselves are refused (every watch then ends with that error)."""
+        try:
+            await self._client.refresh_token(self._stream_token)
+        except AuthError as exc:
+            log.error("watch: etcd refused the credentials: %s", exc)
+            self._fail_all(exc)
+            return False
+        except WhizorchError as exc:  # etcd unreachable: the next stream tries again
+            log.warning("watch: could not authenticate again: %s", exc)
+        return True
+
+    def _fail_all(self, exc: WhizorchError) -> None:
+        for w in [*self._by_id.values(), *self._pending, *([self._inflight] if self._inflight else [])]:
+            w._fail(exc)
+            self._created.get(id(w), asyncio.Event()).set()
+        self._by_id.clear()
+        self._pending.clear()
+        self._inflight = None
 
     def _requeue_all(self) -> None:
         """After a break: every watch is created again from its next revision."""
@@ -236,6 +272,7 @@ class Watcher:
             request_serializer=method.request.SerializeToString,
             response_deserializer=method.response.FromString,
         )
+        self._stream_token = self._client._token
         call = stream(metadata=self._client.metadata(stream=True))
         outbox = self._outbox
         self._serving = True
@@ -274,12 +311,20 @@ class Watcher:
             if w is None:
                 log.debug("created response with no create in flight (watch %s)", resp.watch_id)
                 return
+            if resp.canceled and not resp.compact_revision and self._token_may_be_stale(w, resp.cancel_reason):
+                # create it again on a new stream, after authenticating again
+                w._refused_token = self._stream_token
+                self._pending.appendleft(w)
+                raise _errors.token_refused(
+                    f"etcd refused the watch: {resp.cancel_reason}", key=w.key, endpoint=endpoint
+                )
             if resp.canceled or resp.compact_revision:
                 w._fail(self._cancel_error(resp, endpoint, w))
                 self._created.get(id(w), asyncio.Event()).set()
                 self._pump()
                 return
             w.watch_id = resp.watch_id
+            w._refused_token = None
             if w._closed:
                 self._outbox.put_nowait(
                     rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=resp.watch_id))
@@ -310,6 +355,23 @@ class Watcher:
             # progress notification: everything up to header.revision has been sent
             w2.next_revision = resp.header.revision + 1
 
+    def _token_may_be_stale(self, w: Watch, reason: str) -> bool:
+        """Whether a refused create deserves a new token and one more try.
+
+        etcd checks a watch's permission when it is created, with the token the stream
+        was opened with. An expired token is refused as "invalid auth token" (etcd
+        3.4.23, and 3.5 releases with the same fix): tried again while each refusal
+        comes with a new token. etcd 3.5.1 says "permission denied", as it does to a
+        user without the permission: tried once more with a token made after the
+        refusal, then reported.
+        """
+        if self._client.config.auth is None:
+            return False
+        low = reason.lower()
+        if "invalid auth token" in low or "auth store is old" in low:
+            return w._refused_token != self._stream_token
+        return "permission denied" in low and w._refused_token is None
+
     @staticmethod
     def _cancel_error(resp: Any, endpoint: str, w: Watch) -> EtcdError:
         if resp.compact_revision:
@@ -320,4 +382,8 @@ class Watcher:
                 key=w.key,
                 endpoint=endpoint,
             )
-        return EtcdError(f"etcd cancelled the watch: {resp.cancel_reason or 'no reason given'}", key=w.key, endpoint=endpoint)
+        reason = resp.cancel_reason or "no reason given"
+        low = reason.lower()
+        if "permission denied" in low or "auth token" in low or "user name is empty" in low:
+            return AuthError(f"etcd refused the watch: {reason}", key=w.key, endpoint=endpoint)
+        return EtcdError(f"etcd cancelled the watch: {reason}", key=w.key, endpoint=endpoint)
