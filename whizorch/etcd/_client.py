@@ -31,7 +31,7 @@ from whizorch.errors import (
     WhizorchError,
 )
 from whizorch.etcd import _errors
-from whizorch.etcd._config import AuthConfig, EtcdConfig, TLSConfig
+from whizorch.etcd._config import EtcdConfig
 from whizorch.etcd._methods import METHODS, Method
 from whizorch.etcd._proto import rpc_pb2
 from whizorch.etcd._types import (
@@ -127,7 +127,7 @@ class EtcdClient:
         if isinstance(config, EtcdConfig):
             self.config = attrs.evolve(config, **options) if options else config
         else:
-            self.config = EtcdConfig(endpoints=config, **options)  # type: ignore[arg-type]
+            self.config = EtcdConfig(endpoints=config, **options)
         self._state = _State.UNOPENED
         self._endpoints = list(self.config.endpoints)
         self._current = 0
@@ -231,7 +231,7 @@ class EtcdClient:
             try:
                 await asyncio.wait_for(ch.channel_ready(), wait)
                 return endpoint, ch
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last_state = ch.get_state()
             tried += 1
             self._mark_failed(endpoint)
@@ -296,7 +296,7 @@ class EtcdClient:
 
         # the fast path: one attempt, no retry machinery
         try:
-            return await self._attempt(method, request, write=write, timeout=timeout, authenticate=authenticate)
+            return await self._attempt(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
         except WhizorchError as exc:
             if not _retryable(exc):
                 raise
@@ -308,11 +308,11 @@ class EtcdClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(method, request, write=write, timeout=timeout, authenticate=authenticate)
+                return await self._attempt(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, method: Method, request: Any, *, write: bool, timeout: float, authenticate: bool) -> Any:
-        deadline = time.monotonic() + timeout
+    async def _attempt(self, method: Method, request: Any, *, write: bool, timeout_s: float, authenticate: bool) -> Any:
+        deadline = time.monotonic() + timeout_s
         endpoint, ch = await self.ready_channel(deadline)
         token = self._token
         remaining = max(0.001, deadline - time.monotonic())

@@ -49,14 +49,14 @@ _NOT_SENT = (
 
 def _details(exc: grpc.RpcError) -> str:
     try:
-        return str(exc.details() or "")  # type: ignore[attr-defined]
+        return str(exc.details() or "")
     except Exception:  # pragma: no cover - defensive: RpcError without details
         return str(exc)
 
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode:
     try:
-        code = exc.code()  # type: ignore[attr-defined]
+        code = exc.code()
     except Exception:  # pragma: no cover
         return grpc.StatusCode.UNKNOWN
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
@@ -113,9 +113,9 @@ def translate(
             err = EtcdUnavailableError(f"etcd unavailable: {details or code.name}", **fields)
     else:
         err = EtcdError(f"etcd error: {details or code.name}", **fields)
-    err._safe_to_retry = not_applied or (not write and isinstance(err, EtcdUnavailableError))  # type: ignore[attr-defined]
-    err._token_expired = "invalid auth token" in low or "auth store is old" in low  # type: ignore[attr-defined]
-    err._endpoint_failed = not_applied or code in (  # type: ignore[attr-defined]
+    err._safe_to_retry = not_applied or (not write and isinstance(err, EtcdUnavailableError))
+    err._token_expired = "invalid auth token" in low or "auth store is old" in low
+    err._endpoint_failed = not_applied or code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
@@ -140,8 +140,8 @@ def endpoint_failed(err: BaseException) -> bool:
 def unavailable(message: str, **fields: object) -> EtcdUnavailableError:
     """A pre-send failure (no endpoint ready): always safe to retry."""
     err = EtcdUnavailableError(message, **fields)
-    err._safe_to_retry = True  # type: ignore[attr-defined]
-    err._endpoint_failed = True  # type: ignore[attr-defined]
+    err._safe_to_retry = True
+    err._endpoint_failed = True
     return err
 
 
@@ -150,9 +150,9 @@ def token_refused(message: str, **fields: object) -> AuthError:
     create answered "invalid auth token", or on etcd 3.5.1 "permission denied"):
     authenticate again and resend; nothing was applied."""
     err = AuthError(message, **fields)
-    err._safe_to_retry = True  # type: ignore[attr-defined]
-    err._token_expired = True  # type: ignore[attr-defined]
-    err._endpoint_failed = False  # type: ignore[attr-defined]
+    err._safe_to_retry = True
+    err._token_expired = True
+    err._endpoint_failed = False
     return err
 
 
