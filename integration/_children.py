@@ -115,7 +115,7 @@ class Child:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def next_line(self, timeout: float) -> tuple[float, str]:  # noqa: ASYNC109
+    async def next_line(self, timeout: float) -> tuple[float, str]:
         """The next unread stdout line and when it was read; AssertionError after
         ``timeout`` seconds or at end of output."""
         try:
@@ -133,7 +133,7 @@ class Child:
         self._pos += 1
         return item
 
-    async def next_event(self, kind: str, timeout: float) -> dict[str, Any]:  # noqa: ASYNC109
+    async def next_event(self, kind: str, timeout: float) -> dict[str, Any]:
         """The next JSON line whose ``event`` is ``kind`` (earlier ones are skipped)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -160,7 +160,7 @@ class Child:
         if self.running:
             os.kill(self.pid, sig)
 
-    async def wait_exit(self, timeout: float) -> int:  # noqa: ASYNC109
+    async def wait_exit(self, timeout: float) -> int:
         """Wait for the child to exit and its output to end; return its exit status."""
         try:
             async with asyncio.timeout(timeout):

