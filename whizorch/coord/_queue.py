@@ -128,22 +128,37 @@ async def wait_turn(client: EtcdClient, prefix: bytes, session: Session, pos: Qu
         )
         if not prev.kvs:
             break
-        await _wait_deleted(client, prev.kvs[0].key, prev.header.revision, session)
+        await _wait_deleted(client, prev.kvs[0].key, prev.kvs[0].create_revision, session)
     mine = await client.get(pos.key)
     if not mine.kvs or mine.kvs[0].create_revision != pos.revision:
         session.check()
         raise NotOwnerError("my queue key was deleted while waiting (lease expired?)", key=pos.key)
 
 
-async def _wait_deleted(client: EtcdClient, key: bytes, revision: int, session: Session) -> None:
-    async with client.watch(key, start_revision=revision + 1) as watch:
+async def _wait_deleted(client: EtcdClient, key: bytes, create_revision: int, session: Session) -> None:
+    """Return once ``key`` (created at ``create_revision``) is gone.
+
+    The watch starts from "now" and the key is read after the watch exists: a watch
+    from a past revision is "unsynced" in etcd and caught up only by its 100 ms resync
+    loop, which would add up to 100 ms to every hand-over racing the watch's creation.
+    """
+    async with client.watch(key) as watch:
         lost = asyncio.ensure_future(session.wait_lost())
+        created = asyncio.ensure_future(watch.wait_created(timeout_s=None))
         try:
-            while (event := await next_unless(watch, lost)) is not None:
-                if event.type is EventType.DELETE:
+            await asyncio.wait({created, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if created.done() and not lost.done():
+                created.result()
+                cur = await client.get(key, keys_only=True)
+                if not cur.kvs or cur.kvs[0].create_revision != create_revision:
                     return
+                while (event := await next_unless(watch, lost)) is not None:
+                    if event.type is EventType.DELETE:
+                        return
         finally:
-            lost.cancel()
+            for fut in (lost, created):
+                fut.cancel()
+            await asyncio.gather(lost, created, return_exceptions=True)
     session.check()
     raise NotOwnerError("the watch ended while waiting for my turn", key=key)
 

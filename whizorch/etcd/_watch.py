@@ -116,7 +116,7 @@ class Watch:
             raise item
         return item  # type: ignore[no-any-return]
 
-    async def wait_created(self, timeout_s: float = 5.0) -> None:
+    async def wait_created(self, timeout_s: float | None = 5.0) -> None:
         """Wait until etcd acknowledged the watch (events after this are seen)."""
         await asyncio.wait_for(self._watcher.created_event(self).wait(), timeout_s)
 
