@@ -291,8 +291,10 @@ class Orchestrator:
             ev = self._result_event(rkv)
             if ev is not None:
                 await self._apply(entry, ev)
-        if cancelled and not rec.cancel_requested:
+        # each _apply replaced entry.record: look at the record as it is now
+        if cancelled and not entry.record.cancel_requested:
             await self._apply(entry, m.Cancel())
+        rec = entry.record
         for index, st in enumerate(rec.steps):
             kind = m.RUN if st.state == "dispatched" else m.COMPENSATE if st.state == "compensating" else None
             if kind is None:
@@ -469,27 +471,40 @@ class Orchestrator:
             name, value, trace = sub["saga"], sub.get("input"), dict(sub.get("trace") or {})
         except (ConfigError, KeyError, TypeError) as exc:
             rec = _failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
-            entry = _Saga(rec, 0, None)
-            await self._commit(entry, rec, m.Transition(changed=True))
-            self._sagas[saga_id] = entry
+            await self._create(_Saga(rec, 0, None), m.Transition(changed=True))
             return
         definition = self.app.get(name)
         now = time.time()
         if definition is None:
             rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", now)
-            entry = _Saga(rec, 0, None, value)
-            await self._commit(entry, rec, m.Transition(changed=True))
-            self._sagas[saga_id] = entry
+            await self._create(_Saga(rec, 0, None, value), m.Transition(changed=True))
             return
         rec, tr = m.adopt(
             definition, saga_id=saga_id, txid=kv.create_revision, now=now, route=self.router,
             settings=self.settings, trace=trace, term=self.term,
         )
         entry = _Saga(rec, 0, definition, value)
-        async with entry.lock:
-            await self._commit(entry, rec, tr)
-        self._sagas[saga_id] = entry
+        await self._create(entry, tr)
         self._emit("adopted", saga_id=saga_id, saga=name)
+        if entry.record.steps and entry.record.steps[0].waiting_region and self.router.regions:
+            # the region view may have changed while this adoption was in flight (the
+            # region watch can lag the submit watch), and RegionsChanged reaches only
+            # sagas already cached: look once more, or the step waits for the next
+            # region change or its no_region timeout
+            self._spawn(saga_id, m.RegionsChanged(frozenset(self.router.regions)))
+
+    async def _create(self, entry: _Saga, tr: m.Transition) -> None:
+        """Write a new record (create-if-absent, fenced) and cache it."""
+        sid = entry.record.id
+        async with entry.lock:
+            try:
+                await self._commit(entry, entry.record, tr)
+            except _Conflict:
+                # the txn's outcome is unknown, or the record exists: etcd decides
+                await self._reload(entry)
+                if entry.mod_revision == 0:
+                    raise WhizorchError("the new saga record was not written", saga_id=sid) from None
+        self._sagas[sid] = entry
 
     async def _apply(self, entry: _Saga, event: m.Event) -> None:
         async with entry.lock:
@@ -528,6 +543,9 @@ class Orchestrator:
         if fence is None or not self.is_leader_now():
             raise _LeadershipLost("not leading")
         key = self.keys.saga(rec.id)
+        # every write carries the writer's term (not only the adopting leader's): etcd's
+        # history of a record then shows which leadership made each write
+        rec.leader_term = fence.token
         ops = [Op.put(key, rec.to_json())]
         deleted = set()
         for region, step in tr.delete_tasks:
@@ -656,7 +674,7 @@ class _Conflict(Exception):
 
 def _deletes(op: Op, key: bytes) -> bool:
     pb = op._pb
-    return pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key
+    return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
 
 
 def _caps(value: bytes) -> dict[str, Any]:

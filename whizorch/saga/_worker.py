@@ -28,7 +28,7 @@ from typing import Any
 
 from whizorch.coord import Session
 from whizorch.errors import ClosedError, ConfigError, OutcomeUnknownError, WhizorchError
-from whizorch.etcd import Compare, EtcdClient, EventType, Op
+from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
 from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
 
@@ -251,20 +251,40 @@ class Worker:
                 self._claim_and_run(session, key, task, mod_rev), name=f"whizorch-step-{task.saga_id}-{task.step}"
             )
 
-    async def _claim(self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes) -> int | None:
-        """Claim a task on my lease; the claim's create revision, or None if not mine."""
+    async def _claim(
+        self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes, result_key: bytes
+    ) -> int | None:
+        """Claim a task on my lease; the claim's create revision, or None if not mine.
+
+        Raises WhizorchError when etcd could not tell (the claim did not land): the
+        task is still free, and the caller tries again.
+        """
         try:
             res = await self.client.txn(
-                [Compare.create_revision(claim_key, "==", 0), Compare.mod_revision(key, "==", mod_rev)],
+                [
+                    Compare.create_revision(claim_key, "==", 0),
+                    Compare.mod_revision(key, "==", mod_rev),
+                    # a run that already recorded its result is not run again
+                    Compare.create_revision(result_key, "==", 0),
+                ],
                 [Op.put(claim_key, claim, lease=session.lease_id)],
+                [Op.get(claim_key)],
             )
         except OutcomeUnknownError:
             # did my claim land? it is mine if it sits on my lease
             cur = await self.client.get(claim_key)
-            if cur.kvs and cur.kvs[0].lease == session.lease_id:
+            if cur.kvs and (cur.kvs[0].lease, cur.kvs[0].value) == (session.lease_id, claim):
                 return cur.kvs[0].create_revision
+            if not cur.kvs:
+                raise WhizorchError("the claim did not land", key=claim_key) from None
             return None
-        return res.header.revision if res.succeeded else None
+        if res.succeeded:
+            return res.header.revision
+        # an earlier try whose outcome was unknown may have landed after all: still mine
+        held = res.responses[0]
+        if isinstance(held, RangeResult) and held.kvs and (held.kvs[0].lease, held.kvs[0].value) == (session.lease_id, claim):
+            return held.kvs[0].create_revision
+        return None
 
     async def _cancel_running(self) -> None:
         running = list(self._running.values())
@@ -283,11 +303,20 @@ class Worker:
             {"worker": self.worker_id, "attempt": task.attempt, "kind": task.kind, "region": self.region},
             what="claim",
         )
-        try:
-            claim_rev = await self._claim(session, key, mod_rev, claim_key, claim)
-        except WhizorchError as exc:
-            log.warning("worker %s: claim of %r failed: %s", self.worker_id, key, exc)
-            claim_rev = None
+        result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
+        claim_rev: int | None = None
+        delay = 0.05
+        while not session.is_lost and not self._draining.is_set():
+            try:
+                claim_rev = await self._claim(session, key, mod_rev, claim_key, claim, result_key)
+                break
+            except WhizorchError as exc:
+                # etcd trouble (a member died, no leader yet): the task is still free and
+                # nothing else will offer it again, so dropping it would strand the step
+                # until its deadline; try again while the session lives
+                log.warning("worker %s: claim of %r failed: %s; retrying", self.worker_id, key, exc)
+                await asyncio.sleep(delay)  # ok: back off before claiming again
+                delay = min(delay * 2, 1.0)
         if claim_rev is None:
             # another worker has it, or the task changed (a newer event follows)
             self._running.pop(key, None)
@@ -311,11 +340,7 @@ class Worker:
                     worker=self.worker_id, region=self.region, started=started, ended=time.time(),
                 ).to_json()
             result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
-            res = await self.client.txn(
-                [Compare.create_revision(claim_key, "==", claim_rev), Compare.create_revision(result_key, "==", 0)],
-                [Op.put(result_key, data), Op.delete(claim_key)],
-                idempotent=True,
-            )
+            res = await self._record(session, claim_key, claim_rev, result_key, data)
             if res.succeeded:
                 self.completed += 1
             else:
@@ -332,6 +357,28 @@ class Worker:
             self._running.pop(key, None)
             if self._session is session:
                 self._claim_backlog(session)
+
+    async def _record(self, session: Session, claim_key: bytes, claim_rev: int, result_key: bytes, data: bytes) -> Any:
+        """Put the result and drop the claim, in one txn guarded by the claim.
+
+        The txn is safe to repeat (a second try finds the result there and changes
+        nothing), so etcd trouble is waited out while the session lives: given up, the
+        claim would stay on a live lease and strand the step until its deadline.
+        """
+        delay = 0.05
+        while True:
+            try:
+                return await self.client.txn(
+                    [Compare.create_revision(claim_key, "==", claim_rev), Compare.create_revision(result_key, "==", 0)],
+                    [Op.put(result_key, data), Op.delete(claim_key)],
+                    idempotent=True,
+                )
+            except WhizorchError as exc:
+                if session.is_lost:
+                    raise
+                log.warning("worker %s: could not record %r yet: %s; retrying", self.worker_id, result_key, exc)
+                await asyncio.sleep(delay)  # ok: back off before trying again
+                delay = min(delay * 2, 1.0)
 
     async def _execute(self, task: TaskPayload) -> tuple[bool, Any, str | None, str | None, bool]:
         """(ok, output, error, error_type, retryable) of running the handler."""
