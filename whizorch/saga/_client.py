@@ -21,8 +21,8 @@ from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._model import (
     COMPLETED,
-    STATUSES,
     SAGA_ID,
+    STATUSES,
     Keys,
     ResultPayload,
     SagaRecord,

@@ -48,6 +48,9 @@ __all__ = ["Orchestrator"]
 log = logging.getLogger("whizorch.saga.orchestrator")
 
 
+_DEFAULT_SETTINGS = m.Settings()
+
+
 class _LeadershipLost(Exception):
     """Internal: the fence refused a write, or the session/leadership is gone."""
 
@@ -79,7 +82,7 @@ class Orchestrator:
         router: Router | None = None,
         lease_ttl_s: int = 5,
         retention_s: float = 3600.0,
-        settings: m.Settings = m.Settings(),
+        settings: m.Settings = _DEFAULT_SETTINGS,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if not isinstance(app, App):
@@ -305,17 +308,49 @@ class Orchestrator:
                 self._arm(at, rec.id, m.Timer(index, kind, run, "no_region"))
             elif st.retry_at is not None:
                 self._arm(st.retry_at, rec.id, m.Timer(index, kind, run, "retry"))
-            elif (rec.id, index) not in claims:
-                # dispatched, unclaimed and no result: maybe claimed by a worker that
-                # died while nobody led; run it again (a new attempt, same idempotency key)
-                await self._apply(entry, m.ClaimLost(index, kind, run))
             else:
+                if (rec.id, index) not in claims:
+                    # dispatched, unclaimed, no result: still queued, or claimed by a
+                    # worker that died while nobody led. Put the task again (same
+                    # attempt): workers offer it anew. Not a failure, so no retry is
+                    # spent on a leader change; the deadline below still guards it.
+                    await self._touch(entry, index, kind, run)
                 step = entry.definition.steps[index] if entry.definition else None
                 timeout = (step.timeout_s if kind == m.RUN else step.compensation_timeout_s) if step else None
                 if timeout is not None:
-                    self._arm((st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s, rec.id, m.Timer(index, kind, run, "deadline"))
+                    at = (st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s
+                    self._arm(at, rec.id, m.Timer(index, kind, run, "deadline"))
         if any(s.state in ("dispatched", "compensating") and s.region and not self.router.healthy(s.region) for s in rec.steps):
             await self._apply(entry, m.RegionsChanged(frozenset(self.router.regions)))
+
+    async def _touch(self, entry: _Saga, index: int, kind: str, run: int) -> None:
+        """Put a dispatched task again, unchanged, so that workers offer it anew."""
+        st = entry.record.steps[index]
+        fence = self._fence
+        if fence is None or st.region is None or entry.definition is None:
+            return
+        task = self._task_payload(entry, m.Dispatch(index, kind, run, st.region))
+        key = self.keys.task(st.region, entry.record.id, index)
+        await self.client.txn([fence.compare()], [Op.put(key, task.to_json())], idempotent=True)
+
+    def _spawn_touch(self, saga_id: str, index: int, kind: str, run: int) -> None:
+        async def touch() -> None:
+            entry = self._sagas.get(saga_id)
+            if entry is None:
+                return
+            try:
+                async with entry.lock:
+                    st = entry.record.steps[index]
+                    current = st.run if kind == m.RUN else st.comp_run
+                    active = "dispatched" if kind == m.RUN else "compensating"
+                    if st.state == active and current == run and st.retry_at is None and not st.waiting_region:
+                        await self._touch(entry, index, kind, run)
+            except WhizorchError as exc:  # the step's deadline timer still guards it
+                log.warning("saga %s: could not re-offer step %d: %s", saga_id, index, exc)
+
+        task = asyncio.get_running_loop().create_task(touch())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     # -- watches -----------------------------------------------------------------------
 
@@ -395,6 +430,14 @@ class Orchestrator:
         entry = self._sagas.get(sid)
         if entry is None:
             return
+        step_index = int(step)
+        if 0 <= step_index < len(entry.record.steps):
+            st = entry.record.steps[step_index]
+            current = st.run if kind == m.RUN else st.comp_run
+            if attempt < current:
+                # a superseded run let go of the step: a worker may have skipped the
+                # current run's task while this claim blocked it, so offer it again
+                self._spawn_touch(sid, step_index, kind, current)
         # a result written with the claim's deletion arrives first (same txn): the
         # machine then ignores this event, as the run is no longer current
         self._spawn(sid, m.ClaimLost(int(step), kind, attempt))
@@ -645,7 +688,12 @@ class Orchestrator:
                 rec = entry.record
                 if rec.status in FINAL_STATUSES and rec.status != FAILED and rec.finished is not None:
                     if now - rec.finished >= self.retention_s:
-                        await self._purge(entry)
+                        try:
+                            await self._purge(entry)
+                        except _LeadershipLost:
+                            raise
+                        except WhizorchError as exc:  # purged on a later sweep
+                            log.warning("could not purge saga %s: %s", sid, exc)
 
     async def _purge(self, entry: _Saga) -> None:
         fence = self._fence
