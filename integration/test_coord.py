@@ -72,8 +72,7 @@ async def test_session_keepalive_outlives_several_ttls(client: EtcdClient, other
             assert info is not None, f"lease expired after {probes} probes"
             assert info.granted_ttl == 2
             probes += 1
-            # ok: the point is to outlive several TTLs; probes come well within one TTL
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # ok: the point is to outlive several TTLs; probes come well within one TTL
         assert probes >= 10
         assert not session.lost.is_set()
         assert session.remaining_s > 0

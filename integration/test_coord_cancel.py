@@ -116,7 +116,7 @@ async def test_cancel_lock_acquire_right_after_it_starts(
             waiter = Lock(client, name, ttl_s=10)
             task = asyncio.create_task(waiter.acquire())
             for _ in range(yields):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # ok: one loop turn, not a wait for consistency
             await cancel_and_wait(task)
             assert len(await keys_under(other, name + "/")) == 1, f"after {yields} yields"
             # a grant cancelled in flight is awaited (etcd answers in ms) and revoked
@@ -178,7 +178,7 @@ async def test_cancel_session_close_still_revokes(client: EtcdClient, other: Etc
     session = await Session(client, ttl_s=30).open()
     await client.put(prefix + "leased", b"x", lease=session.lease_id)
     task = asyncio.create_task(session.close())
-    await asyncio.sleep(0)  # close() is now inside, waiting for its keepalive task
+    await asyncio.sleep(0)  # ok: one loop turn; close() is now inside, waiting for its keepalive task
     await cancel_and_wait(task)
     assert session.lost.is_set()
     assert coord_tasks() == []
@@ -201,7 +201,7 @@ async def test_cancel_lock_release_still_releases(client: EtcdClient, other: Etc
     lock = Lock(client, name, ttl_s=30)
     await lock.acquire(timeout_s=5)
     task = asyncio.create_task(lock.release())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # ok: one loop turn, not a wait for consistency
     await cancel_and_wait(task)
     assert not lock.is_held
 
@@ -221,7 +221,7 @@ async def test_cancel_resign_still_resigns(client: EtcdClient, other: EtcdClient
         election = Election(session, name)
         await election.campaign("leader")
         task = asyncio.create_task(election.resign())
-        await asyncio.sleep(0)  # resign() is now stopping the leadership monitor
+        await asyncio.sleep(0)  # ok: one loop turn; resign() is now stopping the leadership monitor
         await cancel_and_wait(task)
         assert not election.is_leader and election.lost.is_set()
 

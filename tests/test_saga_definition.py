@@ -282,7 +282,7 @@ async def test_sync_handler_runs_in_a_thread() -> None:
     step = Saga("s").step(blocking)
 
     async def opener() -> None:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # ok: one loop turn, not a wait for consistency
         gate.set()
 
     (thread, value), _ = await asyncio.gather(step(ctx(), "in"), opener())
