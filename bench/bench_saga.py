@@ -134,7 +134,7 @@ async def run(n: int, inflight: int, duration: float, ttl: int) -> None:
                 print()
                 print(f"3-step saga, 3 regions, one in flight (n={n}):")
                 print(f"  p50 {statistics.median(lat):.1f} ms   p99 {pct(lat, 99):.1f} ms   (target p99 <= 25 ms)")
-                print(f"  etcd commits per step: {(rev1 - rev0) / (3 * n):.2f} (submit and result reads included)")
+                print(f"  etcd commits per step: {(rev1 - rev0) / (3 * n):.2f} (the submission and the final record included)")
 
                 # -- throughput ----------------------------------------------------------
                 done = 0
