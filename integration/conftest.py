@@ -27,3 +27,10 @@ async def client(etcd_endpoints: list[str], prefix: str) -> AsyncIterator[EtcdCl
     async with EtcdClient(etcd_endpoints, timeout_s=3.0, retry_deadline_s=5.0) as c:
         yield c
         await c.delete(prefix, prefix=True)
+
+
+@pytest.fixture
+async def other(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
+    """A second client on the shared cluster (an observer, or someone else acting)."""
+    async with EtcdClient(list(reversed(etcd_endpoints)), timeout_s=3.0, retry_deadline_s=5.0) as c:
+        yield c

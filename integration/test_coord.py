@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,14 +35,6 @@ from whizorch import (
     propose_value,
 )
 from whizorch.testing import LocalEtcdCluster, eventually_async
-
-
-@pytest.fixture
-async def other(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
-    """A second client on the shared cluster (an observer, or someone else acting)."""
-    async with EtcdClient(list(reversed(etcd_endpoints)), timeout_s=3.0, retry_deadline_s=5.0) as c:
-        yield c
-
 
 # -- Session -------------------------------------------------------------------------
 

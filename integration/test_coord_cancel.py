@@ -9,7 +9,7 @@ running.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from _coord import cancel_and_wait, coord_tasks, keys_under, leases, wait_keys
@@ -23,14 +23,6 @@ from whizorch import (
     Session,
 )
 from whizorch.testing import LocalEtcdCluster, eventually_async
-
-
-@pytest.fixture
-async def other(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
-    """A second client on the shared cluster, to look from outside."""
-    async with EtcdClient(list(reversed(etcd_endpoints)), timeout_s=3.0, retry_deadline_s=5.0) as c:
-        yield c
-
 
 # -- cancelled while waiting behind a holder ------------------------------------------
 
