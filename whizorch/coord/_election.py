@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import attrs
 
-from whizorch.coord._queue import Fence, enqueue, name_prefix, next_unless, wait_turn
+from whizorch.coord._queue import Fence, enqueue, name_prefix, wait_turn
 from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, LockTimeoutError, NotOwnerError, WhizorchError
 from whizorch.etcd import Compare, EventType, KeyValue, Op
@@ -168,7 +168,7 @@ class Election:
         lost_wait = asyncio.ensure_future(self.session.wait_lost())
         try:
             async with self.client.watch(fence.key, start_revision=fence.token + 1) as watch:
-                while (ev := await next_unless(watch, lost_wait)) is not None:
+                while (ev := await watch.next_unless(lost_wait)) is not None:
                     if ev.type is EventType.DELETE or ev.kv.create_revision != fence.token:
                         self._depose("leader key deleted")
                         return

@@ -17,7 +17,7 @@ from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, NotOwnerError
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult
 
-__all__ = ["Fence", "QueuePosition", "enqueue", "fence_list", "name_prefix", "next_unless", "wait_turn"]
+__all__ = ["Fence", "QueuePosition", "enqueue", "fence_list", "name_prefix", "wait_turn"]
 
 
 @attrs.frozen
@@ -55,11 +55,10 @@ def fence_list(fence: Fence | Sequence[Fence] | None) -> list[Fence]:
 
 @attrs.frozen
 class QueuePosition:
-    """My key in the queue, its create revision, and the header revision of enqueueing."""
+    """My key in the queue and its create revision."""
 
     key: bytes
     revision: int
-    header_revision: int
     is_first: bool
     created: bool
     """False when my key already existed (the same session queued before)."""
@@ -105,7 +104,7 @@ async def enqueue(client: EtcdClient, prefix: bytes, session: Session, value: by
         my_rev = mine.create_revision
     first = _first(res.responses[1])
     is_first = first is not None and first.create_revision == my_rev
-    return QueuePosition(my_key, my_rev, res.header.revision, is_first, res.succeeded)
+    return QueuePosition(my_key, my_rev, is_first, res.succeeded)
 
 
 async def wait_turn(client: EtcdClient, prefix: bytes, session: Session, pos: QueuePosition) -> None:
@@ -152,7 +151,7 @@ async def _wait_deleted(client: EtcdClient, key: bytes, create_revision: int, se
                 cur = await client.get(key, keys_only=True)
                 if not cur.kvs or cur.kvs[0].create_revision != create_revision:
                     return
-                while (event := await next_unless(watch, lost)) is not None:
+                while (event := await watch.next_unless(lost)) is not None:
                     if event.type is EventType.DELETE:
                         return
         finally:
@@ -161,21 +160,3 @@ async def _wait_deleted(client: EtcdClient, key: bytes, create_revision: int, se
             await asyncio.gather(lost, created, return_exceptions=True)
     session.check()
     raise NotOwnerError("the watch ended while waiting for my turn", key=key)
-
-
-async def next_unless(iterator: Any, stop: asyncio.Future[Any]) -> Any:
-    """The next item of an async iterator, or None once ``stop`` is done (or the
-    iterator ends). Nothing is left pending either way."""
-    nxt = asyncio.ensure_future(iterator.__anext__())
-    try:
-        done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if nxt not in done:
-            return None
-        try:
-            return nxt.result()
-        except StopAsyncIteration:
-            return None
-    finally:
-        if not nxt.done():
-            nxt.cancel()
-            await asyncio.gather(nxt, return_exceptions=True)

@@ -317,11 +317,7 @@ class EtcdClient:
         endpoint, ch = await self.ready_channel(deadline)
         token = self._token
         remaining = max(0.001, deadline - time.monotonic())
-        stub = ch.unary_unary(
-            method.path,
-            request_serializer=method.request.SerializeToString,
-            response_deserializer=method.response.FromString,
-        )
+        stub = method.bind(ch)
         try:
             return await stub(request, timeout=remaining, metadata=self.metadata() if authenticate else ())
         except grpc.RpcError as exc:
@@ -483,11 +479,7 @@ class EtcdClient:
             try:
                 if self._ka_call is None:
                     endpoint, ch = await self.ready_channel(deadline)
-                    stream = ch.stream_stream(
-                        method.path,
-                        request_serializer=method.request.SerializeToString,
-                        response_deserializer=method.response.FromString,
-                    )
+                    stream = method.bind(ch)
                     self._ka_call = stream(metadata=self.metadata(stream=True))
                     self._ka_endpoint = endpoint
                 call = self._ka_call
@@ -546,11 +538,7 @@ class EtcdClient:
             endpoint = self.endpoint
         else:
             ch = self._channel_for(endpoint)
-            stub = ch.unary_unary(
-                method.path,
-                request_serializer=method.request.SerializeToString,
-                response_deserializer=method.response.FromString,
-            )
+            stub = method.bind(ch)
             try:
                 resp = await stub(rpc_pb2.StatusRequest(), timeout=timeout, metadata=self.metadata()[1:])
             except grpc.RpcError as exc:

@@ -25,6 +25,15 @@ class Method:
     response: Any
     streaming: bool = False
 
+    def bind(self, channel: Any) -> Any:
+        """The gRPC multi-callable of this method on ``channel``."""
+        make = channel.stream_stream if self.streaming else channel.unary_unary
+        return make(
+            self.path,
+            request_serializer=self.request.SerializeToString,
+            response_deserializer=self.response.FromString,
+        )
+
 
 def _m(service: str, name: str, module: Any, req: str, resp: str, streaming: bool = False) -> Method:
     return Method(f"/{service}/{name}", getattr(module, req), getattr(module, resp), streaming)

@@ -75,6 +75,7 @@ class Watch:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
         self._registered = False
         self._closed = False
+        self._created = asyncio.Event()  # set once etcd acknowledged (or refused) the watch
         # the token of the stream on which etcd last refused to create this watch
         self._refused_token: str | None = None
 
@@ -116,9 +117,28 @@ class Watch:
             raise item
         return item  # type: ignore[no-any-return]
 
+    async def next_unless(self, stop: asyncio.Future[Any]) -> WatchEvent | None:
+        """The next event, or None once ``stop`` is done or the watch ended.
+
+        Nothing is left pending either way (no orphaned ``__anext__`` task).
+        """
+        nxt = asyncio.ensure_future(self.__anext__())
+        try:
+            done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                return None
+            try:
+                return nxt.result()
+            except StopAsyncIteration:
+                return None
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+
     async def wait_created(self, timeout_s: float | None = 5.0) -> None:
         """Wait until etcd acknowledged the watch (events after this are seen)."""
-        await asyncio.wait_for(self._watcher.created_event(self).wait(), timeout_s)
+        await asyncio.wait_for(self._created.wait(), timeout_s)
 
     def _deliver(self, events: list[WatchEvent]) -> None:
         # one revision can hold several events (a txn, a prefix delete), and etcd sends
@@ -154,7 +174,6 @@ class Watcher:
         self._by_id: dict[int, Watch] = {}
         self._pending: collections.deque[Watch] = collections.deque()
         self._inflight: Watch | None = None
-        self._created: dict[int, asyncio.Event] = {}
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._serving = False  # a stream is up and creates may be sent on it
@@ -162,13 +181,9 @@ class Watcher:
         self._stream_token: str | None = None  # the auth token the current stream carries
         self._closed = False
 
-    def created_event(self, watch: Watch) -> asyncio.Event:
-        return self._created.setdefault(id(watch), asyncio.Event())
-
     async def add(self, watch: Watch) -> None:
         if self._closed:
             raise ClosedError("the client is closed")
-        self.created_event(watch)
         self._pending.append(watch)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="whizorch-etcd-watch")
@@ -176,7 +191,6 @@ class Watcher:
             self._pump()
 
     async def remove(self, watch: Watch) -> None:
-        self._created.pop(id(watch), None)
         if watch in self._pending:
             self._pending.remove(watch)
         if watch.watch_id is not None and self._by_id.get(watch.watch_id) is watch:
@@ -248,7 +262,7 @@ class Watcher:
     def _fail_all(self, exc: WhizorchError) -> None:
         for w in [*self._by_id.values(), *self._pending, *([self._inflight] if self._inflight else [])]:
             w._fail(exc)
-            self._created.get(id(w), asyncio.Event()).set()
+            w._created.set()
         self._by_id.clear()
         self._pending.clear()
         self._inflight = None
@@ -267,11 +281,7 @@ class Watcher:
 
     async def _serve(self, endpoint: str, ch: grpc.aio.Channel) -> None:
         method = METHODS["Watch"]
-        stream = ch.stream_stream(
-            method.path,
-            request_serializer=method.request.SerializeToString,
-            response_deserializer=method.response.FromString,
-        )
+        stream = method.bind(ch)
         self._stream_token = self._client._token
         call = stream(metadata=self._client.metadata(stream=True))
         outbox = self._outbox
@@ -320,7 +330,7 @@ class Watcher:
                 )
             if resp.canceled or resp.compact_revision:
                 w._fail(self._cancel_error(resp, endpoint, w))
-                self._created.get(id(w), asyncio.Event()).set()
+                w._created.set()
                 self._pump()
                 return
             w.watch_id = resp.watch_id
@@ -333,9 +343,7 @@ class Watcher:
                 self._by_id[resp.watch_id] = w
                 if w.next_revision == 0:
                     w.next_revision = resp.header.revision + 1
-                ev = self._created.get(id(w))
-                if ev is not None:
-                    ev.set()
+                w._created.set()
             self._pump()
             if not resp.events:
                 return

@@ -125,8 +125,6 @@ class Retry:
         return not isinstance(exc, self.give_up_on) and isinstance(exc, self.retry_on)
 
 
-NO_RETRY = Retry(attempts=1)
-
 
 @attrs.frozen(kw_only=True)
 class StepContext:

@@ -190,32 +190,24 @@ class Worker:
         lost = asyncio.ensure_future(session.wait_lost())
         draining = asyncio.ensure_future(self._draining.wait())
         loads = asyncio.ensure_future(self._report_load(session))
+        stop = asyncio.ensure_future(asyncio.wait({lost, draining, loads}, return_when=asyncio.FIRST_COMPLETED))
         try:
             async with self.client.watch(prefix, prefix=True, start_revision=snapshot.header.revision + 1) as watch:
-                while True:
-                    nxt = asyncio.ensure_future(watch.__anext__())
-                    try:
-                        done, _ = await asyncio.wait({nxt, lost, draining, loads}, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        if not nxt.done():
-                            nxt.cancel()
-                            await asyncio.gather(nxt, return_exceptions=True)
-                    if nxt not in done:
-                        if loads in done:
-                            loads.result()
-                        if lost in done:
-                            raise WhizorchError("worker session lost", lease=session.lease_id)
-                        return  # draining: keep running handlers, claim nothing new
-                    ev = nxt.result()
+                while (ev := await watch.next_unless(stop)) is not None:
                     if ev.type is EventType.DELETE:
                         self._backlog.pop(ev.kv.key, None)
                     else:
                         self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
                     self._claim_backlog(session)
+                if loads.done():
+                    loads.result()  # a failed load report ends this session's loop
+                if lost.done():
+                    raise WhizorchError("worker session lost", lease=session.lease_id)
+                # draining: keep running handlers, claim nothing new
         finally:
-            for fut in (lost, draining, loads):
+            for fut in (lost, draining, loads, stop):
                 fut.cancel()
-            await asyncio.gather(lost, draining, loads, return_exceptions=True)
+            await asyncio.gather(lost, draining, loads, stop, return_exceptions=True)
             if self._draining.is_set() and self._running:
                 await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
 
