@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/python -m whizorch.demo $(ARGS)
+	$(BIN)/whizorch demo $(ARGS)
 
 test: setup
 	VENV=$(VENV) bash scripts/test.sh

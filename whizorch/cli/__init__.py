@@ -1,10 +1,12 @@
-"""Layer 4: the ``whizorch`` command line (click).
+"""Layer 5: the ``whizorch`` command line (click).
 
 ``whizorch dev`` runs a local etcd cluster; ``whizorch worker`` and ``whizorch
 orchestrator`` run the real roles for your own sagas (``--app module:object``);
-``whizorch demo`` shows it all on a local cluster.
+``whizorch status`` and ``whizorch sagas`` inspect a deployment; ``whizorch demo``
+shows it all on a local cluster.
 """
 
+from whizorch.cli import _demo, _inspect  # noqa: F401  (they register their commands)
 from whizorch.cli._main import main
 
 __all__ = ["main"]

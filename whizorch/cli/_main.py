@@ -149,12 +149,3 @@ def orchestrator(
                 await stop.wait()
 
     run_until_signalled(body)
-
-
-@main.command()
-@click.option("--ttl", default=2, show_default=True, type=int, help="leader lease TTL (s)")
-def demo(ttl: int) -> None:
-    """The demo on a local etcd cluster it starts itself."""
-    from whizorch.demo.__main__ import main as demo_main
-
-    sys.exit(demo_main(["--ttl", str(ttl)]))

@@ -1,4 +1,4 @@
-"""The main job (`make demo` = `python -m whizorch.demo`) runs end to end on etcd it starts itself."""
+"""The primitives demo (`python -m whizorch.demo.primitives`) runs end to end on etcd it starts itself."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end_and_shows_takeover_fencing_and_the_exact_counter(e
     """The demo exits 0 and shows: a takeover after the pause, the late write fenced, the counter exact."""
     env = dict(os.environ, WHIZORCH_ETCD_BIN=str(etcd_bin))
     proc = subprocess.run(
-        [sys.executable, "-m", "whizorch.demo", "--ttl", "2"],
+        [sys.executable, "-m", "whizorch.demo.primitives", "--ttl", "2"],
         capture_output=True, text=True, timeout=170, env=env, check=False,
     )
     out = proc.stdout

@@ -1,0 +1,3 @@
+"""``whizorch status`` and ``whizorch sagas list|show``: read-only views of a deployment."""
+
+from __future__ import annotations
