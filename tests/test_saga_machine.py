@@ -102,12 +102,13 @@ def events(rec: SagaRecord) -> list[str]:
 class Harness:
     """One saga driven by hand: adopt, then feed events at chosen times."""
 
-    def __init__(self, saga: Saga, route: FakeRoute) -> None:
+    def __init__(self, saga: Saga, route: FakeRoute, settings: Settings = SETTINGS) -> None:
         self.saga = saga
         self.route = route
+        self.settings = settings
         self.now = T0
         self.rec, self.tr = adopt(
-            saga, saga_id=SID, txid=7, now=T0, route=route, settings=SETTINGS, trace={"traceparent": "x"}, term=3
+            saga, saga_id=SID, txid=7, now=T0, route=route, settings=settings, trace={"traceparent": "x"}, term=3
         )
         self.armed = list(self.tr.timers)
         self.check()
@@ -119,7 +120,7 @@ class Harness:
     def apply(self, event: Any, *, at: float | None = None) -> Transition:
         if at is not None:
             self.now = at
-        self.tr = apply(self.rec, self.saga, event, now=self.now, route=self.route, settings=SETTINGS)
+        self.tr = apply(self.rec, self.saga, event, now=self.now, route=self.route, settings=self.settings)
         self.armed.extend(self.tr.timers)
         self.check()
         return self.tr
@@ -656,6 +657,19 @@ def test_max_failovers_reached_fails_the_step() -> None:
     assert "max_failovers=1" in (h.rec.error or "")
     assert tr.dispatch == [Dispatch(0, COMPENSATE, 1, "c")]  # step 0 ran in dead "a": compensation fails over
     assert ("b", 1) in tr.delete_tasks
+
+
+def test_deployment_cap_on_failovers_applies_over_the_saga_type() -> None:
+    """Settings.max_failovers caps a saga type's larger max_failovers (the lower of the two wins)."""
+    route = FakeRoute("a", "b", "c")
+    h = Harness(build(max_failovers=5), route, Settings(dispatch_grace_s=5.0, max_failovers=1))
+    h.ok(0)
+    h.apply(route.set("b", "c"))  # failover 1: a -> b
+    h.apply(route.set("c"))
+    assert h.step(1).state == "failed"
+    assert "max_failovers=1" in (h.rec.error or "")
+    assert Settings(max_failovers=9).failover_limit(build(max_failovers=2)) == 2
+    assert Settings().failover_limit(build(max_failovers=2)) == 2
 
 
 def test_max_failovers_zero_fails_on_first_region_loss() -> None:

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -140,6 +140,10 @@ class EtcdClient:
         self._ka_endpoint: str | None = None
         self._watcher: Any = None
         self._credentials: grpc.ChannelCredentials | None = None
+        self.observers: list[Callable[[str, float, bool], None]] = []
+        """Called after every unary call and keepalive as ``(operation, seconds, ok)``;
+        operation is the etcd method (``Range``, ``Put``, ``Txn``, ``LeaseKeepAlive`` ...).
+        whizorch's Prometheus metrics attach here; an observer must be fast and not raise."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -295,9 +299,30 @@ class EtcdClient:
         if timeout <= 0:
             raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout)
 
+        if not self.observers:
+            return await self._call_retrying(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+        started = time.perf_counter()
+        ok = False
+        try:
+            result = await self._call_retrying(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+            ok = True
+            return result
+        finally:
+            self._observe(method.name, time.perf_counter() - started, ok)
+
+    def _observe(self, operation: str, seconds: float, ok: bool) -> None:
+        for observer in self.observers:
+            try:
+                observer(operation, seconds, ok)
+            except Exception:  # an observer's bug must not fail the call it observed
+                log.exception("etcd call observer failed")
+
+    async def _call_retrying(
+        self, method: Method, request: Any, *, write: bool, timeout_s: float, authenticate: bool
+    ) -> Any:
         # the fast path: one attempt, no retry machinery
         try:
-            return await self._attempt(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+            return await self._attempt(method, request, write=write, timeout_s=timeout_s, authenticate=authenticate)
         except WhizorchError as exc:
             if not _retryable(exc):
                 raise
@@ -309,7 +334,7 @@ class EtcdClient:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+                return await self._attempt(method, request, write=write, timeout_s=timeout_s, authenticate=authenticate)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, method: Method, request: Any, *, write: bool, timeout_s: float, authenticate: bool) -> Any:
@@ -474,6 +499,18 @@ class EtcdClient:
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
         deadline = time.monotonic() + timeout
         method = METHODS["LeaseKeepAlive"]
+        started = time.perf_counter()
+        try:
+            ttl = await self._keepalive_once(method, lease_id, deadline, timeout_for_message=timeout)
+        except BaseException:
+            if self.observers:
+                self._observe(method.name, time.perf_counter() - started, False)
+            raise
+        if self.observers:
+            self._observe(method.name, time.perf_counter() - started, True)
+        return ttl
+
+    async def _keepalive_once(self, method: Method, lease_id: int, deadline: float, *, timeout_for_message: float) -> int:
         async with self._ka_lock:
             endpoint = self._ka_endpoint
             try:
@@ -502,7 +539,7 @@ class EtcdClient:
                 if endpoint:
                     self._mark_failed(endpoint)
                 raise _errors.unavailable(
-                    f"lease keepalive got no answer within {timeout:.3g}s", endpoint=endpoint, lease=lease_id
+                    f"lease keepalive got no answer within {timeout_for_message:.3g}s", endpoint=endpoint, lease=lease_id
                 ) from exc
             except BaseException:
                 await self._reset_keepalive()

@@ -25,6 +25,11 @@ class Method:
     response: Any
     streaming: bool = False
 
+    @property
+    def name(self) -> str:
+        """The method's short name (``Range``, ``Txn`` ...)."""
+        return self.path.rsplit("/", 1)[-1]
+
     def bind(self, channel: Any) -> Any:
         """The gRPC multi-callable of this method on ``channel``."""
         make = channel.stream_stream if self.streaming else channel.unary_unary

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -19,6 +20,7 @@ import attrs
 from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import Saga
+from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
     COMPLETED,
     SAGA_ID,
@@ -106,13 +108,21 @@ class SagaClient:
     """Submit and inspect sagas. ``SagaClient(etcd_client, namespace="whizorch")``."""
 
     def __init__(
-        self, client: EtcdClient, /, *, namespace: str = "whizorch", max_payload_bytes: int = 64 * 1024
+        self,
+        client: EtcdClient,
+        /,
+        *,
+        namespace: str = "whizorch",
+        max_payload_bytes: int = 64 * 1024,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not isinstance(client, EtcdClient):
             raise ConfigError("SagaClient needs an EtcdClient", field="client", value=type(client).__name__)
         self.client = client
         self.keys = Keys(namespace)
         self.max_payload_bytes = max_payload_bytes
+        self.middleware = check_middleware(middleware)
+        """Around every submission: ``async def mw(ctx: Submission, call_next)``."""
         # one watch on <ns>/saga/ serves every wait() of this client
         self._waiters: dict[str, list[asyncio.Future[SagaRecord]]] = {}
         self._hub: asyncio.Task[None] | None = None
@@ -200,8 +210,17 @@ class SagaClient:
             raise ConfigError(
                 "saga_id must be 1-200 characters of letters, digits, '_', '.', ':', '-'", field="saga_id", value=sid
             )
+        ctx = Submission(saga_id=sid, saga=name, input=input, trace=dict(trace or {}))
+
+        async def final() -> SagaHandle:
+            return await self._submit(ctx)
+
+        return await run_pipeline(self.middleware, ctx, final)
+
+    async def _submit(self, ctx: Submission) -> SagaHandle:
+        sid, name = ctx.saga_id, ctx.saga
         data = encode_json(
-            {"saga": name, "input": input, "trace": dict(trace or {}), "submitted": time.time()},
+            {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()},
             what="saga input",
             limit=self.max_payload_bytes,
         )

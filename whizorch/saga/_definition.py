@@ -153,6 +153,8 @@ class StepContext:
     """Outputs of the steps completed before this one, by step name."""
     worker: str = ""
     """The worker running this attempt."""
+    trace: Mapping[str, str] = attrs.Factory(dict)
+    """The saga's W3C trace context (``traceparent``...), for spans that join its trace."""
 
 
 class Step:

@@ -131,12 +131,21 @@ class Route:
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """Timing knobs of the machine."""
+    """Timing knobs and limits of the machine (deployment-wide)."""
 
     dispatch_grace_s: float = 10.0
     """Extra time past a step's timeout before a run with no result counts as failed."""
     no_region_timeout_s: float = 30.0
     """How long a step waits for a healthy, compliant region before failing."""
+    max_failovers: int | None = None
+    """Deployment-wide cap on region failovers per saga (the lower of this and the
+    saga type's own ``max_failovers`` applies); None: the saga type's alone."""
+
+    def failover_limit(self, saga: Saga) -> int:
+        """How many failovers a saga of this type may have."""
+        if self.max_failovers is None:
+            return saga.max_failovers
+        return min(saga.max_failovers, self.max_failovers)
 
 
 # -- the machine --------------------------------------------------------------------------
@@ -227,9 +236,9 @@ def _dispatch_run(
         # is a failover like any other: same policy, same limit, same record
         if route.healthy(st.region):
             target = st.region
-        elif len(rec.failovers) >= saga.max_failovers:
+        elif len(rec.failovers) >= settings.failover_limit(saga):
             _give_up_run(
-                rec, saga, index, f"region {st.region!r} down and max_failovers={saga.max_failovers} reached",
+                rec, saga, index, f"region {st.region!r} down and max_failovers={settings.failover_limit(saga)} reached",
                 now, route, settings, tr,
             )
             return
@@ -512,11 +521,11 @@ def _on_regions(
             continue  # re-routed when the retry fires
         # the step's region died under it: move it. max_failovers bounds forward
         # progress only; a compensation always moves (as _dispatch_compensation does)
-        if st.state == "dispatched" and len(rec.failovers) >= saga.max_failovers:
+        if st.state == "dispatched" and len(rec.failovers) >= settings.failover_limit(saga):
             tr.delete_tasks.append((st.region, index))
             _on_failure(
                 rec, saga, index, RUN, st.run,
-                f"region {st.region!r} down and max_failovers={saga.max_failovers} reached", False,
+                f"region {st.region!r} down and max_failovers={settings.failover_limit(saga)} reached", False,
                 now, route, settings, tr,
             )
             continue

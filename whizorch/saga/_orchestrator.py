@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -32,6 +32,7 @@ from whizorch.errors import (
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._definition import App, Saga
+from whizorch.saga._middleware import Middleware, SagaEvent, check_middleware, run_guarded
 from whizorch.saga._model import (
     FAILED,
     FINAL_STATUSES,
@@ -84,6 +85,7 @@ class Orchestrator:
         retention_s: float = 3600.0,
         settings: m.Settings = _DEFAULT_SETTINGS,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not isinstance(app, App):
             raise ConfigError("Orchestrator needs a whizorch App", field="app", value=type(app).__name__)
@@ -98,6 +100,8 @@ class Orchestrator:
         self.retention_s = float(retention_s)
         self.settings = settings
         self.on_event = on_event
+        self.middleware = check_middleware(middleware)
+        """Around every event applied to a saga: ``async def mw(ctx: SagaEvent, call_next)``."""
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._election: Election | None = None
@@ -128,6 +132,10 @@ class Orchestrator:
         """Start campaigning in the background."""
         if self._task is not None or self._closed:
             raise ClosedError("an Orchestrator starts once")
+        for mw in self.middleware:
+            attach = getattr(mw, "attach", None)
+            if attach is not None:
+                attach(self)
         self._task = asyncio.get_running_loop().create_task(self._main(), name=f"whizorch-orchestrator-{self.node_id}")
 
     async def aclose(self) -> None:
@@ -182,6 +190,30 @@ class Orchestrator:
         self.term = term
         self.leader_changed.set()
         self._emit("leader" if leading else "follower", node=self.node_id, term=term)
+        for mw in self.middleware:
+            hook = getattr(mw, "leadership_changed", None)
+            if hook is not None:
+                try:
+                    hook(leading, term)
+                except Exception:  # an observer's bug must not stop the driver
+                    log.exception("middleware leadership_changed hook failed")
+
+    def in_flight(self) -> dict[str, int]:
+        """Sagas this leader drives that are not final, by status (empty when not leading)."""
+        counts: dict[str, int] = {}
+        if self.is_leader:
+            for entry in list(self._sagas.values()):
+                if not entry.record.is_final:
+                    counts[entry.record.status] = counts.get(entry.record.status, 0) + 1
+        return counts
+
+    def _event(
+        self, saga_id: str, saga: str, txid: int, event: str, detail: Any, before: SagaRecord | None, trace: dict[str, str]
+    ) -> SagaEvent:
+        return SagaEvent(
+            saga_id=saga_id, saga=saga, transaction_id=txid, event=event, detail=detail, before=before,
+            node=self.node_id, term=self.term, trace=trace,
+        )
 
     # -- leading ---------------------------------------------------------------------
 
@@ -514,20 +546,29 @@ class Orchestrator:
             name, value, trace = sub["saga"], sub.get("input"), dict(sub.get("trace") or {})
         except (ConfigError, KeyError, TypeError) as exc:
             rec = _failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
-            await self._create(_Saga(rec, 0, None), m.Transition(changed=True))
+            await self._create_failed(_Saga(rec, 0, None))
             return
         definition = self.app.get(name)
-        now = time.time()
         if definition is None:
-            rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", now)
-            await self._create(_Saga(rec, 0, None, value), m.Transition(changed=True))
+            rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", time.time())
+            rec.trace = trace
+            await self._create_failed(_Saga(rec, 0, None, value))
             return
-        rec, tr = m.adopt(
-            definition, saga_id=saga_id, txid=kv.create_revision, now=now, route=self.router,
-            settings=self.settings, trace=trace, term=self.term,
-        )
-        entry = _Saga(rec, 0, definition, value)
-        await self._create(entry, tr)
+        ctx = self._event(saga_id, definition.name, kv.create_revision, "adopt", None, None, trace)
+        created: list[_Saga] = []
+
+        async def final() -> SagaRecord:
+            rec, tr = m.adopt(
+                definition, saga_id=saga_id, txid=kv.create_revision, now=time.time(), route=self.router,
+                settings=self.settings, trace=ctx.trace, term=self.term,
+            )
+            entry = _Saga(rec, 0, definition, value)
+            await self._create(entry, tr)
+            created.append(entry)
+            return entry.record
+
+        await run_guarded(self.middleware, ctx, final)
+        entry = created[0]
         self._emit("adopted", saga_id=saga_id, saga=name)
         if entry.record.steps and entry.record.steps[0].waiting_region and self.router.regions:
             # the region view may have changed while this adoption was in flight (the
@@ -535,6 +576,17 @@ class Orchestrator:
             # sagas already cached: look once more, or the step waits for the next
             # region change or its no_region timeout
             self._spawn(saga_id, m.RegionsChanged(frozenset(self.router.regions)))
+
+    async def _create_failed(self, entry: _Saga) -> None:
+        """Write a record that is failed from the start (undecodable or unknown type)."""
+        rec = entry.record
+        ctx = self._event(rec.id, rec.saga, rec.txid, "fail", None, None, dict(rec.trace))
+
+        async def final() -> SagaRecord:
+            await self._create(entry, m.Transition(changed=True))
+            return entry.record
+
+        await run_guarded(self.middleware, ctx, final)
 
     async def _create(self, entry: _Saga, tr: m.Transition) -> None:
         """Write a new record (create-if-absent, fenced) and cache it."""
@@ -551,22 +603,41 @@ class Orchestrator:
 
     async def _apply(self, entry: _Saga, event: m.Event) -> None:
         async with entry.lock:
-            for _ in range(3):
-                if entry.definition is None or entry.record.is_final:
-                    return
-                # the machine works on a copy: the cache changes only once etcd has it
-                rec = entry.record.clone()
-                tr = m.apply(rec, entry.definition, event, now=time.time(), route=self.router, settings=self.settings)
-                if not tr.changed and not tr.dispatch and not tr.delete_tasks:
-                    for at, timer in tr.timers:
-                        self._arm(at, rec.id, timer)
-                    return
-                try:
-                    await self._commit(entry, rec, tr)
-                    return
-                except _Conflict:
-                    await self._reload(entry)
-            raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)
+            if not self.middleware:
+                await self._apply_locked(entry, event)
+                return
+            if entry.definition is None or entry.record.is_final:
+                return
+            before = entry.record
+            ctx = self._event(
+                before.id, before.saga, before.txid, _EVENT_NAMES.get(type(event), type(event).__name__), event, before,
+                dict(before.trace),
+            )
+
+            async def final() -> SagaRecord | None:
+                await self._apply_locked(entry, event)
+                return entry.record if entry.record is not before else None
+
+            await run_guarded(self.middleware, ctx, final)
+
+    async def _apply_locked(self, entry: _Saga, event: m.Event) -> None:
+        """Apply one event (caller holds entry.lock); retries on a stale cache."""
+        for _ in range(3):
+            if entry.definition is None or entry.record.is_final:
+                return
+            # the machine works on a copy: the cache changes only once etcd has it
+            rec = entry.record.clone()
+            tr = m.apply(rec, entry.definition, event, now=time.time(), route=self.router, settings=self.settings)
+            if not tr.changed and not tr.dispatch and not tr.delete_tasks:
+                for at, timer in tr.timers:
+                    self._arm(at, rec.id, timer)
+                return
+            try:
+                await self._commit(entry, rec, tr)
+                return
+            except _Conflict:
+                await self._reload(entry)
+        raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)
 
     async def _reload(self, entry: _Saga) -> None:
         """Our cache is stale (or a write's outcome unknown): read the record again."""
@@ -646,12 +717,19 @@ class Orchestrator:
         )
 
     async def _fail_unknown(self, entry: _Saga, reason: str) -> None:
-        rec = entry.record.clone()
+        before = entry.record
+        rec = before.clone()
         rec.status = FAILED
         rec.error = reason
         rec.finished = time.time()
         rec.note(rec.finished, "failed", error=reason)
-        await self._commit(entry, rec, m.Transition(changed=True))
+        ctx = self._event(rec.id, rec.saga, rec.txid, "fail", None, before, dict(rec.trace))
+
+        async def final() -> SagaRecord:
+            await self._commit(entry, rec, m.Transition(changed=True))
+            return entry.record
+
+        await run_guarded(self.middleware, ctx, final)
 
     async def _quarantine(self, saga_id: str, kv: KeyValue, reason: str) -> None:
         """An undecodable record: replace it with a failed one that keeps the raw bytes."""
@@ -714,6 +792,15 @@ class Orchestrator:
         if res.succeeded:
             self._sagas.pop(sid, None)
             self._emit("purged", saga_id=sid)
+
+
+_EVENT_NAMES: dict[type, str] = {
+    m.Result: "result",
+    m.ClaimLost: "claim_lost",
+    m.Cancel: "cancel",
+    m.RegionsChanged: "regions",
+    m.Timer: "timer",
+}
 
 
 class _Conflict(Exception):

@@ -24,12 +24,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from whizorch.coord import Session
 from whizorch.errors import ClosedError, ConfigError, OutcomeUnknownError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
 from whizorch.saga._definition import App, StepContext, call_handler
+from whizorch.saga._middleware import Middleware, check_middleware, run_pipeline
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
 
 __all__ = ["Worker"]
@@ -61,6 +63,7 @@ class Worker:
         lease_ttl_s: int = 5,
         max_payload_bytes: int = 64 * 1024,
         drain_timeout_s: float = 30.0,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not isinstance(app, App):
             raise ConfigError("Worker needs a whizorch App", field="app", value=type(app).__name__)
@@ -81,6 +84,8 @@ class Worker:
         self.lease_ttl_s = lease_ttl_s
         self.max_payload_bytes = max_payload_bytes
         self.drain_timeout_s = drain_timeout_s
+        self.middleware = check_middleware(middleware)
+        """Around every handler call: ``async def mw(ctx: StepContext, call_next)``."""
         self._state = _State.UNOPENED
         self._task: asyncio.Task[None] | None = None
         self._running: dict[bytes, asyncio.Task[None]] = {}
@@ -105,6 +110,10 @@ class Worker:
         if self._state is not _State.UNOPENED:
             raise ClosedError(f"Worker is {self._state.value}; a Worker starts once")
         self._state = _State.OPEN
+        for mw in self.middleware:
+            attach = getattr(mw, "attach", None)
+            if attach is not None:
+                attach(self)
         registered = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._main(registered), name=f"whizorch-worker-{self.region}")
         done, _ = await asyncio.wait({registered, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -395,10 +404,16 @@ class Worker:
             idempotency_key=f"{task.saga_id}:{step.name}",
             outputs=task.outputs,
             worker=self.worker_id,
+            trace=task.trace,
         )
+        handler = fn
+
+        async def final() -> Any:
+            return await call_handler(handler, ctx, task.input)
+
         try:
             async with asyncio.timeout(task.timeout_s):
-                output = await call_handler(fn, ctx, task.input)
+                output = await run_pipeline(self.middleware, ctx, final)
         except TimeoutError as exc:
             return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
         except Exception as exc:

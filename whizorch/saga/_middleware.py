@@ -1,0 +1,158 @@
+"""Middleware: ``async def mw(ctx, call_next)`` around the three places work happens.
+
+=================  ===================  ==============================================
+where              ``ctx``              ``await call_next()`` does and returns
+=================  ===================  ==============================================
+``SagaClient``     :class:`Submission`  writes the submission; the :class:`SagaHandle`
+``Orchestrator``   :class:`SagaEvent`   applies one event to one saga and commits it
+                                        (fenced); the record after (``None``: no change)
+``Worker``         :class:`StepContext` runs the step handler (or compensation); its output
+=================  ===================  ==============================================
+
+Pass the same list to all three (``middleware=[Tracing(), Metrics(), my_mw]``); a
+middleware that only cares about steps checks ``isinstance(ctx, StepContext)`` and
+otherwise returns ``await call_next()``. The first in the list is the outermost.
+
+Rules that keep the engine safe from its observers:
+
+- ``call_next`` runs at most once (a second call raises ``RuntimeError``).
+- Step middleware runs inside the step's timeout, and an exception it raises is the
+  step's failure (judged by the step's ``Retry`` like a handler's).
+- Saga-event middleware cannot lose a transition: if it raises (or returns) without
+  calling ``call_next`` the event is applied anyway, and whatever it raises afterwards is
+  logged, not propagated; an error of the transition itself always propagates
+  unchanged, whatever the middleware did with it.
+
+A middleware object may also have ``attach(owner)`` (called once when the
+Orchestrator or Worker starts, with that object) and ``leadership_changed(leading,
+term)`` (called by the Orchestrator); the built-in ``Metrics`` and ``Tracing`` in
+:mod:`whizorch.observe` use both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from whizorch.errors import ConfigError
+from whizorch.saga._model import SagaRecord
+
+__all__ = ["CallNext", "Middleware", "SagaEvent", "Submission", "check_middleware", "run_guarded", "run_pipeline"]
+
+log = logging.getLogger("whizorch.saga.middleware")
+
+T = TypeVar("T")
+CallNext = Callable[[], Awaitable[Any]]
+Middleware = Callable[[Any, CallNext], Awaitable[Any]]
+
+
+@attrs.define(kw_only=True)
+class Submission:
+    """A saga about to be submitted (client side)."""
+
+    saga_id: str
+    saga: str
+    input: Any
+    trace: dict[str, str]
+    """W3C trace-context carrier stored with the submission; middleware may fill it."""
+
+
+@attrs.define(kw_only=True)
+class SagaEvent:
+    """One event the leader is about to apply to one saga."""
+
+    saga_id: str
+    saga: str
+    """The saga type (``"?"`` when the submission could not be decoded)."""
+    transaction_id: int
+    event: str
+    """``adopt``, ``result``, ``claim_lost``, ``cancel``, ``regions``, ``timer``, ``fail``."""
+    detail: Any
+    """The state machine's event object (None for ``adopt`` and ``fail``)."""
+    before: SagaRecord | None
+    """The record before the event (None when adopting). Read-only."""
+    node: str
+    term: int
+    """The leader's term (fencing token) applying the event."""
+    trace: dict[str, str]
+    """W3C trace context of the saga. At ``adopt`` this is the carrier the new record
+    will store (middleware may replace it); later, a copy of the record's."""
+
+
+def check_middleware(middleware: Sequence[Middleware] | None) -> tuple[Middleware, ...]:
+    """Validate a middleware list early, naming the bad entry."""
+    if middleware is None:
+        return ()
+    if isinstance(middleware, (str, bytes)) or not isinstance(middleware, Sequence):
+        raise ConfigError("middleware must be a list of callables", field="middleware", value=type(middleware).__name__)
+    for i, mw in enumerate(middleware):
+        if not callable(mw):
+            raise ConfigError("each middleware must be callable as mw(ctx, call_next)", field=f"middleware[{i}]", value=mw)
+    return tuple(middleware)
+
+
+def _chain(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    async def call(index: int) -> Any:
+        if index == len(middleware):
+            return await final()
+        called = False
+
+        async def call_next() -> Any:
+            nonlocal called
+            if called:
+                raise RuntimeError(f"middleware {middleware[index]!r} called call_next twice")
+            called = True
+            return await call(index + 1)
+
+        return await middleware[index](ctx, call_next)
+
+    async def start() -> T:
+        result: T = await call(0)
+        return result
+
+    return start
+
+
+async def run_pipeline(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> T:
+    """Run ``final`` inside the middleware (errors of either propagate)."""
+    if not middleware:
+        return await final()
+    return await _chain(middleware, ctx, final)()
+
+
+async def run_guarded(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> T:
+    """Run ``final`` inside the middleware; ``final`` runs exactly once whatever they do.
+
+    Its result is returned and its error raised, unchanged; a middleware's own
+    error is logged.
+    """
+    if not middleware:
+        return await final()
+    ran = False
+    outcome: list[Any] = []
+    error: list[BaseException] = []
+
+    async def once() -> T:
+        nonlocal ran
+        ran = True
+        try:
+            value = await final()
+        except BaseException as exc:
+            error.append(exc)
+            raise
+        outcome.append(value)
+        return value
+
+    try:
+        await _chain(middleware, ctx, once)()
+    except Exception:
+        if not error:
+            log.exception("saga middleware failed (the transition is applied regardless)")
+    if error:
+        raise error[0]
+    if not ran:
+        return await once()
+    return outcome[0]  # type: ignore[no-any-return]
