@@ -31,9 +31,10 @@ def test_top_level_all_is_pinned_and_sorted() -> None:
 
 def test_layer_all_lists_are_sorted() -> None:
     """Each layer's __all__ is sorted and resolves."""
+    import whizorch.observe
     import whizorch.saga
 
-    for mod in (whizorch.etcd, whizorch.coord, whizorch.saga):
+    for mod in (whizorch.etcd, whizorch.coord, whizorch.saga, whizorch.observe):
         assert sorted(mod.__all__) == mod.__all__
         for name in mod.__all__:
             getattr(mod, name)
@@ -51,12 +52,15 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def test_layers_import_one_way() -> None:
-    """etcd <- coord <- saga <- cli: no layer imports a higher one; testing/ uses the adapter only."""
+    """etcd <- coord <- saga <- observe, config <- cli, demo: no layer imports a higher one; testing/ uses the adapter only."""
+    upper = ("whizorch.cli", "whizorch.demo", "whizorch.testing")
     forbidden = {
-        "etcd": ("whizorch.coord", "whizorch.saga", "whizorch.cli", "whizorch.testing"),
-        "coord": ("whizorch.saga", "whizorch.cli", "whizorch.testing"),
-        "saga": ("whizorch.cli", "whizorch.testing", "whizorch.demo"),
-        "testing": ("whizorch.coord", "whizorch.saga", "whizorch.cli"),
+        "etcd": ("whizorch.coord", "whizorch.saga", "whizorch.observe", "whizorch.config", *upper),
+        "coord": ("whizorch.saga", "whizorch.observe", "whizorch.config", *upper),
+        "saga": ("whizorch.observe", "whizorch.config", *upper),
+        "observe": ("whizorch.config", *upper),
+        "config": ("whizorch.observe", *upper),
+        "testing": ("whizorch.coord", "whizorch.saga", "whizorch.observe", "whizorch.config", "whizorch.cli"),
     }
     for layer, banned in forbidden.items():
         for path in (PKG / layer).rglob("*.py"):

@@ -3,6 +3,7 @@
 from whizorch.saga._client import SagaClient, SagaHandle, SagaResult, SagaSummary
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext
 from whizorch.saga._machine import Settings
+from whizorch.saga._middleware import CallNext, Middleware, SagaEvent, Submission
 from whizorch.saga._model import SagaRecord, StepState
 from whizorch.saga._orchestrator import Orchestrator
 from whizorch.saga._router import RegionInfo, Router, Weights
@@ -10,12 +11,15 @@ from whizorch.saga._worker import Worker
 
 __all__ = [
     "App",
+    "CallNext",
+    "Middleware",
     "Orchestrator",
     "RegionInfo",
     "Retry",
     "Router",
     "Saga",
     "SagaClient",
+    "SagaEvent",
     "SagaHandle",
     "SagaRecord",
     "SagaResult",
@@ -24,6 +28,7 @@ __all__ = [
     "Step",
     "StepContext",
     "StepState",
+    "Submission",
     "Weights",
     "Worker",
 ]

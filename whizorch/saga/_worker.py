@@ -140,6 +140,11 @@ class Worker:
                     raise r
 
     @property
+    def running(self) -> int:
+        """Step handlers running now."""
+        return len(self._running)
+
+    @property
     def load(self) -> float:
         """Busy fraction of this worker's capacity."""
         return len(self._running) / self.concurrency
@@ -409,11 +414,12 @@ class Worker:
         handler = fn
 
         async def final() -> Any:
-            return await call_handler(handler, ctx, task.input)
+            # the timeout bounds the handler; middleware around it sees its TimeoutError
+            async with asyncio.timeout(task.timeout_s):
+                return await call_handler(handler, ctx, task.input)
 
         try:
-            async with asyncio.timeout(task.timeout_s):
-                output = await run_pipeline(self.middleware, ctx, final)
+            output = await run_pipeline(self.middleware, ctx, final)
         except TimeoutError as exc:
             return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
         except Exception as exc:

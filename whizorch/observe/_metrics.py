@@ -1,0 +1,249 @@
+"""Prometheus metrics, as a middleware: ``Worker(..., middleware=[Metrics()])``.
+
+One ``Metrics()`` can serve every role in a process: passed to an Orchestrator,
+a Worker or a SagaClient it counts what that role sees, and it times every etcd call
+of the roles it is attached to. Metric names follow Prometheus conventions:
+
+=============================================  =========  ==================================
+name                                           type       labels
+=============================================  =========  ==================================
+``whizorch_saga_duration_seconds``             histogram  saga_type, region, outcome
+``whizorch_sagas_total``                       counter    saga_type, outcome
+``whizorch_saga_submissions_total``            counter    saga_type
+``whizorch_failovers_total``                   counter    from_region, to_region, reason
+``whizorch_step_attempts_total``               counter    saga_type, step, region, kind, outcome
+``whizorch_step_duration_seconds``             histogram  saga_type, step, region, kind
+``whizorch_consensus_operation_duration_seconds`` histogram operation
+``whizorch_consensus_operation_errors_total``  counter    operation
+``whizorch_is_leader``                         gauge      (none)
+``whizorch_leader_term``                       gauge      (none)
+``whizorch_sagas_in_flight``                   gauge      status
+``whizorch_worker_running_steps``              gauge      region
+=============================================  =========  ==================================
+
+Saga outcomes are ``completed``, ``compensated`` and ``failed`` (counted once, by the
+leader that finishes the saga); ``region`` of a saga is the region of its first step.
+Step outcomes are ``ok``, ``error``, ``timeout``, ``cancelled``; kinds ``run`` and
+``compensate``. ``operation`` is the etcd method (``Range``, ``Txn``, ``Put``,
+``LeaseGrant``, ``LeaseKeepAlive`` ...). Label values are bounded: names the
+deployment uses pass through, and past ``max_label_values`` distinct values per label
+the rest are reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import prometheus_client
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from whizorch.errors import ConfigError
+from whizorch.etcd import EtcdClient
+from whizorch.saga import Orchestrator, SagaEvent, StepContext, Submission, Worker
+from whizorch.saga._middleware import CallNext
+
+__all__ = ["Metrics"]
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+_OUTCOMES = {"completed", "compensated", "failed"}
+
+
+class _Collectors:
+    """The metric objects of one registry (registered once, shared by every Metrics on it)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.saga_duration = prometheus_client.Histogram(
+            "whizorch_saga_duration_seconds", "Saga duration from adoption to its final state.",
+            ["saga_type", "region", "outcome"], buckets=_SLOW, registry=r,
+        )
+        self.sagas = prometheus_client.Counter(
+            "whizorch_sagas", "Sagas that reached a final state.", ["saga_type", "outcome"], registry=r
+        )
+        self.submissions = prometheus_client.Counter(
+            "whizorch_saga_submissions", "Sagas submitted through a SagaClient.", ["saga_type"], registry=r
+        )
+        self.failovers = prometheus_client.Counter(
+            "whizorch_failovers", "Steps moved to another region.", ["from_region", "to_region", "reason"], registry=r
+        )
+        self.step_attempts = prometheus_client.Counter(
+            "whizorch_step_attempts", "Step handler runs (compensations included).",
+            ["saga_type", "step", "region", "kind", "outcome"], registry=r,
+        )
+        self.step_duration = prometheus_client.Histogram(
+            "whizorch_step_duration_seconds", "Step handler run time.",
+            ["saga_type", "step", "region", "kind"], buckets=_SLOW, registry=r,
+        )
+        self.consensus = prometheus_client.Histogram(
+            "whizorch_consensus_operation_duration_seconds", "etcd call round trip (retries included).",
+            ["operation"], buckets=_FAST, registry=r,
+        )
+        self.consensus_errors = prometheus_client.Counter(
+            "whizorch_consensus_operation_errors", "etcd calls that failed.", ["operation"], registry=r
+        )
+        self.state = _StateCollector()
+        r.register(self.state)
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from the attached orchestrators and workers."""
+
+    def __init__(self) -> None:
+        self.orchestrators: weakref.WeakSet[Orchestrator] = weakref.WeakSet()
+        self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        orchs = list(self.orchestrators)
+        leading = [o for o in orchs if o.is_leader]
+        yield GaugeMetricFamily("whizorch_is_leader", "1 while an orchestrator in this process leads.", value=1 if leading else 0)
+        yield GaugeMetricFamily(
+            "whizorch_leader_term", "Term (fencing token) of the leadership held here, 0 when not leading.",
+            value=max((o.term for o in leading), default=0),
+        )
+        in_flight = GaugeMetricFamily("whizorch_sagas_in_flight", "Sagas the leader drives, by status.", labels=["status"])
+        counts: dict[str, int] = {"running": 0, "compensating": 0}
+        for o in leading:
+            for status, n in o.in_flight().items():
+                counts[status] = counts.get(status, 0) + n
+        for status, n in sorted(counts.items()):
+            in_flight.add_metric([status], n)
+        yield in_flight
+        running = GaugeMetricFamily("whizorch_worker_running_steps", "Step handlers running now.", labels=["region"])
+        per_region: dict[str, int] = {}
+        for w in list(self.workers):
+            per_region[w.region] = per_region.get(w.region, 0) + w.running
+        for region, n in sorted(per_region.items()):
+            running.add_metric([region], n)
+        yield running
+
+
+_registries: dict[int, tuple[CollectorRegistry, _Collectors]] = {}
+_registries_lock = threading.Lock()
+
+
+def _collectors(registry: CollectorRegistry) -> _Collectors:
+    with _registries_lock:
+        known = _registries.get(id(registry))
+        if known is None or known[0] is not registry:
+            known = (registry, _Collectors(registry))
+            _registries[id(registry)] = known
+        return known[1]
+
+
+class _Bounded:
+    """Caps the distinct values of each label (the rest become ``other``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, label: str, value: object) -> str:
+        text = str(value) if value not in (None, "") else "none"
+        with self._lock:
+            seen = self._seen.setdefault(label, set())
+            if text in seen:
+                return text
+            if len(seen) >= self.limit:
+                return "other"
+            seen.add(text)
+            return text
+
+
+class Metrics:
+    """Prometheus metrics for whizorch roles; a middleware (see module docs).
+
+    ``registry`` defaults to prometheus-client's global registry, so the metrics are
+    served with the service's own; whizorch's ``/metrics`` endpoint is
+    :func:`whizorch.observe.serve_metrics`.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_label_values: int = 100) -> None:
+        if isinstance(max_label_values, bool) or not isinstance(max_label_values, int) or max_label_values < 1:
+            raise ConfigError("max_label_values must be an int >= 1", field="max_label_values", value=max_label_values)
+        self.registry = registry if registry is not None else prometheus_client.REGISTRY
+        self._m = _collectors(self.registry)
+        self._label = _Bounded(max_label_values)
+        self._clients: weakref.WeakSet[EtcdClient] = weakref.WeakSet()
+
+    # -- hooks -------------------------------------------------------------------------
+
+    def attach(self, owner: object) -> None:
+        """Called by an Orchestrator or Worker as it starts: time its etcd calls, read its state."""
+        if isinstance(owner, Orchestrator):
+            self._m.state.orchestrators.add(owner)
+        elif isinstance(owner, Worker):
+            self._m.state.workers.add(owner)
+        self.observe_client(getattr(owner, "client", None))
+
+    def observe_client(self, client: EtcdClient | None) -> None:
+        """Time every call of ``client`` (once per client, however often attached)."""
+        if isinstance(client, EtcdClient) and client not in self._clients:
+            self._clients.add(client)
+            client.observers.append(self._on_call)
+
+    def _on_call(self, operation: str, seconds: float, ok: bool) -> None:
+        op = self._label("operation", operation)
+        self._m.consensus.labels(op).observe(seconds)
+        if not ok:
+            self._m.consensus_errors.labels(op).inc()
+
+    # -- the middleware ----------------------------------------------------------------
+
+    async def __call__(self, ctx: Any, call_next: CallNext) -> Any:
+        if isinstance(ctx, StepContext):
+            return await self._step(ctx, call_next)
+        if isinstance(ctx, SagaEvent):
+            after = await call_next()
+            self._saga_event(ctx, after)
+            return after
+        result = await call_next()
+        if isinstance(ctx, Submission):
+            self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
+        return result
+
+    async def _step(self, ctx: StepContext, call_next: CallNext) -> Any:
+        labels = (
+            self._label("saga_type", ctx.saga), self._label("step", ctx.step), self._label("region", ctx.region),
+            "compensate" if ctx.compensating else "run",
+        )
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await call_next()
+            outcome = "ok"
+            return result
+        except TimeoutError:
+            outcome = "timeout"
+            raise
+        except BaseException as exc:
+            outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            raise
+        finally:
+            self._m.step_duration.labels(*labels).observe(time.perf_counter() - started)
+            self._m.step_attempts.labels(*labels, outcome).inc()
+
+    def _saga_event(self, ctx: SagaEvent, after: Any) -> None:
+        if after is None:
+            return
+        before = ctx.before
+        for fo in after.failovers[len(before.failovers) if before is not None else 0 :]:
+            self._m.failovers.labels(
+                self._label("region", fo.get("from")), self._label("region", fo.get("to")),
+                self._label("reason", fo.get("reason")),
+            ).inc()
+        if after.is_final and (before is None or not before.is_final) and after.status in _OUTCOMES:
+            saga_type = self._label("saga_type", after.saga)
+            regions = after.regions
+            region = self._label("region", regions[0] if regions else None)
+            self._m.sagas.labels(saga_type, after.status).inc()
+            if after.finished is not None:
+                self._m.saga_duration.labels(saga_type, region, after.status).observe(max(0.0, after.finished - after.created))
+
