@@ -210,7 +210,9 @@ async def test_leadership_loss_ends_open_saga_spans(spans: tuple[Tracing, InMemo
     tracing, exporter = spans
     await tracing(event(None, "adopt"), returns(record()))
     assert exporter.get_finished_spans() == ()
-    tracing.leadership_changed(False, 0)
+    tracing.leadership_changed(False, 0, "other-node")
+    assert exporter.get_finished_spans() == ()  # another node stepping down ends nothing here
+    tracing.leadership_changed(False, 0, "n1")
     (lost,) = exporter.get_finished_spans()
     assert lost.attributes is not None and lost.attributes["whizorch.leadership_lost"] is True
     await tracing(event(record(), trace={}), returns(record("compensated")))

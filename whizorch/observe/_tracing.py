@@ -57,18 +57,17 @@ class Tracing:
 
         self._tracer = otel_trace.get_tracer("whizorch", __version__, tracer_provider=tracer_provider)
         self._propagator = TraceContextTextMapPropagator()
-        self._spans: dict[str, Span] = {}
-        self._term = 0
+        self._spans: dict[tuple[str, str], Span] = {}
+        """(leader node, saga id) -> the open orchestrate span."""
 
     # -- hooks -------------------------------------------------------------------------
 
-    def leadership_changed(self, leading: bool, term: int) -> None:
-        """End the sagas' spans when this node stops leading (the next leader resumes them)."""
-        self._term = term
+    def leadership_changed(self, leading: bool, term: int, node: str) -> None:
+        """End the sagas' spans when ``node`` stops leading (the next leader resumes them)."""
         if leading:
             return
-        spans, self._spans = self._spans, {}
-        for span in spans.values():
+        for key in [k for k in self._spans if k[0] == node]:
+            span = self._spans.pop(key)
             span.set_attribute("whizorch.leadership_lost", True)
             span.end()
 
@@ -98,7 +97,8 @@ class Tracing:
             return handle
 
     async def _saga_event(self, ctx: SagaEvent, call_next: CallNext) -> Any:
-        span = self._spans.get(ctx.saga_id)
+        key = (ctx.node, ctx.saga_id)
+        span = self._spans.get(key)
         if span is None:
             span = self._tracer.start_span(
                 f"orchestrate {ctx.saga}",
@@ -118,13 +118,13 @@ class Tracing:
                 # the record stores the orchestrate span's context: steps become its children
                 ctx.trace.clear()
                 self._propagator.inject(ctx.trace, context=otel_trace.set_span_in_context(span))
-            self._spans[ctx.saga_id] = span
+            self._spans[key] = span
         after = await call_next()
         if isinstance(after, SagaRecord):
             self._record_changes(span, ctx.before, after)
             if after.is_final:
                 self._finish(span, after)
-                self._spans.pop(ctx.saga_id, None)
+                self._spans.pop(key, None)
         return after
 
     def _record_changes(self, span: Span, before: SagaRecord | None, after: SagaRecord) -> None:

@@ -25,7 +25,7 @@ Rules that keep the engine safe from its observers:
 
 A middleware object may also have ``attach(owner)`` (called once when the
 Orchestrator or Worker starts, with that object) and ``leadership_changed(leading,
-term)`` (called by the Orchestrator); the built-in ``Metrics`` and ``Tracing`` in
+term, node)`` (called by the Orchestrator whenever it starts or stops leading); the built-in ``Metrics`` and ``Tracing`` in
 :mod:`whizorch.observe` use both.
 """
 

@@ -186,15 +186,16 @@ class Orchestrator:
                 await asyncio.sleep(0.1)  # ok: pause before the next campaign
 
     def _set_leader(self, leading: bool, term: int) -> None:
+        changed = leading != self.is_leader
         self.is_leader = leading
         self.term = term
         self.leader_changed.set()
         self._emit("leader" if leading else "follower", node=self.node_id, term=term)
-        for mw in self.middleware:
+        for mw in self.middleware if changed else ():
             hook = getattr(mw, "leadership_changed", None)
             if hook is not None:
                 try:
-                    hook(leading, term)
+                    hook(leading, term, self.node_id)
                 except Exception:  # an observer's bug must not stop the driver
                     log.exception("middleware leadership_changed hook failed")
 
@@ -212,7 +213,8 @@ class Orchestrator:
     ) -> SagaEvent:
         return SagaEvent(
             saga_id=saga_id, saga=saga, transaction_id=txid, event=event, detail=detail, before=before,
-            node=self.node_id, term=self.term, trace=trace,
+            # while rebuilding, the fence is set before is_leader/term are published
+            node=self.node_id, term=self._fence.token if self._fence is not None else self.term, trace=trace,
         )
 
     # -- leading ---------------------------------------------------------------------
