@@ -1,3 +1,408 @@
-"""``whizorch status`` and ``whizorch sagas list|show``: read-only views of a deployment."""
+"""``whizorch status`` and ``whizorch sagas list|show``: read-only views of a deployment.
+
+Each command connects through :func:`_connect` (endpoints and namespace; the one place
+new connection options go), reads a snapshot, and hands it to the pure views in
+``_views``; this module draws them with rich or prints them as JSON. An etcd failure
+is one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import click
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from whizorch.cli._main import ENDPOINTS_HELP, main
+from whizorch.cli._views import (
+    Pending,
+    failover_rows,
+    fmt_duration,
+    fmt_time,
+    list_rows,
+    record_document,
+    step_rows,
+    summarize_cluster,
+    summarize_status,
+    tasks_by_region,
+    timeline_rows,
+    workers_by_region,
+)
+from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
+from whizorch.etcd import EtcdClient, EtcdConfig, Member, Status, parse_endpoints
+from whizorch.saga import SagaClient, SagaRecord
+from whizorch.saga._model import COMPENSATING, RUNNING, STATUSES, Keys, decode_json
+
+__all__ = ["render_list", "render_show", "render_status"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_ENDPOINTS = "127.0.0.1:2379"
+MEMBER_TIMEOUT_S = 2.0
+"""How long ``status`` waits for each member's own status."""
+
+STYLES = {
+    "pending": "dim", RUNNING: "cyan", COMPENSATING: "yellow", "completed": "green", "compensated": "magenta",
+    "failed": "bold red", "done": "green", "dispatched": "cyan", "comp_failed": "bold red", "skipped": "dim",
+}
+
+
+# -- connecting ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Target:
+    """What a command reads: an open client and the namespace's key layout."""
+
+    client: EtcdClient
+    keys: Keys
+
+
+@contextlib.asynccontextmanager
+async def _connect(endpoints: str, namespace: str) -> AsyncIterator[Target]:
+    """An open client on ``endpoints`` and the keys of ``namespace``.
+
+    A short retry deadline: an operator waits seconds, not a minute, to learn that
+    etcd is unreachable.
+    """
+    keys = Keys(namespace)
+    config = EtcdConfig(endpoints=endpoints, timeout_s=5.0, connect_timeout_s=1.5, retry_deadline_s=2.0)
+    async with EtcdClient(config) as client:
+        yield Target(client, keys)
+
+
+def target_options(fn: F) -> F:
+    """``--etcd`` and ``--namespace``, the options every inspect command shares."""
+    fn = click.option("--namespace", default="whizorch", show_default=True, help="the saga namespace (key prefix)")(fn)
+    return click.option(
+        "--etcd", "endpoints", envvar="WHIZORCH_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS, show_default=True,
+        help=ENDPOINTS_HELP,
+    )(fn)  # fmt: skip
+
+
+def _run(endpoints: str, namespace: str, body: Callable[[Target], Awaitable[T]]) -> T:
+    """Run ``body`` on a connected target; a whizorch error exits 2 with one line."""
+
+    async def go() -> T:
+        async with _connect(endpoints, namespace) as target:
+            return await body(target)
+
+    try:
+        return asyncio.run(go())
+    except WhizorchError as exc:
+        detail = " ".join(str(exc).split())
+        if isinstance(exc, ConfigError):
+            line = f"whizorch: {detail}"
+        elif isinstance(exc, EtcdUnavailableError):
+            line = f"whizorch: cannot reach etcd at {endpoints}: {detail}"
+        else:
+            line = f"whizorch: etcd at {endpoints}: {detail}"
+        click.echo(line, err=True)
+        raise SystemExit(2) from None
+
+
+def _echo(doc: Any, renderable: Callable[[], RenderableType], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        Console(highlight=False).print(renderable())
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+async def _records(t: Target, revision: int = 0) -> tuple[list[SagaRecord], int]:
+    """Every decodable saga record (at ``revision``; 0: now) and the revision read."""
+    res = await t.client.get(t.keys.prefix("saga"), prefix=True, revision=revision)
+    out = []
+    for kv in res.kvs:
+        with contextlib.suppress(ConfigError):  # skipped as SagaClient.list skips it
+            out.append(SagaRecord.from_json(kv.value))
+    return out, res.header.revision
+
+
+async def _pending(
+    t: Target, revision: int, records: list[SagaRecord], *, saga_id: str | None = None
+) -> list[Pending]:
+    """Submissions without a record at ``revision`` (only ``saga_id``'s when given)."""
+    known = {r.id for r in records}
+    if saga_id is None:
+        res = await t.client.get(t.keys.prefix("submit"), prefix=True, revision=revision)
+    else:
+        res = await t.client.get(t.keys.submit(saga_id), revision=revision)
+    out = []
+    for kv in res.kvs:
+        sid = t.keys.split(kv.key, "submit")[0]
+        if sid in known:
+            continue
+        try:
+            sub = decode_json(kv.value, what="submission")
+        except ConfigError:
+            sub = {}
+        sub = sub if isinstance(sub, dict) else {}
+        submitted = sub.get("submitted")
+        out.append(
+            Pending(
+                saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
+                submitted=float(submitted) if isinstance(submitted, (int, float)) else None,
+            )
+        )  # fmt: skip
+    return out
+
+
+async def _member_status(client: EtcdClient, member: Member) -> Status | str | None:
+    if not member.client_urls:
+        return None  # added, not started yet
+    try:
+        return await client.status(parse_endpoints(member.client_urls[0])[0], timeout_s=MEMBER_TIMEOUT_S)
+    except WhizorchError as exc:
+        return " ".join(str(exc).split())
+
+
+async def _status(t: Target) -> dict[str, Any]:
+    c, k = t.client, t.keys
+    leaders = await c.get(k.leader + "/", prefix=True)
+    rev = leaders.header.revision
+    regions = await c.get(k.prefix("region"), prefix=True, revision=rev)
+    tasks = await c.get(k.prefix("task"), prefix=True, revision=rev, keys_only=True)
+    records, _ = await _records(t, rev)
+    pending = await _pending(t, rev, records)
+    members = await c.member_list()
+    status = await c.status()
+    own = await asyncio.gather(*(_member_status(c, m) for m in members))
+    return summarize_status(
+        namespace=k.ns, revision=rev, candidates=leaders.kvs, workers=workers_by_region(regions.kvs, k),
+        tasks=tasks_by_region(tasks.kvs, k), records=records, pending=len(pending),
+        cluster=summarize_cluster(members, status, {m.id: s for m, s in zip(members, own, strict=True) if s is not None}),
+    )  # fmt: skip
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@main.command()
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def status(endpoints: str, namespace: str, as_json: bool) -> None:
+    """The orchestrator leader, regions, sagas by status and the etcd cluster.
+
+    \b
+    --json prints one document:
+    {"namespace": str, "revision": int (etcd revision the snapshot was read at),
+     "leader": {"node": str, "term": int, "lease": hex str, "key": str} | null,
+     "candidates": int,
+     "regions": [{"name": str, "healthy": bool, "workers": int, "worker_ids": [str],
+                  "capacity": int, "load": float (0..1, capacity-weighted),
+                  "compliance": [str] (tags every worker has), "cost": float | null,
+                  "tasks": int (steps dispatched to the region)}],
+     "sagas": {"pending": int, "in_flight": {"running": int, "compensating": int},
+               "final": {"completed": int, "compensated": int, "failed": int}, "total": int},
+     "etcd": {"endpoint": str, "version": str, "leader": member name | null,
+              "leader_id": hex str | null, "raft_term": int, "revision": int, "db_size": int,
+              "members": [{"id": hex str, "name": str, "client_urls": [str], "is_leader": bool,
+                           "is_learner": bool, "reachable": bool | null, "version": str | null,
+                           "db_size": int | null, "raft_index": int | null, "error": str | null}]}}
+    """
+    doc = _run(endpoints, namespace, _status)
+    _echo(doc, lambda: render_status(doc), as_json)
+
+
+@main.group()
+def sagas() -> None:
+    """Inspect sagas: ``list`` them, ``show`` one."""
+
+
+@sagas.command("list")
+@target_options
+@click.option("--status", "status_", type=click.Choice(STATUSES), default=None, help="only sagas in this status")
+@click.option("--type", "saga_type", default=None, help="only sagas of this type")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most N rows (0: all)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON document")
+def list_sagas(
+    endpoints: str, namespace: str, status_: str | None, saga_type: str | None, limit: int, as_json: bool
+) -> None:
+    """Sagas, newest (highest txid) first; without --status, pending submissions too.
+
+    \b
+    --json prints {"namespace": str, "revision": int, "matched": int (before --limit),
+    "sagas": [{"id": str, "type": str, "status": str, "txid": int, "step": str | null,
+               "regions": [str], "failovers": int, "created": float | null,
+               "finished": float | null, "age_s": float | null, "duration_s": float | null,
+               "error": str | null}]}
+    """
+
+    async def body(t: Target) -> tuple[list[SagaRecord], list[Pending], int]:
+        records, rev = await _records(t)
+        pending = await _pending(t, rev, records) if status_ is None else []
+        return records, pending, rev
+
+    records, pending, rev = _run(endpoints, namespace, body)
+    rows = list_rows(records, pending, now=time.time(), status=status_, saga_type=saga_type)
+    shown = rows[:limit] if limit else rows
+    doc = {"namespace": namespace, "revision": rev, "matched": len(rows), "sagas": shown}
+    _echo(doc, lambda: render_list(shown), as_json)
+
+
+@sagas.command("show")
+@click.argument("saga_id")
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="print the record as JSON")
+def show(saga_id: str, endpoints: str, namespace: str, as_json: bool) -> None:
+    """One saga: its steps, failovers and history.
+
+    --json prints the saga record (as stored: docs/sagas.md) with "duration_s" added to
+    the saga and to each step. A submission no leader has adopted yet prints
+    {"id", "saga", "status": "pending", "txid"}. An unknown id exits with status 1.
+    """
+
+    async def body(t: Target) -> SagaRecord | Pending | None:
+        async with SagaClient(t.client, namespace=t.keys.ns) as client:
+            rec = await client.get(saga_id)
+        if rec is not None:
+            return rec
+        pending = await _pending(t, 0, [], saga_id=saga_id)
+        return pending[0] if pending else None
+
+    found = _run(endpoints, namespace, body)
+    if found is None:
+        click.echo(f"whizorch: no saga {saga_id!r} in namespace {namespace!r}", err=True)
+        raise SystemExit(1)
+    if isinstance(found, Pending):
+        doc: dict[str, Any] = {"id": found.saga_id, "saga": found.saga, "status": "pending", "txid": found.txid}
+        line = f"saga {saga_id} ({found.saga}, txid {found.txid}) is pending: no leader has adopted it yet"
+        _echo(doc, lambda: Text(line), as_json)
+        return
+    record = found
+    _echo(record_document(record), lambda: render_show(record, time.time()), as_json)
+
+
+# -- rich --------------------------------------------------------------------------------
+
+
+
+def _t(value: Any, style: str = "") -> Text:
+    """A cell: user data is never parsed as rich markup."""
+    return Text("-" if value is None or value == "" else str(value), style=style)
+
+
+def _styled(status: str) -> Text:
+    return _t(status, STYLES.get(status.split(" ")[0], ""))
+
+
+def render_status(doc: dict[str, Any]) -> RenderableType:
+    """Human view of a ``summarize_status`` document."""
+    leader = doc["leader"]
+    head = Text(f"namespace {doc['namespace']} at revision {doc['revision']}\n")
+    if leader is None:
+        head.append("no leader", style="bold red")
+    else:
+        head.append(f"leader {leader['node']}", style="bold green")
+        head.append(f"  term {leader['term']}  lease {leader['lease']}")
+    head.append(f"  ({doc['candidates']} candidate{'s' if doc['candidates'] != 1 else ''})")
+
+    regions = Table(title="regions", title_justify="left")
+    for col in ("region", "health", "workers", "load", "compliance", "cost", "tasks"):
+        regions.add_column(col)
+    for r in doc["regions"]:
+        regions.add_row(
+            _t(r["name"]), _t("healthy", "green") if r["healthy"] else _t("down", "bold red"), _t(r["workers"]),
+            _t(f"{r['load']:.0%}"), _t(",".join(r["compliance"])), _t(r["cost"]), _t(r["tasks"]),
+        )
+
+    s = doc["sagas"]
+    sagas = Table(title="sagas", title_justify="left")
+    counts = {"pending": s["pending"], **s["in_flight"], **s["final"], "total": s["total"]}
+    for name in counts:
+        sagas.add_column(name)
+    sagas.add_row(*(_t(n, STYLES.get(name, "") if n else "") for name, n in counts.items()))
+
+    e = doc["etcd"]
+    etcd = Table(
+        title=f"etcd {e['version']}: raft term {e['raft_term']}, revision {e['revision']}, "
+        f"db {e['db_size']:,} bytes (from {e['endpoint']})",
+        title_justify="left",
+    )
+    for col in ("member", "id", "client urls", "role", "db size", "raft index"):
+        etcd.add_column(col)
+    for m in e["members"]:
+        role = "leader" if m["is_leader"] else ("learner" if m["is_learner"] else "follower")
+        if m["reachable"] is False:
+            role += " (unreachable)"
+        etcd.add_row(
+            _t(m["name"]), _t(m["id"]), _t(", ".join(m["client_urls"])),
+            _t(role, "bold" if m["is_leader"] else ("red" if m["reachable"] is False else "")),
+            _t(f"{m['db_size']:,}" if m["db_size"] is not None else None), _t(m["raft_index"]),
+        )
+    return Group(head, regions, sagas, etcd)
+
+
+def render_list(rows: Sequence[dict[str, Any]]) -> RenderableType:
+    """The ``sagas list`` table."""
+    table = Table()
+    for col in ("id", "type", "status", "txid", "step", "regions", "failovers", "age", "duration", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        error = r["error"] or ""
+        table.add_row(
+            _t(r["id"]), _t(r["type"]), _styled(r["status"]), _t(r["txid"]), _t(r["step"]),
+            _t(" ".join(r["regions"])), _t(r["failovers"]), _t(fmt_duration(r["age_s"])),
+            _t(fmt_duration(r["duration_s"])), _t(error[:60] + ("..." if len(error) > 60 else "")),
+        )
+    return table
+
+
+def render_show(rec: SagaRecord, now: float) -> RenderableType:
+    """The ``sagas show`` view: summary, step table, failovers, history timeline."""
+    head = Text()
+    head.append(f"saga {rec.id}", style="bold")
+    head.append(f"  type {rec.saga}  txid {rec.txid}  leader term {rec.leader_term}\nstatus ")
+    head.append(rec.status, style=STYLES.get(rec.status, ""))
+    head.append(f"  created {fmt_time(rec.created)}  finished {fmt_time(rec.finished)}  ")
+    head.append(f"duration {fmt_duration((rec.finished or now) - rec.created)}")
+    if not rec.is_final:
+        head.append(" (so far)")
+    if rec.cancel_requested:
+        head.append("  cancel requested", style="yellow")
+    if rec.error:
+        head.append(f"\nerror: {rec.error}", style="red")
+
+    steps = Table(title="steps", title_justify="left")
+    for col in ("#", "step", "state", "region", "runs", "failures", "duration", "compensation", "error"):
+        steps.add_column(col, overflow="fold")
+    for r in step_rows(rec, now):
+        duration = fmt_duration(r["duration_s"])
+        if r["running_s"] is not None:
+            duration = f"{fmt_duration(r['running_s'])} so far"
+        errors = "; ".join(e for e in (r["error"], r["comp_error"] and f"compensation: {r['comp_error']}") if e)
+        steps.add_row(
+            _t(r["index"]), _t(r["name"]), _styled(r["state"]), _t(r["route"]), _t(r["runs"]), _t(r["failures"]),
+            _t(duration), _t(r["compensation"]), _t(errors, "red"),
+        )
+    parts: list[RenderableType] = [head, steps]
+
+    if rec.failovers:
+        fo = Table(title="failovers", title_justify="left")
+        for col in ("+s", "step", "move", "reason"):
+            fo.add_column(col)
+        for f in failover_rows(rec):
+            fo.add_row(_t(f"{f['t']:.3f}"), _t(f["step"]), _t(f"{f['from']} -> {f['to']}"), _t(f["reason"]))
+        parts.append(fo)
+    else:
+        parts.append(Text("no failovers"))
+
+    timeline = Table(title="history", title_justify="left")
+    for col in ("+s", "event", "step", "detail"):
+        timeline.add_column(col, overflow="fold")
+    for h in timeline_rows(rec):
+        timeline.add_row(_t(f"{h['t']:.3f}"), _t(h["event"]), _t(h["step"]), _t(h["detail"]))
+    parts.append(timeline)
+    return Group(*parts)

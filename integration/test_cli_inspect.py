@@ -1,0 +1,249 @@
+"""``whizorch status`` and ``whizorch sagas list|show`` as child processes on real etcd.
+
+One deployment per module, on the module's shared cluster in a namespace of its own:
+an orchestrator and four workers in three regions run in this event loop; five sagas
+(two completed, one compensated, one failed, one held while running). The tests run
+``python -m whizorch ...`` as a child process (the event loop keeps the roles alive
+meanwhile) and read its JSON and its tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import pytest_asyncio
+import saga_apps as apps
+
+from whizorch import EtcdClient
+from whizorch.saga import Orchestrator, SagaClient, Worker
+from whizorch.testing import eventually_async
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+TTL = 5
+"""Lease TTL (s) of the roles: nothing here fails over, so no need to be quick."""
+
+RESULT_S = 30.0
+
+WORKERS: dict[str, list[dict[str, Any]]] = {
+    "eu": [{"compliance": ["gdpr", "pci"], "cost": 2.0}, {"compliance": ["gdpr"], "cost": 1.5}],
+    "us": [{"compliance": ["sox"], "cost": 1.0}],
+    "ap": [{"cost": 0.5}],
+}
+
+
+@attrs.frozen
+class Deployment:
+    """Where the module's roles run, and the orchestrator (its node id and term)."""
+
+    endpoints: list[str]
+    ns: str
+    orchestrator: Orchestrator
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def deployment(etcd_endpoints: list[str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+    """The roles running, the five sagas in their states; the namespace deleted afterwards."""
+    ns = f"test/{uuid.uuid4().hex[:12]}"
+    directory = tmp_path_factory.mktemp("cli")
+    async with EtcdClient(etcd_endpoints, timeout_s=3.0, retry_deadline_s=5.0) as client:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                orch = await stack.enter_async_context(
+                    Orchestrator(client, apps.leader_app, namespace=ns, node_id="cli-orch", lease_ttl_s=TTL)
+                )
+                for region, specs in WORKERS.items():
+                    for i, spec in enumerate(specs):
+                        await stack.enter_async_context(
+                            Worker(
+                                client, apps.app, region=region, namespace=ns, worker_id=f"{region}-{i}",
+                                lease_ttl_s=TTL, drain_timeout_s=2.0, **spec,
+                            )
+                        )  # fmt: skip
+                await orch.wait_leader(10)
+                sagas = await stack.enter_async_context(SagaClient(client, namespace=ns))
+                results = await asyncio.gather(
+                    *(
+                        sagas.execute(saga, plan, saga_id=sid, timeout_s=RESULT_S, raise_on_failure=False)
+                        for sid, saga, plan in (
+                            ("ok-1", apps.trip, {}),
+                            ("ok-2", apps.trip, {}),
+                            ("comp", apps.geo, {"fail": {"d": 99}}),
+                            ("dead", apps.trip, {"fail": {"d": 99}, "comp_fail": {"c": 99}}),
+                        )
+                    )
+                )
+                assert [r.status for r in results] == ["completed", "completed", "compensated", "failed"]
+                await sagas.submit(apps.trip, {"dir": str(directory), "hold": {"b": 1}}, saga_id="held")
+                await eventually_async(
+                    lambda: any(r["phase"] == "held" for r in apps.read_runs(directory)), message="saga 'held' held"
+                )
+                try:
+                    yield Deployment(list(etcd_endpoints), ns, orch)
+                finally:
+                    apps.release(directory)  # before the roles close: the held step ends, workers drain at once
+        finally:
+            await client.delete(ns + "/", prefix=True)
+
+
+async def cli(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+    """Run ``python -m whizorch ARGS`` (200 columns); its exit status, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "whizorch", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ, COLUMNS="200"),
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli_ok(d: Deployment, *args: str) -> str:
+    """Run a command against the deployment; it must exit 0 without stderr noise."""
+    code, out, err = await cli(*args, "--etcd", ",".join(d.endpoints), "--namespace", d.ns)
+    assert code == 0, err
+    assert "Traceback" not in err
+    return out
+
+
+async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deployment: Deployment) -> None:
+    """status --json: the orchestrator's node id and term, 3 healthy regions, saga counts, etcd members."""
+    doc = json.loads(await cli_ok(deployment, "status", "--json"))
+    orch = deployment.orchestrator
+    assert doc["namespace"] == deployment.ns
+    assert (doc["leader"]["node"], doc["leader"]["term"]) == (orch.node_id, orch.term)
+    assert doc["candidates"] == 1
+    regions = {r["name"]: r for r in doc["regions"]}
+    assert sorted(regions) == ["ap", "eu", "us"]
+    assert all(r["healthy"] for r in regions.values())
+    assert {n: r["workers"] for n, r in regions.items()} == {"eu": 2, "us": 1, "ap": 1}
+    assert regions["eu"]["worker_ids"] == ["eu-0", "eu-1"]
+    assert (regions["eu"]["compliance"], regions["eu"]["cost"]) == (["gdpr"], 1.5)
+    assert (regions["us"]["compliance"], regions["ap"]["compliance"]) == (["sox"], [])
+    assert sum(r["tasks"] for r in regions.values()) == 1  # the held step's task
+    assert doc["sagas"] == {
+        "pending": 0, "in_flight": {"running": 1, "compensating": 0},
+        "final": {"completed": 2, "compensated": 1, "failed": 1}, "total": 5,
+    }  # fmt: skip
+    etcd = doc["etcd"]
+    assert len(etcd["members"]) >= len(deployment.endpoints)  # 3 local members; 1 container
+    leaders = [m for m in etcd["members"] if m["is_leader"]]
+    assert len(leaders) == 1 and leaders[0]["name"] == etcd["leader"]
+    # a container advertises addresses of its own: check the members at our endpoints
+    ours = [m for m in etcd["members"] if any(u.split("://")[-1] in deployment.endpoints for u in m["client_urls"])]
+    assert ours and all(m["reachable"] and m["db_size"] > 0 for m in ours)
+    assert etcd["raft_term"] > 0 and etcd["db_size"] > 0 and etcd["revision"] >= doc["revision"]
+
+
+async def test_status_human_output_shows_leader_regions_and_members(deployment: Deployment) -> None:
+    """status (tables): the leader's node id and term, each region, the etcd leader member."""
+    out = await cli_ok(deployment, "status")
+    orch = deployment.orchestrator
+    assert f"leader {orch.node_id}" in out and f"term {orch.term}" in out
+    for region in WORKERS:
+        assert region in out
+    assert "healthy" in out and "down" not in out
+    assert "leader" in out and "follower" in out
+
+
+async def test_sagas_list_json_newest_first_filtered_and_limited(deployment: Deployment) -> None:
+    """sagas list --json: every saga newest first; --status, --type and --limit filter."""
+    doc = json.loads(await cli_ok(deployment, "sagas", "list", "--json"))
+    rows = doc["sagas"]
+    assert sorted(r["id"] for r in rows) == ["comp", "dead", "held", "ok-1", "ok-2"]
+    assert [r["txid"] for r in rows] == sorted((r["txid"] for r in rows), reverse=True)
+    assert rows[0]["id"] == "held" and rows[0]["status"] == "running" and rows[0]["step"] == "b"
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["comp"]["regions"] == ["eu"] and by_id["comp"]["duration_s"] > 0
+    assert "compensation gave up for c" in by_id["dead"]["error"]
+
+    async def ids(*args: str) -> list[str]:
+        return [r["id"] for r in json.loads(await cli_ok(deployment, "sagas", "list", "--json", *args))["sagas"]]
+
+    assert sorted(await ids("--status", "completed")) == ["ok-1", "ok-2"]
+    assert await ids("--status", "failed") == ["dead"]
+    assert await ids("--type", "geo") == ["comp"]
+    limited = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--limit", "2"))
+    assert limited["matched"] == 5 and [r["id"] for r in limited["sagas"]] == [r["id"] for r in rows[:2]]
+
+
+async def test_sagas_list_table_shows_ids_and_statuses(deployment: Deployment) -> None:
+    """sagas list (table): one line per saga with its status."""
+    out = await cli_ok(deployment, "sagas", "list", "--status", "compensated")
+    assert "comp" in out and "compensated" in out and "geo" in out
+    assert "ok-1" not in out
+
+
+async def test_sagas_show_json_is_the_record_with_durations(deployment: Deployment) -> None:
+    """sagas show --json: the record's steps (states, regions, runs) plus durations."""
+    doc = json.loads(await cli_ok(deployment, "sagas", "show", "comp", "--json"))
+    assert (doc["id"], doc["saga"], doc["status"]) == ("comp", "geo", "compensated")
+    steps = doc["steps"]
+    assert [s["name"] for s in steps] == ["a", "b", "c", "d"]
+    assert [s["state"] for s in steps] == ["compensated", "compensated", "compensated", "failed"]
+    assert all(set(s["regions"]) == {"eu"} for s in steps)
+    assert (steps[3]["run"], steps[3]["failures"]) == (3, 3)
+    assert all(s["duration_s"] is not None and s["duration_s"] >= 0 for s in steps)
+    assert doc["duration_s"] > 0 and doc["history"] and doc["failovers"] == []
+
+
+async def test_sagas_show_timeline_reads_in_a_terminal(deployment: Deployment) -> None:
+    """sagas show (tables): the steps with region and compensation, the errors, the history."""
+    out = await cli_ok(deployment, "sagas", "show", "dead")
+    for name in ("a", "b", "c", "d"):
+        assert f" {name} " in out
+    assert "eu" in out or "us" in out or "ap" in out
+    assert "compensat" in out and "gave up" in out
+    assert "d failed on attempt 3" in out
+    assert "compensation_dispatched" in out and "no failovers" in out
+
+
+async def test_show_unknown_id_exits_1_with_a_message(deployment: Deployment) -> None:
+    """sagas show of an id nobody submitted: exit 1, one clear line on stderr, no traceback."""
+    code, out, err = await cli(
+        "sagas", "show", "no-such-saga", "--etcd", ",".join(deployment.endpoints), "--namespace", deployment.ns
+    )
+    assert code == 1 and out == ""
+    assert "no saga 'no-such-saga'" in err and "Traceback" not in err
+
+
+async def test_without_a_leader_submissions_show_as_pending(deployment: Deployment) -> None:
+    """In a namespace with no orchestrator: status says no leader, the submission is pending."""
+    ns = f"{deployment.ns}-idle"
+    async with EtcdClient(deployment.endpoints) as client, SagaClient(client, namespace=ns) as sagas:
+        try:
+            handle = await sagas.submit(apps.trip, {}, saga_id="waiting")
+            target = ("--etcd", ",".join(deployment.endpoints), "--namespace", ns)
+            code, out, err = await cli("status", "--json", *target)
+            assert code == 0, err
+            doc = json.loads(out)
+            assert (doc["leader"], doc["candidates"], doc["regions"]) == (None, 0, [])
+            assert doc["sagas"]["pending"] == doc["sagas"]["total"] == 1
+            code, out, err = await cli("status", *target)
+            assert code == 0 and "no leader" in out, err
+            code, out, err = await cli("sagas", "show", "waiting", "--json", *target)
+            assert code == 0, err
+            assert json.loads(out) == {"id": "waiting", "saga": "trip", "status": "pending", "txid": handle.txid}
+        finally:
+            await client.delete(ns + "/", prefix=True)
+
+
+async def test_unreachable_etcd_exits_2_naming_the_endpoints() -> None:
+    """status with nothing listening: exit 2, one line naming the endpoint, no traceback."""
+    code, out, err = await cli("status", "--etcd", "127.0.0.1:1", "--json")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "cannot reach etcd at 127.0.0.1:1" in err, err

@@ -1,0 +1,271 @@
+"""The pure views behind ``whizorch status`` and ``whizorch sagas`` (hand-built records, no etcd)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from rich.console import Console, RenderableType
+
+from whizorch.cli._inspect import render_list, render_show, render_status
+from whizorch.cli._views import (
+    Pending,
+    count_sagas,
+    failover_rows,
+    fmt_duration,
+    fmt_route,
+    fmt_time,
+    leader_summary,
+    list_rows,
+    record_document,
+    step_rows,
+    summarize_cluster,
+    summarize_regions,
+    summarize_status,
+    tasks_by_region,
+    timeline_rows,
+    workers_by_region,
+)
+from whizorch.etcd import KeyValue, Member, Status
+from whizorch.saga import SagaRecord, StepState
+from whizorch.saga._model import Keys
+
+T0 = 1_700_000_000.0
+
+
+def compensated_with_failover() -> SagaRecord:
+    """a done in eu then compensated; b failed twice in eu, moved to us, failed there too."""
+    return SagaRecord(
+        id="t-1", saga="trip", txid=42, status="compensated", created=T0, updated=T0 + 3.0, finished=T0 + 3.0,
+        step=1, error="step 'b' failed: boom", leader_term=7,
+        steps=[
+            StepState(
+                name="a", state="compensated", region="eu", run=1, comp_run=2, comp_failures=1,
+                started=T0, ended=T0 + 0.5, regions=["eu"],
+            ),
+            StepState(
+                name="b", state="failed", region="us", run=3, failures=3, started=T0 + 0.5, ended=T0 + 2.5,
+                error="RuntimeError: boom", regions=["eu", "eu", "us"],
+            ),
+        ],
+        failovers=[{"step": 1, "from": "eu", "to": "us", "reason": "region down", "at": T0 + 1.2}],
+        history=[  # out of order on purpose; the first entry rounded just below `created`
+            {"at": T0 + 0.5, "event": "step_done", "step": 0, "region": "eu", "attempt": 1},
+            {"at": T0 - 0.00004, "event": "adopted", "txid": 42},
+            {"at": T0 + 1.2, "event": "failover", "step": 1, "from": "eu", "to": "us", "reason": "region down"},
+            {"at": T0 + 3.0, "event": "compensated_all"},
+        ],
+    )  # fmt: skip
+
+
+def running(saga_id: str = "r-1", txid: int = 50, saga: str = "geo") -> SagaRecord:
+    """A saga whose first step has run for 2 s (at T0 + 2)."""
+    return SagaRecord(
+        id=saga_id, saga=saga, txid=txid, status="running", created=T0, updated=T0,
+        steps=[StepState(name="x", state="dispatched", region="eu", run=1, started=T0, regions=["eu"])],
+    )  # fmt: skip
+
+
+def kv(key: str, value: str, create_revision: int, lease: int) -> KeyValue:
+    return KeyValue(key.encode(), value.encode(), create_revision, create_revision, 1, lease)
+
+
+def text(renderable: RenderableType) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(renderable)
+    return buf.getvalue()
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "-"), (-1.0, "0.00s"), (0.25, "0.25s"), (12.34, "12.3s"), (245.0, "4m05s"), (7380.0, "2h03m"),
+     (273600.0, "3d04h")],
+)  # fmt: skip
+def test_fmt_duration(seconds: float | None, shown: str) -> None:
+    """Durations read at a glance: seconds with decimals, then m/s, h/m, d/h."""
+    assert fmt_duration(seconds) == shown
+
+
+def test_fmt_route_collapses_retries_and_draws_failovers() -> None:
+    """A step's regions in order, repeats from retries collapsed: ``eu -> us``."""
+    assert fmt_route(["eu", "eu", "us", "us", "eu"]) == "eu -> us -> eu"
+    assert fmt_route(["eu"]) == "eu"
+    assert fmt_route([]) == "-"
+
+
+def test_fmt_time_is_utc_iso() -> None:
+    """Wall-clock times print as ISO 8601 UTC with milliseconds."""
+    assert fmt_time(0.5) == "1970-01-01T00:00:00.500Z"
+    assert fmt_time(None) == "-"
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_leader_is_the_candidate_with_the_lowest_create_revision() -> None:
+    """The leader's node id is its key's value, its term the key's create revision."""
+    cands = [kv("ns/leader/2b", "node-b", 20, 0x2B), kv("ns/leader/1a", "node-a", 11, 0x1A)]
+    assert leader_summary(cands) == {"node": "node-a", "term": 11, "lease": "1a", "key": "ns/leader/1a"}
+    assert leader_summary([]) is None
+
+
+def test_regions_health_load_compliance_cost_and_tasks() -> None:
+    """Capacity-weighted load, shared compliance, lowest cost; tasks and no worker: down."""
+    workers: dict[str, list[dict[str, Any]]] = {
+        "eu": [
+            {"worker": "w2", "concurrency": 3, "load": 1.0, "compliance": ["gdpr", "pci"], "cost": 2.0},
+            {"worker": "w1", "concurrency": 1, "load": 0.0, "compliance": ["gdpr"], "cost": 1.5},
+        ],
+        "us": [{"worker": "w3"}],
+    }
+    regions = summarize_regions(workers, {"eu": 2, "ap": 1})
+    assert [r["name"] for r in regions] == ["ap", "eu", "us"]
+    ap, eu, us = regions
+    assert eu == {
+        "name": "eu", "healthy": True, "workers": 2, "worker_ids": ["w1", "w2"], "capacity": 4, "load": 0.75,
+        "compliance": ["gdpr"], "cost": 1.5, "tasks": 2,
+    }  # fmt: skip
+    assert (us["healthy"], us["capacity"], us["load"], us["compliance"], us["cost"]) == (True, 1, 0.0, [], 0.0)
+    assert (ap["healthy"], ap["workers"], ap["cost"], ap["tasks"]) == (False, 0, None, 1)
+
+
+def test_workers_and_tasks_by_region_from_keys() -> None:
+    """Registrations group by region (undecodable ones count, without capabilities); tasks count."""
+    keys = Keys("ns")
+    regs = [kv("ns/region/eu/1a", '{"worker": "w1"}', 5, 0x1A), kv("ns/region/eu/2b", "not json", 6, 0x2B),
+            kv("ns/region/us/3c", '{"worker": "w3"}', 7, 0x3C)]  # fmt: skip
+    assert workers_by_region(regs, keys) == {"eu": [{"worker": "w1"}, {}], "us": [{"worker": "w3"}]}
+    tasks = [kv("ns/task/eu/s1/0", "", 8, 0), kv("ns/task/eu/s2/1", "", 9, 0), kv("ns/task/ap/s3/0", "", 10, 0)]
+    assert tasks_by_region(tasks, keys) == {"eu": 2, "ap": 1}
+
+
+def test_count_sagas_by_status() -> None:
+    """In-flight sagas by running/compensating, finished ones by final status, pending apart."""
+    records = [running(), running("r-2"), compensated_with_failover()]
+    records[1].status = "compensating"
+    assert count_sagas(records, pending=2) == {
+        "pending": 2, "in_flight": {"running": 1, "compensating": 1},
+        "final": {"completed": 0, "compensated": 1, "failed": 0}, "total": 5,
+    }  # fmt: skip
+
+
+def cluster() -> tuple[list[Member], Status]:
+    members = [
+        Member(0xA1, "etcd0", ("http://h:1",), ("http://h:2379",), False),
+        Member(0xB2, "etcd1", ("http://h:3",), ("http://h:2479",), False),
+        Member(0xC3, "etcd2", ("http://h:5",), (), True),
+    ]
+    status = Status("h:2379", "3.5.1", 4096, 0xB2, 0xA1, 99, 5, 80, ())
+    return members, status
+
+
+def test_cluster_names_the_raft_leader_and_each_members_reach() -> None:
+    """The answering member's view (leader, term, revision, db size) and each member's own status."""
+    members, status = cluster()
+    own: dict[int, Status | str] = {0xA1: status, 0xB2: "connection refused"}
+    doc = summarize_cluster(members, status, own)
+    assert (doc["leader"], doc["leader_id"], doc["raft_term"], doc["revision"], doc["db_size"]) == (
+        "etcd1", "b2", 5, 80, 4096,
+    )  # fmt: skip
+    rows = {m["name"]: m for m in doc["members"]}
+    assert rows["etcd0"]["reachable"] is True and rows["etcd0"]["db_size"] == 4096
+    assert rows["etcd1"]["is_leader"] and rows["etcd1"]["reachable"] is False
+    assert rows["etcd1"]["error"] == "connection refused"
+    assert rows["etcd2"]["is_learner"] and rows["etcd2"]["reachable"] is None
+    json.dumps(doc)
+
+
+def test_status_document_and_its_tables() -> None:
+    """The status document has its documented keys; the tables show leader, regions and members."""
+    members, status = cluster()
+    doc = summarize_status(
+        namespace="ns", revision=80, candidates=[kv("ns/leader/1a", "node-a", 11, 0x1A)],
+        workers={"eu": [{"worker": "w1", "compliance": ["gdpr"]}]}, tasks={"us": 1},
+        records=[running()], pending=0, cluster=summarize_cluster(members, status),
+    )  # fmt: skip
+    assert list(doc) == ["namespace", "revision", "leader", "candidates", "regions", "sagas", "etcd"]
+    out = text(render_status(doc))
+    assert "leader node-a  term 11  lease 1a" in out
+    assert "eu" in out and "healthy" in out and "gdpr" in out
+    assert "us" in out and "down" in out
+    assert "etcd1" in out and "raft term 5" in out
+
+    doc["leader"], doc["candidates"] = None, 0
+    assert "no leader" in text(render_status(doc))
+
+
+# -- sagas list ----------------------------------------------------------------------------
+
+
+def test_list_rows_newest_first_filtered_with_pending() -> None:
+    """Rows by txid descending, filtered by status and type; pending submissions are rows too."""
+    records = [running("old", 10), compensated_with_failover(), running("new", 90, saga="trip")]
+    pending = [Pending(saga_id="p", saga="trip", txid=95, submitted=T0 + 1.0)]
+    rows = list_rows(records, pending, now=T0 + 10.0)
+    assert [(r["id"], r["status"]) for r in rows] == [
+        ("p", "pending"), ("new", "running"), ("t-1", "compensated"), ("old", "running"),
+    ]  # fmt: skip
+    t1 = rows[2]
+    assert (t1["step"], t1["regions"], t1["failovers"], t1["age_s"], t1["duration_s"]) == ("b", ["eu", "us"], 1, 10.0, 3.0)
+    assert (rows[0]["age_s"], rows[0]["duration_s"]) == (9.0, None)
+    assert [r["id"] for r in list_rows(records, pending, now=T0, status="running")] == ["new", "old"]
+    assert [r["id"] for r in list_rows(records, pending, now=T0, saga_type="trip")] == ["p", "new", "t-1"]
+    out = text(render_list(rows))
+    assert "t-1" in out and "compensated" in out and "eu us" in out and "step 'b' failed: boom" in out
+
+
+# -- sagas show ----------------------------------------------------------------------------
+
+
+def test_step_rows_route_runs_durations_and_compensation() -> None:
+    """Each step's state, route with failover arrows, runs, failures, duration and compensation."""
+    a, b = step_rows(compensated_with_failover())
+    assert (a["route"], a["runs"], a["duration_s"], a["compensation"]) == ("eu", 1, 0.5, "compensated (2 runs, 1 failed)")
+    assert (b["route"], b["runs"], b["failures"], b["duration_s"]) == ("eu -> us", 3, 3, 2.0)
+    assert (b["compensation"], b["error"], b["running_s"]) == ("-", "RuntimeError: boom", None)
+    (x,) = step_rows(running(), now=T0 + 2.0)
+    assert (x["duration_s"], x["running_s"]) == (None, 2.0)
+
+
+def test_timeline_is_time_ordered_relative_to_creation() -> None:
+    """History entries sorted by time, in seconds since creation (never negative), with step names."""
+    rows = timeline_rows(compensated_with_failover())
+    assert [(r["t"], r["event"], r["step"]) for r in rows] == [
+        (0.0, "adopted", None), (0.5, "step_done", "a"), (1.2, "failover", "b"), (3.0, "compensated_all", None),
+    ]  # fmt: skip
+    assert rows[1]["detail"] == "region=eu attempt=1"
+    assert failover_rows(compensated_with_failover()) == [
+        {"t": 1.2, "step": "b", "from": "eu", "to": "us", "reason": "region down"}
+    ]
+
+
+def test_record_document_adds_durations() -> None:
+    """--json of show is the stored record plus duration_s on the saga and each step."""
+    rec = compensated_with_failover()
+    doc = record_document(rec)
+    assert [s["duration_s"] for s in doc["steps"]] == [0.5, 2.0]
+    assert doc["duration_s"] == 3.0
+    doc.pop("duration_s")
+    for s in doc["steps"]:
+        s.pop("duration_s")
+    assert doc == rec.to_dict()
+    assert record_document(running())["duration_s"] is None
+    json.dumps(record_document(rec))
+
+
+def test_show_renders_steps_failovers_and_history_literally() -> None:
+    """show draws steps with arrows, failovers and history; markup-like user text prints as is."""
+    rec = compensated_with_failover()
+    rec.error = "[bold]not markup[/bold]"
+    out = text(render_show(rec, T0 + 5.0))
+    assert "saga t-1" in out and "compensated" in out and "leader term 7" in out
+    assert "eu -> us" in out and "compensated (2 runs, 1 failed)" in out and "RuntimeError: boom" in out
+    assert "failovers" in out and "region down" in out
+    assert "compensated_all" in out and "3.000" in out
+    assert "[bold]not markup[/bold]" in out
+    assert "no failovers" in text(render_show(running(), T0 + 1.0))

@@ -1,0 +1,375 @@
+"""Pure views for ``whizorch status`` and ``whizorch sagas``: aggregation and rows.
+
+Nothing here talks to etcd: the commands in ``_inspect`` read a snapshot and hand it
+over, so every function is testable with hand-built records; ``_inspect`` draws
+them with rich.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from whizorch.errors import ConfigError
+from whizorch.etcd import KeyValue, Member, Status
+from whizorch.saga._model import (
+    COMPENSATING,
+    FINAL_STATUSES,
+    RUNNING,
+    STATUSES,
+    Keys,
+    SagaRecord,
+    StepState,
+    decode_json,
+)
+
+__all__ = [
+    "Pending",
+    "count_sagas",
+    "failover_rows",
+    "fmt_duration",
+    "fmt_route",
+    "fmt_time",
+    "leader_summary",
+    "list_rows",
+    "record_document",
+    "step_rows",
+    "summarize_cluster",
+    "summarize_regions",
+    "summarize_status",
+    "tasks_by_region",
+    "timeline_rows",
+    "workers_by_region",
+]
+
+IN_FLIGHT = (RUNNING, COMPENSATING)
+FINAL = tuple(s for s in STATUSES if s in FINAL_STATUSES)
+
+
+@attrs.frozen(kw_only=True)
+class Pending:
+    """A submission no leader has adopted yet (no saga record)."""
+
+    saga_id: str
+    saga: str
+    txid: int
+    submitted: float | None = None
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``0.25s``, ``12.3s``, ``4m05s``, ``2h03m``, ``3d04h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = max(0.0, seconds)
+    if s < 10:
+        return f"{s:.2f}s"
+    if s < 60:
+        return f"{s:.1f}s"
+    whole = int(s)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def fmt_route(regions: Sequence[str]) -> str:
+    """A step's regions in order, repeats (retries in one region) collapsed: ``eu -> us``."""
+    route: list[str] = []
+    for r in regions:
+        if not route or route[-1] != r:
+            route.append(r)
+    return " -> ".join(route) if route else "-"
+
+
+def fmt_time(at: float | None) -> str:
+    """A wall-clock time as ISO 8601 UTC to the millisecond; ``-`` for None."""
+    if at is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    return round(end - start, 4) if start is not None and end is not None else None
+
+
+def _since(rec: SagaRecord, at: Any) -> float:
+    """Seconds from the saga's creation (history times are rounded: never below 0)."""
+    return round(max(0.0, float(at if at is not None else rec.created) - rec.created), 4)
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def leader_summary(candidates: Sequence[KeyValue]) -> dict[str, Any] | None:
+    """The election's leader: the candidate key with the lowest create revision.
+
+    Its value is the node id the orchestrator proclaimed, its create revision the term.
+    """
+    if not candidates:
+        return None
+    kv = min(candidates, key=lambda c: c.create_revision)
+    return {
+        "node": kv.value.decode(errors="replace"),
+        "term": kv.create_revision,
+        "lease": f"{kv.lease:x}",
+        "key": kv.key.decode(errors="replace"),
+    }
+
+
+def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dict[str, Any]]]:
+    """Each live worker's capabilities (``<ns>/region/<region>/<lease>``), by region."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kv in kvs:
+        try:
+            caps = decode_json(kv.value, what="worker capabilities")
+        except ConfigError:
+            caps = None
+        out.setdefault(keys.region_of(kv.key), []).append(caps if isinstance(caps, dict) else {})
+    return out
+
+
+def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
+    """How many steps are dispatched to each region (``<ns>/task/<region>/...`` keys)."""
+    out: dict[str, int] = {}
+    for kv in kvs:
+        region = keys.split(kv.key, "task")[0]
+        out[region] = out.get(region, 0) + 1
+    return out
+
+
+def summarize_regions(
+    workers: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Mapping[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """One entry per region, by name, from the workers' capabilities (as the router sees
+    them): healthy with at least one worker; load weighted by capacity (concurrency);
+    compliance tags every worker has; the lowest cost. ``tasks`` counts dispatched steps
+    per region, so a region with work and no worker shows up unhealthy."""
+    tasks = tasks or {}
+    out = []
+    for name in sorted(set(workers) | set(tasks)):
+        caps = list(workers.get(name, ()))
+        capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
+        busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
+        tags: frozenset[str] = (
+            frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps)) if caps else frozenset()
+        )
+        out.append(
+            {
+                "name": name,
+                "healthy": bool(caps),
+                "workers": len(caps),
+                "worker_ids": sorted(str(c.get("worker", "?")) for c in caps),
+                "capacity": capacity,
+                "load": round(busy / capacity, 3) if capacity else 0.0,
+                "compliance": sorted(tags),
+                "cost": min(float(c.get("cost", 0.0)) for c in caps) if caps else None,
+                "tasks": int(tasks.get(name, 0)),
+            }
+        )
+    return out
+
+
+def count_sagas(records: Iterable[SagaRecord], pending: int = 0) -> dict[str, Any]:
+    """Sagas in flight by status, totals by final status, submissions not yet adopted."""
+    in_flight = dict.fromkeys(IN_FLIGHT, 0)
+    final = dict.fromkeys(FINAL, 0)
+    total = pending
+    for rec in records:
+        total += 1
+        if rec.status in in_flight:
+            in_flight[rec.status] += 1
+        elif rec.status in final:
+            final[rec.status] += 1
+    return {"pending": pending, "in_flight": in_flight, "final": final, "total": total}
+
+
+def summarize_cluster(
+    members: Sequence[Member], status: Status, member_status: Mapping[int, Status | str] | None = None
+) -> dict[str, Any]:
+    """The etcd cluster as the answering member (``status``) reports it, with each
+    member's own status where it answered (``member_status``: a Status or an error)."""
+    member_status = member_status or {}
+    leader = next((m for m in members if m.id == status.leader), None)
+    rows = []
+    for m in members:
+        own = member_status.get(m.id)
+        rows.append(
+            {
+                "id": f"{m.id:x}",
+                "name": m.name,
+                "client_urls": list(m.client_urls),
+                "is_leader": m.id == status.leader,
+                "is_learner": m.is_learner,
+                "reachable": None if own is None else isinstance(own, Status),
+                "version": own.version if isinstance(own, Status) else None,
+                "db_size": own.db_size if isinstance(own, Status) else None,
+                "raft_index": own.raft_index if isinstance(own, Status) else None,
+                "error": own if isinstance(own, str) else None,
+            }
+        )
+    return {
+        "endpoint": status.endpoint,
+        "version": status.version,
+        "leader": leader.name if leader is not None else None,
+        "leader_id": f"{status.leader:x}" if status.leader else None,
+        "raft_term": status.raft_term,
+        "revision": status.revision,
+        "db_size": status.db_size,
+        "members": rows,
+    }
+
+
+def summarize_status(
+    *,
+    namespace: str,
+    revision: int,
+    candidates: Sequence[KeyValue],
+    workers: Mapping[str, Sequence[Mapping[str, Any]]],
+    tasks: Mapping[str, int],
+    records: Iterable[SagaRecord],
+    pending: int,
+    cluster: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``whizorch status --json`` document (shape in the command's help)."""
+    return {
+        "namespace": namespace,
+        "revision": revision,
+        "leader": leader_summary(candidates),
+        "candidates": len(candidates),
+        "regions": summarize_regions(workers, tasks),
+        "sagas": count_sagas(records, pending),
+        "etcd": cluster,
+    }
+
+
+# -- sagas list ----------------------------------------------------------------------------
+
+
+def _row(rec: SagaRecord, now: float) -> dict[str, Any]:
+    step = rec.steps[rec.step].name if 0 <= rec.step < len(rec.steps) else None
+    return {
+        "id": rec.id, "type": rec.saga, "status": rec.status, "txid": rec.txid, "step": step,
+        "regions": rec.regions, "failovers": len(rec.failovers), "created": rec.created, "finished": rec.finished,
+        "age_s": round(now - rec.created, 3), "duration_s": round((rec.finished or now) - rec.created, 3),
+        "error": rec.error,
+    }  # fmt: skip
+
+
+def _pending_row(p: Pending, now: float) -> dict[str, Any]:
+    return {
+        "id": p.saga_id, "type": p.saga, "status": "pending", "txid": p.txid, "step": None, "regions": [],
+        "failovers": 0, "created": p.submitted, "finished": None,
+        "age_s": round(now - p.submitted, 3) if p.submitted is not None else None, "duration_s": None, "error": None,
+    }  # fmt: skip
+
+
+def list_rows(
+    records: Iterable[SagaRecord],
+    pending: Iterable[Pending] = (),
+    *,
+    now: float,
+    status: str | None = None,
+    saga_type: str | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of ``whizorch sagas list``: filtered, newest (highest txid) first."""
+    rows = [_row(r, now) for r in records] + [_pending_row(p, now) for p in pending]
+    rows = [
+        r for r in rows
+        if (status is None or r["status"] == status) and (saga_type is None or r["type"] == saga_type)
+    ]  # fmt: skip
+    rows.sort(key=lambda r: r["txid"], reverse=True)
+    return rows
+
+
+# -- sagas show ----------------------------------------------------------------------------
+
+
+def _compensation(st: StepState) -> str:
+    if st.comp_run == 0:
+        return "compensating (waiting for a region)" if st.state == COMPENSATING else "-"
+    runs = f"{st.comp_run} run{'s' if st.comp_run != 1 else ''}"
+    if st.comp_failures:
+        runs += f", {st.comp_failures} failed"
+    what = {"compensated": "compensated", "comp_failed": "gave up", COMPENSATING: "compensating"}.get(st.state, "-")
+    return f"{what} ({runs})"
+
+
+def step_rows(rec: SagaRecord, now: float | None = None) -> list[dict[str, Any]]:
+    """One row per step: state, route, runs, failures, duration, compensation, errors.
+
+    ``duration_s`` is ended - started; while a step runs (``now`` given, saga not final)
+    ``running_s`` is now - started instead.
+    """
+    rows = []
+    for index, st in enumerate(rec.steps):
+        state = st.state
+        if st.waiting_region:
+            state += " (waiting for a region)"
+        elif st.retry_at is not None:
+            state += f" (retry at +{st.retry_at - rec.created:.2f}s)"
+        running = None
+        if now is not None and st.started is not None and st.ended is None and not rec.is_final:
+            running = round(now - st.started, 3)
+        rows.append(
+            {
+                "index": index, "name": st.name, "state": state, "regions": list(st.regions),
+                "route": fmt_route(st.regions), "runs": st.run, "failures": st.failures,
+                "started": st.started, "ended": st.ended, "duration_s": _span(st.started, st.ended),
+                "running_s": running, "comp_runs": st.comp_run, "comp_failures": st.comp_failures,
+                "compensation": _compensation(st), "error": st.error, "comp_error": st.comp_error,
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _step_name(rec: SagaRecord, index: Any) -> str | None:
+    if isinstance(index, int) and 0 <= index < len(rec.steps):
+        return rec.steps[index].name
+    return None
+
+
+def timeline_rows(rec: SagaRecord) -> list[dict[str, Any]]:
+    """The record's history in time order: seconds since creation, event, step name and
+    the entry's other fields as ``detail`` (``region=eu attempt=1``)."""
+    rows = []
+    for entry in sorted(rec.history, key=lambda h: float(h.get("at") or rec.created)):
+        rest = {k: v for k, v in entry.items() if k not in ("at", "event", "step")}
+        rows.append(
+            {
+                "t": _since(rec, entry.get("at")),
+                "event": str(entry.get("event", "?")),
+                "step": _step_name(rec, entry.get("step")),
+                "detail": " ".join(f"{k}={v}" for k, v in rest.items()),
+            }
+        )
+    return rows
+
+
+def failover_rows(rec: SagaRecord) -> list[dict[str, Any]]:
+    """The record's failovers with step names and seconds since creation."""
+    rows = []
+    for f in rec.failovers:
+        rows.append(
+            {
+                "t": _since(rec, f.get("at")), "step": _step_name(rec, f.get("step")),
+                "from": f.get("from"), "to": f.get("to"), "reason": f.get("reason"),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def record_document(rec: SagaRecord) -> dict[str, Any]:
+    """``SagaRecord.to_dict()`` plus ``duration_s`` on the saga and on each step."""
+    doc = rec.to_dict()
+    doc["duration_s"] = _span(rec.created, rec.finished)
+    for step in doc["steps"]:
+        step["duration_s"] = _span(step["started"], step["ended"])
+    return doc
+
