@@ -1,0 +1,135 @@
+"""Value checks for the config schema: each names the dotted field path it checks."""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from whizorch.errors import ConfigError
+from whizorch.etcd import parse_endpoints
+
+__all__ = [
+    "bind_address",
+    "boolean",
+    "config_error",
+    "endpoint_list",
+    "fail",
+    "latency_map",
+    "number",
+    "optional_string",
+    "string",
+    "string_list",
+    "whole",
+]
+
+REDACTED = "<redacted>"
+
+
+def config_error(
+    path: str, value: object, reason: str, *, source: str | None = None, **extra: Any
+) -> ConfigError:
+    """A ConfigError reading ``path = value (from source): reason``.
+
+    ``field``, ``value``, ``source``, ``reason`` (and ``extra``) are also attributes.
+    ``source`` is a file path, an environment variable name, or ``"default"``.
+    """
+    shown = REDACTED if path.rpartition(".")[2] == "password" else value
+    where = "" if source is None else " (default)" if source == "default" else f" (from {source})"
+    message = f"{path} = {shown!r}{where}: {reason}"
+    exc = ConfigError(message, field=path, value=shown, source=source, reason=reason, **extra)
+    # the message already names field, value and source: don't repeat them as "(k=v ...)"
+    exc.args = (message,)
+    return exc
+
+
+def fail(path: str, value: object, reason: str) -> NoReturn:
+    """Raise `config_error` (the loader adds where the value came from)."""
+    raise config_error(path, value, reason)
+
+
+def number(path: str, value: object, *, minimum: float = 0.0, strict: bool = True) -> float:
+    """A finite number > ``minimum`` (``strict``) or >= ``minimum``, as a float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if value > minimum if strict else value >= minimum:
+            return float(value)
+    op = ">" if strict else ">="
+    fail(path, value, f"must be a number {op} {minimum:g}")
+
+
+def whole(path: str, value: object, *, minimum: int, what: str = "a whole number") -> int:
+    """An int >= ``minimum`` (bools and floats refused: ``5.5`` is not a count)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return value
+    fail(path, value, f"must be {what} >= {minimum}")
+
+
+def boolean(path: str, value: object) -> bool:
+    """True or False (not 0/1: TOML has real booleans)."""
+    if isinstance(value, bool):
+        return value
+    fail(path, value, "must be true or false")
+
+
+def string(path: str, value: object) -> str:
+    """A non-empty string."""
+    if isinstance(value, str) and value:
+        return value
+    fail(path, value, "must be a non-empty string")
+
+
+def optional_string(path: str, value: object) -> str | None:
+    """None or a non-empty string."""
+    return None if value is None else string(path, value)
+
+
+def string_list(path: str, value: object) -> tuple[str, ...]:
+    """A list of non-empty strings, as a tuple."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    fail(path, value, "must be a list of non-empty strings")
+
+
+def endpoint_list(path: str, value: object, *, allow_empty: bool) -> tuple[str, ...]:
+    """etcd endpoints as ``host:port`` strings, from a list or a ``"a,b"`` string."""
+    if isinstance(value, str):
+        items: Any = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        fail(path, value, 'must be a list of "host:port" strings or one "a,b" string')
+    if not items:
+        if allow_empty:
+            return ()
+        fail(path, value, "at least one etcd endpoint is needed")
+    try:
+        return parse_endpoints(items)
+    except ConfigError as exc:
+        fail(path, value, f"{exc.message}: {exc.value!r}")
+
+
+def latency_map(path: str, value: object) -> Mapping[str, float]:
+    """region -> ms (numbers >= 0), as a read-only mapping."""
+    if not isinstance(value, Mapping):
+        fail(path, value, "must be a table of region = milliseconds")
+    out: dict[str, float] = {}
+    for region, ms in value.items():
+        if not isinstance(region, str) or not region:
+            fail(path, value, "region names must be non-empty strings")
+        out[region] = number(f"{path}.{region}", ms, strict=False)
+    return types.MappingProxyType(out)
+
+
+def bind_address(path: str, value: object) -> tuple[str, int]:
+    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port).
+
+    The same rules as ``whizorch.observe.parse_bind`` (config sits below observe, so it
+    cannot import it).
+    """
+    if isinstance(value, str) and ":" in value:
+        host, _, port_text = value.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if host and port_text.isdigit() and int(port_text) <= 65535:
+            return host, int(port_text)
+    fail(path, value, 'must look like "host:port" with a non-empty host and a port in 0-65535')
