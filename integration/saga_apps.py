@@ -231,3 +231,29 @@ app = App([trip, geo, policy])
 
 leader_app = App([trip, geo, policy, orphan])
 """An orchestrator's app with a saga type no worker knows."""
+
+
+# -- a user middleware -------------------------------------------------------------------
+
+MIDDLEWARE_LOG = "middleware.jsonl"
+
+
+async def audit(ctx: Any, call_next: Any) -> Any:
+    """A user's middleware (``--middleware saga_apps:audit``): logs every step call and
+    saga event it wraps to ``$SAGA_APPS_DIR/middleware.jsonl``, with the outcome."""
+    where = os.environ.get(DIR_ENV)
+    kind = "step" if isinstance(ctx, StepContext) else type(ctx).__name__
+    outcome = "error"
+    try:
+        result = await call_next()
+        outcome = "ok"
+        return result
+    finally:
+        if where:
+            line = {"kind": kind, "saga_id": ctx.saga_id, "pid": os.getpid(), "outcome": outcome,
+                    "step": getattr(ctx, "step", None), "event": getattr(ctx, "event", None)}
+            fd = os.open(os.path.join(where, MIDDLEWARE_LOG), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (json.dumps(line) + "\n").encode())
+            finally:
+                os.close(fd)

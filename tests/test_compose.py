@@ -23,6 +23,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from whizorch.cli import main
+from whizorch.cli._main import load_settings
 from whizorch.etcd import EtcdConfig
 from whizorch.saga import App
 from whizorch.testing._backends import DEFAULT_IMAGE
@@ -363,7 +364,10 @@ def test_role_command_parses_with_the_cli(name: str, monkeypatch: pytest.MonkeyP
     """The role's command line is accepted by the real click CLI in the service's environment."""
     command, params = _parse_role(name, monkeypatch)
     assert command == ("worker" if name in WORKERS else "orchestrator")
-    assert params["endpoints"], f"{name}: no etcd endpoints"
+    # no --etcd flag: the role's configuration takes the endpoints from its environment
+    cfg = load_settings(params["config_path"], endpoints=params["endpoints"], namespace=params["namespace"])
+    members = sorted(_etcd_flags(m)["advertise-client-urls"].partition("://")[2] for m in ETCD)
+    assert sorted(cfg.etcd.endpoints) == members, f"{name}: {cfg.etcd.endpoints}"
 
 
 def test_endpoints_env_lists_exactly_the_members_client_urls() -> None:

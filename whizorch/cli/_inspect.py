@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from whizorch.cli._main import ENDPOINTS_HELP, main
+from whizorch.cli._main import CONFIG_HELP, ENDPOINTS_HELP, load_settings, main
 from whizorch.cli._views import (
     Pending,
     failover_rows,
@@ -36,8 +37,9 @@ from whizorch.cli._views import (
     timeline_rows,
     workers_by_region,
 )
+from whizorch.config import WhizorchConfig
 from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
-from whizorch.etcd import EtcdClient, EtcdConfig, Member, Status, parse_endpoints
+from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
 from whizorch.saga import SagaClient, SagaRecord
 from whizorch.saga._model import COMPENSATING, RUNNING, STATUSES, Keys, decode_json
 
@@ -68,37 +70,47 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def _connect(endpoints: str, namespace: str) -> AsyncIterator[Target]:
-    """An open client on ``endpoints`` and the keys of ``namespace``.
+async def _connect(cfg: WhizorchConfig) -> AsyncIterator[Target]:
+    """An open client on the configured etcd and the keys of its namespace.
 
     A short retry deadline: an operator waits seconds, not a minute, to learn that
     etcd is unreachable.
     """
-    keys = Keys(namespace)
-    config = EtcdConfig(endpoints=endpoints, timeout_s=5.0, connect_timeout_s=1.5, retry_deadline_s=2.0)
+    keys = Keys(cfg.namespace)
+    config = attrs.evolve(cfg.etcd_config(), timeout_s=5.0, connect_timeout_s=1.5, retry_deadline_s=2.0)
     async with EtcdClient(config) as client:
         yield Target(client, keys)
 
 
-def target_options(fn: F) -> F:
-    """``--etcd`` and ``--namespace``, the options every inspect command shares."""
-    fn = click.option("--namespace", default="whizorch", show_default=True, help="the saga namespace (key prefix)")(fn)
-    return click.option(
-        "--etcd", "endpoints", envvar="WHIZORCH_ETCD_ENDPOINTS", default=DEFAULT_ENDPOINTS, show_default=True,
-        help=ENDPOINTS_HELP,
-    )(fn)  # fmt: skip
+def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config``, ``--etcd`` and ``--namespace``, resolved into one ``target`` argument
+    (a WhizorchConfig: defaults < TOML file < WHIZORCH_* env < these flags)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, config_path: str | None, endpoints: str | None, namespace: str | None, **kwargs: Any) -> Any:
+        try:
+            target = load_settings(config_path, endpoints=endpoints, namespace=namespace)
+        except ConfigError as exc:
+            click.echo(f"whizorch: configuration error: {' '.join(str(exc).split())}", err=True)
+            raise SystemExit(2) from None
+        return fn(*args, target=target, **kwargs)
+
+    wrapper = click.option("--namespace", default=None, help="the saga namespace (default: the config's, 'whizorch')")(wrapper)
+    wrapper = click.option("--etcd", "endpoints", default=None, help=ENDPOINTS_HELP)(wrapper)
+    return click.option("--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, help=CONFIG_HELP)(wrapper)
 
 
-def _run(endpoints: str, namespace: str, body: Callable[[Target], Awaitable[T]]) -> T:
+def _run(cfg: WhizorchConfig, body: Callable[[Target], Awaitable[T]]) -> T:
     """Run ``body`` on a connected target; a whizorch error exits 2 with one line."""
 
     async def go() -> T:
-        async with _connect(endpoints, namespace) as target:
+        async with _connect(cfg) as target:
             return await body(target)
 
     try:
         return asyncio.run(go())
     except WhizorchError as exc:
+        endpoints = ",".join(cfg.etcd.endpoints)
         detail = " ".join(str(exc).split())
         if isinstance(exc, ConfigError):
             line = f"whizorch: {detail}"
@@ -192,7 +204,7 @@ async def _status(t: Target) -> dict[str, Any]:
 @main.command()
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
-def status(endpoints: str, namespace: str, as_json: bool) -> None:
+def status(target: WhizorchConfig, as_json: bool) -> None:
     """The orchestrator leader, regions, sagas by status and the etcd cluster.
 
     \b
@@ -212,7 +224,7 @@ def status(endpoints: str, namespace: str, as_json: bool) -> None:
                            "is_learner": bool, "reachable": bool | null, "version": str | null,
                            "db_size": int | null, "raft_index": int | null, "error": str | null}]}}
     """
-    doc = _run(endpoints, namespace, _status)
+    doc = _run(target, _status)
     _echo(doc, lambda: render_status(doc), as_json)
 
 
@@ -228,7 +240,7 @@ def sagas() -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most N rows (0: all)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def list_sagas(
-    endpoints: str, namespace: str, status_: str | None, saga_type: str | None, limit: int, as_json: bool
+    target: WhizorchConfig, status_: str | None, saga_type: str | None, limit: int, as_json: bool
 ) -> None:
     """Sagas, newest (highest txid) first; without --status, pending submissions too.
 
@@ -245,10 +257,10 @@ def list_sagas(
         pending = await _pending(t, rev, records) if status_ is None else []
         return records, pending, rev
 
-    records, pending, rev = _run(endpoints, namespace, body)
+    records, pending, rev = _run(target, body)
     rows = list_rows(records, pending, now=time.time(), status=status_, saga_type=saga_type)
     shown = rows[:limit] if limit else rows
-    doc = {"namespace": namespace, "revision": rev, "matched": len(rows), "sagas": shown}
+    doc = {"namespace": target.namespace, "revision": rev, "matched": len(rows), "sagas": shown}
     _echo(doc, lambda: render_list(shown), as_json)
 
 
@@ -256,7 +268,7 @@ def list_sagas(
 @click.argument("saga_id")
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="print the record as JSON")
-def show(saga_id: str, endpoints: str, namespace: str, as_json: bool) -> None:
+def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
     """One saga: its steps, failovers and history.
 
     --json prints the saga record (as stored: docs/sagas.md) with "duration_s" added to
@@ -272,9 +284,9 @@ def show(saga_id: str, endpoints: str, namespace: str, as_json: bool) -> None:
         pending = await _pending(t, 0, [], saga_id=saga_id)
         return pending[0] if pending else None
 
-    found = _run(endpoints, namespace, body)
+    found = _run(target, body)
     if found is None:
-        click.echo(f"whizorch: no saga {saga_id!r} in namespace {namespace!r}", err=True)
+        click.echo(f"whizorch: no saga {saga_id!r} in namespace {target.namespace!r}", err=True)
         raise SystemExit(1)
     if isinstance(found, Pending):
         doc: dict[str, Any] = {"id": found.saga_id, "saga": found.saga, "status": "pending", "txid": found.txid}

@@ -82,6 +82,8 @@ class Orchestrator:
         node_id: str | None = None,
         router: Router | None = None,
         lease_ttl_s: int = 5,
+        keepalive_interval_s: float | None = None,
+        step_down_margin_s: float | None = None,
         retention_s: float = 3600.0,
         settings: m.Settings = _DEFAULT_SETTINGS,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
@@ -97,6 +99,11 @@ class Orchestrator:
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.router = router or Router()
         self.lease_ttl_s = lease_ttl_s
+        self.session_options: dict[str, Any] = {
+            "ttl_s": lease_ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s
+        }
+        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        Session(client, **self.session_options)  # validates now (no IO), not at the first campaign
         self.retention_s = float(retention_s)
         self.settings = settings
         self.on_event = on_event
@@ -168,7 +175,7 @@ class Orchestrator:
     async def _main(self) -> None:
         while not self._closed:
             try:
-                async with Session(self.client, ttl_s=self.lease_ttl_s) as session:
+                async with Session(self.client, **self.session_options) as session:
                     election = Election(session, self.keys.leader)
                     self._election = election
                     try:
@@ -186,12 +193,13 @@ class Orchestrator:
                 await asyncio.sleep(0.1)  # ok: pause before the next campaign
 
     def _set_leader(self, leading: bool, term: int) -> None:
-        changed = leading != self.is_leader
+        if leading == self.is_leader and term == self.term:
+            return  # stepping down is reported once (_lead and _main both make sure of it)
         self.is_leader = leading
         self.term = term
         self.leader_changed.set()
         self._emit("leader" if leading else "follower", node=self.node_id, term=term)
-        for mw in self.middleware if changed else ():
+        for mw in self.middleware:
             hook = getattr(mw, "leadership_changed", None)
             if hook is not None:
                 try:

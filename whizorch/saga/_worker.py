@@ -61,6 +61,8 @@ class Worker:
         compliance: tuple[str, ...] | list[str] | frozenset[str] = (),
         cost: float = 0.0,
         lease_ttl_s: int = 5,
+        keepalive_interval_s: float | None = None,
+        step_down_margin_s: float | None = None,
         max_payload_bytes: int = 64 * 1024,
         drain_timeout_s: float = 30.0,
         middleware: Sequence[Middleware] = (),
@@ -82,6 +84,11 @@ class Worker:
         self.compliance = sorted(set(compliance))
         self.cost = float(cost)
         self.lease_ttl_s = lease_ttl_s
+        self.session_options: dict[str, Any] = {
+            "ttl_s": lease_ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s
+        }
+        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        Session(client, **self.session_options)  # validates now (no IO), not at the first campaign
         self.max_payload_bytes = max_payload_bytes
         self.drain_timeout_s = drain_timeout_s
         self.middleware = check_middleware(middleware)
@@ -154,7 +161,7 @@ class Worker:
     async def _main(self, registered: asyncio.Future[None]) -> None:
         while not self._draining.is_set():
             try:
-                async with Session(self.client, ttl_s=self.lease_ttl_s) as session:
+                async with Session(self.client, **self.session_options) as session:
                     self._session = session
                     await self._register(session)
                     if not registered.done():
