@@ -122,11 +122,8 @@ def latency_map(path: str, value: object) -> Mapping[str, float]:
 
 
 def bind_address(path: str, value: object) -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port).
-
-    The same rules as ``whizorch.observe.parse_bind`` (config sits below observe, so it
-    cannot import it).
-    """
+    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port); also behind
+    ``whizorch.observe.serve_metrics``."""
     if isinstance(value, str) and ":" in value:
         host, _, port_text = value.rpartition(":")
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host

@@ -8,24 +8,15 @@ from typing import Any
 import prometheus_client
 from prometheus_client.registry import CollectorRegistry
 
+from whizorch.config._check import bind_address
 from whizorch.errors import ConfigError
 
 __all__ = ["MetricsServer", "parse_bind", "serve_metrics"]
 
 
 def parse_bind(bind: str, *, field: str = "metrics_bind") -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port), naming the field when bad."""
-    if not isinstance(bind, str) or ":" not in bind:
-        raise ConfigError("must look like host:port", field=field, value=bind)
-    host, _, port_text = bind.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not host or not 0 <= port <= 65535:
-        raise ConfigError("must look like host:port with a port in 0-65535", field=field, value=bind)
-    return host, port
+    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port), naming ``field`` when bad."""
+    return bind_address(field, bind)  # one rule for the config file and for code
 
 
 class MetricsServer:
