@@ -172,6 +172,8 @@ class Metrics:
         self._m = _collectors(self.registry)
         self._label = _Bounded(max_label_values)
         self._clients: weakref.WeakSet[EtcdClient] = weakref.WeakSet()
+        self._step_cache: dict[tuple[str, str, str, bool], tuple[Any, dict[str, Any]]] = {}
+        self._op_cache: dict[str, tuple[Any, Any]] = {}
 
     # -- hooks -------------------------------------------------------------------------
 
@@ -190,10 +192,13 @@ class Metrics:
             client.observers.append(self._on_call)
 
     def _on_call(self, operation: str, seconds: float, ok: bool) -> None:
-        op = self._label("operation", operation)
-        self._m.consensus.labels(op).observe(seconds)
+        children = self._op_cache.get(operation)
+        if children is None:
+            op = self._label("operation", operation)
+            children = self._op_cache[operation] = (self._m.consensus.labels(op), self._m.consensus_errors.labels(op))
+        children[0].observe(seconds)
         if not ok:
-            self._m.consensus_errors.labels(op).inc()
+            children[1].inc()
 
     # -- the middleware ----------------------------------------------------------------
 
@@ -209,11 +214,26 @@ class Metrics:
             self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
         return result
 
+    def _step_children(self, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
+        """The labelled duration histogram and attempt counters of one step (cached:
+        label lookups are most of a metric update's cost)."""
+        key = (ctx.saga, ctx.step, ctx.region, ctx.compensating)
+        found = self._step_cache.get(key)
+        if found is None:
+            labels = (
+                self._label("saga_type", ctx.saga), self._label("step", ctx.step), self._label("region", ctx.region),
+                "compensate" if ctx.compensating else "run",
+            )
+            found = (
+                self._m.step_duration.labels(*labels),
+                {o: self._m.step_attempts.labels(*labels, o) for o in ("ok", "error", "timeout", "cancelled")},
+            )
+            if len(self._step_cache) < 10_000:  # bounded like the labels themselves
+                self._step_cache[key] = found
+        return found
+
     async def _step(self, ctx: StepContext, call_next: CallNext) -> Any:
-        labels = (
-            self._label("saga_type", ctx.saga), self._label("step", ctx.step), self._label("region", ctx.region),
-            "compensate" if ctx.compensating else "run",
-        )
+        duration, attempts = self._step_children(ctx)
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -227,8 +247,8 @@ class Metrics:
             outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             raise
         finally:
-            self._m.step_duration.labels(*labels).observe(time.perf_counter() - started)
-            self._m.step_attempts.labels(*labels, outcome).inc()
+            duration.observe(time.perf_counter() - started)
+            attempts[outcome].inc()
 
     def _saga_event(self, ctx: SagaEvent, after: Any) -> None:
         if after is None:
