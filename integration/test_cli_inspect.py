@@ -27,7 +27,8 @@ from whizorch import EtcdClient
 from whizorch.saga import Orchestrator, SagaClient, Worker
 from whizorch.testing import eventually_async
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# etcd34: member status fields differ between 3.4 and 3.5; the views must read both
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.etcd34]
 
 TTL = 5
 """Lease TTL (s) of the roles: nothing here fails over, so no need to be quick."""

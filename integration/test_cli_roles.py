@@ -24,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from whizorch import EtcdClient
 from whizorch.saga import SagaClient
 
+pytestmark = pytest.mark.etcd34
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -29,6 +29,8 @@ from whizorch.observe import Metrics, Tracing, serve_metrics
 from whizorch.saga import App, Orchestrator, Retry, Router, Saga, SagaClient, StepContext, Worker
 from whizorch.testing import eventually_async
 
+pytestmark = pytest.mark.etcd34
+
 TTL = 2
 LATENCY = {"eu": {"us": 80, "ap": 200}, "us": {"eu": 80, "ap": 150}, "ap": {"eu": 200, "us": 150}}
 
