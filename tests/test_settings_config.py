@@ -56,7 +56,6 @@ def test_defaults() -> None:
     assert cfg.consensus.keepalive_interval_s is None and cfg.consensus.step_down_margin_s is None
     assert cfg.failover == FailoverConfig(policy="closest", max_retries=None, no_region_timeout_s=30.0)
     assert cfg.monitoring == MonitoringConfig(metrics=False, metrics_bind="127.0.0.1:9464", tracing=False)
-    assert cfg.monitoring.service_name == "whizorch"
 
 
 def test_full_example_round_trips(tmp_path: pathlib.Path) -> None:
@@ -87,7 +86,7 @@ def test_full_example_round_trips(tmp_path: pathlib.Path) -> None:
         consensus=ConsensusConfig(lease_ttl_s=6, keepalive_interval_s=2.0, step_down_margin_s=1.0),
         failover=FailoverConfig(policy="closest", max_retries=2),
         monitoring=MonitoringConfig(
-            metrics=True, metrics_bind="0.0.0.0:9464", tracing=True, service_name="payments-orchestrator"
+            metrics=True, metrics_bind="0.0.0.0:9464", tracing=True
         ),
     )
     assert [r.name for r in cfg.regions] == ["eu", "us", "ap"]
@@ -232,7 +231,6 @@ def test_empty_env_value_clears_a_file_value(tmp_path: pathlib.Path) -> None:
         ("WHIZORCH_MONITORING_METRICS_BIND", "9464", "monitoring.metrics_bind", "9464", "host:port"),
         ("WHIZORCH_MONITORING_METRICS_BIND", ":9464", "monitoring.metrics_bind", ":9464", "host:port"),
         ("WHIZORCH_MONITORING_METRICS_BIND", "h:65536", "monitoring.metrics_bind", "h:65536", "0-65535"),
-        ("WHIZORCH_MONITORING_SERVICE_NAME", "", "monitoring.service_name", "", "non-empty"),
         ("WHIZORCH_NAMESPACE", "ns/", "namespace", "ns/", "trailing '/'"),
         ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "5", "consensus.step_down_margin_s", 5.0, "[0, lease_ttl_s)"),
         ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "-0.1", "consensus.step_down_margin_s", -0.1, ">= 0"),

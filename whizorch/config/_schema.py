@@ -22,7 +22,6 @@ from whizorch.config._check import (
     latency_map,
     number,
     optional_string,
-    string,
     string_list,
     whole,
 )
@@ -229,14 +228,11 @@ class MonitoringConfig:
     """``host:port`` of the metrics endpoint (IPv6 as ``[::1]:9464``; port 0: any)."""
     tracing: bool = False
     """Emit OpenTelemetry spans (needs the OpenTelemetry API; an SDK to export them)."""
-    service_name: str = "whizorch"
-    """``service.name`` of the spans and the process's identity in telemetry."""
 
     def __attrs_post_init__(self) -> None:
         boolean("monitoring.metrics", self.metrics)
         bind_address("monitoring.metrics_bind", self.metrics_bind)
         boolean("monitoring.tracing", self.tracing)
-        string("monitoring.service_name", self.service_name)
 
     @property
     def metrics_address(self) -> tuple[str, int]:
