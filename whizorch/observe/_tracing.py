@@ -111,7 +111,7 @@ class Tracing:
                     "is.leader": True,
                     "whizorch.node": ctx.node,
                     "whizorch.term": ctx.term,
-                    "whizorch.resumed": ctx.event != "adopt",
+                    "whizorch.resumed": ctx.before is not None,
                 },
             )
             if ctx.event == "adopt":
