@@ -442,6 +442,37 @@ def test_dev_command_runs_a_cluster_until_interrupted(tmp_path: Path, etcd_bin: 
     assert not _alive(etcd_pid)
 
 
+def test_dev_command_takes_raft_timings_from_the_config(tmp_path: Path, etcd_bin: str) -> None:
+    """`whizorch dev --config F` runs etcd with F's heartbeat and election timeouts; a bad one exits 2 naming it."""
+    config = tmp_path / "whizorch.toml"
+    config.write_text("[consensus]\netcd_heartbeat_ms = 60\netcd_election_ms = 700\n")
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "whizorch.dev", "--members", "1", "--etcd-bin", etcd_bin, "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert dev.stdout is not None
+        pid_line = next(line for line in dev.stdout if " pid " in line)
+        etcd_pid = int(pid_line.split(" pid ")[1].split()[0])
+        argv = Path(f"/proc/{etcd_pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--heartbeat-interval=60" in argv and b"--election-timeout=700" in argv, argv
+        dev.send_signal(signal.SIGINT)
+        dev.communicate(timeout=30)
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+            dev.wait()
+    assert dev.returncode == 0
+    config.write_text("[consensus]\netcd_heartbeat_ms = 300\netcd_election_ms = 700\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "whizorch.dev", "--members", "1", "--etcd-bin", etcd_bin, "--config", str(config)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert bad.returncode == 2
+    assert "consensus.etcd_election_ms = 700" in bad.stderr and ">= 5 * etcd_heartbeat_ms" in bad.stderr
+
+
 # -- fixtures and backends ---------------------------------------------------------------
 
 

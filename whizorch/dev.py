@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+from whizorch.config import load_config
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.testing import LocalEtcdCluster
 
@@ -32,10 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--members", type=int, default=3, help="number of members (default 3)")
     parser.add_argument(
-        "--heartbeat-ms", type=int, default=100, help="etcd --heartbeat-interval (default 100)"
+        "--heartbeat-ms", type=int, default=None,
+        help="etcd --heartbeat-interval (default: [consensus] etcd_heartbeat_ms, 100)",
     )
     parser.add_argument(
-        "--election-ms", type=int, default=1000, help="etcd --election-timeout (default 1000)"
+        "--election-ms", type=int, default=None,
+        help="etcd --election-timeout (default: [consensus] etcd_election_ms, 1000)",
+    )
+    parser.add_argument(
+        "--config", default=None, help="a whizorch TOML file (env WHIZORCH_CONFIG) for the Raft timings"
     )
     parser.add_argument(
         "--data-dir",
@@ -108,11 +114,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         for signum in (signal.SIGINT, signal.SIGTERM):
             restore[signum] = signal.signal(signum, on_signal)
     try:
+        timing = load_config(args.config).consensus.local_cluster_kwargs()
         cluster = LocalEtcdCluster(
             args.members,
             etcd_bin=args.etcd_bin,
-            heartbeat_ms=args.heartbeat_ms,
-            election_ms=args.election_ms,
+            heartbeat_ms=args.heartbeat_ms if args.heartbeat_ms is not None else timing["heartbeat_ms"],
+            election_ms=args.election_ms if args.election_ms is not None else timing["election_ms"],
             data_dir=args.data_dir,
             start_timeout=args.start_timeout,
         )
