@@ -1,0 +1,317 @@
+"""What the saga demo saw (`Tally`), and the summary and verdict made from it.
+
+The tally is plain data the runner fills in as results and role events arrive; both
+displays read it. `summarise` turns it into the JSON-serialisable summary
+(``--json-summary``) with the verdict; `summary_rows` into the lines both displays print.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from typing import Any
+
+import attrs
+
+__all__ = ["SagaRun", "Tally", "percentile", "summarise", "summary_rows"]
+
+FINAL = ("completed", "compensated", "failed")
+
+
+@attrs.define
+class SagaRun:
+    """One saga the demo submitted, as the demo saw it."""
+
+    saga_id: str
+    saga: str
+    expect: str
+    started_at: float
+    """Monotonic time the demo began submitting it."""
+    submitted: bool = False
+    submit_error: str | None = None
+    status: str | None = None
+    """The final status the demo's SagaClient saw; None while unfinished."""
+    finished_at: float | None = None
+    failovers: list[dict[str, Any]] = attrs.Factory(list)
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Submit -> final outcome, in milliseconds."""
+        return None if self.finished_at is None else (self.finished_at - self.started_at) * 1000
+
+
+@attrs.define
+class Kill:
+    """Processes the demo SIGKILLed on purpose."""
+
+    what: str
+    """``region`` or ``leader``."""
+    target: str
+    """The region's name, or the leader's node id."""
+    pids: list[int]
+    names: list[str]
+    at: float
+    """Monotonic time of the kill."""
+    wall: float
+    """Wall-clock time of the kill (orchestrator events carry wall-clock times)."""
+
+
+@attrs.define
+class Tally:
+    """Everything the demo has seen so far."""
+
+    started: float = attrs.Factory(time.monotonic)
+    run_start: float | None = None
+    """Monotonic time the saga stream began (None during setup)."""
+    run_end: float | None = None
+    """Monotonic time the stream stopped."""
+    phase: str = "setup"
+    leader: str | None = None
+    term: int = 0
+    healthy: list[str] = attrs.Factory(list)
+    workers: dict[str, list[tuple[str, int, bool]]] = attrs.Factory(dict)
+    """Region -> [(worker name, pid, alive)]."""
+    orchestrators: list[tuple[str, int, bool]] = attrs.Factory(list)
+    """[(node id, pid, alive)]."""
+    sagas: dict[str, SagaRun] = attrs.Factory(dict)
+    steps_by_region: collections.Counter[str] = attrs.Factory(collections.Counter)
+    failovers: list[dict[str, Any]] = attrs.Factory(list)
+    """Every failover event the leaders printed (``_at``: when the demo read it)."""
+    region_kill: Kill | None = None
+    region_failover_at: float | None = None
+    region_saga_done_at: float | None = None
+    leader_kill: Kill | None = None
+    new_leader: dict[str, Any] | None = None
+    leader_saga_done_at: float | None = None
+    audit: dict[str, str | None] = attrs.Factory(dict)
+    """Saga id -> status in etcd at the end (None: no record and no submission)."""
+    audited: bool = False
+    processes: list[dict[str, Any]] = attrs.Factory(list)
+    """Every process the demo started: name, kind, pid, killed (etcd members too)."""
+    etcd: str = ""
+    namespace: str = ""
+    endpoints: list[str] = attrs.Factory(list)
+    drain_s: float = 0.0
+
+    def now(self) -> float:
+        """Seconds since the stream began (0 during setup)."""
+        return 0.0 if self.run_start is None else time.monotonic() - self.run_start
+
+    def since_run(self, at: float | None) -> float | None:
+        """A monotonic time as seconds since the stream began."""
+        return None if at is None or self.run_start is None else at - self.run_start
+
+    def counts(self) -> collections.Counter[str]:
+        """Sagas by status, with ``submitted`` and ``in flight``."""
+        c: collections.Counter[str] = collections.Counter()
+        for run in self.sagas.values():
+            c["submitted"] += run.submitted
+            c[run.status or ("in flight" if run.submit_error is None else "not submitted")] += 1
+        return c
+
+    def finish(self, run: SagaRun, status: str, failovers: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
+        """Record a saga's outcome."""
+        run.status = status
+        run.finished_at = time.monotonic()
+        run.failovers = failovers
+        for output in outputs.values():
+            if isinstance(output, dict) and isinstance(output.get("region"), str):
+                self.steps_by_region[output["region"]] += 1
+        kill = self.region_kill
+        if kill is not None and self.region_saga_done_at is None and any(f.get("from") == kill.target for f in failovers):
+            self.region_saga_done_at = run.finished_at
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # the pid was reused by someone else's process
+        return True
+    return False
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
+    """The summary as JSON-serialisable data, with ``ok`` and the ``reasons`` it is not."""
+    runs = list(t.sagas.values())
+    submitted = [r for r in runs if r.submitted]
+    by_status = collections.Counter(r.status for r in submitted if r.status)
+    unfinished = [r for r in submitted if r.status is None]
+    unexpected = [r for r in submitted if r.status is not None and r.status != r.expect]
+    lost = [
+        r for r in submitted
+        if t.audited and (t.audit.get(r.saga_id) is None or (r.status is not None and t.audit.get(r.saga_id) != r.status))
+    ]
+    completed_ms = [r.latency_ms for r in submitted if r.status == "completed" and r.latency_ms is not None]
+    by_saga: dict[str, dict[str, int]] = {}
+    for r in submitted:
+        row = by_saga.setdefault(r.saga, {"submitted": 0})
+        row["submitted"] += 1
+        row[r.status or "unfinished"] = row.get(r.status or "unfinished", 0) + 1
+    ends = [r.finished_at for r in submitted if r.finished_at is not None]
+    window = (max(ends) - t.run_start) if ends and t.run_start is not None else 0.0
+    finished = sum(by_status.values())
+    routes = collections.Counter(f"{f.get('from')}->{f.get('to')}" for f in t.failovers)
+
+    rk, lk = t.region_kill, t.leader_kill
+    region_failover_s = None
+    if rk is not None and t.region_failover_at is not None:
+        region_failover_s = t.region_failover_at - rk.at
+    leader_failover_s = None
+    if lk is not None and t.new_leader is not None:
+        leader_failover_s = t.new_leader["_at"] - lk.at
+
+    killed_pids = {pid for k in (rk, lk) if k is not None for pid in k.pids}
+    processes = [dict(p, killed=p["pid"] in killed_pids, gone=_gone(p["pid"])) for p in t.processes]
+
+    reasons: list[str] = []
+    if rk is None:
+        reasons.append("no region was killed")
+    elif region_failover_s is None:
+        reasons.append(f"no failover away from region {rk.target} was observed")
+    if lk is None:
+        reasons.append("the leader was not killed")
+    elif leader_failover_s is None:
+        reasons.append("no new leader was observed after the leader was killed")
+    if not submitted:
+        reasons.append("no saga was submitted")
+    if len(submitted) < len(runs):
+        reasons.append(f"{len(runs) - len(submitted)} submissions failed")
+    if unfinished:
+        reasons.append(f"{len(unfinished)} sagas did not finish within {t.drain_s:g}s after the stream stopped")
+    if lost:
+        reasons.append(f"{len(lost)} sagas lost (etcd has no record, or another outcome)")
+    if by_status["failed"]:
+        reasons.append(f"{by_status['failed']} sagas failed (a compensation gave up)")
+    if unexpected:
+        reasons.append(f"{len(unexpected)} sagas ended other than designed (e.g. {unexpected[0].saga_id}: {unexpected[0].status})")
+    left = [f"{p['name']} (pid {p['pid']})" for p in processes if not p["gone"]]
+    if left:
+        reasons.append(f"still running after cleanup: {', '.join(left)}")
+    ok = not reasons
+    verdict = (
+        f"OK: region and leader failovers observed; all {len(submitted)} sagas reached their designed outcome; none lost"
+        if ok else "FAILED: " + "; ".join(reasons)
+    )
+    return {
+        "ok": ok,
+        "verdict": verdict,
+        "reasons": reasons,
+        "namespace": t.namespace,
+        "etcd": t.etcd,
+        "endpoints": t.endpoints,
+        "options": options,
+        "sagas": {
+            "submitted": len(submitted),
+            "completed": by_status["completed"],
+            "compensated": by_status["compensated"],
+            "failed": by_status["failed"],
+            "unfinished": len(unfinished),
+            "lost": len(lost),
+            "not_submitted": len(runs) - len(submitted),
+            "designed_to_compensate": sum(r.expect == "compensated" for r in submitted),
+            "unexpected": len(unexpected),
+        },
+        "by_saga": by_saga,
+        "latency_ms": {
+            "count": len(completed_ms),
+            "p50": _r(percentile(completed_ms, 50), 1),
+            "p99": _r(percentile(completed_ms, 99), 1),
+            "max": _r(max(completed_ms), 1) if completed_ms else None,
+        },
+        "throughput": {
+            "window_s": _r(window, 2),
+            "sagas_per_s": _r(finished / window, 2) if window > 0 else None,
+            "steps_per_s": _r(sum(t.steps_by_region.values()) / window, 2) if window > 0 else None,
+        },
+        "steps_by_region": dict(sorted(t.steps_by_region.items())),
+        "failovers": {
+            "steps": len(t.failovers),
+            "sagas": len({f.get("saga_id") for f in t.failovers}),
+            "routes": dict(routes),
+        },
+        "region_killed": rk.target if rk else None,
+        "region_killed_at_s": _r(t.since_run(rk.at), 2) if rk else None,
+        "region_failover_s": _r(region_failover_s),
+        "region_failover_first_saga_done_s": _r(t.region_saga_done_at - rk.at) if rk and t.region_saga_done_at else None,
+        "leader_killed": lk.target if lk else None,
+        "leader_killed_at_s": _r(t.since_run(lk.at), 2) if lk else None,
+        "new_leader": {"node": t.new_leader["node"], "term": t.new_leader["term"]} if t.new_leader else None,
+        "leader_failover_s": _r(leader_failover_s),
+        "leader_failover_first_saga_done_s": _r(t.leader_saga_done_at - lk.at) if lk and t.leader_saga_done_at else None,
+        "killed": [
+            {"what": k.what, "target": k.target, "names": k.names, "pids": k.pids, "at_s": _r(t.since_run(k.at), 2)}
+            for k in (rk, lk) if k is not None
+        ],
+        "processes": processes,
+    }
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) lines of the summary, for both displays."""
+    n = s["sagas"]
+    rows = [
+        ("sagas", (
+            f"{n['submitted']} submitted: {n['completed']} completed, {n['compensated']} compensated "
+            f"({n['designed_to_compensate']} designed to), {n['failed']} failed, {n['unfinished']} unfinished, "
+            f"{n['lost']} lost"
+        )),
+    ]
+    for name, row in sorted(s["by_saga"].items()):
+        rest = ", ".join(f"{v} {k}" for k, v in row.items() if k != "submitted")
+        rows.append((f"  {name}", f"{row['submitted']}: {rest}"))
+    lat, thr = s["latency_ms"], s["throughput"]
+    rows.append(("latency", f"completed sagas, submit -> outcome: p50 {_ms(lat['p50'])}, p99 {_ms(lat['p99'])}, "
+                            f"max {_ms(lat['max'])} (n={lat['count']})"))
+    if thr["sagas_per_s"] is not None:
+        rows.append(("throughput", f"{thr['sagas_per_s']:.1f} sagas/s, {thr['steps_per_s']:.1f} steps/s over {thr['window_s']:.1f} s"))
+    regions = ", ".join(f"{r} {c}" for r, c in s["steps_by_region"].items()) or "-"
+    rows.append(("steps", f"by region: {regions}"))
+    fo = s["failovers"]
+    routes = ", ".join(f"{k.replace('->', ' -> ')} {v}" for k, v in fo["routes"].items())
+    rows.append(("failovers", f"{fo['steps']} steps moved in {fo['sagas']} sagas" + (f" ({routes})" if routes else "")))
+    if s["region_killed"]:
+        rows.append((f"region {s['region_killed']}", (
+            f"SIGKILLed at {s['region_killed_at_s']:.1f}s; first failover after {_s(s['region_failover_s'])}, "
+            f"first failed-over saga done after {_s(s['region_failover_first_saga_done_s'])}"
+        )))
+    if s["leader_killed"]:
+        new = s["new_leader"]
+        took = f"{new['node']} led after {_s(s['leader_failover_s'])} (term {new['term']})" if new else "no new leader"
+        rows.append(("leader", (
+            f"{s['leader_killed']} SIGKILLed at {s['leader_killed_at_s']:.1f}s; {took}, "
+            f"first saga done after {_s(s['leader_failover_first_saga_done_s'])}"
+        )))
+    killed = [p for p in s["processes"] if p["killed"]]
+    if killed:
+        rows.append(("killed", ", ".join(f"{p['name']} pid {p['pid']}" for p in killed)))
+    alive = [p for p in s["processes"] if not p["gone"]]
+    rows.append(("processes", f"{len(s['processes'])} started, " + (
+        "all gone" if not alive else "STILL RUNNING: " + ", ".join(f"{p['name']} pid {p['pid']}" for p in alive)
+    )))
+    rows.append(("verdict", s["verdict"]))
+    return rows

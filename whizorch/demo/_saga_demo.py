@@ -1,0 +1,468 @@
+"""The saga demo (``whizorch demo``): real processes, real kills, measured failovers.
+
+1. etcd: a local 3-member cluster (or ``--etcd ENDPOINTS``), a fresh namespace.
+2. Workers (eu, 2 x us, ap) and two orchestrator candidates, each its own
+   ``python -m whizorch`` process; the orchestrators print JSON events.
+3. A stream of sagas (`whizorch.demo.apps`) at ``--rate`` with a bounded number in
+   flight; the demo's SagaClient records each one's latency and outcome.
+4. At 1/3 of ``--duration`` every worker of region ``us`` is SIGKILLed; the region
+   failover time is the kill -> the leader's first ``failover`` event away from ``us``.
+   At 2/3 the leader process is SIGKILLed; the leader failover time is the kill -> the
+   other candidate's ``leader`` event.
+5. The stream stops, the sagas in flight finish (bounded), etcd is audited (every saga
+   has a final record), everything the demo started is stopped and the summary printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from whizorch.demo import apps
+from whizorch.demo._display import Display, LiveDisplay, PlainDisplay
+from whizorch.demo._report import Kill, SagaRun, Tally, summarise
+from whizorch.demo._roles import Role, RoleFailed
+from whizorch.errors import WhizorchError
+from whizorch.etcd import EtcdClient
+from whizorch.saga import SagaClient
+from whizorch.testing import LocalEtcdCluster
+
+__all__ = ["DemoOptions", "run"]
+
+KILL_REGION = "us"
+_FAILOVER_LINES = 5
+"""Failovers printed one by one after a kill; the rest are counted in progress lines."""
+_READY_S = 60.0
+"""How long a role process may take to start (Python + gRPC on a busy machine)."""
+
+
+@attrs.frozen(kw_only=True)
+class DemoOptions:
+    """The demo's command-line options."""
+
+    etcd: str | None = None
+    """Endpoints of a cluster to use; None starts a local 3-member cluster."""
+    duration_s: float = 30.0
+    """Length of the saga stream; the kills happen at 1/3 and 2/3 of it."""
+    ttl_s: int = 2
+    """Lease TTL of every worker and orchestrator (failover takes about this long)."""
+    rate: float = 10.0
+    """Sagas submitted per second."""
+    max_in_flight: int = 50
+    """Submitted sagas not yet finished, at most."""
+    seed: int = 1
+    """Seed of the saga inputs (which fail, which are flaky)."""
+    plain: bool = False
+    """Plain lines even on a terminal."""
+    json_summary: Path | None = None
+    """Write the summary here as JSON."""
+
+    @property
+    def drain_s(self) -> float:
+        """How long the sagas in flight may take to finish once the stream stops."""
+        return max(30.0, 10.0 * self.ttl_s)
+
+
+class SagaDemo:
+    """One run of the demo."""
+
+    def __init__(self, options: DemoOptions, tally: Tally, display: Display) -> None:
+        self.opts = options
+        self.t = tally
+        self.display = display
+        self.roles: list[Role] = []
+        self.t.namespace = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.t.drain_s = options.drain_s
+        self._quiet_failovers = 0
+        self._loud_failovers = 0
+        self._stop = asyncio.Event()
+        self.interrupted = False
+        """Set on SIGINT/SIGTERM: roles then get no grace period to stop."""
+
+    def log(self, text: str, *, style: str = "") -> None:
+        self.display.log(text, style=style)
+
+    # -- setup -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Set up, run the stream and the kills, drain, audit; stop everything."""
+        workdir = Path(tempfile.mkdtemp(prefix="whizorch-demo-"))
+        keep_logs = True
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                endpoints = await self._etcd(stack)
+                client = await stack.enter_async_context(EtcdClient(endpoints, timeout_s=3.0, retry_deadline_s=10.0))
+                if self.opts.etcd is not None:
+                    stack.push_async_callback(self._delete_namespace, client)
+                stack.push_async_callback(self._stop_roles)
+                await self._start_roles(endpoints, workdir)
+                sagas = await stack.enter_async_context(SagaClient(client, namespace=self.t.namespace))
+                await self._stream(sagas)
+                await self._audit(sagas)
+            keep_logs = False
+        finally:
+            if keep_logs:
+                self.log(f"role logs kept in {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _etcd(self, stack: contextlib.AsyncExitStack) -> str:
+        if self.opts.etcd is not None:
+            self.t.etcd = "external"
+            self.t.endpoints = [e.strip() for e in self.opts.etcd.split(",") if e.strip()]
+            self.log(f"etcd: the given cluster {','.join(self.t.endpoints)}; namespace {self.t.namespace}")
+            return self.opts.etcd
+        self.log("etcd: starting a local 3-member cluster")
+        cluster = LocalEtcdCluster(3, heartbeat_ms=100, election_ms=1000)
+        await cluster.astart()
+        stack.push_async_callback(self._close_cluster, cluster)
+        self.t.etcd = "local"
+        self.t.endpoints = list(cluster.endpoints)
+        for member in cluster.members:
+            if member.pid is not None:
+                self.t.processes.append({"name": f"etcd {member.name}", "kind": "etcd", "pid": member.pid, "endpoint": member.endpoint})
+        version = ".".join(map(str, cluster.version))
+        pids = ", ".join(str(p["pid"]) for p in self.t.processes)
+        self.log(f"etcd: 3 members up (etcd {version}, pids {pids}): {','.join(cluster.endpoints)}")
+        self.log(f"namespace {self.t.namespace}")
+        return ",".join(cluster.endpoints)
+
+    async def _close_cluster(self, cluster: LocalEtcdCluster) -> None:
+        await cluster.aclose()
+        self.log("etcd: members stopped, data directories removed")
+
+    async def _start_roles(self, endpoints: str, workdir: Path) -> None:
+        ttl = str(self.opts.ttl_s)
+        common = ["--etcd", endpoints, "--app", "whizorch.demo.apps:app", "--namespace", self.t.namespace, "--lease-ttl", ttl]
+        latency = workdir / "latency.json"
+        latency.write_text(json.dumps(apps.LATENCY_MS))
+        # workers first: the first leader's rebuild then sees every region registered
+        workers = []
+        for region, (tags, count) in apps.WORKERS.items():
+            for i in range(1, count + 1):
+                name = f"{region}-{i}"
+                args = ["worker", *common, "--region", region, "--id", name]
+                if tags:
+                    args += ["--compliance", ",".join(tags)]
+                workers.append(await self._start(name, "worker", args, workdir, region=region))
+        self.log("workers: " + ", ".join(f"{w.name} (pid {w.pid}, {','.join(apps.WORKERS[w.region or ''][0]) or 'no tags'})" for w in workers))
+        await asyncio.gather(*(w.wait_event("worker_ready", _READY_S) for w in workers))
+        self.t.healthy = sorted(apps.WORKERS, key=list(apps.WORKERS).index)
+        self.log(f"workers ready in {', '.join(self.t.healthy)}; latency (ms) eu-us 80, us-ap 150, eu-ap 200")
+        orchs = []
+        for i in (1, 2):
+            args = ["orchestrator", *common, "--id", f"orch-{i}", "--events", "--latency", str(latency)]
+            orchs.append(await self._start(f"orch-{i}", "orchestrator", args, workdir))
+        self.log("orchestrator candidates: " + ", ".join(f"{o.name} (pid {o.pid})" for o in orchs) + f", lease TTL {ttl}s")
+        await asyncio.gather(*(o.wait_event("orchestrator_ready", _READY_S) for o in orchs))
+        await self._until(lambda: self.t.leader is not None, _READY_S, "no orchestrator became leader")
+
+    async def _start(self, name: str, kind: str, args: list[str], workdir: Path, *, region: str | None = None) -> Role:
+        role = await Role.start(name, kind, args, log_dir=workdir, on_event=self._on_event, region=region)
+        self.roles.append(role)
+        self.t.processes.append({"name": name, "kind": kind, "pid": role.pid})
+        self._refresh_roles()
+        return role
+
+    def _refresh_roles(self) -> None:
+        workers: dict[str, list[tuple[str, int, bool]]] = {}
+        for r in self.roles:
+            if r.kind == "worker" and r.region is not None:
+                workers.setdefault(r.region, []).append((r.name, r.pid, r.killed_at is None))
+        self.t.workers = workers
+        self.t.orchestrators = [(r.name, r.pid, r.killed_at is None) for r in self.roles if r.kind == "orchestrator"]
+
+    async def _stop_roles(self) -> None:
+        await asyncio.gather(*(r.stop(grace_s=0.5 if self.interrupted else 3.0) for r in self.roles))
+        if self.roles:
+            self.log(f"stopped {len(self.roles)} role processes")
+
+    async def _delete_namespace(self, client: EtcdClient) -> None:
+        await client.delete(f"{self.t.namespace}/", prefix=True)
+        self.log(f"deleted every key under {self.t.namespace}/")
+
+    async def _until(self, check: Callable[[], bool], timeout_s: float, failure: str | None = None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not check():
+            if time.monotonic() >= deadline:
+                if failure is not None:
+                    raise RoleFailed(failure)
+                return False
+            await asyncio.sleep(0.05)  # ok: polls the tally the event readers fill in
+        return True
+
+    # -- role events -----------------------------------------------------------------
+
+    def _on_event(self, role: Role, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        t = self.t
+        if kind == "leader":
+            t.leader, t.term = str(ev.get("node")), int(ev.get("term", 0))
+            note = ""
+            lk = t.leader_kill
+            if lk is not None and t.new_leader is None and role.name != lk.target:
+                t.new_leader = {"node": t.leader, "term": t.term, "_at": ev["_at"]}
+                note = f", {ev['_at'] - lk.at:.2f}s after the kill"
+            # an orchestrator says "leader" once it has rebuilt its view from etcd
+            self.log(f"leader {t.leader} (term {t.term}{note})", style="bold green")
+        elif kind == "follower" and t.leader == role.name and t.phase != "done":  # not the resign on the way out
+            self.log(f"{role.name} no longer leads")
+            t.leader, t.term = None, 0
+        elif kind == "regions":
+            t.healthy = [str(r) for r in ev.get("healthy", [])]
+            self.log(f"regions healthy: {', '.join(t.healthy) or 'none'}")
+        elif kind == "failover":
+            self._on_failover(ev)
+        elif kind == "finished":
+            lk, new = t.leader_kill, t.new_leader
+            if lk is not None and new is not None and t.leader_saga_done_at is None and role.name == new["node"]:
+                t.leader_saga_done_at = ev["_at"]
+                self.log(f"first saga finished under the new leader: {ev.get('saga_id')} ({ev['_at'] - lk.at:.2f}s after the kill)")
+
+    def _on_failover(self, ev: dict[str, Any]) -> None:
+        t = self.t
+        t.failovers.append(ev)
+        rk = t.region_kill
+        note = ""
+        if rk is not None and t.region_failover_at is None and ev.get("from") == rk.target:
+            # the leader stamps the decision; the kill time is the demo's own clock
+            at = float(ev["at"]) - rk.wall if isinstance(ev.get("at"), (int, float)) else ev["_at"] - rk.at
+            t.region_failover_at = rk.at + at
+            note = f" ({at:.2f}s after the kill)"
+        if self._loud_failovers < _FAILOVER_LINES:
+            self._loud_failovers += 1
+            sid = str(ev.get("saga_id"))
+            step = self._step_name(sid, ev.get("step"))
+            self.log(
+                f"failover saga {sid} step {ev.get('step')} ({step}): {ev.get('from')} -> {ev.get('to')} ({ev.get('reason')}){note}",
+                style="yellow",
+            )
+        else:
+            self._quiet_failovers += 1
+
+    def _step_name(self, saga_id: str, index: Any) -> str:
+        run = self.t.sagas.get(saga_id)
+        saga = apps.app.get(run.saga) if run is not None else None
+        if saga is None or not isinstance(index, int) or not 0 <= index < len(saga.steps):
+            return "?"
+        return saga.steps[index].name
+
+    # -- the stream ------------------------------------------------------------------
+
+    async def _stream(self, sagas: SagaClient) -> None:
+        d = self.opts.duration_s
+        self.t.run_start = time.monotonic()
+        self.t.phase = "running"
+        self.log(
+            f"stream: {d:g}s at {self.opts.rate:g} sagas/s (at most {self.opts.max_in_flight} in flight); "
+            f"kill region {KILL_REGION} at {d / 3:.1f}s, the leader at {2 * d / 3:.1f}s"
+        )
+        inflight: set[asyncio.Task[None]] = set()
+        async with asyncio.TaskGroup() as tg:
+            ticker = tg.create_task(self._ticker())
+            tg.create_task(self._scenario())
+            await self._submit_loop(sagas, tg, inflight)
+            self.t.run_end = time.monotonic()
+            self.t.phase = "draining"
+            self.log(f"stream stopped; waiting for {len(inflight)} sagas in flight (up to {self.opts.drain_s:g}s)")
+            if inflight:
+                _, pending = await asyncio.wait(inflight, timeout=self.opts.drain_s)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    self.log(f"{len(pending)} sagas still unfinished after {self.opts.drain_s:g}s", style="red")
+            if self.t.leader_kill is not None and self.t.new_leader is None:
+                await self._until(lambda: self.t.new_leader is not None, 10.0 * self.opts.ttl_s)
+            self.t.phase = "done"
+            ticker.cancel()
+        c = self.t.counts()
+        self.log(f"done: {c['completed']} completed, {c['compensated']} compensated, {c['failed']} failed, {c['in flight']} unfinished")
+
+    async def _ticker(self) -> None:
+        while True:
+            if self._quiet_failovers:
+                self.log(f"... and {self._quiet_failovers} more failovers", style="yellow")
+                self._quiet_failovers = 0
+            self.display.tick()
+            await asyncio.sleep(0.25)  # ok: display refresh period
+
+    async def _submit_loop(self, sagas: SagaClient, tg: asyncio.TaskGroup, inflight: set[asyncio.Task[None]]) -> None:
+        jobs = apps.workload(self.opts.seed)
+        room = asyncio.Semaphore(self.opts.max_in_flight)
+        interval = 1.0 / self.opts.rate
+        next_at = time.monotonic()
+        for n in range(1, 10**9):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_at - time.monotonic())):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
+            await room.acquire()
+            if self._stop.is_set():
+                room.release()
+                return
+            job = next(jobs)
+            task = tg.create_task(self._one(sagas, f"{job.saga.name}-{n:05d}", job, room))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            # a stall (the in-flight bound) is not made up for with a burst afterwards
+            next_at = max(next_at + interval, time.monotonic())
+
+    async def _one(self, sagas: SagaClient, saga_id: str, job: apps.Job, room: asyncio.Semaphore) -> None:
+        run = SagaRun(saga_id, job.saga.name, job.expect, time.monotonic())
+        self.t.sagas[saga_id] = run
+        try:
+            deadline = time.monotonic() + 10.0
+            while not run.submitted:
+                try:  # idempotent per saga id: resending after an unknown outcome is safe
+                    await sagas.submit(job.saga, job.input, saga_id=saga_id)
+                    run.submitted = True
+                except WhizorchError as exc:
+                    if time.monotonic() > deadline:
+                        run.submit_error = str(exc)
+                        self.log(f"could not submit {saga_id}: {exc}", style="red")
+                        return
+                    await asyncio.sleep(0.2)  # ok: back off before resubmitting
+            while True:
+                try:
+                    result = await sagas.wait(saga_id, raise_on_failure=False)
+                    break
+                except WhizorchError:
+                    await asyncio.sleep(0.2)  # ok: back off; cancelled at the drain deadline
+            self.t.finish(run, result.status, list(result.failovers), result.outputs)
+            if result.status != job.expect:
+                self.log(f"saga {saga_id} ended {result.status}, designed to end {job.expect}: {result.error}", style="red")
+            elif result.status == "compensated" and self.t.counts()["compensated"] <= 2:
+                self.log(f"saga {saga_id} compensated as designed: {result.error}")
+        finally:
+            room.release()
+
+    async def _scenario(self) -> None:
+        d, start = self.opts.duration_s, self.t.run_start
+        assert start is not None
+        await asyncio.sleep(max(0.0, start + d / 3 - time.monotonic()))  # ok: the timeline's first kill
+        self._kill_region(KILL_REGION)
+        await asyncio.sleep(max(0.0, start + 2 * d / 3 - time.monotonic()))  # ok: the timeline's second kill
+        # measure the two failovers apart: the leader dies once the region failover is seen
+        if not await self._until(lambda: self.t.region_failover_at is not None, 10.0 * self.opts.ttl_s):
+            self.log(f"no failover away from {KILL_REGION} seen yet; killing the leader anyway", style="red")
+        await self._until(lambda: self.t.leader is not None, 10.0 * self.opts.ttl_s)
+        self._kill_leader()
+        await asyncio.sleep(max(0.0, start + d - time.monotonic()))  # ok: the end of the stream
+        self._stop.set()
+
+    def _kill_region(self, region: str) -> None:
+        victims = [r for r in self.roles if r.kind == "worker" and r.region == region and r.running]
+        if not victims:
+            self.log(f"region {region} has no worker left to kill", style="red")
+            return
+        wall, at = time.time(), time.monotonic()
+        for role in victims:
+            role.kill()
+        self.t.region_kill = Kill(
+            what="region", target=region, pids=[r.pid for r in victims], names=[r.name for r in victims], at=at, wall=wall
+        )
+        self._loud_failovers = 0
+        self._refresh_roles()
+        pids = ", ".join(f"{r.name} pid {r.pid}" for r in victims)
+        self.log(f"KILL region {region} ({len(victims)} workers, SIGKILL: {pids})", style="bold red")
+
+    def _kill_leader(self) -> None:
+        leader = next((r for r in self.roles if r.kind == "orchestrator" and r.name == self.t.leader and r.running), None)
+        if leader is None:
+            self.log("no leader process to kill", style="red")
+            return
+        wall, at = time.time(), time.monotonic()
+        leader.kill()
+        self.t.leader_kill = Kill(what="leader", target=leader.name, pids=[leader.pid], names=[leader.name], at=at, wall=wall)
+        self.t.leader, self.t.term = None, 0
+        self._refresh_roles()
+        self.log(f"KILL leader {leader.name} (pid {leader.pid}, SIGKILL)", style="bold red")
+
+    # -- the audit ---------------------------------------------------------------------
+
+    async def _audit(self, sagas: SagaClient) -> None:
+        """What etcd holds for every saga the demo submitted: a lost saga shows here."""
+        listed = {s.saga_id: s.status for s in await sagas.list()}
+        self.t.audit = {sid: listed.get(sid) for sid in self.t.sagas}
+        self.t.audited = True
+        missing = [sid for sid, run in self.t.sagas.items() if run.submitted and listed.get(sid) is None]
+        self.log(f"audit: etcd holds a record for {len(self.t.sagas) - len(missing)} of {len(self.t.sagas)} sagas")
+
+
+def _options_json(o: DemoOptions) -> dict[str, Any]:
+    return {"duration_s": o.duration_s, "ttl_s": o.ttl_s, "rate": o.rate, "max_in_flight": o.max_in_flight, "seed": o.seed}
+
+
+async def _until_signalled(demo: SagaDemo) -> int | None:
+    """Run the demo; SIGINT or SIGTERM cancels it (its cleanup still runs). The signal, or None."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    caught: list[int] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not caught:
+            demo.log(f"{sig.name}: stopping every process the demo started", style="bold red")
+        caught.append(sig)
+        demo.interrupted = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await demo.run()
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return caught[0] if caught else None
+
+
+def run(options: DemoOptions) -> int:
+    """Run the demo and print the summary. Exit status: 0 when it all went as designed,
+    1 when not (the summary says why), 128 + the signal when interrupted."""
+    tally = Tally()
+    title = f"whizorch demo: sagas in 3 regions, region {KILL_REGION} and the leader killed mid-run"
+    display: Display
+    if sys.stdout.isatty() and not options.plain:
+        display = LiveDisplay(tally, options.duration_s, title=title)
+    else:
+        print(title, flush=True)
+        display = PlainDisplay(tally, options.duration_s)
+    error: str | None = None
+    with display:
+        try:
+            caught = asyncio.run(_until_signalled(SagaDemo(options, tally, display)))
+        except (WhizorchError, RoleFailed, OSError) as exc:
+            caught = None
+            error = f"{type(exc).__name__}: {exc}"
+            display.log(error, style="bold red")
+    if caught is not None:
+        print(f"interrupted by {signal.Signals(caught).name}: every process the demo started was stopped",
+              file=sys.stderr, flush=True)
+        return 128 + caught
+    summary = summarise(tally, options=_options_json(options))
+    if error is not None:
+        summary["ok"] = False
+        # a run that never started has nothing else worth saying
+        summary["reasons"] = [error] if tally.run_start is None else [error, *summary["reasons"]]
+        summary["verdict"] = "FAILED: " + "; ".join(summary["reasons"])
+    if options.json_summary is not None:
+        options.json_summary.write_text(json.dumps(summary, indent=2) + "\n")
+    display.summary(summary)
+    return 0 if summary["ok"] else 1
