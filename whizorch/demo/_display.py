@@ -167,7 +167,8 @@ class LiveDisplay:
 
         middle = Table.grid(padding=(0, 4))
         middle.add_row(sagas, regions, fo)
-        body = Group(bar, leader, Text(""), middle, Text(""), Text("events", style="bold"), *self.events)
+        where = Text(f"etcd {t.etcd or '?'} {','.join(t.endpoints)}   namespace {t.namespace}", style="dim")
+        body = Group(bar, where, leader, Text(""), middle, Text(""), Text("events", style="bold"), *self.events)
         return Panel(body, title=self.title, border_style="blue")
 
     def summary(self, data: dict[str, Any]) -> None:

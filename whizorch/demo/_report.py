@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from whizorch.saga import SagaResult
+
 __all__ = ["SagaRun", "Tally", "percentile", "summarise", "summary_rows"]
 
 FINAL = ("completed", "compensated", "failed")
@@ -77,6 +79,7 @@ class Tally:
     """[(node id, pid, alive)]."""
     sagas: dict[str, SagaRun] = attrs.Factory(dict)
     steps_by_region: collections.Counter[str] = attrs.Factory(collections.Counter)
+    retried_runs: int = 0
     failovers: list[dict[str, Any]] = attrs.Factory(list)
     """Every failover event the leaders printed (``_at``: when the demo read it)."""
     region_kill: Kill | None = None
@@ -111,12 +114,14 @@ class Tally:
             c[run.status or ("in flight" if run.submit_error is None else "not submitted")] += 1
         return c
 
-    def finish(self, run: SagaRun, status: str, failovers: list[dict[str, Any]], outputs: dict[str, Any]) -> None:
+    def finish(self, run: SagaRun, result: SagaResult) -> None:
         """Record a saga's outcome."""
-        run.status = status
+        run.status = result.status
         run.finished_at = time.monotonic()
-        run.failovers = failovers
-        for output in outputs.values():
+        run.failovers = failovers = list(result.failovers)
+        # failed runs of steps that then succeeded: transient errors, runs lost with a worker
+        self.retried_runs += sum(st.failures for st in result.record.steps if st.state in ("done", "compensated"))
+        for output in result.outputs.values():
             if isinstance(output, dict) and isinstance(output.get("region"), str):
                 self.steps_by_region[output["region"]] += 1
         kill = self.region_kill
@@ -241,6 +246,7 @@ def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
             "steps_per_s": _r(sum(t.steps_by_region.values()) / window, 2) if window > 0 else None,
         },
         "steps_by_region": dict(sorted(t.steps_by_region.items())),
+        "retried_runs": t.retried_runs,
         "failovers": {
             "steps": len(t.failovers),
             "sagas": len({f.get("saga_id") for f in t.failovers}),
@@ -274,6 +280,8 @@ def _ms(value: float | None) -> str:
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(label, text) lines of the summary, for both displays."""
     n = s["sagas"]
+    if not n["submitted"] and not n["not_submitted"]:  # it failed before the stream began
+        return [("verdict", s["verdict"]), *([("logs", f"the role processes' stderr is kept in {s['logs']}")] if s.get("logs") else [])]
     rows = [
         ("sagas", (
             f"{n['submitted']} submitted: {n['completed']} completed, {n['compensated']} compensated "
@@ -291,6 +299,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("throughput", f"{thr['sagas_per_s']:.1f} sagas/s, {thr['steps_per_s']:.1f} steps/s over {thr['window_s']:.1f} s"))
     regions = ", ".join(f"{r} {c}" for r, c in s["steps_by_region"].items()) or "-"
     rows.append(("steps", f"by region: {regions}"))
+    rows.append(("retries", f"{s['retried_runs']} failed runs retried, then succeeded (transient errors, runs lost with a worker)"))
     fo = s["failovers"]
     routes = ", ".join(f"{k.replace('->', ' -> ')} {v}" for k, v in fo["routes"].items())
     rows.append(("failovers", f"{fo['steps']} steps moved in {fo['sagas']} sagas" + (f" ({routes})" if routes else "")))
@@ -313,5 +322,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("processes", f"{len(s['processes'])} started, " + (
         "all gone" if not alive else "STILL RUNNING: " + ", ".join(f"{p['name']} pid {p['pid']}" for p in alive)
     )))
+    if s.get("logs"):
+        rows.append(("logs", f"the role processes' stderr is kept in {s['logs']}"))
     rows.append(("verdict", s["verdict"]))
     return rows

@@ -32,9 +32,10 @@ import attrs
 
 from whizorch.demo import apps
 from whizorch.demo._display import Display, LiveDisplay, PlainDisplay
-from whizorch.demo._report import Kill, SagaRun, Tally, summarise
+from whizorch.demo._report import Kill, Tally, summarise
 from whizorch.demo._roles import Role, RoleFailed
-from whizorch.errors import WhizorchError
+from whizorch.demo._stream import Stream
+from whizorch.errors import ConfigError, WhizorchError
 from whizorch.etcd import EtcdClient
 from whizorch.saga import SagaClient
 from whizorch.testing import LocalEtcdCluster
@@ -83,11 +84,11 @@ class SagaDemo:
         self.t = tally
         self.display = display
         self.roles: list[Role] = []
+        self.workdir: Path | None = None
         self.t.namespace = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.t.drain_s = options.drain_s
         self._quiet_failovers = 0
         self._loud_failovers = 0
-        self._stop = asyncio.Event()
         self.interrupted = False
         """Set on SIGINT/SIGTERM: roles then get no grace period to stop."""
 
@@ -97,26 +98,23 @@ class SagaDemo:
     # -- setup -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Set up, run the stream and the kills, drain, audit; stop everything."""
-        workdir = Path(tempfile.mkdtemp(prefix="whizorch-demo-"))
-        keep_logs = True
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                endpoints = await self._etcd(stack)
-                client = await stack.enter_async_context(EtcdClient(endpoints, timeout_s=3.0, retry_deadline_s=10.0))
-                if self.opts.etcd is not None:
-                    stack.push_async_callback(self._delete_namespace, client)
-                stack.push_async_callback(self._stop_roles)
-                await self._start_roles(endpoints, workdir)
-                sagas = await stack.enter_async_context(SagaClient(client, namespace=self.t.namespace))
-                await self._stream(sagas)
-                await self._audit(sagas)
-            keep_logs = False
-        finally:
-            if keep_logs:
-                self.log(f"role logs kept in {workdir}")
-            else:
-                shutil.rmtree(workdir, ignore_errors=True)
+        """Set up, run the stream and the kills, drain, audit; stop everything. The roles'
+        stderr logs stay in ``self.workdir`` (the caller removes it)."""
+        self.workdir = workdir = Path(tempfile.mkdtemp(prefix="whizorch-demo-"))
+        async with contextlib.AsyncExitStack() as stack:
+            endpoints = await self._etcd(stack)
+            client = await stack.enter_async_context(EtcdClient(endpoints, timeout_s=3.0, retry_deadline_s=10.0))
+            # fails fast on a wrong --etcd; a fresh namespace never collides with another run
+            taken = await client.get(f"{self.t.namespace}/", prefix=True, count_only=True)
+            if taken.count:
+                raise ConfigError(f"namespace {self.t.namespace} is in use", field="namespace", value=self.t.namespace)
+            if self.opts.etcd is not None:
+                stack.push_async_callback(self._delete_namespace, client)
+            stack.push_async_callback(self._stop_roles)
+            await self._start_roles(endpoints, workdir)
+            sagas = await stack.enter_async_context(SagaClient(client, namespace=self.t.namespace))
+            await self._stream(sagas)
+            await self._audit(sagas)
 
     async def _etcd(self, stack: contextlib.AsyncExitStack) -> str:
         if self.opts.etcd is not None:
@@ -160,7 +158,8 @@ class SagaDemo:
         self.log("workers: " + ", ".join(f"{w.name} (pid {w.pid}, {','.join(apps.WORKERS[w.region or ''][0]) or 'no tags'})" for w in workers))
         await asyncio.gather(*(w.wait_event("worker_ready", _READY_S) for w in workers))
         self.t.healthy = sorted(apps.WORKERS, key=list(apps.WORKERS).index)
-        self.log(f"workers ready in {', '.join(self.t.healthy)}; latency (ms) eu-us 80, us-ap 150, eu-ap 200")
+        pairs = sorted({tuple(sorted((a, b))): ms for a, row in apps.LATENCY_MS.items() for b, ms in row.items()}.items())
+        self.log(f"workers ready in {', '.join(self.t.healthy)}; latency (ms) " + ", ".join(f"{a}-{b} {ms}" for (a, b), ms in pairs))
         orchs = []
         for i in (1, 2):
             args = ["orchestrator", *common, "--id", f"orch-{i}", "--events", "--latency", str(latency)]
@@ -208,6 +207,8 @@ class SagaDemo:
     def _on_event(self, role: Role, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
         t = self.t
+        if t.phase == "done":
+            return  # what roles say while they are stopped is not part of the run
         if kind == "leader":
             t.leader, t.term = str(ev.get("node")), int(ev.get("term", 0))
             note = ""
@@ -217,7 +218,7 @@ class SagaDemo:
                 note = f", {ev['_at'] - lk.at:.2f}s after the kill"
             # an orchestrator says "leader" once it has rebuilt its view from etcd
             self.log(f"leader {t.leader} (term {t.term}{note})", style="bold green")
-        elif kind == "follower" and t.leader == role.name and t.phase != "done":  # not the resign on the way out
+        elif kind == "follower" and t.leader == role.name:
             self.log(f"{role.name} no longer leads")
             t.leader, t.term = None, 0
         elif kind == "regions":
@@ -262,29 +263,26 @@ class SagaDemo:
     # -- the stream ------------------------------------------------------------------
 
     async def _stream(self, sagas: SagaClient) -> None:
-        d = self.opts.duration_s
+        d, o = self.opts.duration_s, self.opts
+        stream = Stream(sagas, self.t, self.log, rate=o.rate, max_in_flight=o.max_in_flight, seed=o.seed)
         self.t.run_start = time.monotonic()
         self.t.phase = "running"
         self.log(
-            f"stream: {d:g}s at {self.opts.rate:g} sagas/s (at most {self.opts.max_in_flight} in flight); "
+            f"stream: {d:g}s at {o.rate:g} sagas/s (at most {o.max_in_flight} in flight); "
             f"kill region {KILL_REGION} at {d / 3:.1f}s, the leader at {2 * d / 3:.1f}s"
         )
-        inflight: set[asyncio.Task[None]] = set()
         async with asyncio.TaskGroup() as tg:
             ticker = tg.create_task(self._ticker())
-            tg.create_task(self._scenario())
-            await self._submit_loop(sagas, tg, inflight)
+            tg.create_task(self._scenario(stream))
+            await stream.submit_until_stopped(tg)
             self.t.run_end = time.monotonic()
             self.t.phase = "draining"
-            self.log(f"stream stopped; waiting for {len(inflight)} sagas in flight (up to {self.opts.drain_s:g}s)")
-            if inflight:
-                _, pending = await asyncio.wait(inflight, timeout=self.opts.drain_s)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    self.log(f"{len(pending)} sagas still unfinished after {self.opts.drain_s:g}s", style="red")
+            self.log(f"stream stopped; waiting for {len(stream.inflight)} sagas in flight (up to {o.drain_s:g}s)")
+            unfinished = await stream.drain(o.drain_s)
+            if unfinished:
+                self.log(f"{unfinished} sagas still unfinished after {o.drain_s:g}s", style="red")
             if self.t.leader_kill is not None and self.t.new_leader is None:
-                await self._until(lambda: self.t.new_leader is not None, 10.0 * self.opts.ttl_s)
+                await self._until(lambda: self.t.new_leader is not None, 10.0 * o.ttl_s)
             self.t.phase = "done"
             ticker.cancel()
         c = self.t.counts()
@@ -298,58 +296,7 @@ class SagaDemo:
             self.display.tick()
             await asyncio.sleep(0.25)  # ok: display refresh period
 
-    async def _submit_loop(self, sagas: SagaClient, tg: asyncio.TaskGroup, inflight: set[asyncio.Task[None]]) -> None:
-        jobs = apps.workload(self.opts.seed)
-        room = asyncio.Semaphore(self.opts.max_in_flight)
-        interval = 1.0 / self.opts.rate
-        next_at = time.monotonic()
-        for n in range(1, 10**9):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_at - time.monotonic())):
-                    await self._stop.wait()
-            if self._stop.is_set():
-                return
-            await room.acquire()
-            if self._stop.is_set():
-                room.release()
-                return
-            job = next(jobs)
-            task = tg.create_task(self._one(sagas, f"{job.saga.name}-{n:05d}", job, room))
-            inflight.add(task)
-            task.add_done_callback(inflight.discard)
-            # a stall (the in-flight bound) is not made up for with a burst afterwards
-            next_at = max(next_at + interval, time.monotonic())
-
-    async def _one(self, sagas: SagaClient, saga_id: str, job: apps.Job, room: asyncio.Semaphore) -> None:
-        run = SagaRun(saga_id, job.saga.name, job.expect, time.monotonic())
-        self.t.sagas[saga_id] = run
-        try:
-            deadline = time.monotonic() + 10.0
-            while not run.submitted:
-                try:  # idempotent per saga id: resending after an unknown outcome is safe
-                    await sagas.submit(job.saga, job.input, saga_id=saga_id)
-                    run.submitted = True
-                except WhizorchError as exc:
-                    if time.monotonic() > deadline:
-                        run.submit_error = str(exc)
-                        self.log(f"could not submit {saga_id}: {exc}", style="red")
-                        return
-                    await asyncio.sleep(0.2)  # ok: back off before resubmitting
-            while True:
-                try:
-                    result = await sagas.wait(saga_id, raise_on_failure=False)
-                    break
-                except WhizorchError:
-                    await asyncio.sleep(0.2)  # ok: back off; cancelled at the drain deadline
-            self.t.finish(run, result.status, list(result.failovers), result.outputs)
-            if result.status != job.expect:
-                self.log(f"saga {saga_id} ended {result.status}, designed to end {job.expect}: {result.error}", style="red")
-            elif result.status == "compensated" and self.t.counts()["compensated"] <= 2:
-                self.log(f"saga {saga_id} compensated as designed: {result.error}")
-        finally:
-            room.release()
-
-    async def _scenario(self) -> None:
+    async def _scenario(self, stream: Stream) -> None:
         d, start = self.opts.duration_s, self.t.run_start
         assert start is not None
         await asyncio.sleep(max(0.0, start + d / 3 - time.monotonic()))  # ok: the timeline's first kill
@@ -361,7 +308,7 @@ class SagaDemo:
         await self._until(lambda: self.t.leader is not None, 10.0 * self.opts.ttl_s)
         self._kill_leader()
         await asyncio.sleep(max(0.0, start + d - time.monotonic()))  # ok: the end of the stream
-        self._stop.set()
+        stream.stop()
 
     def _kill_region(self, region: str) -> None:
         victims = [r for r in self.roles if r.kind == "worker" and r.region == region and r.running]
@@ -445,14 +392,17 @@ def run(options: DemoOptions) -> int:
         print(title, flush=True)
         display = PlainDisplay(tally, options.duration_s)
     error: str | None = None
+    demo = SagaDemo(options, tally, display)
     with display:
         try:
-            caught = asyncio.run(_until_signalled(SagaDemo(options, tally, display)))
+            caught = asyncio.run(_until_signalled(demo))
         except (WhizorchError, RoleFailed, OSError) as exc:
             caught = None
             error = f"{type(exc).__name__}: {exc}"
             display.log(error, style="bold red")
     if caught is not None:
+        if demo.workdir is not None:
+            shutil.rmtree(demo.workdir, ignore_errors=True)
         print(f"interrupted by {signal.Signals(caught).name}: every process the demo started was stopped",
               file=sys.stderr, flush=True)
         return 128 + caught
@@ -462,6 +412,11 @@ def run(options: DemoOptions) -> int:
         # a run that never started has nothing else worth saying
         summary["reasons"] = [error] if tally.run_start is None else [error, *summary["reasons"]]
         summary["verdict"] = "FAILED: " + "; ".join(summary["reasons"])
+    if demo.workdir is not None:
+        if summary["ok"] or not demo.roles:
+            shutil.rmtree(demo.workdir, ignore_errors=True)
+        else:  # the roles' stderr says what went wrong on their side
+            summary["logs"] = str(demo.workdir)
     if options.json_summary is not None:
         options.json_summary.write_text(json.dumps(summary, indent=2) + "\n")
     display.summary(summary)
