@@ -1,8 +1,9 @@
-"""compose/: the Compose file, its Dockerfile, the CLI and the demo app agree (no Docker needed).
+"""compose/: the Compose file, its config file, its Dockerfile, the CLI and the demo app agree.
 
-Nothing here starts a container: the file is read as YAML, the role commands are parsed
-by the real click CLI without being run, and the files the build and the mounts name
-are looked up in the repository.
+Nothing here starts a container (no Docker needed): the Compose file is read as YAML,
+the mounted whizorch.toml is loaded with `whizorch.config.load_config` in each role's
+environment, the role commands are parsed by the real click CLI without being run, and
+the files the build and the mounts name are looked up in the repository.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shlex
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 import pytest
@@ -24,14 +26,16 @@ from packaging.specifiers import SpecifierSet
 
 from whizorch.cli import main
 from whizorch.cli._main import load_settings
-from whizorch.etcd import EtcdConfig
+from whizorch.config import WhizorchConfig, load_config
+from whizorch.config._load import CONFIG_ENV, env_vars
+from whizorch.errors import ConfigError
 from whizorch.saga import App
 from whizorch.testing._backends import DEFAULT_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = ROOT / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
-ENDPOINTS_ENV = "WHIZORCH_ETCD_ENDPOINTS"
+CONFIG_FILE = COMPOSE_DIR / "whizorch.toml"
 DEMO_MODULE = "whizorch.demo.apps"
 MIN_ETCD = (3, 5, 3)  # 3.5.0-3.5.2: data inconsistency after a crash under load
 
@@ -96,16 +100,28 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
-def _mounts(service: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
-    """``(type, source, target)`` of each volume entry, short or long syntax."""
+class Mount(NamedTuple):
+    """One entry of a service's ``volumes``."""
+
+    kind: str  # "bind" or "volume"
+    source: str
+    target: str
+    read_only: bool
+
+
+def _mounts(service: dict[str, Any]) -> Iterator[Mount]:
+    """Each volume entry of a service, short (``src:dst[:ro]``) or long syntax."""
     for entry in service.get("volumes") or []:
         if isinstance(entry, dict):
-            yield str(entry.get("type", "volume")), str(entry.get("source", "")), str(entry["target"])
+            yield Mount(
+                str(entry.get("type", "volume")), str(entry.get("source", "")), str(entry["target"]),
+                entry.get("read_only") is True,
+            )
             continue
         source, _, rest = str(entry).partition(":")
-        target = rest.partition(":")[0]
+        target, _, options = rest.partition(":")
         kind = "bind" if source.startswith((".", "/", "~")) else "volume"
-        yield kind, source, target
+        yield Mount(kind, source, target, "ro" in options.split(","))
 
 
 def _host_path(source: str) -> Path:
@@ -113,26 +129,65 @@ def _host_path(source: str) -> Path:
     return (COMPOSE_DIR / Path(source).expanduser()).resolve()
 
 
-def _to_host(service: dict[str, Any], arg: str) -> str:
-    """Rewrite a container path inside ``arg`` to the host file mounted there."""
-    prefix, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-    for kind, source, target in _mounts(service):
+def _host_value(service: dict[str, Any], value: str) -> str:
+    """``value`` with a container path under a bind mount rewritten to the host path."""
+    for kind, source, target, _ in _mounts(service):
         if kind == "bind" and (value == target or value.startswith(target.rstrip("/") + "/")):
-            value = str(_host_path(source)) + value[len(target.rstrip("/")) :]
-            break
-    return f"{prefix}{sep}{value}"
+            return str(_host_path(source)) + value[len(target.rstrip("/")) :]
+    return value
+
+
+def _to_host(service: dict[str, Any], arg: str) -> str:
+    """Rewrite a container path inside a command-line ``arg`` to the host file mounted there."""
+    prefix, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return f"{prefix}{sep}{_host_value(service, value)}"
+
+
+def _config_target(name: str) -> str:
+    """The container path ``WHIZORCH_CONFIG`` names in a role's environment."""
+    target = _environment(SERVICES[name]).get(CONFIG_ENV)
+    assert target, f"{name}: {CONFIG_ENV} is not set"
+    return target
+
+
+def _config_file(name: str) -> Path:
+    """The host file mounted where the role's ``WHIZORCH_CONFIG`` points."""
+    target = _config_target(name)
+    host = _host_value(SERVICES[name], target)
+    assert host != target, f"{name}: {CONFIG_ENV}={target} is not a bind-mounted path"
+    return Path(host)
+
+
+def _role_config(name: str) -> WhizorchConfig:
+    """``load_config`` of the role's mounted file, in the role's environment."""
+    path = _config_file(name)
+    try:
+        return load_config(path, env=_environment(SERVICES[name]))
+    except ConfigError as exc:
+        error = exc  # failed outside the except block: the message alone, not the chain
+    pytest.fail(f"{name}: {path.name} does not load: {error}")
+
+
+def _members() -> list[str]:
+    """The members' advertised client URLs as ``host:port`` (what load_config keeps)."""
+    return sorted(_etcd_flags(m)["advertise-client-urls"].partition("://")[2] for m in ETCD)
 
 
 def _parse_role(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[str, Any]]:
-    """Parse a role's command with the real CLI, in the service's environment; nothing runs."""
+    """Parse a role's command with the real CLI, in the service's environment; nothing runs.
+
+    The process's own ``WHIZORCH_*`` variables are removed first (a container has only
+    the service's), and container paths in the environment become the host files
+    mounted there, so ``--config``'s ``WHIZORCH_CONFIG`` default names compose/'s file.
+    """
     service = SERVICES[name]
     argv = [_to_host(service, arg) for arg in _argv(service)]
     assert argv[:1] == ["whizorch"], f"{name}: the command must start with whizorch: {argv}"
     args = argv[1:]
-    for var in (ENDPOINTS_ENV, "WHIZORCH_ETCD_BACKEND", "WHIZORCH_ETCD_IMAGE"):
-        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("WHIZORCH_")]:
+        monkeypatch.delenv(var)
     for key, value in _environment(service).items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, _host_value(service, value))
     try:
         ctx = main.make_context("whizorch", list(args))
         # a group leaves the subcommand's own arguments in ctx.args; its name precedes them
@@ -143,6 +198,16 @@ def _parse_role(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict[s
     except click.ClickException as exc:
         pytest.fail(f"{name}: the CLI refuses {argv}: {exc.format_message()}")
     return sub_name, dict(sub_ctx.params)
+
+
+def _role_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], WhizorchConfig]:
+    """The role's parsed parameters and the configuration its command resolves, as the CLI does."""
+    params = _parse_role(name, monkeypatch)[1]
+    try:
+        return params, load_settings(params["config_path"], endpoints=params["endpoints"], namespace=params["namespace"])
+    except ConfigError as exc:
+        error = exc  # failed outside the except block: the message alone, not the chain
+    pytest.fail(f"{name}: the CLI's configuration does not load: {error}")
 
 
 def _app_specs() -> set[str]:
@@ -247,7 +312,7 @@ def test_each_member_keeps_its_data_in_its_own_named_volume() -> None:
     for name in ETCD:
         data_dir = _etcd_flags(name)["data-dir"]
         holders = [
-            source for kind, source, target in _mounts(ETCD[name])
+            source for kind, source, target, _ in _mounts(ETCD[name])
             if kind == "volume" and (data_dir == target or data_dir.startswith(target.rstrip("/") + "/"))
         ]
         assert len(holders) == 1, f"{name}: --data-dir {data_dir} is not in one named volume"
@@ -260,7 +325,7 @@ def test_referenced_volumes_are_declared() -> None:
     """Every named volume a service mounts is declared under the top-level volumes."""
     declared = COMPOSE.get("volumes") or {}
     for name, service in SERVICES.items():
-        for kind, source, _ in _mounts(service):
+        for kind, source, _, _ in _mounts(service):
             if kind == "volume":
                 assert source in declared, f"{name}: volume {source!r} is not declared"
 
@@ -268,7 +333,7 @@ def test_referenced_volumes_are_declared() -> None:
 def test_bind_mounted_files_exist() -> None:
     """Every host path a service mounts exists in the repository."""
     for name, service in SERVICES.items():
-        for kind, source, target in _mounts(service):
+        for kind, source, target, _ in _mounts(service):
             if kind == "bind":
                 assert _host_path(source).exists(), f"{name}: {source} (mounted at {target}) is missing"
 
@@ -359,50 +424,141 @@ def test_dockerfile_python_satisfies_requires_python() -> None:
     assert SpecifierSet(requires).contains(match.group(1)), (image, requires)
 
 
-@pytest.mark.parametrize("name", ROLES)
-def test_role_command_parses_with_the_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The role's command line is accepted by the real click CLI in the service's environment."""
-    command, params = _parse_role(name, monkeypatch)
-    assert command == ("worker" if name in WORKERS else "orchestrator")
-    # no --etcd flag: the role's configuration takes the endpoints from its environment
-    cfg = load_settings(params["config_path"], endpoints=params["endpoints"], namespace=params["namespace"])
-    members = sorted(_etcd_flags(m)["advertise-client-urls"].partition("://")[2] for m in ETCD)
-    assert sorted(cfg.etcd.endpoints) == members, f"{name}: {cfg.etcd.endpoints}"
-
-
-def test_endpoints_env_lists_exactly_the_members_client_urls() -> None:
-    """WHIZORCH_ETCD_ENDPOINTS of every role names each member's advertised client URL once."""
-    urls = sorted(_etcd_flags(name)["advertise-client-urls"] for name in ETCD)
+def test_every_role_mounts_the_config_file_read_only_where_whizorch_config_points() -> None:
+    """WHIZORCH_CONFIG names a read-only bind mount of compose/whizorch.toml in every role."""
     for name in ROLES:
-        value = _environment(SERVICES[name]).get(ENDPOINTS_ENV)
-        assert value is not None, f"{name}: {ENDPOINTS_ENV} is not set"
-        assert sorted(value.split(",")) == urls, f"{name}: {value}"
-        assert sorted(EtcdConfig(endpoints=value).endpoints) == [u.partition("://")[2] for u in urls]
+        target = _config_target(name)
+        mounts = [m for m in _mounts(SERVICES[name]) if m.target == target]
+        assert len(mounts) == 1, f"{name}: {CONFIG_ENV}={target}, mounted {len(mounts)} times"
+        (mount,) = mounts
+        assert mount.kind == "bind", f"{name}: {target} is a {mount.kind}, not the repository's file"
+        assert _host_path(mount.source) == CONFIG_FILE, f"{name}: {target} is {mount.source}, not whizorch.toml"
+        assert mount.read_only, f"{name}: {target} is mounted writable"
+        assert CONFIG_FILE.is_file(), CONFIG_FILE
 
 
-def test_workers_serve_distinct_regions_that_latency_json_covers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One worker per region, and latency.json gives a positive latency between every two of them."""
+def test_no_role_overrides_the_config_file_with_whizorch_variables() -> None:
+    """No service sets a WHIZORCH_* variable load_config reads: it would silently win over whizorch.toml."""
+    overrides = env_vars()
+    for name in ROLES:
+        shadowed = {var: ".".join(filter(None, overrides[var])) for var in _environment(SERVICES[name]) if var in overrides}
+        assert not shadowed, f"{name}: environment overrides {shadowed} of whizorch.toml"
+
+
+def test_config_file_loads_in_every_role_environment() -> None:
+    """load_config reads the mounted file without error, and every role gets the same configuration."""
+    configs = {name: _role_config(name) for name in ROLES}
+    first = configs[ROLES[0]]
+    for name, cfg in configs.items():
+        assert cfg == first, f"{name} and {ROLES[0]} load different configurations"
+
+
+def test_config_etcd_endpoints_are_the_members_client_urls() -> None:
+    """[etcd] endpoints name each member's advertised client URL once (load_config drops the scheme)."""
+    cfg = _role_config(ROLES[0])
+    assert len(set(cfg.etcd.endpoints)) == len(cfg.etcd.endpoints), f"an endpoint is listed twice: {cfg.etcd.endpoints}"
+    assert sorted(cfg.etcd.endpoints) == _members()
+
+
+def test_config_regions_are_exactly_the_workers_regions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker per region, and [regions.*] lists exactly the workers' regions."""
     regions = [_parse_role(name, monkeypatch)[1]["region"] for name in WORKERS]
     assert len(set(regions)) == len(regions), f"two workers share a region: {regions}"
-    latency = json.loads((COMPOSE_DIR / "latency.json").read_text())
-    assert set(latency) == set(regions), f"latency.json regions {sorted(latency)}, workers {sorted(regions)}"
-    for src, row in latency.items():
-        assert set(row) == set(regions) - {src}, f"latency.json[{src!r}] covers {sorted(row)}"
-        assert all(isinstance(ms, (int, float)) and ms > 0 for ms in row.values()), row
+    configured = [r.name for r in _role_config(ROLES[0]).regions]
+    assert sorted(configured) == sorted(regions), f"whizorch.toml regions {configured}, workers {regions}"
 
 
-def test_orchestrators_read_the_mounted_latency_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each orchestrator's --latency is compose/latency.json mounted into the container, with --events on."""
-    for name in ORCHESTRATORS:
+def test_config_gives_a_latency_both_ways_between_every_two_regions() -> None:
+    """The router built from the config knows a positive latency for every ordered pair of regions."""
+    cfg = _role_config(ROLES[0])
+    latency = cfg.router().latency
+    names = [r.name for r in cfg.regions]
+    for src in names:
+        for dst in names:
+            if src != dst:
+                assert (src, dst) in latency, f"no latency from {src} to {dst}: set regions.{src}.latency_ms.{dst}"
+                assert latency[(src, dst)] > 0, f"latency {src} -> {dst} is {latency[(src, dst)]}"
+
+
+def test_each_region_prefers_etcd_members() -> None:
+    """Each region names at least one preferred endpoint, every one a member, tried first by its workers."""
+    cfg = _role_config(ROLES[0])
+    members = _members()
+    for region in cfg.regions:
+        assert region.endpoints, f"regions.{region.name}.endpoints is empty"
+        strangers = set(region.endpoints) - set(members)
+        assert not strangers, f"regions.{region.name}.endpoints {sorted(strangers)} are not members {members}"
+        endpoints = cfg.etcd_config(region.name).endpoints
+        assert endpoints[: len(region.endpoints)] == region.endpoints, endpoints
+        assert sorted(endpoints) == members, endpoints
+
+
+def test_metrics_are_served_on_the_port_each_role_exposes() -> None:
+    """[monitoring] turns /metrics on, bound to every interface on a port each role exposes to the network."""
+    cfg = _role_config(ROLES[0])
+    assert cfg.monitoring.metrics, "[monitoring] metrics is off: compose/README.md shows how to scrape it"
+    host, port = cfg.monitoring.metrics_address
+    # on 127.0.0.1 other containers (a Prometheus on the Compose network) could not reach it
+    assert host in ("0.0.0.0", "::"), f"metrics_bind {cfg.monitoring.metrics_bind} is not reachable from the network"
+    for name in ROLES:
+        exposed = {str(p).split("/")[0] for p in SERVICES[name].get("expose") or []}
+        assert str(port) in exposed, f"{name} exposes {sorted(exposed)}, not the metrics port {port}"
+
+
+def test_lease_ttl_and_failover_policy_are_the_ones_compose_readme_describes() -> None:
+    """compose/README.md's walk-through counts on 5 s leases and on failover to the closest region."""
+    cfg = _role_config(ROLES[0])
+    assert cfg.consensus.lease_ttl_s == 5, cfg.consensus
+    assert cfg.failover.policy == "closest", cfg.failover
+
+
+@pytest.mark.parametrize("name", ROLES)
+def test_role_command_parses_with_the_cli(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role's command line is accepted by the real click CLI and resolves the mounted file's configuration."""
+    command, params = _parse_role(name, monkeypatch)
+    assert command == ("worker" if name in WORKERS else "orchestrator")
+    # what the command does first, in the environment _parse_role left
+    cfg = load_settings(params["config_path"], endpoints=params["endpoints"], namespace=params["namespace"])
+    # --config is unset: click takes it from WHIZORCH_CONFIG, the mounted file
+    assert params["config_path"] is not None and Path(params["config_path"]) == CONFIG_FILE, params["config_path"]
+    assert sorted(cfg.etcd.endpoints) == _members(), f"{name}: {cfg.etcd.endpoints}"
+    expected = tomllib.loads(CONFIG_FILE.read_text())["namespace"]
+    assert cfg.namespace == expected, f"{name}: namespace {cfg.namespace!r}, whizorch.toml says {expected!r}"
+    assert cfg == _role_config(name), f"{name}: the command's configuration differs from whizorch.toml's"
+
+
+def test_no_role_flag_shadows_the_config_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No role passes a flag that overrides whizorch.toml (--etcd, --namespace, --compliance, --latency ...)."""
+    shadowing = (
+        "endpoints", "namespace", "compliance", "cost", "lease_ttl", "latency_file", "failover_policy",
+        "metrics_bind", "tracing",
+    )
+    for name in ROLES:
         params = _parse_role(name, monkeypatch)[1]
-        assert params["latency_file"] is not None, f"{name}: no --latency"
-        assert Path(params["latency_file"]).resolve() == COMPOSE_DIR / "latency.json", name
+        given = {key: params[key] for key in shadowing if params.get(key) is not None}
+        assert not given, f"{name} overrides whizorch.toml with {given}"
+
+
+def test_each_worker_region_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker's --region has a [regions.*] table: its compliance tags and nearby endpoints come from there."""
+    for name in WORKERS:
+        params, cfg = _role_settings(name, monkeypatch)
+        configured = [r.name for r in cfg.regions]
+        assert cfg.region(params["region"]) is not None, f"{name}: region {params['region']!r} not in {configured}"
+
+
+def test_orchestrators_route_with_the_config_and_print_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each orchestrator takes its latencies from whizorch.toml (no --latency file) and has --events on."""
+    for name in ORCHESTRATORS:
+        params, cfg = _role_settings(name, monkeypatch)
+        assert params["latency_file"] is None, f"{name}: --latency {params['latency_file']} replaces the config's"
+        assert cfg.router().latency, f"{name}: the configuration gives the router no latencies"
         assert params["events"] is True, f"{name}: --events is off"
 
 
 def test_roles_share_one_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers and orchestrators use the same key namespace, so they see each other."""
-    namespaces = {name: _parse_role(name, monkeypatch)[1]["namespace"] for name in ROLES}
+    namespaces = {name: _role_settings(name, monkeypatch)[1].namespace for name in ROLES}
     assert len(set(namespaces.values())) == 1, namespaces
 
 
@@ -413,18 +569,15 @@ def test_app_named_by_the_roles_is_a_whizorch_app() -> None:
     _load_app(specs.pop())
 
 
-def test_every_demo_step_has_a_worker_that_can_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each step's region is a worker's region and some worker offers the compliance tags it needs."""
+def test_every_demo_step_has_a_region_that_can_run_it() -> None:
+    """Each step's region is configured, and some region's compliance tags in whizorch.toml cover the step's."""
     app = _load_app(_app_specs().pop())
-    workers = {}
-    for name in WORKERS:
-        params = _parse_role(name, monkeypatch)[1]
-        workers[params["region"]] = {t for t in params["compliance"].split(",") if t}
+    regions = {r.name: set(r.compliance) for r in _role_config(ROLES[0]).regions}
     for saga in app.sagas.values():
         for step in saga.steps:
             where = f"saga {saga.name!r} step {step.name!r}"
             if step.region is not None:
-                assert step.region in workers, f"{where} runs in {step.region!r}; workers: {sorted(workers)}"
-            assert any(step.compliance <= tags for tags in workers.values()), (
-                f"{where} needs {sorted(step.compliance)}; workers offer {workers}"
+                assert step.region in regions, f"{where} runs in {step.region!r}; regions: {sorted(regions)}"
+            assert any(step.compliance <= tags for tags in regions.values()), (
+                f"{where} needs {sorted(step.compliance)}; regions offer {regions}"
             )
