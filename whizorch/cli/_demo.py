@@ -22,7 +22,7 @@ from whizorch.cli._main import main
 @click.option("--max-in-flight", default=50, show_default=True, type=click.IntRange(min=1),
               help="submitted sagas not yet finished, at most")
 @click.option("--seed", default=1, show_default=True, type=int, help="seed of the saga inputs")
-@click.option("--plain", is_flag=True, help="plain line-per-event output even on a terminal")
+@click.option("--plain", is_flag=True, help="plain line-per-event output even on a terminal (the default when stdout is not one)")
 @click.option("--json-summary", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="also write the summary to this file as JSON")
 @click.option("--primitives", is_flag=True, help="run the consensus-primitives demo instead of the saga demo")

@@ -137,8 +137,15 @@ class LiveDisplay:
             ProgressBar(total=self.duration_s, completed=elapsed, width=40),
             Text(f"{elapsed:4.1f} / {self.duration_s:g} s  {t.phase}", style="bold"),
         )
-        leader = Text("leader ", style="bold")
-        leader.append(f"{t.leader} (term {t.term})" if t.leader else "none", style="green" if t.leader else "red")
+        leader = Text()
+        leader.append("leader ", style="bold")
+        if t.leader:
+            leader.append(f"{t.leader} (term {t.term})", style="green")
+        elif t.leader_kill is not None and t.new_leader is None:
+            waited = time.monotonic() - t.leader_kill.at
+            leader.append(f"none: {t.leader_kill.target} killed {waited:.1f}s ago, its lease has yet to expire", style="red")
+        else:
+            leader.append("none", style="red")
         for node, pid, alive in t.orchestrators:
             role = "leads" if node == t.leader else "standby" if alive else "KILLED"
             leader.append(f"   {node} pid {pid}: {role}", style="" if alive else "red")
@@ -155,8 +162,11 @@ class LiveDisplay:
         for region, workers in t.workers.items():
             running = sum(1 for w in workers if w[2])
             up = region in t.healthy
+            routing = Text("down", style="red") if not up else (
+                Text("healthy", style="green") if running else Text("lease expiring", style="yellow")
+            )
             regions.add_row(
-                region, f"{running}/{len(workers)}", Text("healthy" if up else "down", style="green" if up else "red"),
+                region, f"{running}/{len(workers)}", routing,
                 str(t.steps_by_region.get(region, 0)),
             )
 

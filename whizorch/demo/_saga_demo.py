@@ -45,6 +45,8 @@ __all__ = ["DemoOptions", "run"]
 KILL_REGION = "us"
 _FAILOVER_LINES = 5
 """Failovers printed one by one after a kill; the rest are counted in progress lines."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, kill, a closed terminal: each stops the demo with its cleanup."""
 _READY_S = 60.0
 """How long a role process may take to start (Python + gRPC on a busy machine)."""
 
@@ -90,7 +92,7 @@ class SagaDemo:
         self._quiet_failovers = 0
         self._loud_failovers = 0
         self.interrupted = False
-        """Set on SIGINT/SIGTERM: roles then get no grace period to stop."""
+        """Set on a stop signal: roles then get no grace period to stop."""
 
     def log(self, text: str, *, style: str = "") -> None:
         self.display.log(text, style=style)
@@ -345,8 +347,13 @@ class SagaDemo:
         listed = {s.saga_id: s.status for s in await sagas.list()}
         self.t.audit = {sid: listed.get(sid) for sid in self.t.sagas}
         self.t.audited = True
-        missing = [sid for sid, run in self.t.sagas.items() if run.submitted and listed.get(sid) is None]
-        self.log(f"audit: etcd holds a record for {len(self.t.sagas) - len(missing)} of {len(self.t.sagas)} sagas")
+        submitted = [run for run in self.t.sagas.values() if run.submitted]
+        missing = sum(listed.get(run.saga_id) is None for run in submitted)
+        agree = sum(run.status is not None and listed.get(run.saga_id) == run.status for run in submitted)
+        self.log(
+            f"audit: etcd has {len(submitted) - missing} of the {len(submitted)} sagas submitted; "
+            f"{agree} with the final outcome the demo saw"
+        )
 
 
 def _options_json(o: DemoOptions) -> dict[str, Any]:
@@ -354,7 +361,7 @@ def _options_json(o: DemoOptions) -> dict[str, Any]:
 
 
 async def _until_signalled(demo: SagaDemo) -> int | None:
-    """Run the demo; SIGINT or SIGTERM cancels it (its cleanup still runs). The signal, or None."""
+    """Run the demo; SIGINT, SIGTERM or SIGHUP cancels it (its cleanup still runs). The signal, or None."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
@@ -367,7 +374,7 @@ async def _until_signalled(demo: SagaDemo) -> int | None:
         demo.interrupted = True
         task.cancel()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
     try:
         await demo.run()
@@ -375,7 +382,7 @@ async def _until_signalled(demo: SagaDemo) -> int | None:
         if not caught:
             raise
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     return caught[0] if caught else None
 
