@@ -14,33 +14,15 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from whizorch.testing import dying_with_parent
+
 __all__ = ["Child", "children"]
 
 _STDERR_TAIL = 30
-
-# Sets PR_SET_PDEATHSIG, then execs the command (the setting survives exec). Done in a
-# tiny exec wrapper rather than a preexec_fn: a preexec_fn makes Python fork() a process
-# full of gRPC threads, and run Python code in the child before exec.
-_PDEATHSIG_EXEC = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-if os.getppid() != int(sys.argv[1]):
-    os._exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def _dying_with_us(argv: Sequence[str]) -> list[str]:
-    """``argv``, wrapped so that on Linux the child gets SIGKILL when we die."""
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
-
 
 class Child:
     """A child process; its stdout lines are collected as they come.
@@ -69,7 +51,7 @@ class Child:
     ) -> Child:
         """Start ``argv`` in a process group of its own, stdin closed."""
         process = await asyncio.create_subprocess_exec(
-            *_dying_with_us(argv),
+            *dying_with_parent(argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

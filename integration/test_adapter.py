@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from _members import start_member
 
 from whizorch import (
     CompactedError,
@@ -482,7 +481,7 @@ async def test_a_member_without_quorum_refuses_fast(etcd_cluster: LocalEtcdClust
             # without hasleader a linearizable call would wait out timeout_s per attempt
             assert elapsed < retry_deadline_s + 1.5 < timeout_s, elapsed
 
-        await start_member(others[0])
+        await others[0].astart()
 
         async def works() -> None:
             await c.put("quorum/k", "back")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from _members import start_member
 
 from whizorch import CompactedError, EtcdClient
 from whizorch.etcd import Compare, EventType, Op, Watch, WatchEvent
@@ -260,7 +259,7 @@ async def test_a_member_killed_and_restarted_under_a_watch_loses_and_repeats_not
                 await eventually_async(lambda: written >= n // 3, timeout=30)
                 await watched.akill()
                 await eventually_async(lambda: written >= 2 * n // 3, timeout=30)
-                await start_member(watched)
+                await watched.astart()
                 async with asyncio.timeout(60):
                     await writing
                     await receiver

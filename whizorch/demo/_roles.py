@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -23,30 +22,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from whizorch.testing._process import log_tail
+from whizorch.testing._process import dying_with_parent, log_tail
 
 __all__ = ["Role", "RoleFailed"]
-
-# Sets PR_SET_PDEATHSIG, then execs the command (the setting survives exec): no Python
-# code runs between fork and exec in this process full of gRPC threads.
-_PDEATHSIG_EXEC = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
-if os.getppid() != int(sys.argv[1]):
-    os._exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
-
-
-def _dying_with_us(argv: Sequence[str]) -> list[str]:
-    """``argv``, wrapped so that on Linux the child gets SIGKILL when the demo dies."""
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    setpriv = shutil.which("setpriv")
-    if setpriv is not None:
-        return [setpriv, "--pdeathsig", "KILL", "--", *argv]
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
-
 
 class RoleFailed(Exception):
     """A role process exited or stayed silent when the demo needed it."""
@@ -95,7 +73,7 @@ class Role:
         log_path = log_dir / f"{name}.log"
         with log_path.open("ab") as log:  # a local file: opening it does not block
             process = await asyncio.create_subprocess_exec(
-                *_dying_with_us([sys.executable, "-m", "whizorch", *args]),
+                *dying_with_parent([sys.executable, "-m", "whizorch", *args]),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

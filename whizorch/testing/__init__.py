@@ -15,6 +15,7 @@ from whizorch.testing._binary import ETCD_BIN_ENV, etcd_version, find_etcd, find
 from whizorch.testing._cluster import LocalEtcdCluster
 from whizorch.testing._eventually import eventually, eventually_async
 from whizorch.testing._member import ClusterUnhealthyError, EtcdMember, LocalClusterError
+from whizorch.testing._process import dying_with_parent
 from whizorch.testing._tls import TLSFiles, generate_tls, make_client_cert
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "LocalClusterError",
     "LocalEtcdCluster",
     "TLSFiles",
+    "dying_with_parent",
     "etcd_version",
     "eventually",
     "eventually_async",

@@ -1,7 +1,7 @@
 """Child processes that die with their parent, free loopback ports, log tails.
 
 On Linux every etcd member is started with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (by
-util-linux's ``setpriv --pdeathsig`` where it exists, else in a ``preexec_fn``) so a
+util-linux's ``setpriv --pdeathsig`` where it exists, else a small exec wrapper) so a
 test runner killed with SIGKILL takes its etcd members with it. The kernel sends that
 signal when the *thread* that forked the child exits, not the process, so all spawns
 go through one long-lived thread: a member started from a short-lived thread (such as
@@ -11,20 +11,17 @@ an ``asyncio.to_thread`` worker) would otherwise be killed when that thread ends
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import functools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["free_ports", "log_tail", "spawn"]
+__all__ = ["dying_with_parent", "free_ports", "log_tail", "spawn"]
 
 _PR_SET_PDEATHSIG = 1
 _IS_LINUX = sys.platform.startswith("linux")
@@ -38,33 +35,32 @@ _handed_out: set[int] = set()
 _ports_lock = threading.Lock()
 
 
-@functools.cache
-def _prctl() -> Callable[..., int] | None:
-    # resolved in the parent: loading a library in a forked child of a threaded
-    # process can deadlock
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl: Callable[..., int] = libc.prctl
-    except (OSError, AttributeError):
-        return None
-    return prctl
+# Sets PR_SET_PDEATHSIG, then execs the command (the setting survives exec), where
+# util-linux's setpriv is missing: no Python code of this process (full of gRPC
+# threads) runs between fork and exec, as it would in a preexec_fn.
+_PDEATHSIG_EXEC = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
-def _die_with_parent_preexec() -> Callable[[], None] | None:
+def dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """``argv`` wrapped so that, on Linux, the child gets SIGKILL when this process dies.
+
+    Through ``setpriv --pdeathsig KILL`` where it exists, else a tiny Python exec
+    wrapper; elsewhere ``argv`` unchanged. (The kernel sends the signal when the
+    *thread* that started the child ends: start long-lived children from a thread that
+    lives as long as they should, as `spawn` does.)
+    """
     if not _IS_LINUX:
-        return None
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        # the parent may have died between fork and prctl: then nobody would kill us
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return preexec
+        return list(argv)
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *argv]
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -85,31 +81,18 @@ def spawn(
     On Linux the child gets SIGKILL when this process dies.
     """
 
-    setpriv = shutil.which("setpriv") if _IS_LINUX else None
-
     def run() -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as log:
-            if setpriv is not None:
-                # util-linux's setpriv sets the death signal and execs etcd: no Python
-                # code runs between fork and exec, so subprocess can use vfork and
-                # gRPC's fork handlers never run in a child of this threaded process
-                # (a preexec_fn forks, and gRPC may then abort the child)
-                return subprocess.Popen(
-                    [setpriv, "--pdeathsig", "KILL", "--", *args],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=dict(env),
-                    close_fds=True,
-                )
+            # a session of its own: a Ctrl-C at the terminal reaches this process, which
+            # stops its members in order, not every member at once
             return subprocess.Popen(
-                list(args),
+                dying_with_parent(args),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=dict(env),
                 close_fds=True,
-                preexec_fn=_die_with_parent_preexec(),
+                start_new_session=True,
             )
 
     if not _IS_LINUX:
