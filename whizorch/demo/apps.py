@@ -1,6 +1,3 @@
-# Saga.step and Step.compensate are typed as returning Any (decorators usable with or
-# without arguments), which strict mypy reports at every use as a decorator.
-# mypy: disable-error-code="untyped-decorator"
 """The demo's sagas: ``--app whizorch.demo.apps:app`` (the saga demo and compose/ use it).
 
 Two saga types across three regions:

@@ -25,7 +25,7 @@ import math
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import attrs
 
@@ -34,6 +34,7 @@ from whizorch.errors import ConfigError
 __all__ = ["App", "Retry", "Saga", "Step", "StepContext"]
 
 Handler = Callable[["StepContext", Any], Any]
+H = TypeVar("H", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
 
@@ -189,6 +190,14 @@ class Step:
         # function's attributes (tenacity sets fn.retry) overwrite this step's fields
         functools.update_wrapper(self, fn, updated=())
 
+    @overload
+    def compensate(self, fn: H, /) -> H: ...
+
+    @overload
+    def compensate(
+        self, fn: None = None, /, *, retry: Retry | None = None, timeout_s: float | None = None
+    ) -> Callable[[H], H]: ...
+
     def compensate(
         self,
         fn: Handler | None = None,
@@ -243,6 +252,23 @@ class Saga:
             raise ConfigError("max_failovers must be an int >= 0", field="max_failovers", value=max_failovers)
         self.max_failovers = max_failovers
         self.steps: list[Step] = []
+
+    @overload
+    def step(self, fn: Handler, /) -> Step: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout_s: float | None = 30.0,
+        region: str | None = None,
+        compliance: Iterable[str] = (),
+        size_bytes: int = 0,
+    ) -> Callable[[Handler], Step]: ...
 
     def step(
         self,
