@@ -167,6 +167,7 @@ class Orchestrator:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
+            fields.setdefault("at", round(time.time(), 4))  # when it happened, not when it was read
             try:
                 self.on_event(kind, fields)
             except Exception:  # an observer's bug must not stop the driver
