@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import socket
@@ -42,7 +40,8 @@ from whizorch.saga._model import (
     TaskPayload,
     decode_json,
 )
-from whizorch.saga._router import RegionInfo, Router
+from whizorch.saga._router import Router
+from whizorch.saga._view import Timers, Workers
 
 __all__ = ["Orchestrator"]
 
@@ -114,10 +113,8 @@ class Orchestrator:
         self._election: Election | None = None
         self._fence: Fence | None = None
         self._sagas: dict[str, _Saga] = {}
-        self._workers: dict[str, dict[bytes, dict[str, Any]]] = {}
-        self._timers: list[tuple[float, int, str, m.Timer]] = []
-        self._timer_seq = itertools.count()
-        self._timer_wake = asyncio.Event()
+        self._workers = Workers()
+        self._timers = Timers()
         self._inflight: set[asyncio.Task[None]] = set()
         self._lost: asyncio.Event = asyncio.Event()
         self.is_leader = False
@@ -246,7 +243,7 @@ class Orchestrator:
                 ("region", self._on_region_event),
             )
         ]
-        helpers = [asyncio.ensure_future(self._timer_loop()), asyncio.ensure_future(self._retention_loop())]
+        helpers = [asyncio.ensure_future(self._timers.run(self._spawn)), asyncio.ensure_future(self._retention_loop())]
         stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
         everything = [*watchers, *helpers, *stop]
         try:
@@ -300,8 +297,8 @@ class Orchestrator:
                 cancels.add(tail)
             elif kind == "region":
                 region = tail.split("/")[0]
-                self._workers.setdefault(region, {})[kv.key] = _caps(kv.value)
-        self._update_router()
+                self._workers.put(region, kv.key, kv.value)
+        self.router.update(self._workers.regions())
         now = time.time()
         for sid, kv in records.items():
             sub = submits.get(sid)
@@ -493,13 +490,12 @@ class Orchestrator:
 
     def _on_region_event(self, ev: WatchEvent) -> None:
         region = self.keys.region_of(ev.kv.key)
-        workers = self._workers.setdefault(region, {})
         before = frozenset(self.router.regions)
         if ev.type is EventType.DELETE:
-            workers.pop(ev.kv.key, None)
+            self._workers.delete(region, ev.kv.key)
         else:
-            workers[ev.kv.key] = _caps(ev.kv.value)
-        self._update_router()
+            self._workers.put(region, ev.kv.key, ev.kv.value)
+        self.router.update(self._workers.regions())
         after = frozenset(self.router.regions)
         if after != before:
             log.info("healthy regions: %s", sorted(after))
@@ -507,24 +503,6 @@ class Orchestrator:
             for sid, entry in self._sagas.items():
                 if not entry.record.is_final:
                     self._spawn(sid, m.RegionsChanged(after))
-
-    def _update_router(self) -> None:
-        view: dict[str, RegionInfo] = {}
-        for region, workers in self._workers.items():
-            if not workers:
-                continue
-            caps = list(workers.values())
-            tags = frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps))
-            capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
-            busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
-            view[region] = RegionInfo(
-                name=region,
-                compliance=tags,
-                cost=min(float(c.get("cost", 0.0)) for c in caps),
-                load=busy / capacity if capacity else 0.0,
-                workers=len(caps),
-            )
-        self.router.update(view)
 
     def _learn_output(self, entry: _Saga, kv: KeyValue) -> None:
         try:
@@ -753,20 +731,7 @@ class Orchestrator:
     # -- timers and retention --------------------------------------------------------
 
     def _arm(self, at: float, saga_id: str, timer: m.Timer) -> None:
-        heapq.heappush(self._timers, (at, next(self._timer_seq), saga_id, timer))
-        self._timer_wake.set()
-
-    async def _timer_loop(self) -> None:
-        while True:
-            now = time.time()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, sid, timer = heapq.heappop(self._timers)
-                self._spawn(sid, timer)
-            wait = self._timers[0][0] - now if self._timers else 3600.0
-            self._timer_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wait)):
-                    await self._timer_wake.wait()
+        self._timers.arm(at, saga_id, timer)
 
     async def _retention_loop(self) -> None:
         """Delete terminal sagas older than ``retention_s`` (fenced), so the store stays bounded."""
@@ -821,14 +786,6 @@ class _Conflict(Exception):
 def _deletes(op: Op, key: bytes) -> bool:
     pb = op._pb
     return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
-
-
-def _caps(value: bytes) -> dict[str, Any]:
-    try:
-        caps = decode_json(value, what="worker capabilities")
-        return caps if isinstance(caps, dict) else {}
-    except ConfigError:
-        return {}
 
 
 def _failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:

@@ -1,0 +1,95 @@
+"""Two pieces of the leader's in-memory view: the registered workers by region (fed to
+the Router) and the heap of saga timers. Plain data, no IO."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from whizorch.errors import ConfigError
+from whizorch.saga import _machine as m
+from whizorch.saga._model import decode_json
+from whizorch.saga._router import RegionInfo
+
+__all__ = ["Timers", "Workers"]
+
+
+class Workers:
+    """Registered workers (``<ns>/region/<region>/<lease>``), summarised per region."""
+
+    def __init__(self) -> None:
+        self._by_region: dict[str, dict[bytes, dict[str, Any]]] = {}
+
+    def clear(self) -> None:
+        self._by_region.clear()
+
+    def put(self, region: str, key: bytes, value: bytes) -> None:
+        """A worker registered or reported its load."""
+        self._by_region.setdefault(region, {})[key] = _capabilities(value)
+
+    def delete(self, region: str, key: bytes) -> None:
+        """A worker left (its lease ended or it deregistered)."""
+        self._by_region.get(region, {}).pop(key, None)
+
+    def regions(self) -> dict[str, RegionInfo]:
+        """Each region with at least one worker: its compliance tags (every worker has
+        them), lowest cost, capacity-weighted load and worker count."""
+        view: dict[str, RegionInfo] = {}
+        for region, workers in self._by_region.items():
+            if not workers:
+                continue
+            caps = list(workers.values())
+            tags = frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps))
+            capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
+            busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
+            view[region] = RegionInfo(
+                name=region,
+                compliance=tags,
+                cost=min(float(c.get("cost", 0.0)) for c in caps),
+                load=busy / capacity if capacity else 0.0,
+                workers=len(caps),
+            )
+        return view
+
+
+def _capabilities(value: bytes) -> dict[str, Any]:
+    try:
+        caps = decode_json(value, what="worker capabilities")
+        return caps if isinstance(caps, dict) else {}
+    except ConfigError:
+        return {}
+
+
+class Timers:
+    """Saga timers (retry, deadline, no_region), fired in time order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str, m.Timer]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+    def arm(self, at: float, saga_id: str, timer: m.Timer) -> None:
+        """Fire ``timer`` for ``saga_id`` at wall-clock time ``at``."""
+        heapq.heappush(self._heap, (at, next(self._seq), saga_id, timer))
+        self._wake.set()
+
+    async def run(self, fire: Callable[[str, m.Timer], None]) -> None:
+        """Call ``fire(saga_id, timer)`` for each timer as it falls due (forever)."""
+        while True:
+            now = time.time()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, sid, timer = heapq.heappop(self._heap)
+                fire(sid, timer)
+            wait = self._heap[0][0] - now if self._heap else 3600.0
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wait)):
+                    await self._wake.wait()
