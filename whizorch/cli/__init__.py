@@ -6,7 +6,7 @@ orchestrator`` run the real roles for your own sagas (``--app module:object``);
 shows it all on a local cluster.
 """
 
-from whizorch.cli import _demo, _inspect  # noqa: F401  (they register their commands)
+from whizorch.cli import _demo, _inspect, _submit  # noqa: F401  (they register their commands)
 from whizorch.cli._main import main
 
 __all__ = ["main"]

@@ -230,7 +230,7 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
 
 @main.group()
 def sagas() -> None:
-    """Inspect sagas: ``list`` them, ``show`` one."""
+    """Sagas: ``list`` them, ``show`` one, ``submit`` one, ``cancel`` one."""
 
 
 @sagas.command("list")
