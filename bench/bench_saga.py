@@ -16,7 +16,7 @@ Prints:
 Targets (2-core machine): 3-step p99 <= 25 ms; >= 1,000 steps/s; each failover
 <= lease TTL + 1 s. Figures, not a pass/fail test.
 
-    python bench/bench_saga.py [--n 300] [--inflight 200] [--duration 10] [--ttl 2]
+    python bench/bench_saga.py [--n 300] [--inflight 200] [--duration 10] [--ttl 2] [--observe]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from whizorch import EtcdClient
+from whizorch.observe import Metrics, Tracing
 from whizorch.saga import SagaClient
 from whizorch.testing import LocalEtcdCluster
 
@@ -92,18 +93,21 @@ class Proc:
             self.proc.stdout.close()
 
 
-async def run(n: int, inflight: int, duration: float, ttl: int) -> None:
+async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool) -> None:
+    # --observe: every role serves /metrics and runs the Tracing middleware (no SDK:
+    # what enabling them costs without an exporter); the client submits through both
+    extra = ["--metrics-bind", "127.0.0.1:0", "--tracing"] if observe else []
     async with LocalEtcdCluster(3, heartbeat_ms=100, election_ms=1000) as cluster:
         endpoints = ",".join(cluster.endpoints)
         procs: list[Proc] = []
         try:
             orch = [
-                Proc(["orchestrator", "--events", "--id", f"orch-{i}", "--lease-ttl", str(ttl)], endpoints)
+                Proc(["orchestrator", "--events", "--id", f"orch-{i}", "--lease-ttl", str(ttl), *extra], endpoints)
                 for i in range(2)
             ]
             procs += orch
             workers = {
-                r: Proc(["worker", "--region", r, "--id", f"w-{r}", "--lease-ttl", str(ttl), "--concurrency", "256"], endpoints)
+                r: Proc(["worker", "--region", r, "--id", f"w-{r}", "--lease-ttl", str(ttl), "--concurrency", "256", *extra], endpoints)
                 for r in ("eu", "us", "ap")
             }
             procs += list(workers.values())
@@ -115,10 +119,11 @@ async def run(n: int, inflight: int, duration: float, ttl: int) -> None:
                     if any(ev.get("event") == "leader" for _, ev in o.events):
                         leader = o
                 await asyncio.sleep(0.01)  # ok: waiting for the first election
-            print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s")
+            print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s; middleware: {'metrics + tracing' if observe else 'none'}")
 
             async with EtcdClient(cluster.endpoints) as client:
-                sc = SagaClient(client, namespace="whizorch")
+                middleware = [Tracing(), Metrics()] if observe else []
+                sc = SagaClient(client, namespace="whizorch", middleware=middleware)
                 for i in range(20):  # warm-up
                     await sc.execute(three, {"i": i}, timeout_s=30)
 
@@ -201,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--ttl", type=int, default=2, help="lease TTL of orchestrators and workers")
+    parser.add_argument("--observe", action="store_true", help="metrics + tracing middleware on every role")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.n, args.inflight, args.duration, args.ttl))
+    asyncio.run(run(args.n, args.inflight, args.duration, args.ttl, args.observe))
     return 0
 
 
