@@ -22,7 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from whizorch.cli._main import CONFIG_HELP, ENDPOINTS_HELP, load_settings, main
+from whizorch.cli._main import CONFIG_HELP, ENDPOINTS_HELP, friendly_errors, load_settings, main
 from whizorch.cli._views import (
     Pending,
     failover_rows,
@@ -87,12 +87,9 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     (a WhizorchConfig: defaults < TOML file < WHIZORCH_* env < these flags)."""
 
     @functools.wraps(fn)
+    @friendly_errors  # a bad configuration: one line, exit 2
     def wrapper(*args: Any, config_path: str | None, endpoints: str | None, namespace: str | None, **kwargs: Any) -> Any:
-        try:
-            target = load_settings(config_path, endpoints=endpoints, namespace=namespace)
-        except ConfigError as exc:
-            click.echo(f"whizorch: configuration error: {' '.join(str(exc).split())}", err=True)
-            raise SystemExit(2) from None
+        target = load_settings(config_path, endpoints=endpoints, namespace=namespace)
         return fn(*args, target=target, **kwargs)
 
     wrapper = click.option("--namespace", default=None, help="the saga namespace (default: the config's, 'whizorch')")(wrapper)

@@ -66,6 +66,19 @@ def load_settings(config_path: str | None, *, endpoints: str | None = None, name
     return cfg
 
 
+def role_timing(cfg: WhizorchConfig, lease_ttl: int | None) -> dict[str, Any]:
+    """A role's lease timing: ``--lease-ttl`` (with default keepalive and margin), else
+    ``[consensus]``; keyword arguments of Worker and Orchestrator."""
+    if lease_ttl is not None:
+        return {"lease_ttl_s": lease_ttl}
+    c = cfg.consensus
+    return {
+        "lease_ttl_s": c.lease_ttl_s,
+        "keepalive_interval_s": c.keepalive_interval_s,
+        "step_down_margin_s": c.step_down_margin_s,
+    }
+
+
 class Observability:
     """The middleware and the /metrics endpoint a role runs with."""
 
@@ -189,9 +202,7 @@ def worker(
     app = load_app(app_spec)
     home = cfg.region(region)
     tags = [t for t in compliance.split(",") if t] if compliance is not None else list(home.compliance if home else ())
-    session = cfg.consensus.session_kwargs()
-    if lease_ttl is not None:
-        session = {"ttl_s": lease_ttl, "keepalive_interval_s": None, "step_down_margin_s": None}
+    timing = role_timing(cfg, lease_ttl)
     etcd = cfg.etcd_config(region if home is not None else None)
     obs = Observability(cfg, metrics_bind=metrics_bind, tracing=tracing, middleware=middleware)
 
@@ -200,8 +211,7 @@ def worker(
             w = Worker(
                 client, app, region=region, namespace=cfg.namespace, worker_id=worker_id, concurrency=concurrency,
                 compliance=tags, cost=cost if cost is not None else (home.cost if home else 0.0),
-                lease_ttl_s=session["ttl_s"], keepalive_interval_s=session["keepalive_interval_s"],
-                step_down_margin_s=session["step_down_margin_s"], middleware=obs.middleware,
+                middleware=obs.middleware, **timing,
             )
             async with w:
                 emit("worker_ready", {"region": region, "worker": w.worker_id, **obs.fields()})
@@ -241,16 +251,13 @@ def orchestrator(
     if latency_file:
         with open(latency_file) as fh:
             router = Router(latency_ms=json.load(fh), home_region=home_region, failover_policy=cfg.failover.policy)
-    session = cfg.consensus.session_kwargs()
-    if lease_ttl is not None:
-        session = {"ttl_s": lease_ttl, "keepalive_interval_s": None, "step_down_margin_s": None}
+    timing = role_timing(cfg, lease_ttl)
     obs = Observability(cfg, metrics_bind=metrics_bind, tracing=tracing, middleware=middleware)
 
     async def body(stop: asyncio.Event) -> None:
         async with EtcdClient(cfg.etcd_config()) as client:
             orch = Orchestrator(
-                client, app, namespace=cfg.namespace, node_id=node_id, router=router, lease_ttl_s=session["ttl_s"],
-                keepalive_interval_s=session["keepalive_interval_s"], step_down_margin_s=session["step_down_margin_s"],
+                client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
                 retention_s=retention, settings=cfg.settings(), on_event=emit if events else None,
                 middleware=obs.middleware,
             )

@@ -15,6 +15,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from whizorch.errors import (
     ClosedError,
@@ -25,7 +26,7 @@ from whizorch.errors import (
 )
 from whizorch.etcd import EtcdClient, LeaseInfo
 
-__all__ = ["Session"]
+__all__ = ["Session", "session_options"]
 
 log = logging.getLogger("whizorch.coord.session")
 
@@ -38,6 +39,29 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
+
+
+def session_options(
+    *, ttl_s: int, step_down_margin_s: float | None = None, keepalive_interval_s: float | None = None
+) -> dict[str, Any]:
+    """Check a session's timing and fill in the defaults (margin TTL/5, keepalive TTL/3).
+
+    Returns keyword arguments for ``Session(client, **options)``; roles that open a new
+    session after each loss check them once, up front.
+    """
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+        raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
+    margin = ttl_s / 5 if step_down_margin_s is None else step_down_margin_s
+    interval = ttl_s / 3 if keepalive_interval_s is None else keepalive_interval_s
+    if not 0 <= margin < ttl_s:
+        raise ConfigError("step_down_margin_s must be in [0, ttl_s)", field="step_down_margin_s", value=margin)
+    if not 0 < interval < ttl_s - margin:
+        raise ConfigError(
+            "keepalive_interval_s must be positive and shorter than ttl_s - step_down_margin_s",
+            field="keepalive_interval_s",
+            value=interval,
+        )
+    return {"ttl_s": ttl_s, "step_down_margin_s": margin, "keepalive_interval_s": interval}
 
 
 class Session:
@@ -59,22 +83,13 @@ class Session:
     ) -> None:
         if not isinstance(client, EtcdClient):
             raise ConfigError("Session needs an EtcdClient", field="client", value=type(client).__name__)
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
-            raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
-        margin = ttl_s / 5 if step_down_margin_s is None else step_down_margin_s
-        interval = ttl_s / 3 if keepalive_interval_s is None else keepalive_interval_s
-        if not 0 <= margin < ttl_s:
-            raise ConfigError("step_down_margin_s must be in [0, ttl_s)", field="step_down_margin_s", value=margin)
-        if not 0 < interval < ttl_s - margin:
-            raise ConfigError(
-                "keepalive_interval_s must be positive and shorter than ttl_s - step_down_margin_s",
-                field="keepalive_interval_s",
-                value=interval,
-            )
+        timing = session_options(
+            ttl_s=ttl_s, step_down_margin_s=step_down_margin_s, keepalive_interval_s=keepalive_interval_s
+        )
         self.client = client
-        self.ttl_s = ttl_s
-        self.step_down_margin_s = margin
-        self.keepalive_interval_s = interval
+        self.ttl_s: int = timing["ttl_s"]
+        self.step_down_margin_s: float = timing["step_down_margin_s"]
+        self.keepalive_interval_s: float = timing["keepalive_interval_s"]
         self.lease_id = 0
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None

@@ -23,6 +23,7 @@ are no-ops and cost next to nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from whizorch.errors import ConfigError
@@ -71,8 +72,8 @@ class Tracing:
             span.set_attribute("whizorch.leadership_lost", True)
             span.end()
 
-    def _extract(self, carrier: dict[str, str]) -> Any:
-        return self._propagator.extract(carrier=dict(carrier))
+    def _extract(self, carrier: Mapping[str, str]) -> Any:
+        return self._propagator.extract(carrier=carrier)
 
     # -- the middleware ----------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class Tracing:
         kind = "compensate" if ctx.compensating else "step"
         with self._tracer.start_as_current_span(
             f"{kind} {ctx.saga}.{ctx.step}",
-            context=self._extract(dict(ctx.trace)),
+            context=self._extract(ctx.trace),
             kind=SpanKind.CONSUMER,
             attributes={
                 "saga.id": ctx.saga_id,

@@ -40,7 +40,16 @@ import attrs
 from whizorch.errors import ConfigError
 from whizorch.saga._model import SagaRecord
 
-__all__ = ["CallNext", "Middleware", "SagaEvent", "Submission", "check_middleware", "run_guarded", "run_pipeline"]
+__all__ = [
+    "CallNext",
+    "Middleware",
+    "SagaEvent",
+    "Submission",
+    "attach_middleware",
+    "check_middleware",
+    "run_guarded",
+    "run_pipeline",
+]
 
 log = logging.getLogger("whizorch.saga.middleware")
 
@@ -92,6 +101,15 @@ def check_middleware(middleware: Sequence[Middleware] | None) -> tuple[Middlewar
         if not callable(mw):
             raise ConfigError("each middleware must be callable as mw(ctx, call_next)", field=f"middleware[{i}]", value=mw)
     return tuple(middleware)
+
+
+def attach_middleware(middleware: Sequence[Middleware], owner: object) -> None:
+    """Call ``attach(owner)`` on each middleware that has it (an Orchestrator or a
+    Worker starting)."""
+    for mw in middleware:
+        attach = getattr(mw, "attach", None)
+        if attach is not None:
+            attach(owner)
 
 
 def _chain(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:

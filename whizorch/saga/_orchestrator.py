@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.coord import Election, Fence, Session
+from whizorch.coord import Election, Fence, Session, session_options
 from whizorch.errors import (
     ClosedError,
     ConfigError,
@@ -30,7 +30,13 @@ from whizorch.errors import (
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._definition import App, Saga
-from whizorch.saga._middleware import Middleware, SagaEvent, check_middleware, run_guarded
+from whizorch.saga._middleware import (
+    Middleware,
+    SagaEvent,
+    attach_middleware,
+    check_middleware,
+    run_guarded,
+)
 from whizorch.saga._model import (
     FAILED,
     FINAL_STATUSES,
@@ -98,11 +104,10 @@ class Orchestrator:
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.router = router or Router()
         self.lease_ttl_s = lease_ttl_s
-        self.session_options: dict[str, Any] = {
-            "ttl_s": lease_ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s
-        }
+        self.session_options = session_options(
+            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        )
         """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
-        Session(client, **self.session_options)  # validates now (no IO), not at the first campaign
         self.retention_s = float(retention_s)
         self.settings = settings
         self.on_event = on_event
@@ -136,10 +141,7 @@ class Orchestrator:
         """Start campaigning in the background."""
         if self._task is not None or self._closed:
             raise ClosedError("an Orchestrator starts once")
-        for mw in self.middleware:
-            attach = getattr(mw, "attach", None)
-            if attach is not None:
-                attach(self)
+        attach_middleware(self.middleware, self)
         self._task = asyncio.get_running_loop().create_task(self._main(), name=f"whizorch-orchestrator-{self.node_id}")
 
     async def aclose(self) -> None:
@@ -178,9 +180,8 @@ class Orchestrator:
                     self._election = election
                     try:
                         fence = await election.campaign(self.node_id)
-                        await self._lead(session, election, fence)
+                        await self._lead(session, election, fence)  # steps down on its way out
                     finally:
-                        self._set_leader(False, 0)
                         with contextlib.suppress(WhizorchError):
                             await election.resign()
             except asyncio.CancelledError:
@@ -192,7 +193,7 @@ class Orchestrator:
 
     def _set_leader(self, leading: bool, term: int) -> None:
         if leading == self.is_leader and term == self.term:
-            return  # stepping down is reported once (_lead and _main both make sure of it)
+            return  # a rebuild that failed before leading has no step-down to report
         self.is_leader = leading
         self.term = term
         self.leader_changed.set()
@@ -232,21 +233,24 @@ class Orchestrator:
         self._timers.clear()
         self._lost = asyncio.Event()
         log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
-        revision = await self._rebuild()
-        self._set_leader(True, fence.token)
-        watchers = [
-            asyncio.ensure_future(self._watch(kind, revision, handler))
-            for kind, handler in (
-                ("submit", self._on_submit_event),
-                ("run", self._on_run_event),
-                ("cancel", self._on_cancel_event),
-                ("region", self._on_region_event),
-            )
-        ]
-        helpers = [asyncio.ensure_future(self._timers.run(self._spawn)), asyncio.ensure_future(self._retention_loop())]
-        stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
-        everything = [*watchers, *helpers, *stop]
+        everything: list[asyncio.Future[Any]] = []
+        stop: list[asyncio.Future[Any]] = []
         try:
+            # inside the try: a rebuild that fails leaves no fence and no spawned transition behind
+            revision = await self._rebuild()
+            self._set_leader(True, fence.token)
+            watchers = [
+                asyncio.ensure_future(self._watch(kind, revision, handler))
+                for kind, handler in (
+                    ("submit", self._on_submit_event),
+                    ("run", self._on_run_event),
+                    ("cancel", self._on_cancel_event),
+                    ("region", self._on_region_event),
+                )
+            ]
+            helpers = [asyncio.ensure_future(self._timers.run(self._spawn)), asyncio.ensure_future(self._retention_loop())]
+            stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
+            everything = [*watchers, *helpers, *stop]
             done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 if fut in stop:

@@ -27,11 +27,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from whizorch.coord import Session
+from whizorch.coord import Session, session_options
 from whizorch.errors import ClosedError, ConfigError, OutcomeUnknownError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
 from whizorch.saga._definition import App, StepContext, call_handler
-from whizorch.saga._middleware import Middleware, check_middleware, run_pipeline
+from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
 
 __all__ = ["Worker"]
@@ -84,11 +84,10 @@ class Worker:
         self.compliance = sorted(set(compliance))
         self.cost = float(cost)
         self.lease_ttl_s = lease_ttl_s
-        self.session_options: dict[str, Any] = {
-            "ttl_s": lease_ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s
-        }
+        self.session_options = session_options(
+            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        )
         """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
-        Session(client, **self.session_options)  # validates now (no IO), not at the first campaign
         self.max_payload_bytes = max_payload_bytes
         self.drain_timeout_s = drain_timeout_s
         self.middleware = check_middleware(middleware)
@@ -117,10 +116,7 @@ class Worker:
         if self._state is not _State.UNOPENED:
             raise ClosedError(f"Worker is {self._state.value}; a Worker starts once")
         self._state = _State.OPEN
-        for mw in self.middleware:
-            attach = getattr(mw, "attach", None)
-            if attach is not None:
-                attach(self)
+        attach_middleware(self.middleware, self)
         registered = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._main(registered), name=f"whizorch-worker-{self.region}")
         done, _ = await asyncio.wait({registered, self._task}, return_when=asyncio.FIRST_COMPLETED)
