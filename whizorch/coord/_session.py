@@ -141,10 +141,14 @@ class Session:
         finally:
             grant.cancel()
 
-    async def close(self) -> None:
+    async def close(self, *, revoke: bool = True) -> None:
         """Stop the keepalive and revoke the lease (its keys go with it).
 
-        Closing twice is fine. Runs to the end even if the caller is being cancelled.
+        ``revoke=False`` leaves the lease to expire by itself (or to a later
+        ``client.lease_revoke(session.lease_id)``): a role whose session was lost
+        re-registers at once instead of waiting on a revoke that etcd may not answer
+        while it has no leader. Closing twice is fine. Runs to the end even if the
+        caller is being cancelled.
         """
         if self._state is not _State.OPEN:
             self._state = _State.CLOSED
@@ -158,7 +162,7 @@ class Session:
                 await asyncio.gather(task, return_exceptions=True)
         finally:
             # a cancellation of our caller must not leave the lease (and its keys) behind
-            if self.client.is_open:
+            if revoke and self.client.is_open:
                 try:
                     await asyncio.shield(self.client.lease_revoke(self.lease_id, timeout_s=self.client.config.timeout_s))
                 except WhizorchError as exc:

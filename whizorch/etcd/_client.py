@@ -352,6 +352,12 @@ class EtcdClient:
             if _errors.is_token_expired(err) and authenticate and self.config.auth is not None:
                 await self.refresh_token(token)
             raise err from exc
+        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            broken = _errors.broken_call(exc, endpoint=endpoint, write=write, method=method.path)
+            if broken is None:
+                raise
+            self._mark_failed(endpoint)
+            raise broken from exc
 
     # -- KV ----------------------------------------------------------------------------
 
@@ -541,9 +547,14 @@ class EtcdClient:
                 raise _errors.unavailable(
                     f"lease keepalive got no answer within {timeout_for_message:.3g}s", endpoint=endpoint, lease=lease_id
                 ) from exc
-            except BaseException:
+            except BaseException as exc:
                 await self._reset_keepalive()
-                raise
+                broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
+                if broken is None:
+                    raise
+                if endpoint:
+                    self._mark_failed(endpoint)
+                raise broken from exc
         if resp.TTL <= 0:
             raise LeaseNotFoundError("the lease has expired or was revoked", lease=lease_id)
         return int(resp.TTL)

@@ -10,7 +10,10 @@ the retry logic needs:
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+import grpc.aio
 
 from whizorch.errors import (
     AuthError,
@@ -25,7 +28,7 @@ from whizorch.errors import (
     WhizorchError,
 )
 
-__all__ = ["is_safe_to_retry", "is_token_expired", "token_refused", "translate"]
+__all__ = ["broken_call", "is_safe_to_retry", "is_token_expired", "token_refused", "translate"]
 
 # Refusals etcd makes before a request reaches Raft: never applied.
 _REFUSED_BEFORE_PROPOSE = (
@@ -160,3 +163,39 @@ def stream_error(exc: grpc.RpcError, *, endpoint: str | None, method: str) -> Et
     """Translate an error that ended a stream (watch, keepalive): never a write."""
     err = translate(exc, endpoint=endpoint, write=False, method=method)
     return err if isinstance(err, EtcdError) else EtcdError(str(err), endpoint=endpoint)
+
+
+# what grpc.aio raises, besides grpc.RpcError, from a call whose stream or channel
+# broke under it: "RPC already finished" from call.write() after the member serving the
+# stream died, or a usage error from a call on a channel being torn down
+_BROKEN_CALL = (asyncio.InvalidStateError, grpc.aio.UsageError)
+
+
+def broken_call(
+    exc: BaseException, *, endpoint: str | None, write: bool, method: str
+) -> WhizorchError | None:
+    """Translate a non-``RpcError`` failure of a gRPC call, or None to let it through.
+
+    A ``CancelledError`` is the transport's only when the running task is not being
+    cancelled (grpc.aio raises it to every awaiter of a call that was torn down);
+    a real cancellation of the caller always propagates.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            return None
+        reason = "the call was torn down by the transport"
+    elif isinstance(exc, _BROKEN_CALL):
+        reason = f"the call's stream broke ({type(exc).__name__}: {exc})"
+    else:
+        return None
+    fields = {"endpoint": endpoint, "method": method}
+    err: WhizorchError
+    if write:
+        err = OutcomeUnknownError(f"{method} may or may not have been applied: {reason}", **fields)
+    else:
+        err = EtcdUnavailableError(f"etcd unavailable: {reason}", **fields)
+    err._safe_to_retry = not write
+    err._token_expired = False
+    err._endpoint_failed = True
+    return err

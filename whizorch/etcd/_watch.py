@@ -304,6 +304,11 @@ class Watcher:
                     sender.result()
         except grpc.RpcError as exc:
             raise _errors.stream_error(exc, endpoint=endpoint, method=method.path) from exc
+        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
+            if broken is None:
+                raise
+            raise broken from exc
         finally:
             self._serving = False
             sender.cancel()

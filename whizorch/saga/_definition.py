@@ -24,12 +24,14 @@ import inspect
 import math
 import random
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch.coord import Fence
+from whizorch.errors import ConfigError, FencedError
 
 __all__ = ["App", "Retry", "Saga", "Step", "StepContext"]
 
@@ -156,6 +158,48 @@ class StepContext:
     """The worker running this attempt."""
     trace: Mapping[str, str] = attrs.Factory(dict)
     """The saga's W3C trace context (``traceparent``...), for spans that join its trace."""
+    fence_token: int = 0
+    """This run's fencing token: the etcd revision of its claim. Every later run of the
+    same step (retry, re-dispatch, failover) gets a strictly larger token, so an
+    external system that remembers the largest token it has seen per resource refuses
+    a stale run's late write (``UPDATE ... WHERE fence < :token``)."""
+    fence_key: bytes = b""
+    """The claim's etcd key: an etcd write compared on ``create_revision(fence_key) ==
+    fence_token`` commits only while this run holds its claim (see ``fenced_txn``)."""
+    deadline: float | None = None
+    """Wall-clock time (``time.time()``) at which the step's timeout cancels this run;
+    None when the step has no timeout."""
+    _claim_left: Callable[[], float] = attrs.field(default=lambda: math.inf, repr=False, alias="claim_left")
+
+    @property
+    def fence(self) -> Fence:
+        """This run's claim as a :class:`~whizorch.coord.Fence`: pass it to
+        ``VersionedStore`` writes (``fence=ctx.fence``) or :func:`fenced_txn`."""
+        return Fence(self.fence_key, self.fence_token)
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds this run may still act: the sooner of its timeout and the moment its
+        worker's lease may lapse (0 once the claim may be gone)."""
+        left = self._claim_left()
+        if self.deadline is not None:
+            left = min(left, self.deadline - time.time())
+        return max(0.0, left)
+
+    def check(self) -> None:
+        """Raise :class:`~whizorch.errors.FencedError` if this run may no longer hold its
+        claim (its worker's session is lost, or the step timed out): call it before an
+        effect that has no fence of its own."""
+        if self._claim_left() <= 0:
+            raise FencedError(
+                "this run no longer holds its claim: its worker's session is lost",
+                saga_id=self.saga_id, step=self.step, attempt=self.attempt, token=self.fence_token,
+            )
+        if self.deadline is not None and time.time() >= self.deadline:
+            raise FencedError(
+                "this run is past its step timeout",
+                saga_id=self.saga_id, step=self.step, attempt=self.attempt, token=self.fence_token,
+            )
 
 
 class Step:

@@ -231,17 +231,17 @@ class TaskPayload:
     outputs: dict[str, Any]
     timeout_s: float | None
     trace: dict[str, str] = attrs.Factory(dict)
+    output_refs: dict[str, str] = attrs.Factory(dict)
+    """Earlier outputs too large to carry here: step name -> result key (the worker
+    reads them before running the step), so a task stays small however large the
+    outputs grow."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="task", limit=limit)
 
     @classmethod
     def from_json(cls, data: bytes) -> TaskPayload:
-        raw = decode_json(data, what="task")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"task is not valid: {exc}", field="task") from exc
+        return cls(**_typed(decode_json(data, what="task"), _TASK_TYPES, "task"))
 
 
 @attrs.frozen(kw_only=True)
@@ -257,17 +257,51 @@ class ResultPayload:
     region: str = ""
     started: float = 0.0
     ended: float = 0.0
+    fence: int = 0
+    """The run's fencing token (its claim's revision)."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="step output", limit=limit)
 
     @classmethod
     def from_json(cls, data: bytes) -> ResultPayload:
-        raw = decode_json(data, what="result")
-        try:
-            return cls(**raw)
-        except TypeError as exc:
-            raise ConfigError(f"result is not valid: {exc}", field="result") from exc
+        return cls(**_typed(decode_json(data, what="result"), _RESULT_TYPES, "result"))
+
+
+_NUMBER = (int, float)
+_TASK_TYPES: dict[str, tuple[type, ...]] = {
+    "saga_id": (str,), "saga": (str,), "txid": (int,), "step": (int,), "step_name": (str,), "kind": (str,),
+    "attempt": (int,), "region": (str,), "input": (object,), "outputs": (dict,), "timeout_s": (*_NUMBER, type(None)),
+    "trace": (dict,), "output_refs": (dict,),
+}
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "ok": (bool,), "output": (object,), "error": (str, type(None)), "error_type": (str, type(None)),
+    "retryable": (bool,), "worker": (str,), "region": (str,), "started": _NUMBER, "ended": _NUMBER, "fence": (int,),
+}
+_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs"}
+_REQUIRED: dict[str, frozenset[str]] = {"task": _REQUIRED_TASK, "result": frozenset({"ok"})}
+
+
+def _typed(raw: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str, Any]:
+    """Check a decoded payload's shape: a JSON object with known fields of the right
+    types (a bool is not an int here), every required field present."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} is not a JSON object", field=what, value=type(raw).__name__)
+    for name, value in raw.items():
+        allowed = types.get(name)
+        if allowed is None:
+            raise ConfigError(f"{what} has an unknown field {name!r}", field=f"{what}.{name}")
+        if object not in allowed and (
+            not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        ):
+            raise ConfigError(
+                f"{what}.{name} must be {' or '.join(t.__name__ for t in allowed)}, not {type(value).__name__}",
+                field=f"{what}.{name}", value=value,
+            )
+    missing = _REQUIRED[what] - raw.keys()
+    if missing:
+        raise ConfigError(f"{what} lacks {', '.join(sorted(missing))}", field=what)
+    return raw
 
 
 _RECORD_FIELDS = attrs.fields(SagaRecord)

@@ -5,20 +5,30 @@ liveness, with its capabilities: compliance tags, cost, capacity and load), watc
 ``<ns>/task/<region>/``, and for each task it has room for:
 
 1. claims it: ``create_revision(claim) == 0 and mod_revision(task) == seen`` ->
-   put the claim on its lease (one executor per step at a time);
+   put the claim on its lease (at most one live claim per step; the claim's revision
+   is the run's fencing token, ``ctx.fence_token``);
 2. runs the handler (``asyncio.timeout`` = the step's timeout; sync handlers in a
    thread) under the concurrency limit;
-3. records the result exactly once: ``create_revision(claim) == mine and
+3. records the result at most once per run: ``create_revision(claim) == mine and
    create_revision(result) == 0`` -> put the result, delete the claim.
 
-If the session is lost, running handlers are cancelled and their late results are
-refused by the claim fence; the worker re-registers on a new lease. ``aclose()``
-drains: no new claims, running handlers finish (up to ``drain_timeout_s``).
+Execution is not exclusive: a worker paused or cut off past its lease can still be
+running a handler when the step is dispatched again elsewhere. What is guaranteed is
+that its late result is refused by the claim fence, and that an async handler is
+never resumed after the worker knows its session is lost (see ``_fencing.py``);
+external effects are fenced with ``ctx.fence_token``.
+
+The worker supervises itself: etcd trouble or a lost session ends the current session
+(running handlers are cancelled) and it registers again on a new lease at once, the
+old lease revoked in the background. A bug ends the worker: ``join()`` and ``async
+with`` raise it. ``aclose()`` drains: no new claims, running handlers finish (up to
+``drain_timeout_s``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -28,11 +38,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from whizorch.coord import Session, session_options
-from whizorch.errors import ClosedError, ConfigError, OutcomeUnknownError, WhizorchError
+from whizorch.errors import (
+    ClosedError,
+    CompactedError,
+    ConfigError,
+    FencedError,
+    OutcomeUnknownError,
+    RequestTooLargeError,
+    WhizorchError,
+)
 from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
 from whizorch.saga._definition import App, StepContext, call_handler
+from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
+from whizorch.saga._supervise import BackgroundTasks, Backoff, is_transient
 
 __all__ = ["Worker"]
 
@@ -98,6 +118,8 @@ class Worker:
         self._backlog: dict[bytes, tuple[TaskPayload, int]] = {}
         self._draining = asyncio.Event()
         self._session: Session | None = None
+        self._crashed: asyncio.Future[None] | None = None
+        self._background = BackgroundTasks(f"whizorch-worker-{region}")
         self._reported_load = -1.0
         self.completed = 0
         """Runs this worker finished and recorded (for tests and metrics)."""
@@ -117,6 +139,7 @@ class Worker:
             raise ClosedError(f"Worker is {self._state.value}; a Worker starts once")
         self._state = _State.OPEN
         attach_middleware(self.middleware, self)
+        self._crashed = asyncio.get_running_loop().create_future()
         registered = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._main(registered), name=f"whizorch-worker-{self.region}")
         done, _ = await asyncio.wait({registered, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,12 +158,25 @@ class Worker:
             if pending:
                 log.warning("worker %s: %d handlers still running after the drain timeout; cancelling", self.worker_id, len(pending))
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
-            for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                    raise r
+        try:
+            if task is not None:
+                task.cancel()
+                results = await asyncio.gather(task, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        raise r
+        finally:
+            await self._background.aclose()
+
+    async def join(self) -> None:
+        """Wait until the worker stops by itself, which only a fatal error does (a bug,
+        bad configuration, refused credentials): it is raised here. Faults etcd or the
+        network cause are waited out, so this waits for as long as the worker is open.
+        """
+        task = self._task
+        if task is None:
+            raise ClosedError(f"Worker is {self._state.value}; join() needs a started Worker")
+        await asyncio.shield(task)
 
     @property
     def running(self) -> int:
@@ -155,28 +191,46 @@ class Worker:
     # -- main loop ---------------------------------------------------------------------
 
     async def _main(self, registered: asyncio.Future[None]) -> None:
+        backoff = Backoff()
         while not self._draining.is_set():
+            session = Session(self.client, **self.session_options)
             try:
-                async with Session(self.client, **self.session_options) as session:
-                    self._session = session
-                    await self._register(session)
-                    if not registered.done():
-                        registered.set_result(None)
-                    await self._serve(session)
+                await session.open()
+                self._session = session
+                await self._register(session)
+                backoff.reset()
+                if not registered.done():
+                    registered.set_result(None)
+                await self._serve(session)
             except asyncio.CancelledError:
                 raise
-            except WhizorchError as exc:
-                if not registered.done() and not isinstance(exc, (ConfigError,)):
-                    log.warning("worker %s: could not start: %s; retrying", self.worker_id, exc)
-                elif isinstance(exc, ConfigError):
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.error("worker %s: stopping on a fatal error: %r", self.worker_id, exc)
                     raise
-                else:
-                    log.warning("worker %s: session ended: %s; re-registering", self.worker_id, exc)
+                log.warning("worker %s: %s; registering again", self.worker_id, exc)
             finally:
                 await self._cancel_running()
                 self._session = None
+                await self._end_session(session)
             if not self._draining.is_set():
-                await asyncio.sleep(0.2)  # ok: a short pause before re-registering
+                await asyncio.sleep(backoff.next_s())  # ok: backoff before registering again
+
+    async def _end_session(self, session: Session) -> None:
+        """Close a session without waiting on etcd: a lost lease is revoked in the
+        background (etcd may have no leader to answer now), so the worker registers
+        again at once. The old registration goes with the old lease."""
+        lost = session.is_lost
+        lease = session.lease_id
+        with contextlib.suppress(WhizorchError):
+            await session.close(revoke=not lost)
+        if lost and lease and self.client.is_open:
+
+            async def revoke() -> None:
+                with contextlib.suppress(WhizorchError):
+                    await self.client.lease_revoke(lease)
+
+            self._background.start(revoke, f"revoke-{lease:x}")
 
     async def _register(self, session: Session) -> None:
         await self.client.put(
@@ -199,28 +253,26 @@ class Worker:
         )
 
     async def _serve(self, session: Session) -> None:
-        prefix = self.keys.region_tasks(self.region)
-        snapshot = await self.client.get(prefix, prefix=True)
-        for kv in snapshot.kvs:
-            self._offer(kv.key, kv.value, kv.mod_revision)
-        self._claim_backlog(session)
+        assert self._crashed is not None
         lost = asyncio.ensure_future(session.wait_lost())
         draining = asyncio.ensure_future(self._draining.wait())
         loads = asyncio.ensure_future(self._report_load(session))
-        stop = asyncio.ensure_future(asyncio.wait({lost, draining, loads}, return_when=asyncio.FIRST_COMPLETED))
+        ends: set[asyncio.Future[Any]] = {lost, draining, loads, self._crashed}
+        stop = asyncio.ensure_future(asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED))
         try:
-            async with self.client.watch(prefix, prefix=True, start_revision=snapshot.header.revision + 1) as watch:
-                while (ev := await watch.next_unless(stop)) is not None:
-                    if ev.type is EventType.DELETE:
-                        self._backlog.pop(ev.kv.key, None)
-                    else:
-                        self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
-                    self._claim_backlog(session)
-                if loads.done():
-                    loads.result()  # a failed load report ends this session's loop
-                if lost.done():
-                    raise WhizorchError("worker session lost", lease=session.lease_id)
-                # draining: keep running handlers, claim nothing new
+            while not stop.done():
+                try:
+                    await self._watch_tasks(session, stop)
+                except CompactedError as exc:
+                    # the watch fell behind a compaction: read the tasks again, same session
+                    log.warning("worker %s: %s; reading the tasks again", self.worker_id, exc)
+            if self._crashed.done():
+                self._crashed.result()  # a run's bug ends the worker
+            if loads.done():
+                loads.result()
+            if lost.done():
+                raise WhizorchError(f"worker session lost: {session.lost_reason}", lease=session.lease_id)
+            # draining: keep running handlers, claim nothing new
         finally:
             for fut in (lost, draining, loads, stop):
                 fut.cancel()
@@ -228,15 +280,38 @@ class Worker:
             if self._draining.is_set() and self._running:
                 await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
 
+    async def _watch_tasks(self, session: Session, stop: asyncio.Future[Any]) -> None:
+        """Read the region's tasks, then follow them until ``stop`` is done."""
+        prefix = self.keys.region_tasks(self.region)
+        snapshot = await self.client.get(prefix, prefix=True)
+        self._backlog.clear()
+        for kv in snapshot.kvs:
+            self._offer(kv.key, kv.value, kv.mod_revision)
+        self._claim_backlog(session)
+        async with self.client.watch(prefix, prefix=True, start_revision=snapshot.header.revision + 1) as watch:
+            while (ev := await watch.next_unless(stop)) is not None:
+                if ev.type is EventType.DELETE:
+                    self._backlog.pop(ev.kv.key, None)
+                else:
+                    self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
+                self._claim_backlog(session)
+
     async def _report_load(self, session: Session) -> None:
-        """Publish the load when it moved, at most every half second."""
+        """Publish the load when it moved, at most every half second (a failed report
+        is tried again on the next tick; the registration itself lives on the lease)."""
         while True:
             await asyncio.sleep(0.5)  # ok: rate limit of load reports
             if abs(round(self.load, 2) - self._reported_load) >= 0.1:
-                await self.client.put(
-                    self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id,
-                    idempotent=True,
-                )
+                try:
+                    await self.client.put(
+                        self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id,
+                        idempotent=True,
+                    )
+                except WhizorchError as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._reported_load = -1.0
+                    log.info("worker %s: could not report its load: %s", self.worker_id, exc)
 
     def _offer(self, key: bytes, value: bytes, mod_revision: int) -> None:
         try:
@@ -256,9 +331,22 @@ class Worker:
             if key in self._running:
                 continue  # an older run of this step is still here; its end re-offers
             task, mod_rev = self._backlog.pop(key)
-            self._running[key] = asyncio.get_running_loop().create_task(
+            run = asyncio.get_running_loop().create_task(
                 self._claim_and_run(session, key, task, mod_rev), name=f"whizorch-step-{task.saga_id}-{task.step}"
             )
+            self._running[key] = run
+            run.add_done_callback(self._check_run)
+
+    def _check_run(self, run: asyncio.Task[None]) -> None:
+        """A run that ended on anything but its own handled outcome is a bug: it ends
+        the worker (never a step silently stranded)."""
+        if run.cancelled() or run.exception() is None:
+            return
+        exc = run.exception()
+        log.error("worker %s: a run failed unexpectedly: %r", self.worker_id, exc)
+        if self._crashed is not None and not self._crashed.done():
+            assert exc is not None
+            self._crashed.set_exception(exc)
 
     async def _claim(
         self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes, result_key: bytes
@@ -320,6 +408,8 @@ class Worker:
                 claim_rev = await self._claim(session, key, mod_rev, claim_key, claim, result_key)
                 break
             except WhizorchError as exc:
+                if not is_transient(exc):
+                    raise
                 # etcd trouble (a member died, no leader yet): the task is still free and
                 # nothing else will offer it again, so dropping it would strand the step
                 # until its deadline; try again while the session lives
@@ -336,20 +426,19 @@ class Worker:
     async def _run(self, session: Session, key: bytes, task: TaskPayload, claim_key: bytes, claim_rev: int) -> None:
         started = time.time()
         try:
-            outcome = await self._execute(task)
-            payload = ResultPayload(
+            outcome = await self._execute(session, task, claim_key, claim_rev)
+            if outcome is None:
+                return  # stopped: the session is lost, so the claim may be gone
+            result = ResultPayload(
                 ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
-                worker=self.worker_id, region=self.region, started=started, ended=time.time(),
+                worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=claim_rev,
             )
             try:
-                data = payload.to_json(self.max_payload_bytes)
+                data = result.to_json(self.max_payload_bytes)
             except ConfigError as exc:
-                data = ResultPayload(
-                    ok=False, error=str(exc), error_type="ConfigError", retryable=False,
-                    worker=self.worker_id, region=self.region, started=started, ended=time.time(),
-                ).to_json()
+                data = self._failure_result(str(exc), started, claim_rev)
             result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
-            res = await self._record(session, claim_key, claim_rev, result_key, data)
+            res = await self._record(session, claim_key, claim_rev, result_key, data, started)
             if res.succeeded:
                 self.completed += 1
             else:
@@ -360,6 +449,8 @@ class Worker:
         except asyncio.CancelledError:
             raise
         except WhizorchError as exc:
+            if not is_transient(exc):
+                raise
             # the claim expires with the lease; the leader re-dispatches
             log.warning("worker %s: could not record %s step %d: %s", self.worker_id, task.saga_id, task.step, exc)
         finally:
@@ -367,12 +458,23 @@ class Worker:
             if self._session is session:
                 self._claim_backlog(session)
 
-    async def _record(self, session: Session, claim_key: bytes, claim_rev: int, result_key: bytes, data: bytes) -> Any:
+    def _failure_result(self, error: str, started: float, fence: int) -> bytes:
+        """A small, final failure result (the real one could not be recorded)."""
+        return ResultPayload(
+            ok=False, error=error, error_type="ConfigError", retryable=False,
+            worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=fence,
+        ).to_json()
+
+    async def _record(
+        self, session: Session, claim_key: bytes, claim_rev: int, result_key: bytes, data: bytes, started: float
+    ) -> Any:
         """Put the result and drop the claim, in one txn guarded by the claim.
 
         The txn is safe to repeat (a second try finds the result there and changes
         nothing), so etcd trouble is waited out while the session lives: given up, the
-        claim would stay on a live lease and strand the step until its deadline.
+        claim would stay on a live lease and strand the step until its deadline. A
+        result etcd refuses for good (over its request limit) is replaced by a small
+        failure that says so: the step fails clearly instead of hanging.
         """
         delay = 0.05
         while True:
@@ -382,15 +484,23 @@ class Worker:
                     [Op.put(result_key, data), Op.delete(claim_key)],
                     idempotent=True,
                 )
+            except ConfigError as exc:
+                if b'"ok":false' in data[:12] or not isinstance(exc, RequestTooLargeError):
+                    raise
+                data = self._failure_result(f"the step's result could not be recorded: {exc}", started, claim_rev)
+                continue
             except WhizorchError as exc:
-                if session.is_lost:
+                if session.is_lost or not is_transient(exc):
                     raise
                 log.warning("worker %s: could not record %r yet: %s; retrying", self.worker_id, result_key, exc)
                 await asyncio.sleep(delay)  # ok: back off before trying again
                 delay = min(delay * 2, 1.0)
 
-    async def _execute(self, task: TaskPayload) -> tuple[bool, Any, str | None, str | None, bool]:
-        """(ok, output, error, error_type, retryable) of running the handler."""
+    async def _execute(
+        self, session: Session, task: TaskPayload, claim_key: bytes, claim_rev: int
+    ) -> tuple[bool, Any, str | None, str | None, bool] | None:
+        """(ok, output, error, error_type, retryable) of running the handler; None when
+        the run was stopped because the session is lost (nothing is recorded then)."""
         saga = self.app.get(task.saga)
         if saga is None or not 0 <= task.step < len(saga.steps):
             return False, None, f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}", "UnknownSaga", False
@@ -400,6 +510,12 @@ class Worker:
         if fn is None:
             return True, None, None, None, False
         policy = step.compensation_retry if compensating else step.retry
+        outputs = task.outputs
+        if task.output_refs:
+            try:
+                outputs = {**outputs, **await self._read_outputs(task.output_refs)}
+            except ConfigError as exc:
+                return False, None, str(exc), "ConfigError", False
         ctx = StepContext(
             saga_id=task.saga_id,
             transaction_id=task.txid,
@@ -410,9 +526,13 @@ class Worker:
             region=self.region,
             compensating=compensating,
             idempotency_key=f"{task.saga_id}:{step.name}",
-            outputs=task.outputs,
+            outputs=outputs,
             worker=self.worker_id,
             trace=task.trace,
+            fence_token=claim_rev,
+            fence_key=claim_key,
+            deadline=None if task.timeout_s is None else time.time() + task.timeout_s,
+            claim_left=lambda: session.remaining_s,
         )
         handler = fn
 
@@ -422,9 +542,31 @@ class Worker:
                 return await call_handler(handler, ctx, task.input)
 
         try:
-            output = await run_pipeline(self.middleware, ctx, final)
+            # never resumed once the session is known lost (after a pause, too)
+            output = await run_fenced(run_pipeline(self.middleware, ctx, final), lambda: not session.is_lost)
+        except FencedError:
+            if session.is_lost:
+                log.warning(
+                    "worker %s: stopped %s step %d (%s #%d): session lost", self.worker_id, task.saga_id, task.step,
+                    task.kind, task.attempt,
+                )
+                return None
+            raise
         except TimeoutError as exc:
             return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
         except Exception as exc:
             return False, None, f"{type(exc).__name__}: {exc}", type(exc).__name__, policy.retryable(exc)
         return True, output, None, None, False
+
+    async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
+        """Earlier steps' outputs the task carries by reference (their result keys)."""
+        names = list(refs)
+        outputs: dict[str, Any] = {}
+        for i in range(0, len(names), 64):  # within etcd's ops-per-txn limit
+            chunk = names[i : i + 64]
+            res = await self.client.txn([], [Op.get(refs[n].encode()) for n in chunk])
+            for name, got in zip(chunk, res.responses, strict=True):
+                if not (isinstance(got, RangeResult) and got.kvs):
+                    raise ConfigError(f"the output of step {name!r} is gone ({refs[name]})", field="output_refs")
+                outputs[name] = ResultPayload.from_json(got.kvs[0].value).output
+        return outputs

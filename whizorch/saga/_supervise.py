@@ -1,0 +1,83 @@
+"""How the roles (Worker, Orchestrator) tell a fault to wait out from a bug to report.
+
+A role's background work runs as long as the role is open. Anything etcd or the
+network does to it (a member killed, no leader, a lost lease, a broken stream) is
+*transient*: the role backs off and registers or campaigns again. Anything else (a
+bug, bad configuration, credentials etcd refuses) ends the role: its owner's
+``async with`` raises it, and ``join()`` returns it, so a process never runs on doing
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from whizorch.errors import AuthError, ClosedError, ConfigError, WhizorchError
+
+__all__ = ["BackgroundTasks", "Backoff", "is_transient"]
+
+log = logging.getLogger("whizorch.saga.supervise")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for the faults a role waits out: etcd or network trouble, a lost lease.
+
+    Bad configuration, refused credentials and a closed client are not: retrying
+    cannot fix them. Neither is any exception outside whizorch's tree (a bug).
+    """
+    if isinstance(exc, (ConfigError, AuthError, ClosedError)):
+        return False
+    return isinstance(exc, (WhizorchError, TimeoutError))
+
+
+class Backoff:
+    """Exponential backoff with full jitter: ``first_s``, doubling up to ``max_s``."""
+
+    def __init__(self, *, first_s: float = 0.05, max_s: float = 2.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._next = first_s
+
+    def reset(self) -> None:
+        """After a success: the next failure waits the shortest delay again."""
+        self._next = self.first_s
+
+    def next_s(self) -> float:
+        """The delay before the next try (and double it for the one after)."""
+        delay = random.uniform(self._next / 2, self._next)
+        self._next = min(self.max_s, self._next * 2)
+        return delay
+
+
+class BackgroundTasks:
+    """Tasks a role owns beside its main loop (best-effort cleanups such as revoking
+    a lost lease): tracked, their errors logged, cancelled when the role closes."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, work: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``work()`` in the background; a failure is logged, never raised."""
+
+        async def run() -> None:
+            try:
+                await work()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("%s: %s failed", self._name, what, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"{self._name}-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Cancel what is still running and wait for it."""
+        tasks, self._tasks = list(self._tasks), set()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
