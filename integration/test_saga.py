@@ -355,9 +355,10 @@ async def test_unknown_saga_types_end_with_a_reason_and_are_listed(engine: Engin
 
 @pytest.mark.etcd34
 async def test_undecodable_record_is_quarantined_on_rebuild(engine: Engine) -> None:
-    """Saga records etcd holds but nobody can decode (broken JSON, an unknown record
-    version) are, once a new leader rebuilds, replaced by ``failed`` records that name
-    the reason and keep the raw bytes; sagas in flight carry on."""
+    """Saga records nobody can decode (broken JSON) are, once a new leader rebuilds,
+    replaced by ``failed`` records that name the reason and keep the raw bytes; a
+    record from a newer schema is left untouched (a newer whizorch owns it); both are
+    noted under quarantine/; sagas in flight carry on."""
     first = await engine.leader(node_id="first")
     await engine.worker()
     broken = b'{"v": 1, "id": "broken", "saga": "trip", "steps": ['
@@ -373,18 +374,23 @@ async def test_undecodable_record_is_quarantined_on_rebuild(engine: Engine) -> N
     apps.release(engine.dir, "in-flight", "b")
     assert (await handle.result(timeout_s=RESULT_S)).status == "completed"
 
-    async def quarantined() -> dict[str, SagaRecord]:
-        recs = {sid: await engine.record(sid) for sid in ("broken", "future")}
-        assert all(r.status == "failed" for r in recs.values())
-        return recs
+    async def quarantined() -> SagaRecord:
+        rec = await engine.record("broken")
+        assert rec.status == "failed"
+        notes = await engine.client.get(f"{engine.ns}/quarantine/", prefix=True)
+        assert len(notes.kvs) == 2
+        return rec
 
-    recs = await eventually_async(quarantined, timeout=10)
-    assert "undecodable saga record" in (recs["broken"].error or "") and "not valid JSON" in (recs["broken"].error or "")
-    assert "unknown record version 99" in (recs["future"].error or "")
-    for sid, raw in (("broken", broken), ("future", future)):
-        kept = [h["raw"] for h in recs[sid].history if h["event"] == "raw_record"]
-        assert kept == [raw.decode()], sid
-    assert [s.saga_id for s in await engine.sagas.list(status="failed")] == ["broken", "future"]
+    rec = await eventually_async(quarantined, timeout=10)
+    assert "undecodable saga record" in (rec.error or "") and "not valid JSON" in (rec.error or "")
+    assert [h["raw"] for h in rec.history if h["event"] == "raw_record"] == [broken.decode()]
+    assert (await engine.client.get(f"{engine.ns}/saga/future")).kvs[0].value == future  # untouched
+    notes = await engine.client.get(f"{engine.ns}/quarantine/", prefix=True)
+    reasons = sorted(json.loads(kv.value)["reason"] for kv in notes.kvs)
+    assert "newer than this whizorch" in reasons[0] and "left untouched" in reasons[0], reasons
+    assert "not valid JSON" in reasons[1], reasons
+    assert second.quarantined == {"saga": 2}
+    assert [s.saga_id for s in await engine.sagas.list(status="failed")] == ["broken"]
     assert engine.runs("in-flight", kind="run") == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
 
 

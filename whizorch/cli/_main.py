@@ -156,6 +156,23 @@ def run_until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> Non
     asyncio.run(runner())
 
 
+async def serve_role(stop: asyncio.Event, role: Worker | Orchestrator) -> None:
+    """Wait for SIGINT/SIGTERM; a role that stops by itself (only a fatal error does)
+    ends the command with that error, so a process never runs on doing nothing."""
+    stopped = asyncio.ensure_future(stop.wait())
+    joined = asyncio.ensure_future(role.join())
+    try:
+        await asyncio.wait({stopped, joined}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for fut in (stopped, joined):
+            if not fut.done():
+                fut.cancel()
+        await asyncio.gather(stopped, joined, return_exceptions=True)
+    if joined.done() and not joined.cancelled():
+        joined.result()  # raises what stopped the role
+        raise RuntimeError("the role stopped without an error")  # join() only returns on close
+
+
 def emit(kind: str, fields: dict[str, Any]) -> None:
     """One JSON line on stdout (``--events``)."""
     sys.stdout.write(json.dumps({"event": kind, **fields}, default=str) + "\n")
@@ -215,7 +232,7 @@ def worker(
             )
             async with w:
                 emit("worker_ready", {"region": region, "worker": w.worker_id, **obs.fields()})
-                await stop.wait()
+                await serve_role(stop, w)
             emit("worker_stopped", {"region": region, "completed": w.completed})
 
     with obs:
@@ -263,7 +280,7 @@ def orchestrator(
             )
             async with orch:
                 emit("orchestrator_ready", {"node": orch.node_id, **obs.fields()})
-                await stop.wait()
+                await serve_role(stop, orch)
 
     with obs:
         run_until_signalled(body)

@@ -141,12 +141,13 @@ class Election:
             await self._stop_monitor()
         finally:
             # a cancellation of our caller must not leave the leader key behind
-            if fence is not None and self.client.is_open:
+            # a lost session's key goes with its lease: no write that etcd may not answer
+            if fence is not None and self.client.is_open and not self.session.is_lost:
                 await asyncio.shield(self.client.txn([fence.compare()], [Op.delete(fence.key)], idempotent=True))
 
     async def _delete_mine(self, my_key: bytes) -> None:
-        if not self.client.is_open:
-            return
+        if not self.client.is_open or self.session.is_lost:
+            return  # the key goes with the lease
         try:
             await asyncio.shield(
                 self.client.txn(

@@ -6,6 +6,7 @@ Everything here is plain data with a JSON codec; nothing talks to etcd.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import attrs
@@ -15,6 +16,7 @@ from whizorch.errors import ConfigError
 __all__ = [
     "FINAL_STATUSES",
     "Keys",
+    "NewerRecordError",
     "ResultPayload",
     "SagaRecord",
     "StepState",
@@ -101,20 +103,50 @@ class Keys:
     def region(self, region: str, lease: int) -> bytes:
         return f"{self.ns}/region/{region}/{lease:x}".encode()
 
+    def quarantine(self, digest: str) -> bytes:
+        return f"{self.ns}/quarantine/{digest}".encode()
+
     def region_of(self, key: bytes) -> str:
         """The region of a ``region/<region>/<lease>`` key."""
-        return key.decode().split("/")[-2]
+        parts = self.split(key, "region")
+        if len(parts) != 2 or not parts[0]:
+            raise ConfigError(f"{key!r} is not a region/<region>/<lease> key", field="key", value=key)
+        return parts[0]
 
     def split(self, key: bytes, kind: str) -> list[str]:
-        """The parts of a key after ``<ns>/<kind>/``."""
-        text = key.decode()
+        """The parts of a key after ``<ns>/<kind>/`` (a ConfigError for a key that is
+        not UTF-8 or not of that kind: such keys are quarantined, never fatal)."""
+        try:
+            text = key.decode()
+        except UnicodeDecodeError:
+            raise ConfigError(f"key {key!r} is not UTF-8", field="key", value=key) from None
         head = f"{self.ns}/{kind}/"
         if not text.startswith(head):
-            raise ValueError(f"{text!r} is not a {kind} key")
+            raise ConfigError(f"{text!r} is not a {kind} key", field="key", value=key)
         return text[len(head) :].split("/")
+
+    def saga_id(self, key: bytes, kind: str) -> str:
+        """The saga id of a ``<kind>/<saga id>`` key, checked like SagaClient checks it."""
+        parts = self.split(key, kind)
+        if len(parts) != 1 or not _SAGA_ID.fullmatch(parts[0]):
+            raise ConfigError(f"{key!r} does not name a valid saga id", field="key", value=key)
+        return parts[0]
+
+    def run_key(self, key: bytes) -> tuple[str, int, str]:
+        """(saga id, step index, tail) of a ``run/<saga>/<step>/<tail>`` key."""
+        parts = self.split(key, "run")
+        if len(parts) != 3 or not _SAGA_ID.fullmatch(parts[0]) or not (parts[1].isascii() and parts[1].isdigit()):
+            raise ConfigError(f"{key!r} is not a run/<saga>/<step>/<claim|result> key", field="key", value=key)
+        return parts[0], int(parts[1]), parts[2]
 
 
 SAGA_ID = r"^[A-Za-z0-9_.:\-]{1,200}$"
+_SAGA_ID = re.compile(SAGA_ID)
+
+
+class NewerRecordError(ConfigError):
+    """A saga record written by a newer whizorch (a schema this one does not know):
+    left untouched, never overwritten."""
 
 
 @attrs.define
@@ -205,6 +237,11 @@ class SagaRecord:
     @classmethod
     def from_json(cls, data: bytes) -> SagaRecord:
         raw = decode_json(data, what="saga record")
+        v = raw.get("v") if isinstance(raw, dict) else None
+        if isinstance(v, int) and not isinstance(v, bool) and v > RECORD_VERSION:
+            raise NewerRecordError(
+                f"saga record has schema v{v}, newer than this whizorch's v{RECORD_VERSION}", field="saga record", value=v
+            )
         try:
             if raw.get("v") != RECORD_VERSION:
                 raise ValueError(f"unknown record version {raw.get('v')!r}")

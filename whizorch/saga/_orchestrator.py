@@ -5,12 +5,22 @@ claims, regions) and turns each event into one state-machine transition, committ
 as one txn guarded by the leader's fence and the record's mod_revision. Losing the
 lease, or a write refused by the fence, stops the driver at once (safe mode); the node
 then campaigns again and, if it wins, rebuilds from etcd.
+
+Each saga's events are applied in order by one driver task per saga (its mailbox):
+etcd trouble is retried in place, so a later event never overtakes an earlier one; an
+error retrying cannot fix (a write over etcd's request limit) fails that saga with the
+reason. Input that does not parse (a key that is not UTF-8, a value that is not the
+JSON expected, a record from a newer schema) is quarantined: logged once, counted,
+noted under ``<ns>/quarantine/`` and skipped; the leader leads on. Only a bug ends
+the orchestrator (``join()`` and ``async with`` raise it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -41,12 +51,15 @@ from whizorch.saga._model import (
     FAILED,
     FINAL_STATUSES,
     Keys,
+    NewerRecordError,
     ResultPayload,
     SagaRecord,
     TaskPayload,
     decode_json,
+    encode_json,
 )
 from whizorch.saga._router import Router
+from whizorch.saga._supervise import BackgroundTasks, Backoff, is_transient
 from whizorch.saga._view import Timers, Workers
 
 __all__ = ["Orchestrator"]
@@ -55,6 +68,8 @@ log = logging.getLogger("whizorch.saga.orchestrator")
 
 
 _DEFAULT_SETTINGS = m.Settings()
+# earlier outputs a task carries inline, in all; the rest go by reference (result keys)
+_INLINE_OUTPUTS_BYTES = 16 * 1024
 
 
 class _LeadershipLost(Exception):
@@ -70,7 +85,18 @@ class _Saga:
     definition: Saga | None
     input: Any = None
     outputs: dict[str, Any] = attrs.Factory(dict)
+    output_sizes: dict[str, int] = attrs.Factory(dict)
     lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
+
+
+@attrs.frozen
+class _Fail:
+    """Internal mailbox item: the saga cannot move on (a write etcd refuses for good)."""
+
+    reason: str
+
+
+_Item = tuple["m.Event | _Fail | None", "KeyValue | None"]
 
 
 class Orchestrator:
@@ -121,6 +147,14 @@ class Orchestrator:
         self._workers = Workers()
         self._timers = Timers()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._mailboxes: dict[str, collections.deque[_Item]] = {}
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._fatal: asyncio.Future[None] | None = None
+        self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
+        self._quarantined_keys: set[bytes] = set()
+        self.quarantined: dict[str, int] = {}
+        """Input this node's leaderships quarantined, by kind (submit, saga, run,
+        cancel, region): counted once per key per leadership."""
         self._lost: asyncio.Event = asyncio.Event()
         self.is_leader = False
         """True while this node leads and its driver runs."""
@@ -150,12 +184,24 @@ class Orchestrator:
             return
         self._closed = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            results = await asyncio.gather(task, return_exceptions=True)
-            for r in results:
-                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                    raise r
+        try:
+            if task is not None:
+                task.cancel()
+                results = await asyncio.gather(task, return_exceptions=True)
+                for r in results:
+                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                        raise r
+        finally:
+            await self._background.aclose()
+
+    async def join(self) -> None:
+        """Wait until the orchestrator stops by itself, which only a fatal error does
+        (a bug, bad configuration, refused credentials): it is raised here. Faults etcd
+        or the network cause are waited out: the node campaigns again."""
+        task = self._task
+        if task is None:
+            raise ClosedError("join() needs a started Orchestrator")
+        await asyncio.shield(task)
 
     async def wait_leader(self, timeout_s: float | None = None) -> None:
         """Return once this node leads."""
@@ -173,23 +219,47 @@ class Orchestrator:
                 log.exception("on_event callback failed")
 
     async def _main(self) -> None:
+        backoff = Backoff()
         while not self._closed:
+            session = Session(self.client, **self.session_options)
             try:
-                async with Session(self.client, **self.session_options) as session:
-                    election = Election(session, self.keys.leader)
-                    self._election = election
-                    try:
-                        fence = await election.campaign(self.node_id)
-                        await self._lead(session, election, fence)  # steps down on its way out
-                    finally:
-                        with contextlib.suppress(WhizorchError):
-                            await election.resign()
+                await session.open()
+                election = Election(session, self.keys.leader)
+                self._election = election
+                try:
+                    fence = await election.campaign(self.node_id)
+                    backoff.reset()
+                    await self._lead(session, election, fence)  # steps down on its way out
+                finally:
+                    with contextlib.suppress(WhizorchError):
+                        await election.resign()  # skipped when the session is lost
             except asyncio.CancelledError:
                 raise
-            except (WhizorchError, _LeadershipLost) as exc:
+            except _LeadershipLost as exc:
                 log.warning("orchestrator %s: %s; campaigning again", self.node_id, exc)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.error("orchestrator %s: stopping on a fatal error: %r", self.node_id, exc)
+                    raise
+                log.warning("orchestrator %s: %s; campaigning again", self.node_id, exc)
+            finally:
+                await self._end_session(session)
             if not self._closed:
-                await asyncio.sleep(0.1)  # ok: pause before the next campaign
+                await asyncio.sleep(backoff.next_s())  # ok: backoff before the next campaign
+
+    async def _end_session(self, session: Session) -> None:
+        """Close without waiting on etcd: a lost lease is revoked in the background."""
+        lost = session.is_lost
+        lease = session.lease_id
+        with contextlib.suppress(WhizorchError):
+            await session.close(revoke=not lost)
+        if lost and lease and self.client.is_open:
+
+            async def revoke() -> None:
+                with contextlib.suppress(WhizorchError):
+                    await self.client.lease_revoke(lease)
+
+            self._background.start(revoke, f"revoke-{lease:x}")
 
     def _set_leader(self, leading: bool, term: int) -> None:
         if leading == self.is_leader and term == self.term:
@@ -232,6 +302,8 @@ class Orchestrator:
         self._workers.clear()
         self._timers.clear()
         self._lost = asyncio.Event()
+        self._fatal = asyncio.get_running_loop().create_future()
+        self._quarantined_keys.clear()
         log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
         everything: list[asyncio.Future[Any]] = []
         stop: list[asyncio.Future[Any]] = []
@@ -250,7 +322,7 @@ class Orchestrator:
             ]
             helpers = [asyncio.ensure_future(self._timers.run(self._spawn)), asyncio.ensure_future(self._retention_loop())]
             stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
-            everything = [*watchers, *helpers, *stop]
+            everything = [*watchers, *helpers, *stop, self._fatal]
             done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 if fut in stop:
@@ -265,55 +337,64 @@ class Orchestrator:
             self._fence = None
             for fut in everything:
                 fut.cancel()
-            pending = list(self._inflight)
+            pending = [*self._inflight, *self._drivers.values()]
             for t in pending:
                 t.cancel()
             await asyncio.gather(*everything, *pending, return_exceptions=True)
             self._inflight.clear()
+            self._drivers.clear()
+            self._mailboxes.clear()
             self._sagas.clear()
 
     async def _rebuild(self) -> int:
         """Load everything under the namespace at one revision; resume every saga."""
         snap = await self.client.get(self.keys.ns + "/", prefix=True)
-        ns = self.keys.ns + "/"
+        ns = (self.keys.ns + "/").encode()
         submits: dict[str, KeyValue] = {}
         records: dict[str, KeyValue] = {}
         results: dict[str, list[KeyValue]] = {}
         claims: dict[tuple[str, int], KeyValue] = {}
         cancels: set[str] = set()
         for kv in snap.kvs:
-            rest = kv.key.decode(errors="replace")[len(ns) :]
-            kind, _, tail = rest.partition("/")
-            if kind == "submit":
-                submits[tail] = kv
-            elif kind == "saga":
-                records[tail] = kv
-            elif kind == "run":
-                parts = tail.split("/")
-                if len(parts) != 3:
-                    continue
-                if parts[2] == "claim":
-                    with contextlib.suppress(ValueError):
-                        claims[(parts[0], int(parts[1]))] = kv
-                else:
-                    results.setdefault(parts[0], []).append(kv)
-            elif kind == "cancel":
-                cancels.add(tail)
-            elif kind == "region":
-                region = tail.split("/")[0]
-                self._workers.put(region, kv.key, kv.value)
+            kind = kv.key[len(ns) :].partition(b"/")[0]
+            if kind == b"quarantine":
+                with contextlib.suppress(ConfigError, KeyError, TypeError, UnicodeEncodeError):
+                    self._quarantined_keys.add(str(decode_json(kv.value, what="quarantine")["raw_key"]).encode("latin-1"))
+                continue
+            try:
+                if kind == b"submit":
+                    submits[self.keys.saga_id(kv.key, "submit")] = kv
+                elif kind == b"saga":
+                    records[self.keys.saga_id(kv.key, "saga")] = kv
+                elif kind == b"run":
+                    sid, step, tail = self.keys.run_key(kv.key)
+                    if tail == "claim":
+                        claims[(sid, step)] = kv
+                    else:
+                        results.setdefault(sid, []).append(kv)
+                elif kind == b"cancel":
+                    cancels.add(self.keys.saga_id(kv.key, "cancel"))
+                elif kind == b"region":
+                    self._workers.put(self.keys.region_of(kv.key), kv.key, kv.value)
+            except ConfigError as exc:
+                self._poison(kind.decode(errors="replace"), kv, str(exc))
         self.router.update(self._workers.regions())
         now = time.time()
         for sid, kv in records.items():
             sub = submits.get(sid)
             try:
                 rec = SagaRecord.from_json(kv.value)
+            except NewerRecordError as exc:
+                # a newer whizorch's record: not ours to drive or to overwrite
+                self._poison("saga", kv, f"{exc}; left untouched")
+                continue
             except ConfigError as exc:
+                self._poison("saga", kv, str(exc))
                 await self._quarantine(sid, kv, str(exc))
                 continue
             entry = _Saga(rec, kv.mod_revision, self.app.get(rec.saga))
             if sub is not None:
-                with contextlib.suppress(ConfigError):
+                with contextlib.suppress(ConfigError, AttributeError):
                     entry.input = decode_json(sub.value, what="submission").get("input")
             for rkv in results.get(sid, []):
                 self._learn_output(entry, rkv)
@@ -329,15 +410,50 @@ class Orchestrator:
                 await self._adopt(sid, kv)
         return snap.header.revision
 
+    def _poison(self, kind: str, kv: KeyValue, reason: str) -> None:
+        """Quarantine input that does not parse: logged and counted once per key, noted
+        under ``<ns>/quarantine/`` for ``whizorch status``, and skipped."""
+        if kv.key in self._quarantined_keys:
+            return
+        self._quarantined_keys.add(kv.key)
+        self.quarantined[kind] = self.quarantined.get(kind, 0) + 1
+        log.error("quarantined %s key %r (revision %d): %s", kind, kv.key, kv.mod_revision, reason)
+        self._emit("quarantined", what=kind, key=kv.key.decode(errors="backslashreplace"), reason=reason)
+        note = encode_json(
+            {
+                "kind": kind,
+                "key": kv.key.decode(errors="backslashreplace"),
+                "raw_key": kv.key.decode("latin-1"),
+                "revision": kv.mod_revision,
+                "reason": reason[:2000],
+                "at": round(time.time(), 3),
+                "node": self.node_id,
+            },
+            what="quarantine note",
+        )
+        qkey = self.keys.quarantine(hashlib.sha256(kv.key).hexdigest()[:32])
+
+        async def write() -> None:
+            fence = self._fence
+            if fence is not None:
+                await self.client.txn(
+                    [fence.compare(), Compare.create_revision(qkey, "==", 0)], [Op.put(qkey, note)], idempotent=True
+                )
+
+        self._background.start(write, "quarantine-note")
+
     async def _resume(
         self, entry: _Saga, results: list[KeyValue], claims: dict[tuple[str, int], KeyValue], cancelled: bool, now: float
     ) -> None:
         """Feed what happened while nobody led; re-arm timers; re-dispatch lost runs."""
         rec = entry.record
         for rkv in sorted(results, key=lambda kv: kv.mod_revision):
-            ev = self._result_event(rkv)
-            if ev is not None:
-                await self._apply(entry, ev)
+            try:
+                ev = self._result_event(rkv)
+            except ConfigError as exc:
+                self._poison("run", rkv, str(exc))
+                continue
+            await self._apply(entry, ev)
         # each _apply replaced entry.record: look at the record as it is now
         if cancelled and not entry.record.cancel_requested:
             await self._apply(entry, m.Cancel())
@@ -401,80 +517,111 @@ class Orchestrator:
     async def _watch(self, kind: str, revision: int, handler: Callable[[WatchEvent], None]) -> None:
         async with self.client.watch(self.keys.prefix(kind), prefix=True, start_revision=revision + 1, prev_kv=True) as w:
             async for ev in w:
-                handler(ev)
+                try:
+                    handler(ev)
+                except ConfigError as exc:  # input that does not parse: quarantined, never fatal
+                    self._poison(kind, ev.kv, str(exc))
 
-    def _spawn(self, saga_id: str, event: m.Event | None = None, *, submit: KeyValue | None = None) -> None:
-        """Apply an event to a saga in its own task (events of one saga stay ordered)."""
+    def _spawn(self, saga_id: str, event: m.Event | _Fail | None = None, *, submit: KeyValue | None = None) -> None:
+        """Queue an event for a saga; its driver applies the saga's events one at a time,
+        in order (an adoption is queued with ``submit``)."""
+        box = self._mailboxes.get(saga_id)
+        if box is None:
+            box = self._mailboxes[saga_id] = collections.deque()
+        box.append((event, submit))
+        if saga_id not in self._drivers:
+            task = asyncio.get_running_loop().create_task(self._drive(saga_id, box), name=f"whizorch-saga-{saga_id}")
+            self._drivers[saga_id] = task
 
-        async def run() -> None:
-            try:
-                if submit is not None:
-                    await self._adopt(saga_id, submit)
+    async def _drive(self, saga_id: str, box: collections.deque[_Item]) -> None:
+        """Apply a saga's queued events in order. etcd trouble retries the same event
+        (never reordered, never dropped); an error retrying cannot fix fails the saga;
+        a bug ends the orchestrator."""
+        backoff = Backoff(first_s=0.05, max_s=2.0)
+        try:
+            while box:
+                event, submit = box[0]
+                try:
+                    await self._handle(saga_id, event, submit)
+                except asyncio.CancelledError:
+                    raise
+                except _LeadershipLost:
+                    self._lost.set()
                     return
-                entry = self._sagas.get(saga_id)
-                if entry is None or event is None:
+                except Exception as exc:
+                    if is_transient(exc):
+                        log.warning("saga %s: could not apply %r yet: %s; retrying", saga_id, event or "adoption", exc)
+                        await asyncio.sleep(backoff.next_s())  # ok: backoff before applying the same event again
+                        continue
+                    if isinstance(exc, ConfigError) and not isinstance(event, _Fail):
+                        # retrying cannot fix it (a write over etcd's limit, a value that is
+                        # not JSON): the saga stops here, failed, with the reason
+                        log.error("saga %s: cannot apply %r: %s; failing the saga", saga_id, event or "adoption", exc)
+                        box[0] = (_Fail(f"could not apply {_describe(event)}: {exc}"), submit)
+                        continue
+                    log.exception("saga %s: bug while applying %r", saga_id, event)
+                    if self._fatal is not None and not self._fatal.done():
+                        self._fatal.set_exception(exc)
                     return
-                await self._apply(entry, event)
-            except _LeadershipLost:
-                self._lost.set()
-            except asyncio.CancelledError:
-                raise
-            except WhizorchError as exc:
-                # etcd trouble: the event is not lost, it is applied again shortly
-                # (the machine ignores what it has already seen)
-                log.warning("saga %s: could not apply %r: %s; retrying", saga_id, event or "adoption", exc)
-                if not self._lost.is_set():
-                    asyncio.get_running_loop().call_later(0.5, self._respawn, saga_id, event, submit)
-            except Exception:
-                log.exception("saga %s: bug while applying %r", saga_id, event)
-                self._lost.set()  # do not drive on in an unknown state
+                box.popleft()
+                backoff.reset()
+        finally:
+            if self._drivers.get(saga_id) is asyncio.current_task():
+                del self._drivers[saga_id]
+                if not box and self._mailboxes.get(saga_id) is box:
+                    del self._mailboxes[saga_id]
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    def _respawn(self, saga_id: str, event: m.Event | None, submit: KeyValue | None) -> None:
-        if self.is_leader_now():
-            self._spawn(saga_id, event, submit=submit)
+    async def _handle(self, saga_id: str, event: m.Event | _Fail | None, submit: KeyValue | None) -> None:
+        entry = self._sagas.get(saga_id)
+        if isinstance(event, _Fail):
+            if entry is None:
+                rec = _failed_record(saga_id, "?", submit.create_revision if submit else 0, event.reason, time.time())
+                await self._create_failed(_Saga(rec, 0, None))
+            else:
+                await self._fail(entry, event.reason)
+            return
+        if submit is not None:
+            if entry is None:
+                await self._adopt(saga_id, submit)
+            return
+        if entry is not None and event is not None:
+            await self._apply(entry, event)
 
     def _on_submit_event(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT and ev.kv.version == 1:
-            sid = self.keys.split(ev.kv.key, "submit")[0]
+            sid = self.keys.saga_id(ev.kv.key, "submit")
             if sid not in self._sagas:
                 self._spawn(sid, submit=ev.kv)
 
     def _on_run_event(self, ev: WatchEvent) -> None:
         """Claims and results (one prefix, so one txn's events arrive in order)."""
-        if ev.kv.key.endswith(b"/claim"):
-            self._on_claim_event(ev)
+        sid, step, tail = self.keys.run_key(ev.kv.key)
+        if tail == "claim":
+            self._on_claim_event(ev, sid, step)
         else:
-            self._on_result_event(ev)
+            self._on_result_event(ev, sid)
 
-    def _on_result_event(self, ev: WatchEvent) -> None:
+    def _on_result_event(self, ev: WatchEvent, sid: str) -> None:
         if ev.type is not EventType.PUT:
             return
-        sid = self.keys.split(ev.kv.key, "run")[0]
         entry = self._sagas.get(sid)
         if entry is None:
             return
+        result = self._result_event(ev.kv)  # a ConfigError here: quarantined by the watch
         self._learn_output(entry, ev.kv)
-        result = self._result_event(ev.kv)
-        if result is not None:
-            self._spawn(sid, result)
+        self._spawn(sid, result)
 
-    def _on_claim_event(self, ev: WatchEvent) -> None:
+    def _on_claim_event(self, ev: WatchEvent, sid: str, step_index: int) -> None:
         if ev.type is not EventType.DELETE or ev.prev_kv is None:
             return
-        sid, step, _claim = self.keys.split(ev.kv.key, "run")
         try:
             claim = decode_json(ev.prev_kv.value, what="claim")
             attempt, kind = int(claim["attempt"]), str(claim["kind"])
         except (ConfigError, KeyError, TypeError, ValueError):
-            return
+            return  # not a claim a worker of ours wrote: its step's deadline still guards it
         entry = self._sagas.get(sid)
         if entry is None:
             return
-        step_index = int(step)
         if 0 <= step_index < len(entry.record.steps):
             st = entry.record.steps[step_index]
             current = st.run if kind == m.RUN else st.comp_run
@@ -484,11 +631,11 @@ class Orchestrator:
                 self._spawn_touch(sid, step_index, kind, current)
         # a result written with the claim's deletion arrives first (same txn): the
         # machine then ignores this event, as the run is no longer current
-        self._spawn(sid, m.ClaimLost(int(step), kind, attempt))
+        self._spawn(sid, m.ClaimLost(step_index, kind, attempt))
 
     def _on_cancel_event(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT:
-            sid = self.keys.split(ev.kv.key, "cancel")[0]
+            sid = self.keys.saga_id(ev.kv.key, "cancel")
             if sid in self._sagas:
                 self._spawn(sid, m.Cancel())
 
@@ -500,7 +647,7 @@ class Orchestrator:
         else:
             self._workers.put(region, ev.kv.key, ev.kv.value)
         self.router.update(self._workers.regions())
-        after = frozenset(self.router.regions)
+        after = frozenset(self.router.regions)  # (a bad registration raised above: quarantined)
         if after != before:
             log.info("healthy regions: %s", sorted(after))
             self._emit("regions", healthy=sorted(after))
@@ -511,38 +658,44 @@ class Orchestrator:
     def _learn_output(self, entry: _Saga, kv: KeyValue) -> None:
         try:
             payload = ResultPayload.from_json(kv.value)
+            _sid, index, tag = self.keys.run_key(kv.key)
         except ConfigError:
             return
-        parts = self.keys.split(kv.key, "run")
-        if payload.ok and parts[2].startswith(m.RUN) and entry.definition is not None:
-            index = int(parts[1])
+        if payload.ok and tag.startswith(m.RUN + "-") and entry.definition is not None:
             if 0 <= index < len(entry.definition.steps):
-                entry.outputs[entry.definition.steps[index].name] = payload.output
+                name = entry.definition.steps[index].name
+                entry.outputs[name] = payload.output
+                entry.output_sizes[name] = len(kv.value)
 
-    def _result_event(self, kv: KeyValue) -> m.Result | None:
-        try:
-            payload = ResultPayload.from_json(kv.value)
-            _sid, step, tag = self.keys.split(kv.key, "run")
-            kind, _, attempt = tag.rpartition("-")
-            return m.Result(
-                int(step), kind, int(attempt), payload.ok, kv.key.decode(), payload.error, payload.retryable, payload.region
-            )
-        except (ConfigError, ValueError) as exc:
-            log.error("undecodable result %r: %s", kv.key, exc)
-            return None
+    def _result_event(self, kv: KeyValue) -> m.Result:
+        """The machine's event for a result key (ConfigError when it does not parse)."""
+        payload = ResultPayload.from_json(kv.value)
+        _sid, step, tag = self.keys.run_key(kv.key)
+        kind, _, attempt = tag.rpartition("-")
+        if kind not in (m.RUN, m.COMPENSATE) or not (attempt.isascii() and attempt.isdigit()):
+            raise ConfigError(f"{kv.key!r} is not a <run|compensate>-<attempt> result key", field="key", value=kv.key)
+        return m.Result(step, kind, int(attempt), payload.ok, kv.key.decode(), payload.error, payload.retryable, payload.region)
 
     # -- transitions ---------------------------------------------------------------------
 
     async def _adopt(self, saga_id: str, kv: KeyValue) -> None:
         try:
             sub = decode_json(kv.value, what="submission")
-            name, value, trace = sub["saga"], sub.get("input"), dict(sub.get("trace") or {})
-        except (ConfigError, KeyError, TypeError) as exc:
+            if not isinstance(sub, dict):
+                raise ConfigError("submission is not a JSON object", field="submission")
+            name, value, trace = sub.get("saga"), sub.get("input"), sub.get("trace") or {}
+            if not isinstance(name, str):
+                raise ConfigError(f"submission.saga must be a string, not {type(name).__name__}", field="submission.saga")
+            if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
+                raise ConfigError("submission.trace must map strings to strings", field="submission.trace")
+        except ConfigError as exc:
+            self._poison("submit", kv, str(exc))
             rec = _failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
             await self._create_failed(_Saga(rec, 0, None))
             return
         definition = self.app.get(name)
         if definition is None:
+            self._poison("submit", kv, f"no saga type {name!r} is registered")
             rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", time.time())
             rec.trace = trace
             await self._create_failed(_Saga(rec, 0, None, value))
@@ -694,6 +847,20 @@ class Orchestrator:
         definition = entry.definition
         assert definition is not None
         step = definition.steps[d.step]
+        # earlier outputs ride along while small; larger ones go by reference, so a
+        # task (and the txn that writes it) stays bounded however many steps came before
+        inline: dict[str, Any] = {}
+        refs: dict[str, str] = {}
+        budget = _INLINE_OUTPUTS_BYTES
+        for st in rec.steps:
+            if st.name not in entry.outputs:
+                continue
+            size = entry.output_sizes.get(st.name, 0)
+            if size <= budget or st.result is None:
+                inline[st.name] = entry.outputs[st.name]
+                budget -= size
+            else:
+                refs[st.name] = st.result
         return TaskPayload(
             saga_id=rec.id,
             saga=rec.saga,
@@ -704,25 +871,43 @@ class Orchestrator:
             attempt=d.attempt,
             region=d.region,
             input=entry.input,
-            outputs=dict(entry.outputs),
+            outputs=inline,
             timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
             trace=dict(rec.trace),
+            output_refs=refs,
         )
 
     async def _fail_unknown(self, entry: _Saga, reason: str) -> None:
+        await self._fail(entry, reason)
+
+    async def _fail(self, entry: _Saga, reason: str) -> None:
+        """End a saga as failed (the dead-letter state) with ``reason``: its queued tasks
+        are withdrawn. For what no retry can fix; an operator decides what next."""
         before = entry.record
+        if before.is_final:
+            return
         rec = before.clone()
         rec.status = FAILED
-        rec.error = reason
+        rec.error = reason[:4000]
         rec.finished = time.time()
-        rec.note(rec.finished, "failed", error=reason)
+        rec.note(rec.finished, "failed", error=rec.error)
+        withdraw = [
+            (st.region, index)
+            for index, st in enumerate(rec.steps)
+            if st.region is not None and st.state in ("dispatched", "compensating")
+        ]
         ctx = self._event(rec.id, rec.saga, rec.txid, "fail", None, before, dict(rec.trace))
 
         async def final() -> SagaRecord:
-            await self._commit(entry, rec, m.Transition(changed=True))
+            async with entry.lock:
+                await self._commit(entry, rec, m.Transition(changed=True, delete_tasks=withdraw))
             return entry.record
 
-        await run_guarded(self.middleware, ctx, final)
+        try:
+            await run_guarded(self.middleware, ctx, final)
+        except _Conflict:
+            await self._reload(entry)
+            raise WhizorchError("the saga record changed while failing it; trying again", saga_id=rec.id) from None
 
     async def _quarantine(self, saga_id: str, kv: KeyValue, reason: str) -> None:
         """An undecodable record: replace it with a failed one that keeps the raw bytes."""
@@ -781,6 +966,14 @@ _EVENT_NAMES: dict[type, str] = {
     m.RegionsChanged: "regions",
     m.Timer: "timer",
 }
+
+
+def _describe(event: m.Event | _Fail | None) -> str:
+    if event is None:
+        return "the submission"
+    if isinstance(event, m.Result):
+        return f"the {event.kind} result of step {event.step} (attempt {event.attempt})"
+    return f"a {_EVENT_NAMES.get(type(event), type(event).__name__)} event"
 
 
 class _Conflict(Exception):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,11 +59,18 @@ class Workers:
 
 
 def _capabilities(value: bytes) -> dict[str, Any]:
-    try:
-        caps = decode_json(value, what="worker capabilities")
-        return caps if isinstance(caps, dict) else {}
-    except ConfigError:
-        return {}
+    """A worker's registration, checked (a ConfigError names what is wrong)."""
+    caps = decode_json(value, what="worker capabilities")
+    if not isinstance(caps, dict):
+        raise ConfigError("worker capabilities are not a JSON object", field="worker capabilities")
+    tags = caps.get("compliance", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ConfigError("worker capabilities: compliance must be a list of strings", field="compliance", value=tags)
+    for name, kinds in (("cost", (int, float)), ("load", (int, float)), ("concurrency", (int,))):
+        v = caps.get(name, 1)
+        if isinstance(v, bool) or not isinstance(v, kinds) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"worker capabilities: {name} must be a finite number >= 0", field=name, value=v)
+    return caps
 
 
 class Timers:
