@@ -6,6 +6,7 @@ import io
 import json
 from typing import Any
 
+import attrs
 import pytest
 from rich.console import Console, RenderableType
 
@@ -19,6 +20,7 @@ from whizorch.cli._views import (
     fmt_time,
     leader_summary,
     list_rows,
+    quarantine_notes,
     record_document,
     step_rows,
     summarize_cluster,
@@ -135,13 +137,16 @@ def test_regions_health_load_compliance_cost_and_tasks() -> None:
 
 
 def test_workers_and_tasks_by_region_from_keys() -> None:
-    """Registrations group by region (undecodable ones count, without capabilities); tasks count."""
+    """Registrations group by region; those the leader's router quarantines (not JSON,
+    bad fields, keys that are not UTF-8) are skipped as it skips them; tasks count."""
     keys = Keys("ns")
     regs = [kv("ns/region/eu/1a", '{"worker": "w1"}', 5, 0x1A), kv("ns/region/eu/2b", "not json", 6, 0x2B),
+            kv("ns/region/eu/4d", '{"worker": "w4", "concurrency": "lots"}', 8, 0x4D),
             kv("ns/region/us/3c", '{"worker": "w3"}', 7, 0x3C)]  # fmt: skip
-    assert workers_by_region(regs, keys) == {"eu": [{"worker": "w1"}, {}], "us": [{"worker": "w3"}]}
+    bad_key = attrs.evolve(regs[0], key=b"ns/region/\xff/1a")
+    assert workers_by_region([*regs, bad_key], keys) == {"eu": [{"worker": "w1"}], "us": [{"worker": "w3"}]}
     tasks = [kv("ns/task/eu/s1/0", "", 8, 0), kv("ns/task/eu/s2/1", "", 9, 0), kv("ns/task/ap/s3/0", "", 10, 0)]
-    assert tasks_by_region(tasks, keys) == {"eu": 2, "ap": 1}
+    assert tasks_by_region([*tasks, attrs.evolve(tasks[0], key=b"ns/task/\xfe")], keys) == {"eu": 2, "ap": 1}
 
 
 def test_count_sagas_by_status() -> None:
@@ -187,9 +192,15 @@ def test_status_document_and_its_tables() -> None:
         namespace="ns", revision=80, candidates=[kv("ns/leader/1a", "node-a", 11, 0x1A)],
         workers={"eu": [{"worker": "w1", "compliance": ["gdpr"]}]}, tasks={"us": 1},
         records=[running()], pending=0, cluster=summarize_cluster(members, status),
+        quarantined=quarantine_notes([kv("ns/quarantine/ab", json.dumps(
+            {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}), 8, 0)]),
     )  # fmt: skip
-    assert list(doc) == ["namespace", "revision", "leader", "candidates", "regions", "sagas", "etcd"]
+    assert list(doc) == ["namespace", "revision", "leader", "candidates", "regions", "sagas", "quarantined", "etcd"]
+    assert doc["quarantined"] == [
+        {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}
+    ]
     out = text(render_status(doc))
+    assert "quarantined input (1)" in out and "key is not UTF-8" in out
     assert "leader node-a  term 11  lease 1a" in out
     assert "eu" in out and "healthy" in out and "gdpr" in out
     assert "us" in out and "down" in out

@@ -13,6 +13,7 @@ from whizorch.saga._definition import App, Retry, Saga, Step, StepContext, call_
 from whizorch.saga._model import (
     MAX_HISTORY,
     Keys,
+    NewerRecordError,
     ResultPayload,
     SagaRecord,
     StepState,
@@ -419,10 +420,14 @@ def test_record_from_json_rejects_garbage(data: bytes) -> None:
 
 
 def test_record_wrong_version_says_so() -> None:
-    """A record of another version names the version it found."""
+    """A record of a newer schema raises NewerRecordError naming both versions; an
+    unknown older one a plain ConfigError naming the version it found."""
     data = record().to_json().replace(b'"v":1', b'"v":2')
-    with pytest.raises(ConfigError, match="version 2"):
+    with pytest.raises(NewerRecordError, match="schema v2, newer than this whizorch's v1"):
         SagaRecord.from_json(data)
+    with pytest.raises(ConfigError, match="version 0") as info:
+        SagaRecord.from_json(record().to_json().replace(b'"v":1', b'"v":0'))
+    assert not isinstance(info.value, NewerRecordError)
 
 
 def test_history_is_bounded() -> None:

@@ -29,6 +29,7 @@ from whizorch.cli._views import (
     fmt_duration,
     fmt_time,
     list_rows,
+    quarantine_notes,
     record_document,
     step_rows,
     summarize_cluster,
@@ -150,7 +151,10 @@ async def _pending(
         res = await t.client.get(t.keys.submit(saga_id), revision=revision)
     out = []
     for kv in res.kvs:
-        sid = t.keys.split(kv.key, "submit")[0]
+        try:
+            sid = t.keys.saga_id(kv.key, "submit")
+        except ConfigError:
+            continue  # quarantined by the leader: listed by status
         if sid in known:
             continue
         try:
@@ -188,7 +192,9 @@ async def _status(t: Target) -> dict[str, Any]:
     members = await c.member_list()
     status = await c.status()
     own = await asyncio.gather(*(_member_status(c, m) for m in members))
+    notes = await c.get(k.prefix("quarantine"), prefix=True, revision=rev)
     return summarize_status(
+        quarantined=quarantine_notes(notes.kvs),
         namespace=k.ns, revision=rev, candidates=leaders.kvs, workers=workers_by_region(regions.kvs, k),
         tasks=tasks_by_region(tasks.kvs, k), records=records, pending=len(pending),
         cluster=summarize_cluster(members, status, {m.id: s for m, s in zip(members, own, strict=True) if s is not None}),
@@ -215,6 +221,8 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
                   "tasks": int (steps dispatched to the region)}],
      "sagas": {"pending": int, "in_flight": {"running": int, "compensating": int},
                "final": {"completed": int, "compensated": int, "failed": int}, "total": int},
+     "quarantined": [{"kind": str, "key": str, "reason": str, "revision": int, "at": float}]
+                   (input the leader could not parse and skipped; oldest first),
      "etcd": {"endpoint": str, "version": str, "leader": member name | null,
               "leader_id": hex str | null, "raft_term": int, "revision": int, "db_size": int,
               "members": [{"id": hex str, "name": str, "client_urls": [str], "is_leader": bool,
@@ -273,9 +281,15 @@ def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
     {"id", "saga", "status": "pending", "txid"}. An unknown id exits with status 1.
     """
 
-    async def body(t: Target) -> SagaRecord | Pending | None:
+    async def body(t: Target) -> SagaRecord | Pending | dict[str, Any] | None:
         async with SagaClient(t.client, namespace=t.keys.ns) as client:
-            rec = await client.get(saga_id)
+            try:
+                rec = await client.get(saga_id)
+            except ConfigError as exc:  # a record this whizorch cannot read
+                notes = await t.client.get(t.keys.prefix("quarantine"), prefix=True)
+                key = t.keys.saga(saga_id).decode()
+                note = next((n for n in quarantine_notes(notes.kvs) if n["key"] == key), None)
+                return {"id": saga_id, "status": "quarantined", "reason": str(exc), "note": note}
         if rec is not None:
             return rec
         pending = await _pending(t, 0, [], saga_id=saga_id)
@@ -285,6 +299,10 @@ def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
     if found is None:
         click.echo(f"whizorch: no saga {saga_id!r} in namespace {target.namespace!r}", err=True)
         raise SystemExit(1)
+    if isinstance(found, dict):
+        line = f"saga {saga_id} is quarantined: {found['reason']} (the leader skips it; see its logs)"
+        _echo(found, lambda: Text(line), as_json)
+        return
     if isinstance(found, Pending):
         doc: dict[str, Any] = {"id": found.saga_id, "saga": found.saga, "status": "pending", "txid": found.txid}
         line = f"saga {saga_id} ({found.saga}, txid {found.txid}) is pending: no leader has adopted it yet"
@@ -351,7 +369,15 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
             _t(role, "bold" if m["is_leader"] else ("red" if m["reachable"] is False else "")),
             _t(f"{m['db_size']:,}" if m["db_size"] is not None else None), _t(m["raft_index"]),
         )
-    return Group(head, regions, sagas, etcd)
+    parts: list[RenderableType] = [head, regions, sagas]
+    if doc["quarantined"]:
+        q = Table(title=f"quarantined input ({len(doc['quarantined'])}): skipped by the leader", title_justify="left")
+        for col in ("kind", "key", "reason"):
+            q.add_column(col, overflow="fold")
+        for n in doc["quarantined"][-10:]:
+            q.add_row(_t(n["kind"]), _t(n["key"]), _t(n["reason"], "red"))
+        parts.append(q)
+    return Group(*parts, etcd)
 
 
 def render_list(rows: Sequence[dict[str, Any]]) -> RenderableType:

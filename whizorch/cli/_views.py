@@ -25,6 +25,7 @@ from whizorch.saga._model import (
     StepState,
     decode_json,
 )
+from whizorch.saga._view import capabilities
 
 __all__ = [
     "Pending",
@@ -35,6 +36,7 @@ __all__ = [
     "fmt_time",
     "leader_summary",
     "list_rows",
+    "quarantine_notes",
     "record_document",
     "step_rows",
     "summarize_cluster",
@@ -128,10 +130,10 @@ def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dic
     out: dict[str, list[dict[str, Any]]] = {}
     for kv in kvs:
         try:
-            caps = decode_json(kv.value, what="worker capabilities")
+            # as the leader's router reads them: a registration it quarantines is skipped
+            out.setdefault(keys.region_of(kv.key), []).append(capabilities(kv.value))
         except ConfigError:
-            caps = None
-        out.setdefault(keys.region_of(kv.key), []).append(caps if isinstance(caps, dict) else {})
+            continue
     return out
 
 
@@ -139,9 +141,25 @@ def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
     """How many steps are dispatched to each region (``<ns>/task/<region>/...`` keys)."""
     out: dict[str, int] = {}
     for kv in kvs:
-        region = keys.split(kv.key, "task")[0]
+        try:
+            region = keys.split(kv.key, "task")[0]
+        except ConfigError:
+            continue  # not a task key whizorch wrote
         out[region] = out.get(region, 0) + 1
     return out
+
+
+def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
+    """The leader's notes on quarantined input (``<ns>/quarantine/``), oldest first."""
+    notes = []
+    for kv in kvs:
+        try:
+            note = decode_json(kv.value, what="quarantine note")
+        except ConfigError:
+            continue
+        if isinstance(note, dict):
+            notes.append({k: note.get(k) for k in ("kind", "key", "reason", "revision", "at")})
+    return sorted(notes, key=lambda n: n["revision"] if isinstance(n["revision"], int) else 0)
 
 
 def summarize_regions(
@@ -236,6 +254,7 @@ def summarize_status(
     records: Iterable[SagaRecord],
     pending: int,
     cluster: dict[str, Any],
+    quarantined: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The ``whizorch status --json`` document (shape in the command's help)."""
     return {
@@ -245,6 +264,7 @@ def summarize_status(
         "candidates": len(candidates),
         "regions": summarize_regions(workers, tasks),
         "sagas": count_sagas(records, pending),
+        "quarantined": list(quarantined),
         "etcd": cluster,
     }
 

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import prometheus_client
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from whizorch.errors import ConfigError
@@ -99,7 +99,7 @@ class _StateCollector(Collector):
         self.orchestrators: weakref.WeakSet[Orchestrator] = weakref.WeakSet()
         self.workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         orchs = list(self.orchestrators)
         leading = [o for o in orchs if o.is_leader]
         yield GaugeMetricFamily("whizorch_is_leader", "1 while an orchestrator in this process leads.", value=1 if leading else 0)
@@ -115,6 +115,17 @@ class _StateCollector(Collector):
         for status, n in sorted(counts.items()):
             in_flight.add_metric([status], n)
         yield in_flight
+        quarantined = CounterMetricFamily(
+            "whizorch_quarantined", "Keys under the namespace the leader could not parse and skipped, by kind.",
+            labels=["kind"],
+        )
+        per_kind: dict[str, int] = {}
+        for o in orchs:
+            for kind, n in o.quarantined.items():
+                per_kind[kind] = per_kind.get(kind, 0) + n
+        for kind, n in sorted(per_kind.items()):
+            quarantined.add_metric([kind], n)
+        yield quarantined
         running = GaugeMetricFamily("whizorch_worker_running_steps", "Step handlers running now.", labels=["region"])
         per_region: dict[str, int] = {}
         for w in list(self.workers):

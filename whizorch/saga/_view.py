@@ -17,7 +17,7 @@ from whizorch.saga import _machine as m
 from whizorch.saga._model import decode_json
 from whizorch.saga._router import RegionInfo
 
-__all__ = ["Timers", "Workers"]
+__all__ = ["Timers", "Workers", "capabilities"]
 
 
 class Workers:
@@ -31,7 +31,7 @@ class Workers:
 
     def put(self, region: str, key: bytes, value: bytes) -> None:
         """A worker registered or reported its load."""
-        self._by_region.setdefault(region, {})[key] = _capabilities(value)
+        self._by_region.setdefault(region, {})[key] = capabilities(value)
 
     def delete(self, region: str, key: bytes) -> None:
         """A worker left (its lease ended or it deregistered)."""
@@ -58,7 +58,7 @@ class Workers:
         return view
 
 
-def _capabilities(value: bytes) -> dict[str, Any]:
+def capabilities(value: bytes) -> dict[str, Any]:
     """A worker's registration, checked (a ConfigError names what is wrong)."""
     caps = decode_json(value, what="worker capabilities")
     if not isinstance(caps, dict):
