@@ -1,0 +1,239 @@
+"""The seeded nemesis: one fault at a time, healed, a random gap, the next.
+
+Every random number comes from the seed's own `random.Random`, drawn in the same order
+whatever happens at run time (a `Draw` per fault), so a seed replays the same
+schedule of choices; which process a choice lands on ("the leader", "the member
+eu-1 sits on") is resolved when the fault happens, and printed.
+
+Faults (`KINDS`): SIGKILL of a worker, of the orchestrator leader or of the follower
+(restarted after a random delay, as a supervisor would); SIGSTOP of one of them for a
+random time (shorter or longer than the lease TTL), then SIGCONT; SIGKILL of an etcd
+member then a restart, SIGSTOP/SIGCONT of a member (the Raft leader, a follower, or
+the member a chosen role's connection sits on); and every client connection through
+one member's proxy dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from whizorch import EtcdClient, WhizorchError
+from whizorch.testing import EtcdMember, LocalEtcdCluster
+
+from .proxy import Proxies
+from .roles import Deployment, Role
+
+__all__ = ["KINDS", "Draw", "Fault", "Nemesis"]
+
+KINDS = (
+    "kill worker", "kill leader", "kill follower",
+    "pause worker", "pause leader", "pause follower",
+    "kill etcd", "pause etcd", "drop etcd",
+)  # fmt: skip
+MEMBER_CHOICES = ("raft leader", "raft follower", "member of role")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """The random choices of one fault (drawn whether or not the kind uses them)."""
+
+    kind: str
+    member_choice: str
+    pick: float
+    """Which worker / follower / role, as a fraction of the candidates."""
+    hold_s: float
+    """How long the fault lasts (restart delay, pause length)."""
+    gap_s: float
+    """Quiet time after the heal, before the next fault."""
+
+    @classmethod
+    def draw(cls, rng: random.Random, ttl_s: float) -> Draw:
+        kind = KINDS[rng.randrange(len(KINDS))]
+        member_choice = MEMBER_CHOICES[rng.randrange(len(MEMBER_CHOICES))]
+        pick = rng.random()
+        restart = rng.uniform(0.1, 2.5)
+        pause = rng.uniform(0.3, 2 * ttl_s + 1.0)  # about half shorter than the TTL, half longer
+        gap = rng.uniform(0.5, 3.0)
+        hold = restart if kind.startswith("kill") else pause if kind.startswith("pause") else 0.0
+        return cls(kind, member_choice, pick, round(hold, 3), round(gap, 3))
+
+
+@dataclass
+class Fault:
+    """One fault as it happened (times in seconds since the run began)."""
+
+    index: int
+    draw: Draw
+    target: str = ""
+    at: float = 0.0
+    healed_at: float | None = None
+    note: str = ""
+
+    def describe(self) -> str:
+        healed = f"healed +{self.healed_at:.2f}s" if self.healed_at is not None else "NOT HEALED"
+        extra = f" ({self.note})" if self.note else ""
+        return f"+{self.at:6.2f}s #{self.index:<3d} {self.draw.kind:<14s} {self.target}, hold {self.draw.hold_s:.2f}s, {healed}{extra}"
+
+
+class Nemesis:
+    """Injects `Draw` after `Draw` for ``duration_s``; `last_heal` is when the last healed."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        *,
+        deployment: Deployment,
+        cluster: LocalEtcdCluster,
+        proxies: Proxies,
+        observer: EtcdClient,
+        namespace: str,
+        ttl_s: float,
+        t0: float,
+        log: Callable[[str], None],
+    ) -> None:
+        self.rng = rng
+        self.deployment = deployment
+        self.cluster = cluster
+        self.proxies = proxies
+        self.observer = observer
+        self.namespace = namespace
+        self.ttl_s = ttl_s
+        self.t0 = t0
+        self.log = log
+        self.faults: list[Fault] = []
+        self.last_heal = t0
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def run(self, duration_s: float) -> list[Fault]:
+        """Fault, heal, gap, until ``duration_s`` after ``t0``."""
+        while self.now() < duration_s:
+            fault = Fault(len(self.faults) + 1, Draw.draw(self.rng, self.ttl_s))
+            self.faults.append(fault)
+            await self._inject(fault)
+            self.last_heal = time.monotonic()
+            fault.healed_at = self.now()
+            self.log(f"[heal  +{fault.healed_at:6.2f}s] #{fault.index} {fault.target}{' (' + fault.note + ')' if fault.note else ''}")
+            await asyncio.sleep(fault.draw.gap_s)  # ok: the seed's gap between faults
+        return self.faults
+
+    # -- resolving targets ---------------------------------------------------------------
+
+    async def leader_node(self) -> str | None:
+        """The orchestrator leading now (first key under ``<ns>/leader/``)."""
+        try:
+            res = await self.observer.get(
+                f"{self.namespace}/leader/", prefix=True, sort_target="create", sort_order="ascend", limit=1
+            )
+        except WhizorchError:
+            return None
+        return res.kvs[0].value.decode() if res.kvs else None
+
+    @staticmethod
+    def _pick(items: list[Role], u: float) -> Role | None:
+        return items[min(int(u * len(items)), len(items) - 1)] if items else None
+
+    async def _role(self, draw: Draw) -> Role | None:
+        running = [r for r in self.deployment.roles.values() if r.state == "running" and not r.lock.locked()]
+        what = draw.kind.split()[1]
+        if what == "worker":
+            return self._pick([r for r in running if r.spec.kind == "worker"], draw.pick)
+        orchestrators = [r for r in running if r.spec.kind == "orchestrator"]
+        leader = await self.leader_node()
+        if what == "leader":
+            found = [r for r in orchestrators if r.name == leader]
+        else:
+            found = [r for r in orchestrators if r.name != leader]
+        return self._pick(found, draw.pick)
+
+    def member_of(self, role: Role) -> EtcdMember | None:
+        """The member ``role``'s most recently active connection goes to."""
+        pid = role.pid
+        name = None
+        if pid is not None:
+            seen = self.proxies.connected_members(pid)
+            if seen:
+                name = seen[0][0]
+        if name is None:
+            first = self.deployment.endpoints_for(role.spec)[0]
+            name = self.proxies.name_of_port(int(first.rpartition(":")[2]))
+        return next((m for m in self.cluster.members if m.name == name), None)
+
+    async def _member(self, draw: Draw) -> tuple[EtcdMember | None, str]:
+        members = [m for m in self.cluster.members if m.is_running and not m.is_paused]
+        if draw.member_choice == "member of role":
+            roles = [r for r in self.deployment.roles.values() if r.pid is not None]
+            role = self._pick(roles, draw.pick)
+            if role is not None:
+                member = self.member_of(role)
+                if member is not None and member in members:
+                    return member, f"the member {role.name} sits on"
+        try:
+            leader = await asyncio.to_thread(self.cluster.wait_leader, 10.0)
+        except WhizorchError:
+            leader = None
+        if draw.member_choice == "raft leader" and leader is not None:
+            return leader, "the Raft leader"
+        followers = [m for m in members if m is not leader]
+        if not followers:
+            return None, ""
+        return followers[min(int(draw.pick * len(followers)), len(followers) - 1)], "a Raft follower"
+
+    # -- faults --------------------------------------------------------------------------
+
+    async def _inject(self, fault: Fault) -> None:
+        draw = fault.draw
+        fault.at = self.now()
+        if draw.kind.endswith("etcd"):
+            await self._etcd_fault(fault)
+        else:
+            await self._role_fault(fault)
+
+    async def _role_fault(self, fault: Fault) -> None:
+        draw = fault.draw
+        role = await self._role(draw)
+        if role is None:
+            fault.target, fault.note = "nobody", f"no {draw.kind.split()[1]} to hit"
+            self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind}: no target")
+            return
+        async with role.lock:
+            member = self.member_of(role)
+            fault.target = f"{role.name} (pid {role.pid}, on {member.name if member else '?'})"
+            self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind} {fault.target} for {draw.hold_s:.2f}s")
+            if draw.kind.startswith("kill"):
+                await self.deployment.kill(role)
+                await asyncio.sleep(draw.hold_s)  # ok: the supervisor's restart delay (from the seed)
+                await self.deployment.restart(role)
+                fault.note = f"restarted as pid {role.pid}"
+            else:
+                self.deployment.pause(role)
+                await asyncio.sleep(draw.hold_s)  # ok: the pause length (from the seed)
+                self.deployment.resume(role)
+
+    async def _etcd_fault(self, fault: Fault) -> None:
+        draw = fault.draw
+        member, why = await self._member(draw)
+        if member is None:
+            fault.target, fault.note = "nobody", "no member to hit"
+            self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind}: no target")
+            return
+        fault.target = f"{member.name} ({why})"
+        self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind} {fault.target}"
+                 + (f" for {draw.hold_s:.2f}s" if draw.hold_s else ""))
+        if draw.kind == "drop etcd":
+            dropped = await self.proxies.drop(member.name)
+            fault.note = f"{dropped} connection(s) reset"
+        elif draw.kind == "kill etcd":
+            await member.akill()
+            await asyncio.sleep(draw.hold_s)  # ok: down time before the restart (from the seed)
+            await member.astart(timeout=30.0)
+        else:
+            await asyncio.to_thread(member.pause)
+            await asyncio.sleep(draw.hold_s)  # ok: the pause length (from the seed)
+            await asyncio.to_thread(member.resume)
+            await self.cluster.await_healthy(30.0)

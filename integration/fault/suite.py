@@ -1,0 +1,360 @@
+"""One seeded run of the fault suite, from an empty machine to a verdict.
+
+`run_seed` starts 3 etcd members, a proxy per member, 2 workers per region (eu, us,
+ap) and 2 orchestrator candidates as real CLI processes (lease TTL 2 s), seeds the
+ledger, submits the seed's transfers at a steady rate while the `Nemesis` injects one
+fault at a time, then (the quiet period) waits for every role to be back and every
+saga to settle, reads etcd and the handlers' lines into a `History` and checks it.
+Everything it started is torn down on the way out, failure or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whizorch import Compare, EtcdClient, Op, WhizorchError
+from whizorch.saga import SagaClient
+from whizorch.testing import LocalEtcdCluster, eventually_async
+
+from .checker import Effect as EffectRecord
+from .checker import (
+    History,
+    RolesSnapshot,
+    RunResult,
+    Transfer,
+    Violation,
+    check,
+    check_roles,
+    parse_attempts,
+)
+from .ledger import REGIONS, ROUTES, account_key, frozen_key, saga_name
+from .nemesis import Nemesis
+from .proxy import Proxies
+from .report import render
+from .roles import Deployment, RoleSpec, role_env
+
+__all__ = ["Options", "Outcome", "Workload", "plan_workload", "run_seed"]
+
+NAMESPACE = "fault"
+LEDGER_PREFIX = "ledger/"
+INITIAL_BALANCE = 10_000
+HERE = Path(__file__).resolve().parent
+APP = f"{__package__.rpartition('.')[2] or 'fault'}.ledger_app:app"
+"""The roles import the package as ``fault`` with integration/ on their PYTHONPATH."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """One run's knobs (the seed decides everything random)."""
+
+    seed: int
+    duration_s: float = 25.0
+    """How long the nemesis and the submitter run."""
+    sagas: int | None = None
+    """Transfers submitted at a steady rate over the duration (default 4 per second)."""
+    ttl_s: int = 2
+    settle_s: float = 30.0
+    """After the last heal, every saga must be final within this."""
+    back_slack_s: float = 2.0
+    """After the last heal, every role must be back within TTL + 1 s + this."""
+    accounts: int = 12
+    frozen: int = 2
+    handler_delay_s: float = 0.2
+
+    @property
+    def saga_count(self) -> int:
+        return self.sagas if self.sagas is not None else max(1, round(4 * self.duration_s))
+
+    def describe(self) -> str:
+        return (f"duration {self.duration_s:g}s, {self.saga_count} sagas, TTL {self.ttl_s}s, settle {self.settle_s:g}s, "
+                f"roles back within {self.ttl_s + 1 + self.back_slack_s:g}s, {self.accounts} accounts ({self.frozen} frozen)")
+
+    def replay(self) -> str:
+        return (f"WHIZORCH_FAULT_SEED={self.seed} WHIZORCH_FAULT_DURATION_S={self.duration_s:g} "
+                f"WHIZORCH_FAULT_SAGAS={self.saga_count} .venv/bin/python -m pytest integration/fault   "
+                f"# or: .venv/bin/python -m integration.fault --seed {self.seed} --duration {self.duration_s:g} "
+                f"--sagas {self.saga_count}")
+
+
+@dataclass
+class Outcome:
+    """The verdict of one run."""
+
+    seed: int
+    violations: list[Violation]
+    report: str
+    timings: dict[str, float] = field(default_factory=dict)
+    faults: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass(frozen=True)
+class Workload:
+    initial: dict[str, int]
+    frozen: frozenset[str]
+    transfers: list[Transfer]
+
+
+def plan_workload(opts: Options) -> Workload:
+    """The seed's accounts, frozen accounts and transfers (its own random stream)."""
+    rng = random.Random(f"workload-{opts.seed}")
+    names = [f"acct{i:02d}" for i in range(opts.accounts)]
+    initial = dict.fromkeys(names, INITIAL_BALANCE)
+    frozen = frozenset(rng.sample(names, opts.frozen))
+    transfers = []
+    for i in range(opts.saga_count):
+        src_region, dst_region = ROUTES[rng.randrange(len(ROUTES))]
+        source, target = rng.sample(names, 2)
+        transfers.append(Transfer(
+            saga_id=f"s{opts.seed}-t{i:04d}", saga=saga_name(src_region, dst_region), source=source, target=target,
+            amount=rng.randint(1, 100), expected="compensated" if target in frozen else "completed",
+        ))
+    return Workload(initial, frozen, transfers)
+
+
+def role_specs() -> list[RoleSpec]:
+    """2 workers per region and 2 orchestrators, rotated over the members so the two
+    workers of a region, and the two orchestrators, sit on different members."""
+    specs, rotation = [], 0
+    for region in REGIONS:
+        for n in (1, 2):
+            specs.append(RoleSpec(f"{region}-{n}", "worker", region, rotation % 3))
+            rotation += 1
+    specs += [RoleSpec("o1", "orchestrator", None, 0), RoleSpec("o2", "orchestrator", None, 1)]
+    return specs
+
+
+async def _seed_ledger(client: EtcdClient, work: Workload) -> None:
+    ops = [Op.put(account_key(LEDGER_PREFIX, a), str(b)) for a, b in work.initial.items()]
+    ops += [Op.put(frozen_key(LEDGER_PREFIX, a), "1") for a in sorted(work.frozen)]
+    await client.txn([Compare.create_revision(account_key(LEDGER_PREFIX, next(iter(work.initial))), "==", 0)], ops)
+
+
+class _Submitter:
+    """Submits the transfers at a steady rate; each submission retried until acknowledged
+    (submitting one saga id twice starts one saga)."""
+
+    def __init__(self, sagas: SagaClient, transfers: list[Transfer], duration_s: float, t0: float) -> None:
+        self.sagas = sagas
+        self.transfers = transfers
+        self.interval = duration_s / max(1, len(transfers))
+        self.t0 = t0
+        self.acked: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+
+    async def _one(self, t: Transfer) -> None:
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                await self.sagas.submit(t.saga, {"from": t.source, "to": t.target, "amount": t.amount}, saga_id=t.saga_id)
+                self.acked[t.saga_id] = time.monotonic() - self.t0
+                return
+            except WhizorchError as exc:
+                self.errors[t.saga_id] = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() > deadline:
+                    return
+                await asyncio.sleep(0.2)  # ok: back off before submitting again (idempotent)
+
+    async def run(self) -> None:
+        tasks = []
+        try:
+            for i, t in enumerate(self.transfers):
+                delay = self.t0 + i * self.interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # ok: the workload's steady submission rate
+                tasks.append(asyncio.ensure_future(self._one(t)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _roles_snapshot(client: EtcdClient, deployment: Deployment) -> RolesSnapshot:
+    regs = await client.get(f"{NAMESPACE}/region/", prefix=True, keys_only=True)
+    per_region: dict[str, int] = defaultdict(int)
+    for kv in regs.kvs:
+        per_region[kv.key.decode().split("/")[-2]] += 1
+    cands = await client.get(f"{NAMESPACE}/leader/", prefix=True, sort_target="create", sort_order="ascend")
+    live_orch = [r.name for r in deployment.of_kind("orchestrator") if r.state == "running" and r.pid is not None]
+    return RolesSnapshot(
+        live_workers=deployment.live_workers(),
+        registrations=dict(per_region),
+        leader=cands.kvs[0].value.decode() if cands.kvs else None,
+        candidates=len(cands.kvs),
+        live_orchestrators=len(live_orch),
+        not_running=deployment.not_running(),
+        exits=list(deployment.exits),
+    )
+
+
+async def _collect(client: EtcdClient, work: Workload, ledger_dir: Path, roles: RolesSnapshot) -> tuple[History, dict[str, dict[str, Any]]]:
+    """Read etcd (one revision) and the handlers' lines into a History."""
+    records_res = await client.get(f"{NAMESPACE}/saga/", prefix=True)
+    rev = records_res.header.revision
+    subs = await client.get(f"{NAMESPACE}/submit/", prefix=True, keys_only=True, revision=rev)
+    effects_res = await client.get(f"{LEDGER_PREFIX}effects/", prefix=True, revision=rev)
+    accts = await client.get(f"{LEDGER_PREFIX}acct/", prefix=True, revision=rev)
+    runs = await client.get(f"{NAMESPACE}/run/", prefix=True, revision=rev)
+    records: dict[str, dict[str, Any]] = {}
+    statuses: dict[str, str] = {}
+    for kv in subs.kvs:
+        statuses[kv.key.decode().rpartition("/")[2]] = "pending"
+    for kv in records_res.kvs:
+        with contextlib.suppress(ValueError):
+            rec = json.loads(kv.value)
+            records[rec["id"]] = rec
+            statuses[rec["id"]] = str(rec["status"])
+    effects = []
+    for kv in effects_res.kvs:
+        _, sid, name = kv.key.decode().rsplit("/", 2)
+        raw = json.loads(kv.value)
+        effects.append(EffectRecord(
+            saga_id=sid, name=name, account=str(raw["account"]), delta=int(raw["delta"]), token=int(raw["token"]),
+            revision=kv.create_revision, attempt=int(raw.get("attempt", 0)), worker=str(raw.get("worker", "")),
+            pid=int(raw.get("pid", 0)),
+        ))
+    balances = {kv.key.decode().rpartition("/")[2]: int(kv.value) for kv in accts.kvs}
+    results = []
+    for kv in runs.kvs:
+        parts = kv.key.decode().split("/")  # <ns>/run/<saga>/<step>/<kind>-<attempt>
+        if parts[-1] == "claim":
+            continue
+        kind, _, attempt = parts[-1].rpartition("-")
+        with contextlib.suppress(ValueError, KeyError):
+            raw = json.loads(kv.value)
+            results.append(RunResult(parts[-3], int(parts[-2]), kind, int(attempt), int(raw.get("fence", 0)), bool(raw["ok"])))
+    lines = await asyncio.to_thread(_read_lines, ledger_dir)
+    history = History(
+        transfers=work.transfers, initial=work.initial, balances=balances, statuses=statuses, effects=effects,
+        attempts=parse_attempts(lines), results=results, roles=roles,
+    )
+    return history, records
+
+
+def _read_lines(ledger_dir: Path) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(ledger_dir.glob("effects-*.jsonl")):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
+
+
+async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None, log: Callable[[str], None] = print) -> Outcome:
+    """Run one seed; never raises for a violation (see `Outcome`), only for harness trouble."""
+    work = plan_workload(opts)
+    ledger_dir = workdir / "ledger"
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    log(f"[fault suite] seed {opts.seed}: {opts.describe()}; work dir {workdir}")
+    log(f"[fault suite] frozen accounts {sorted(work.frozen)}: "
+        f"{sum(t.expected == 'compensated' for t in work.transfers)} of {len(work.transfers)} sagas designed to compensate")
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = await stack.enter_async_context(LocalEtcdCluster(3, etcd_bin=etcd_bin))
+        proxies = await stack.enter_async_context(Proxies({m.name: m.endpoint for m in cluster.members}))
+        observer = await stack.enter_async_context(EtcdClient(cluster.endpoints, timeout_s=2.0, retry_deadline_s=10.0))
+        await _seed_ledger(observer, work)
+        env = role_env(os.environ, pythonpath=HERE.parent, ledger_dir=ledger_dir, prefix=LEDGER_PREFIX,
+                       delay_s=opts.handler_delay_s)
+        deployment = Deployment(
+            role_specs(), endpoints=[proxies.endpoint(n) for n in proxies.names], namespace=NAMESPACE,
+            ttl_s=opts.ttl_s, app=APP, env=env, log=log,
+        )
+        stack.push_async_callback(deployment.aclose)
+        await deployment.start_all()
+        if deployment.failures:
+            raise RuntimeError("roles did not start:\n" + "\n".join(deployment.failures))
+
+        async def leads() -> None:
+            snap = await _roles_snapshot(observer, deployment)
+            assert snap.leader is not None and not check_roles(snap), check_roles(snap)
+
+        await eventually_async(leads, timeout=30, message="every role up and an orchestrator leading")
+        timings["start"] = time.monotonic() - started
+        sagas = SagaClient(observer, namespace=NAMESPACE)
+        stack.push_async_callback(sagas.aclose)
+
+        t0 = time.monotonic()
+        t0_wall = time.time()
+        nemesis = Nemesis(
+            random.Random(f"nemesis-{opts.seed}"), deployment=deployment, cluster=cluster, proxies=proxies,
+            observer=observer, namespace=NAMESPACE, ttl_s=opts.ttl_s, t0=t0, log=log,
+        )
+        submitter = _Submitter(sagas, work.transfers, opts.duration_s, t0)
+        submitting = asyncio.ensure_future(submitter.run())
+        try:
+            await nemesis.run(opts.duration_s)
+            last_heal = nemesis.last_heal
+            log(f"[fault suite] last heal at +{last_heal - t0:.2f}s; quiet period")
+            await submitting
+        finally:
+            submitting.cancel()
+            await asyncio.gather(submitting, return_exceptions=True)
+
+        # every role back within TTL + 1 s (+ slack) of the last heal
+        back_by = opts.ttl_s + 1.0 + opts.back_slack_s
+        snapshot = await _roles_snapshot(observer, deployment)
+        while check_roles(snapshot) and time.monotonic() < last_heal + back_by:
+            await asyncio.sleep(0.1)  # ok: polling the deployment against the deadline
+            snapshot = await _roles_snapshot(observer, deployment)
+        timings["roles back"] = time.monotonic() - last_heal
+
+        # every saga final within the settle time
+        ids = [t.saga_id for t in work.transfers]
+
+        async def all_final() -> bool:
+            res = await observer.get(f"{NAMESPACE}/saga/", prefix=True)
+            final = 0
+            for kv in res.kvs:
+                with contextlib.suppress(ValueError):
+                    if json.loads(kv.value).get("status") in ("completed", "compensated", "failed"):
+                        final += 1
+            return final >= len(ids)
+
+        with contextlib.suppress(AssertionError):
+            await eventually_async(all_final, timeout=max(0.1, last_heal + opts.settle_s - time.monotonic()), interval=0.25)
+        timings["settled"] = time.monotonic() - last_heal
+
+        history, records = await _collect(observer, work, ledger_dir, snapshot)
+        violations = check(history)
+        violations += [Violation("roles", f) for f in deployment.failures]
+        unacked = sorted(set(ids) - set(submitter.acked))
+        if unacked:
+            violations.append(Violation(
+                "submit", f"{len(unacked)} submission(s) never acknowledged: "
+                + "; ".join(f"{s}: {submitter.errors.get(s, '?')}" for s in unacked[:5]), tuple(unacked),
+            ))
+        timings["run"] = time.monotonic() - started
+        leader_events = [
+            f"+{float(e.get('at', 0.0)) - t0_wall:7.2f}s {role}: {e['event']} term {e.get('term')}"
+            for role, e in sorted(deployment.events("leader", "follower"), key=lambda re: float(re[1].get("at", 0.0)))
+        ]
+        report = render(
+            seed=opts.seed, options=opts.describe(), replay=opts.replay(),
+            schedule=[f.describe() for f in nemesis.faults], violations=violations, history=history, records=records,
+            timings=timings, leader_events=leader_events, t0=t0_wall,
+        )
+        if violations:
+            (workdir / "report.txt").write_text(report + "\n")
+        log(report)
+        return Outcome(opts.seed, violations, report, timings, len(nemesis.faults))
+
+
+def main_log(line: str) -> None:
+    """Print a line at once (the runner and ``pytest -s`` show the schedule live)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
