@@ -198,11 +198,12 @@ def test_an_effect_by_a_token_no_run_reports_is_caught() -> None:
 
 def test_roles_missing_from_the_deployment_are_caught() -> None:
     """A live worker without its registration, no leader, a candidate not campaigning,
-    a role not running, a role that exited by itself (with its stderr)."""
+    a role not running, a live role whose only key is its dead predecessor's, a role
+    that exited by itself (with its stderr)."""
     h = good()
     h.roles = RolesSnapshot(
         live_workers={"eu": 2, "us": 2}, registrations={"eu": 1, "us": 2}, leader=None, candidates=1,
-        live_orchestrators=2, not_running=["ap-1"],
+        live_orchestrators=2, not_running=["ap-1"], unregistered=["us-2"],
         exits=[RoleExit("o2", 123, 1, 0.0, ("Traceback ...", "RuntimeError: boom"))],
     )
     messages = [str(v) for v in checker.check(h)]
@@ -210,6 +211,7 @@ def test_roles_missing_from_the_deployment_are_caught() -> None:
     assert "[roles] no orchestrator leads (no leader key)" in messages
     assert "[roles] 1 election key(s) for 2 live orchestrator(s) (each campaigns or leads)" in messages
     assert "[roles] role process(es) not running: ap-1" in messages
+    assert "[roles] live role(s) with no key of their own (not registered / not campaigning): us-2" in messages
     assert any(m.startswith("[crash] o2 (pid 123) exited by itself with status 1") and "RuntimeError: boom" in m for m in messages)
 
 

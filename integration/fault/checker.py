@@ -152,6 +152,9 @@ class RolesSnapshot:
     """Orchestrator processes running (not paused, not killed)."""
     not_running: Sequence[str] = ()
     """Roles whose process is not running at the end."""
+    unregistered: Sequence[str] = ()
+    """Live roles with no key of their current process (a registration, or an election
+    key, created after that process started): gone from the deployment."""
     exits: Sequence[RoleExit] = ()
 
 
@@ -337,6 +340,9 @@ def check_roles(snapshot: RolesSnapshot) -> list[Violation]:
             "roles", f"{snapshot.candidates} election key(s) for {snapshot.live_orchestrators} live orchestrator(s) "
             "(each campaigns or leads)",
         ))
+    if snapshot.unregistered:
+        out.append(Violation("roles", f"live role(s) with no key of their own (not registered / not campaigning): "
+                                      f"{', '.join(snapshot.unregistered)}"))
     if snapshot.not_running:
         out.append(Violation("roles", f"role process(es) not running: {', '.join(snapshot.not_running)}"))
     for ex in snapshot.exits:

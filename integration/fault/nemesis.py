@@ -16,9 +16,11 @@ one member's proxy dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from whizorch import EtcdClient, WhizorchError
@@ -71,12 +73,16 @@ class Fault:
     target: str = ""
     at: float = 0.0
     healed_at: float | None = None
+    back_s: float | None = None
+    """Seconds from the heal until every role was back (None: not within the gap)."""
     note: str = ""
 
     def describe(self) -> str:
         healed = f"healed +{self.healed_at:.2f}s" if self.healed_at is not None else "NOT HEALED"
         extra = f" ({self.note})" if self.note else ""
-        return f"+{self.at:6.2f}s #{self.index:<3d} {self.draw.kind:<14s} {self.target}, hold {self.draw.hold_s:.2f}s, {healed}{extra}"
+        back = f", all back +{self.back_s:.2f}s" if self.back_s is not None else ", not all back within the gap"
+        return (f"+{self.at:6.2f}s #{self.index:<3d} {self.draw.kind:<14s} {self.target}, hold {self.draw.hold_s:.2f}s, "
+                f"{healed}{back}{extra}")
 
 
 class Nemesis:
@@ -94,6 +100,7 @@ class Nemesis:
         ttl_s: float,
         t0: float,
         log: Callable[[str], None],
+        probe: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.rng = rng
         self.deployment = deployment
@@ -104,6 +111,8 @@ class Nemesis:
         self.ttl_s = ttl_s
         self.t0 = t0
         self.log = log
+        self.probe = probe
+        """What is still missing from the deployment (empty: every role is back)."""
         self.faults: list[Fault] = []
         self.last_heal = t0
 
@@ -119,20 +128,54 @@ class Nemesis:
             self.last_heal = time.monotonic()
             fault.healed_at = self.now()
             self.log(f"[heal  +{fault.healed_at:6.2f}s] #{fault.index} {fault.target}{' (' + fault.note + ')' if fault.note else ''}")
-            await asyncio.sleep(fault.draw.gap_s)  # ok: the seed's gap between faults
+            await self._gap(fault)
         return self.faults
+
+    async def _gap(self, fault: Fault) -> None:
+        """The seed's quiet time after a heal; meanwhile, measure how soon every role is back."""
+        healed = time.monotonic()
+        end = healed + fault.draw.gap_s
+        while self.probe is not None and time.monotonic() < end:
+            try:
+                async with asyncio.timeout(max(0.05, end - time.monotonic())):
+                    missing = await self.probe()
+            except (WhizorchError, TimeoutError):
+                missing = ["etcd did not answer"]
+            if not missing:
+                fault.back_s = time.monotonic() - healed
+                self.log(f"[back  +{self.now():6.2f}s] #{fault.index} every role back {fault.back_s:.2f}s after the heal")
+                break
+            await asyncio.sleep(0.1)  # ok: polling the deployment within the seed's gap
+        left = end - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)  # ok: the rest of the seed's gap between faults
 
     # -- resolving targets ---------------------------------------------------------------
 
-    async def leader_node(self) -> str | None:
-        """The orchestrator leading now (first key under ``<ns>/leader/``)."""
+    async def leader_node(self) -> tuple[str | None, int]:
+        """The node of the first key under ``<ns>/leader/`` and its term (0: none)."""
         try:
             res = await self.observer.get(
                 f"{self.namespace}/leader/", prefix=True, sort_target="create", sort_order="ascend", limit=1
             )
         except WhizorchError:
-            return None
-        return res.kvs[0].value.decode() if res.kvs else None
+            return None, 0
+        return (res.kvs[0].value.decode(), res.kvs[0].create_revision) if res.kvs else (None, 0)
+
+    def _leading(self, role: Role, term: int) -> bool:
+        """Whether ``role``'s current process said it leads ``term`` (and not since that
+        it stopped): a restarted process shares its node id with the key of a dead one."""
+        child = role.child
+        if child is None:
+            return False
+        last: dict[str, object] = {}
+        for _, line in child.lines:
+            if '"leader"' in line or '"follower"' in line:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if isinstance(event, dict) and event.get("event") in ("leader", "follower"):
+                        last = event
+        return last.get("event") == "leader" and last.get("term") == term
 
     @staticmethod
     def _pick(items: list[Role], u: float) -> Role | None:
@@ -144,12 +187,11 @@ class Nemesis:
         if what == "worker":
             return self._pick([r for r in running if r.spec.kind == "worker"], draw.pick)
         orchestrators = [r for r in running if r.spec.kind == "orchestrator"]
-        leader = await self.leader_node()
+        node, term = await self.leader_node()
+        leaders = [r for r in orchestrators if self._leading(r, term)] or [r for r in orchestrators if r.name == node]
         if what == "leader":
-            found = [r for r in orchestrators if r.name == leader]
-        else:
-            found = [r for r in orchestrators if r.name != leader]
-        return self._pick(found, draw.pick)
+            return self._pick(leaders, draw.pick)
+        return self._pick([r for r in orchestrators if r not in leaders], draw.pick)
 
     def member_of(self, role: Role) -> EtcdMember | None:
         """The member ``role``'s most recently active connection goes to."""

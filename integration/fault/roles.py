@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ class Role:
     incarnations: list[Child] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expected_exit: bool = False
+    started_rev: int = 0
+    """etcd's revision just before the current process started: keys it made are newer."""
 
     @property
     def name(self) -> str:
@@ -78,6 +80,7 @@ class Deployment:
         app: str,
         env: Mapping[str, str],
         log: Callable[[str], None],
+        revision: Callable[[], Awaitable[int]],
     ) -> None:
         self.roles = {s.name: Role(s) for s in specs}
         self.endpoints = list(endpoints)
@@ -89,6 +92,7 @@ class Deployment:
         self.failures: list[str] = []
         """Restarts that did not come back (no ready line in time)."""
         self._log = log
+        self._revision = revision
         self._watchers: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -112,6 +116,7 @@ class Deployment:
         """Start a new incarnation and wait for its ready line (caller holds the lock)."""
         env = dict(self.env)
         env["FAULT_LEDGER_ETCD"] = ",".join(self.endpoints_for(role.spec))
+        role.started_rev = await self._revision()
         child = await Child.start(role.name, self._argv(role.spec), env=env)
         role.child = child
         role.incarnations.append(child)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from whizorch import Compare, EtcdClient, Op, WhizorchError
+from whizorch.etcd import RangeResult
 from whizorch.saga import SagaClient
 from whizorch.testing import LocalEtcdCluster, eventually_async
 
@@ -185,19 +187,32 @@ class _Submitter:
 
 
 async def _roles_snapshot(client: EtcdClient, deployment: Deployment) -> RolesSnapshot:
-    regs = await client.get(f"{NAMESPACE}/region/", prefix=True, keys_only=True)
+    """Registrations and election keys (one read) against the live role processes."""
+    res = await client.txn([], [
+        Op.get(f"{NAMESPACE}/region/", prefix=True),
+        Op.get(f"{NAMESPACE}/leader/", prefix=True, sort_target="create", sort_order="ascend"),
+    ])  # fmt: skip
+    regs, cands = res.responses
+    assert isinstance(regs, RangeResult) and isinstance(cands, RangeResult)
     per_region: dict[str, int] = defaultdict(int)
+    own: dict[str, int] = {}  # role name -> create revision of its newest key
     for kv in regs.kvs:
         per_region[kv.key.decode().split("/")[-2]] += 1
-    cands = await client.get(f"{NAMESPACE}/leader/", prefix=True, sort_target="create", sort_order="ascend")
-    live_orch = [r.name for r in deployment.of_kind("orchestrator") if r.state == "running" and r.pid is not None]
+        with contextlib.suppress(ValueError, AttributeError):
+            name = str(json.loads(kv.value).get("worker"))
+            own[name] = max(own.get(name, 0), kv.create_revision)
+    for kv in cands.kvs:
+        name = kv.value.decode(errors="replace")
+        own[name] = max(own.get(name, 0), kv.create_revision)
+    live = [r for r in deployment.roles.values() if r.state == "running" and r.pid is not None]
     return RolesSnapshot(
         live_workers=deployment.live_workers(),
         registrations=dict(per_region),
         leader=cands.kvs[0].value.decode() if cands.kvs else None,
         candidates=len(cands.kvs),
-        live_orchestrators=len(live_orch),
+        live_orchestrators=sum(r.spec.kind == "orchestrator" for r in live),
         not_running=deployment.not_running(),
+        unregistered=[r.name for r in live if own.get(r.name, 0) <= r.started_rev],
         exits=list(deployment.exits),
     )
 
@@ -246,6 +261,14 @@ async def _collect(client: EtcdClient, work: Workload, ledger_dir: Path, roles: 
     return history, records
 
 
+async def _revision(client: EtcdClient) -> int:
+    """etcd's current revision (0 when it cannot tell: then any key counts as newer)."""
+    try:
+        return (await client.get(f"{NAMESPACE}/none")).header.revision
+    except WhizorchError:
+        return 0
+
+
 def _read_lines(ledger_dir: Path) -> list[str]:
     lines: list[str] = []
     for path in sorted(ledger_dir.glob("effects-*.jsonl")):
@@ -272,7 +295,7 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
                        delay_s=opts.handler_delay_s)
         deployment = Deployment(
             role_specs(), endpoints=[proxies.endpoint(n) for n in proxies.names], namespace=NAMESPACE,
-            ttl_s=opts.ttl_s, app=APP, env=env, log=log,
+            ttl_s=opts.ttl_s, app=APP, env=env, log=log, revision=lambda: _revision(observer),
         )
         stack.push_async_callback(deployment.aclose)
         await deployment.start_all()
@@ -288,11 +311,15 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
         sagas = SagaClient(observer, namespace=NAMESPACE)
         stack.push_async_callback(sagas.aclose)
 
+        async def missing() -> list[str]:
+            snap = await _roles_snapshot(observer, deployment)
+            return [str(v) for v in check_roles(dataclasses.replace(snap, exits=()))]
+
         t0 = time.monotonic()
         t0_wall = time.time()
         nemesis = Nemesis(
             random.Random(f"nemesis-{opts.seed}"), deployment=deployment, cluster=cluster, proxies=proxies,
-            observer=observer, namespace=NAMESPACE, ttl_s=opts.ttl_s, t0=t0, log=log,
+            observer=observer, namespace=NAMESPACE, ttl_s=opts.ttl_s, t0=t0, log=log, probe=missing,
         )
         submitter = _Submitter(sagas, work.transfers, opts.duration_s, t0)
         submitting = asyncio.ensure_future(submitter.run())
