@@ -94,6 +94,7 @@ async def enqueue(client: EtcdClient, prefix: bytes, session: Session, value: by
         [Op.put(my_key, value, lease=session.lease_id), first_by_create],
         [Op.get(my_key), first_by_create],
         idempotent=True,
+        timeout_s=session.call_timeout_s(),
     )
     if res.succeeded:
         my_rev = res.header.revision

@@ -114,7 +114,12 @@ class Session:
             raise ClosedError("a Session cannot be reopened; make a new one")
         loop = asyncio.get_running_loop()
         sent = loop.time()
-        grant = asyncio.ensure_future(self.client.lease_grant(self.ttl_s))
+        # a grant answered after the lease could be kept alive is worthless: bound it (a
+        # follower that has not noticed its leader died holds a write until its timeout)
+        budget = max(0.1, self.ttl_s - self.step_down_margin_s - self.keepalive_interval_s)
+        grant = asyncio.ensure_future(
+            self.client.lease_grant(self.ttl_s, timeout_s=min(self.client.config.timeout_s, budget))
+        )
         try:
             lease = await asyncio.shield(grant)
         except asyncio.CancelledError:
@@ -196,6 +201,13 @@ class Session:
             return 0.0
         return max(0.0, self._safe_until - asyncio.get_running_loop().time())
 
+    def call_timeout_s(self, timeout_s: float | None = None) -> float:
+        """A deadline for a call made on this session's behalf: ``timeout_s`` (default
+        the client's), but no longer than the session may still live, so a call that
+        etcd holds (no leader yet) never outlasts what it was for."""
+        default = self.client.config.timeout_s if timeout_s is None else timeout_s
+        return max(0.05, min(default, self.remaining_s))
+
     def check(self) -> None:
         """Raise :class:`SessionLostError` unless the session is alive."""
         if self._state is _State.UNOPENED:
@@ -239,7 +251,9 @@ class Session:
     async def _keepalive(self) -> None:
         loop = asyncio.get_running_loop()
         retry_s = min(0.25, self.keepalive_interval_s / 4)
-        next_at = loop.time() + self.keepalive_interval_s
+        # a grant that took long (etcd electing a leader) leaves less than the usual
+        # room before the conservative deadline: refresh early enough to keep it
+        next_at = min(loop.time() + self.keepalive_interval_s, self._safe_until - self.keepalive_interval_s)
         try:
             while True:
                 now = loop.time()

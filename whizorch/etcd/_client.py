@@ -220,31 +220,46 @@ class EtcdClient:
             log.info("etcd endpoint %s failed; switching to %s", endpoint, self.endpoint)
 
     async def ready_channel(self, deadline: float | None = None) -> tuple[str, grpc.aio.Channel]:
-        """A connected channel: the current endpoint's, else the next one that connects."""
+        """A connected channel: the current endpoint's if it is connected, else any
+        other endpoint's that is, else the first to connect (all are tried at once, so
+        a dead member never costs a connect timeout while a live one answers)."""
         self._check_open()
-        tried = 0
-        last_state = None
-        while tried < len(self._endpoints):
-            endpoint = self.endpoint
-            ch = self._channel_for(endpoint)
-            state = ch.get_state(try_to_connect=True)
-            if state is grpc.ChannelConnectivity.READY:
-                return endpoint, ch
-            wait = self.config.connect_timeout_s
-            if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            try:
-                await asyncio.wait_for(ch.channel_ready(), wait)
-                return endpoint, ch
-            except TimeoutError:
-                last_state = ch.get_state()
-            tried += 1
-            self._mark_failed(endpoint)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        endpoint = self.endpoint
+        ch = self._channel_for(endpoint)
+        if ch.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return endpoint, ch
+        order = self._endpoints[self._current :] + self._endpoints[: self._current]
+        for other in order[1:]:
+            och = self._channel_for(other)
+            if och.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+                self._use(other)
+                return other, och
+        wait = self.config.connect_timeout_s
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        waiting = {asyncio.ensure_future(self._channel_for(e).channel_ready()): e for e in order}
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in waiting:
+                fut.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+        ready = [waiting[f] for f in done if not f.cancelled() and f.exception() is None]
+        if ready:
+            # prefer the current endpoint, then the order of the list
+            chosen = min(ready, key=order.index)
+            self._use(chosen)
+            return chosen, self._channel_for(chosen)
+        self._mark_failed(endpoint)
         raise _errors.unavailable(
-            "no etcd endpoint could be connected", endpoints=tuple(self._endpoints), state=str(last_state)
+            "no etcd endpoint could be connected", endpoints=tuple(self._endpoints), state=str(ch.get_state())
         )
+
+    def _use(self, endpoint: str) -> None:
+        index = self._endpoints.index(endpoint)
+        if index != self._current:
+            log.info("etcd endpoint %s is not connected; using %s", self.endpoint, endpoint)
+            self._current = index
 
     def metadata(self, *, stream: bool = False) -> tuple[tuple[str, str], ...]:
         """Call metadata: the auth token, and ``hasleader`` so a member cut off from the

@@ -234,7 +234,8 @@ class Worker:
 
     async def _register(self, session: Session) -> None:
         await self.client.put(
-            self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id, idempotent=True
+            self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id,
+            idempotent=True, timeout_s=session.call_timeout_s(),
         )
         log.info("worker %s registered in region %s (lease %x)", self.worker_id, self.region, session.lease_id)
 
