@@ -2,6 +2,7 @@
 
 from whizorch.saga._client import SagaClient, SagaHandle, SagaResult, SagaSummary
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext
+from whizorch.saga._fencing import fenced_txn
 from whizorch.saga._machine import Settings
 from whizorch.saga._middleware import CallNext, Middleware, SagaEvent, Submission
 from whizorch.saga._model import SagaRecord, StepState
@@ -31,4 +32,5 @@ __all__ = [
     "Submission",
     "Weights",
     "Worker",
+    "fenced_txn",
 ]
