@@ -23,7 +23,7 @@ from typing import Any
 from whizorch import EtcdClient, Op
 from whizorch.saga import App, Retry, Saga, StepContext
 
-__all__ = ["EFFECT_KEY", "app", "bulky", "fenced", "read_lines"]
+__all__ = ["EFFECT_KEY", "BrokenApp", "app", "broken_app", "bulky", "close_client", "fenced", "read_lines"]
 
 LOG = "fault.jsonl"
 EFFECT_KEY = "fault-effects/"
@@ -37,6 +37,14 @@ def _log(**line: Any) -> None:
         os.write(fd, (json.dumps({"t": time.time(), "pid": os.getpid(), **line}) + "\n").encode())
     finally:
         os.close(fd)
+
+
+async def close_client() -> None:
+    """Close the handlers' etcd client (a test that ran them in its own process)."""
+    global _client
+    client, _client = _client, None
+    if client is not None:
+        await client.close()
 
 
 def read_lines(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -95,3 +103,13 @@ for _i in range(30):
     bulky.step(name=f"s{_i:02d}", retry=Retry(attempts=1))(big)
 
 app = App([fenced, bulky])
+
+
+class BrokenApp(App):
+    """An App whose lookup has a bug (for the test that a bug ends the worker)."""
+
+    def get(self, name: str) -> Saga | None:
+        raise KeyError(f"bug in the app's lookup of {name!r}")
+
+
+broken_app = BrokenApp([fenced])
