@@ -20,15 +20,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import attrs
 
 from whizorch.coord import Election, Fence, Session, session_options
 from whizorch.errors import (
@@ -39,7 +36,19 @@ from whizorch.errors import (
 )
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
-from whizorch.saga._definition import App, Saga
+from whizorch.saga._definition import App
+from whizorch.saga._leader_cache import (
+    EVENT_NAMES,
+    Conflict,
+    Fail,
+    Item,
+    LeaderSaga,
+    LeadershipLost,
+    deletes,
+    describe,
+    failed_record,
+    task_payload,
+)
 from whizorch.saga._middleware import (
     Middleware,
     SagaEvent,
@@ -54,12 +63,11 @@ from whizorch.saga._model import (
     NewerRecordError,
     ResultPayload,
     SagaRecord,
-    TaskPayload,
     decode_json,
-    encode_json,
 )
+from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
-from whizorch.saga._supervise import BackgroundTasks, Backoff, is_transient
+from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient
 from whizorch.saga._view import Timers, Workers
 
 __all__ = ["Orchestrator"]
@@ -68,35 +76,6 @@ log = logging.getLogger("whizorch.saga.orchestrator")
 
 
 _DEFAULT_SETTINGS = m.Settings()
-# earlier outputs a task carries inline, in all; the rest go by reference (result keys)
-_INLINE_OUTPUTS_BYTES = 16 * 1024
-
-
-class _LeadershipLost(Exception):
-    """Internal: the fence refused a write, or the session/leadership is gone."""
-
-
-@attrs.define
-class _Saga:
-    """The leader's cache of one saga."""
-
-    record: SagaRecord
-    mod_revision: int
-    definition: Saga | None
-    input: Any = None
-    outputs: dict[str, Any] = attrs.Factory(dict)
-    output_sizes: dict[str, int] = attrs.Factory(dict)
-    lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
-
-
-@attrs.frozen
-class _Fail:
-    """Internal mailbox item: the saga cannot move on (a write etcd refuses for good)."""
-
-    reason: str
-
-
-_Item = tuple["m.Event | _Fail | None", "KeyValue | None"]
 
 
 class Orchestrator:
@@ -143,18 +122,15 @@ class Orchestrator:
         self._closed = False
         self._election: Election | None = None
         self._fence: Fence | None = None
-        self._sagas: dict[str, _Saga] = {}
+        self._sagas: dict[str, LeaderSaga] = {}
         self._workers = Workers()
         self._timers = Timers()
         self._inflight: set[asyncio.Task[None]] = set()
-        self._mailboxes: dict[str, collections.deque[_Item]] = {}
+        self._mailboxes: dict[str, collections.deque[Item]] = {}
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._fatal: asyncio.Future[None] | None = None
         self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
-        self._quarantined_keys: set[bytes] = set()
-        self.quarantined: dict[str, int] = {}
-        """Input this node's leaderships quarantined, by kind (submit, saga, run,
-        cancel, region): counted once per key per leadership."""
+        self._quarantine = Quarantine(self.keys, self.node_id, self._emit)
         self._lost: asyncio.Event = asyncio.Event()
         self.is_leader = False
         """True while this node leads and its driver runs."""
@@ -235,7 +211,7 @@ class Orchestrator:
                         await election.resign()  # skipped when the session is lost
             except asyncio.CancelledError:
                 raise
-            except _LeadershipLost as exc:
+            except LeadershipLost as exc:
                 log.warning("orchestrator %s: %s; campaigning again", self.node_id, exc)
             except Exception as exc:
                 if not is_transient(exc):
@@ -243,23 +219,9 @@ class Orchestrator:
                     raise
                 log.warning("orchestrator %s: %s; campaigning again", self.node_id, exc)
             finally:
-                await self._end_session(session)
+                await end_session(session, self._background)
             if not self._closed:
                 await asyncio.sleep(backoff.next_s())  # ok: backoff before the next campaign
-
-    async def _end_session(self, session: Session) -> None:
-        """Close without waiting on etcd: a lost lease is revoked in the background."""
-        lost = session.is_lost
-        lease = session.lease_id
-        with contextlib.suppress(WhizorchError):
-            await session.close(revoke=not lost)
-        if lost and lease and self.client.is_open:
-
-            async def revoke() -> None:
-                with contextlib.suppress(WhizorchError):
-                    await self.client.lease_revoke(lease)
-
-            self._background.start(revoke, f"revoke-{lease:x}")
 
     def _set_leader(self, leading: bool, term: int) -> None:
         if leading == self.is_leader and term == self.term:
@@ -303,7 +265,7 @@ class Orchestrator:
         self._timers.clear()
         self._lost = asyncio.Event()
         self._fatal = asyncio.get_running_loop().create_future()
-        self._quarantined_keys.clear()
+        self._quarantine.reset()
         log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
         everything: list[asyncio.Future[Any]] = []
         stop: list[asyncio.Future[Any]] = []
@@ -330,7 +292,7 @@ class Orchestrator:
                 exc = fut.exception()
                 if exc is not None:
                     raise exc
-            raise _LeadershipLost(f"leadership lost ({session.lost_reason or 'fence or key gone'})")
+            raise LeadershipLost(f"leadership lost ({session.lost_reason or 'fence or key gone'})")
         finally:
             # safe mode: stop every write at once
             self._set_leader(False, 0)
@@ -358,8 +320,7 @@ class Orchestrator:
         for kv in snap.kvs:
             kind = kv.key[len(ns) :].partition(b"/")[0]
             if kind == b"quarantine":
-                with contextlib.suppress(ConfigError, KeyError, TypeError, UnicodeEncodeError):
-                    self._quarantined_keys.add(str(decode_json(kv.value, what="quarantine")["raw_key"]).encode("latin-1"))
+                self._quarantine.learn(kv)
                 continue
             try:
                 if kind == b"submit":
@@ -390,9 +351,9 @@ class Orchestrator:
                 continue
             except ConfigError as exc:
                 self._poison("saga", kv, str(exc))
-                await self._quarantine(sid, kv, str(exc))
+                await self._replace_undecodable(sid, kv, str(exc))
                 continue
-            entry = _Saga(rec, kv.mod_revision, self.app.get(rec.saga))
+            entry = LeaderSaga(rec, kv.mod_revision, self.app.get(rec.saga))
             if sub is not None:
                 with contextlib.suppress(ConfigError, AttributeError):
                     entry.input = decode_json(sub.value, what="submission").get("input")
@@ -410,40 +371,30 @@ class Orchestrator:
                 await self._adopt(sid, kv)
         return snap.header.revision
 
+    @property
+    def quarantined(self) -> dict[str, int]:
+        """Input this node's leaderships quarantined, by kind (submit, saga, run,
+        cancel, region): each key counted once."""
+        return self._quarantine.counts
+
     def _poison(self, kind: str, kv: KeyValue, reason: str) -> None:
-        """Quarantine input that does not parse: logged and counted once per key, noted
-        under ``<ns>/quarantine/`` for ``whizorch status``, and skipped."""
-        if kv.key in self._quarantined_keys:
+        """Quarantine input that does not parse (see ``_quarantine.py``) and skip it."""
+        note = self._quarantine.note(kind, kv, reason)
+        if note is None:
             return
-        self._quarantined_keys.add(kv.key)
-        self.quarantined[kind] = self.quarantined.get(kind, 0) + 1
-        log.error("quarantined %s key %r (revision %d): %s", kind, kv.key, kv.mod_revision, reason)
-        self._emit("quarantined", what=kind, key=kv.key.decode(errors="backslashreplace"), reason=reason)
-        note = encode_json(
-            {
-                "kind": kind,
-                "key": kv.key.decode(errors="backslashreplace"),
-                "raw_key": kv.key.decode("latin-1"),
-                "revision": kv.mod_revision,
-                "reason": reason[:2000],
-                "at": round(time.time(), 3),
-                "node": self.node_id,
-            },
-            what="quarantine note",
-        )
-        qkey = self.keys.quarantine(hashlib.sha256(kv.key).hexdigest()[:32])
+        qkey, value = note
 
         async def write() -> None:
             fence = self._fence
             if fence is not None:
                 await self.client.txn(
-                    [fence.compare(), Compare.create_revision(qkey, "==", 0)], [Op.put(qkey, note)], idempotent=True
+                    [fence.compare(), Compare.create_revision(qkey, "==", 0)], [Op.put(qkey, value)], idempotent=True
                 )
 
         self._background.start(write, "quarantine-note")
 
     async def _resume(
-        self, entry: _Saga, results: list[KeyValue], claims: dict[tuple[str, int], KeyValue], cancelled: bool, now: float
+        self, entry: LeaderSaga, results: list[KeyValue], claims: dict[tuple[str, int], KeyValue], cancelled: bool, now: float
     ) -> None:
         """Feed what happened while nobody led; re-arm timers; re-dispatch lost runs."""
         rec = entry.record
@@ -483,13 +434,13 @@ class Orchestrator:
         if any(s.state in ("dispatched", "compensating") and s.region and not self.router.healthy(s.region) for s in rec.steps):
             await self._apply(entry, m.RegionsChanged(frozenset(self.router.regions)))
 
-    async def _touch(self, entry: _Saga, index: int, kind: str, run: int) -> None:
+    async def _touch(self, entry: LeaderSaga, index: int, kind: str, run: int) -> None:
         """Put a dispatched task again, unchanged, so that workers offer it anew."""
         st = entry.record.steps[index]
         fence = self._fence
         if fence is None or st.region is None or entry.definition is None:
             return
-        task = self._task_payload(entry, m.Dispatch(index, kind, run, st.region))
+        task = task_payload(entry, m.Dispatch(index, kind, run, st.region))
         key = self.keys.task(st.region, entry.record.id, index)
         await self.client.txn([fence.compare()], [Op.put(key, task.to_json())], idempotent=True)
 
@@ -522,7 +473,7 @@ class Orchestrator:
                 except ConfigError as exc:  # input that does not parse: quarantined, never fatal
                     self._poison(kind, ev.kv, str(exc))
 
-    def _spawn(self, saga_id: str, event: m.Event | _Fail | None = None, *, submit: KeyValue | None = None) -> None:
+    def _spawn(self, saga_id: str, event: m.Event | Fail | None = None, *, submit: KeyValue | None = None) -> None:
         """Queue an event for a saga; its driver applies the saga's events one at a time,
         in order (an adoption is queued with ``submit``)."""
         box = self._mailboxes.get(saga_id)
@@ -533,7 +484,7 @@ class Orchestrator:
             task = asyncio.get_running_loop().create_task(self._drive(saga_id, box), name=f"whizorch-saga-{saga_id}")
             self._drivers[saga_id] = task
 
-    async def _drive(self, saga_id: str, box: collections.deque[_Item]) -> None:
+    async def _drive(self, saga_id: str, box: collections.deque[Item]) -> None:
         """Apply a saga's queued events in order. etcd trouble retries the same event
         (never reordered, never dropped); an error retrying cannot fix fails the saga;
         a bug ends the orchestrator."""
@@ -545,7 +496,7 @@ class Orchestrator:
                     await self._handle(saga_id, event, submit)
                 except asyncio.CancelledError:
                     raise
-                except _LeadershipLost:
+                except LeadershipLost:
                     self._lost.set()
                     return
                 except Exception as exc:
@@ -553,11 +504,11 @@ class Orchestrator:
                         log.warning("saga %s: could not apply %r yet: %s; retrying", saga_id, event or "adoption", exc)
                         await asyncio.sleep(backoff.next_s())  # ok: backoff before applying the same event again
                         continue
-                    if isinstance(exc, ConfigError) and not isinstance(event, _Fail):
+                    if isinstance(exc, ConfigError) and not isinstance(event, Fail):
                         # retrying cannot fix it (a write over etcd's limit, a value that is
                         # not JSON): the saga stops here, failed, with the reason
                         log.error("saga %s: cannot apply %r: %s; failing the saga", saga_id, event or "adoption", exc)
-                        box[0] = (_Fail(f"could not apply {_describe(event)}: {exc}"), submit)
+                        box[0] = (Fail(f"could not apply {describe(event)}: {exc}"), submit)
                         continue
                     log.exception("saga %s: bug while applying %r", saga_id, event)
                     if self._fatal is not None and not self._fatal.done():
@@ -571,12 +522,12 @@ class Orchestrator:
                 if not box and self._mailboxes.get(saga_id) is box:
                     del self._mailboxes[saga_id]
 
-    async def _handle(self, saga_id: str, event: m.Event | _Fail | None, submit: KeyValue | None) -> None:
+    async def _handle(self, saga_id: str, event: m.Event | Fail | None, submit: KeyValue | None) -> None:
         entry = self._sagas.get(saga_id)
-        if isinstance(event, _Fail):
+        if isinstance(event, Fail):
             if entry is None:
-                rec = _failed_record(saga_id, "?", submit.create_revision if submit else 0, event.reason, time.time())
-                await self._create_failed(_Saga(rec, 0, None))
+                rec = failed_record(saga_id, "?", submit.create_revision if submit else 0, event.reason, time.time())
+                await self._create_failed(LeaderSaga(rec, 0, None))
             else:
                 await self._fail(entry, event.reason)
             return
@@ -655,7 +606,7 @@ class Orchestrator:
                 if not entry.record.is_final:
                     self._spawn(sid, m.RegionsChanged(after))
 
-    def _learn_output(self, entry: _Saga, kv: KeyValue) -> None:
+    def _learn_output(self, entry: LeaderSaga, kv: KeyValue) -> None:
         try:
             payload = ResultPayload.from_json(kv.value)
             _sid, index, tag = self.keys.run_key(kv.key)
@@ -690,25 +641,25 @@ class Orchestrator:
                 raise ConfigError("submission.trace must map strings to strings", field="submission.trace")
         except ConfigError as exc:
             self._poison("submit", kv, str(exc))
-            rec = _failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
-            await self._create_failed(_Saga(rec, 0, None))
+            rec = failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
+            await self._create_failed(LeaderSaga(rec, 0, None))
             return
         definition = self.app.get(name)
         if definition is None:
             self._poison("submit", kv, f"no saga type {name!r} is registered")
-            rec = _failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", time.time())
+            rec = failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", time.time())
             rec.trace = trace
-            await self._create_failed(_Saga(rec, 0, None, value))
+            await self._create_failed(LeaderSaga(rec, 0, None, value))
             return
         ctx = self._event(saga_id, definition.name, kv.create_revision, "adopt", None, None, trace)
-        created: list[_Saga] = []
+        created: list[LeaderSaga] = []
 
         async def final() -> SagaRecord:
             rec, tr = m.adopt(
                 definition, saga_id=saga_id, txid=kv.create_revision, now=time.time(), route=self.router,
                 settings=self.settings, trace=ctx.trace, term=self.term,
             )
-            entry = _Saga(rec, 0, definition, value)
+            entry = LeaderSaga(rec, 0, definition, value)
             await self._create(entry, tr)
             created.append(entry)
             return entry.record
@@ -723,7 +674,7 @@ class Orchestrator:
             # region change or its no_region timeout
             self._spawn(saga_id, m.RegionsChanged(frozenset(self.router.regions)))
 
-    async def _create_failed(self, entry: _Saga) -> None:
+    async def _create_failed(self, entry: LeaderSaga) -> None:
         """Write a record that is failed from the start (undecodable or unknown type)."""
         rec = entry.record
         ctx = self._event(rec.id, rec.saga, rec.txid, "fail", None, None, dict(rec.trace))
@@ -734,20 +685,20 @@ class Orchestrator:
 
         await run_guarded(self.middleware, ctx, final)
 
-    async def _create(self, entry: _Saga, tr: m.Transition) -> None:
+    async def _create(self, entry: LeaderSaga, tr: m.Transition) -> None:
         """Write a new record (create-if-absent, fenced) and cache it."""
         sid = entry.record.id
         async with entry.lock:
             try:
                 await self._commit(entry, entry.record, tr)
-            except _Conflict:
+            except Conflict:
                 # the txn's outcome is unknown, or the record exists: etcd decides
                 await self._reload(entry)
                 if entry.mod_revision == 0:
                     raise WhizorchError("the new saga record was not written", saga_id=sid) from None
         self._sagas[sid] = entry
 
-    async def _apply(self, entry: _Saga, event: m.Event) -> None:
+    async def _apply(self, entry: LeaderSaga, event: m.Event) -> None:
         async with entry.lock:
             if not self.middleware:
                 await self._apply_locked(entry, event)
@@ -756,7 +707,7 @@ class Orchestrator:
                 return
             before = entry.record
             ctx = self._event(
-                before.id, before.saga, before.txid, _EVENT_NAMES.get(type(event), type(event).__name__), event, before,
+                before.id, before.saga, before.txid, EVENT_NAMES.get(type(event), type(event).__name__), event, before,
                 dict(before.trace),
             )
 
@@ -766,7 +717,7 @@ class Orchestrator:
 
             await run_guarded(self.middleware, ctx, final)
 
-    async def _apply_locked(self, entry: _Saga, event: m.Event) -> None:
+    async def _apply_locked(self, entry: LeaderSaga, event: m.Event) -> None:
         """Apply one event (caller holds entry.lock); retries on a stale cache."""
         for _ in range(3):
             if entry.definition is None or entry.record.is_final:
@@ -781,11 +732,11 @@ class Orchestrator:
             try:
                 await self._commit(entry, rec, tr)
                 return
-            except _Conflict:
+            except Conflict:
                 await self._reload(entry)
         raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)
 
-    async def _reload(self, entry: _Saga) -> None:
+    async def _reload(self, entry: LeaderSaga) -> None:
         """Our cache is stale (or a write's outcome unknown): read the record again."""
         cur = await self.client.get(self.keys.saga(entry.record.id))
         if cur.kvs:
@@ -794,14 +745,14 @@ class Orchestrator:
         else:
             entry.mod_revision = 0
 
-    async def _commit(self, entry: _Saga, rec: SagaRecord, tr: m.Transition) -> None:
+    async def _commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition) -> None:
         """One txn: fence + CAS on the record, the record, the task writes.
 
         On success the cache takes ``rec``; on failure it is left as it was.
         """
         fence = self._fence
         if fence is None or not self.is_leader_now():
-            raise _LeadershipLost("not leading")
+            raise LeadershipLost("not leading")
         key = self.keys.saga(rec.id)
         # every write carries the writer's term (not only the adopting leader's): etcd's
         # history of a record then shows which leadership made each write
@@ -815,20 +766,20 @@ class Orchestrator:
         for d in tr.dispatch:
             tkey = self.keys.task(d.region, rec.id, d.step)
             if (d.region, d.step) in deleted:
-                ops = [o for o in ops if not _deletes(o, tkey)]
-            ops.append(Op.put(tkey, self._task_payload(entry, d).to_json()))
+                ops = [o for o in ops if not deletes(o, tkey)]
+            ops.append(Op.put(tkey, task_payload(entry, d).to_json()))
         compares = [fence.compare(), Compare.mod_revision(key, "==", entry.mod_revision)]
         try:
             res = await self.client.txn(compares, ops, [Op.get(fence.key), Op.get(key)])
         except OutcomeUnknownError as exc:
-            raise _Conflict() from exc  # re-read decides
+            raise Conflict() from exc  # re-read decides
         if not res.succeeded:
             fence_now = res.responses[0]
             owner = getattr(fence_now, "kvs", [])
             if not owner or owner[0].create_revision != fence.token:
                 self._lost.set()
-                raise _LeadershipLost("the leader fence refused a write")
-            raise _Conflict()
+                raise LeadershipLost("the leader fence refused a write")
+            raise Conflict()
         entry.record = rec
         entry.mod_revision = res.header.revision
         for at, timer in tr.timers:
@@ -842,45 +793,10 @@ class Orchestrator:
         """Leader by the election and the session's clock (checked before every write)."""
         return self._election is not None and self._election.is_leader and not self._lost.is_set()
 
-    def _task_payload(self, entry: _Saga, d: m.Dispatch) -> TaskPayload:
-        rec = entry.record
-        definition = entry.definition
-        assert definition is not None
-        step = definition.steps[d.step]
-        # earlier outputs ride along while small; larger ones go by reference, so a
-        # task (and the txn that writes it) stays bounded however many steps came before
-        inline: dict[str, Any] = {}
-        refs: dict[str, str] = {}
-        budget = _INLINE_OUTPUTS_BYTES
-        for st in rec.steps:
-            if st.name not in entry.outputs:
-                continue
-            size = entry.output_sizes.get(st.name, 0)
-            if size <= budget or st.result is None:
-                inline[st.name] = entry.outputs[st.name]
-                budget -= size
-            else:
-                refs[st.name] = st.result
-        return TaskPayload(
-            saga_id=rec.id,
-            saga=rec.saga,
-            txid=rec.txid,
-            step=d.step,
-            step_name=step.name,
-            kind=d.kind,
-            attempt=d.attempt,
-            region=d.region,
-            input=entry.input,
-            outputs=inline,
-            timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
-            trace=dict(rec.trace),
-            output_refs=refs,
-        )
-
-    async def _fail_unknown(self, entry: _Saga, reason: str) -> None:
+    async def _fail_unknown(self, entry: LeaderSaga, reason: str) -> None:
         await self._fail(entry, reason)
 
-    async def _fail(self, entry: _Saga, reason: str) -> None:
+    async def _fail(self, entry: LeaderSaga, reason: str) -> None:
         """End a saga as failed (the dead-letter state) with ``reason``: its queued tasks
         are withdrawn. For what no retry can fix; an operator decides what next."""
         before = entry.record
@@ -905,15 +821,15 @@ class Orchestrator:
 
         try:
             await run_guarded(self.middleware, ctx, final)
-        except _Conflict:
+        except Conflict:
             await self._reload(entry)
             raise WhizorchError("the saga record changed while failing it; trying again", saga_id=rec.id) from None
 
-    async def _quarantine(self, saga_id: str, kv: KeyValue, reason: str) -> None:
+    async def _replace_undecodable(self, saga_id: str, kv: KeyValue, reason: str) -> None:
         """An undecodable record: replace it with a failed one that keeps the raw bytes."""
-        rec = _failed_record(saga_id, "?", 0, f"undecodable saga record: {reason}", time.time())
+        rec = failed_record(saga_id, "?", 0, f"undecodable saga record: {reason}", time.time())
         rec.history.append({"event": "raw_record", "raw": kv.value.decode(errors="replace")[:4000]})
-        entry = _Saga(rec, kv.mod_revision, None)
+        entry = LeaderSaga(rec, kv.mod_revision, None)
         await self._commit(entry, rec, m.Transition(changed=True))
         self._sagas[saga_id] = entry
 
@@ -933,15 +849,15 @@ class Orchestrator:
                     if now - rec.finished >= self.retention_s:
                         try:
                             await self._purge(entry)
-                        except _LeadershipLost:
+                        except LeadershipLost:
                             raise
                         except WhizorchError as exc:  # purged on a later sweep
                             log.warning("could not purge saga %s: %s", sid, exc)
 
-    async def _purge(self, entry: _Saga) -> None:
+    async def _purge(self, entry: LeaderSaga) -> None:
         fence = self._fence
         if fence is None:
-            raise _LeadershipLost("not leading")
+            raise LeadershipLost("not leading")
         sid = entry.record.id
         key = self.keys.saga(sid)
         res = await self.client.txn(
@@ -958,35 +874,4 @@ class Orchestrator:
             self._sagas.pop(sid, None)
             self._emit("purged", saga_id=sid)
 
-
-_EVENT_NAMES: dict[type, str] = {
-    m.Result: "result",
-    m.ClaimLost: "claim_lost",
-    m.Cancel: "cancel",
-    m.RegionsChanged: "regions",
-    m.Timer: "timer",
-}
-
-
-def _describe(event: m.Event | _Fail | None) -> str:
-    if event is None:
-        return "the submission"
-    if isinstance(event, m.Result):
-        return f"the {event.kind} result of step {event.step} (attempt {event.attempt})"
-    return f"a {_EVENT_NAMES.get(type(event), type(event).__name__)} event"
-
-
-class _Conflict(Exception):
-    """Internal: the record's mod_revision moved (or the outcome is unknown): reload."""
-
-
-def _deletes(op: Op, key: bytes) -> bool:
-    pb = op._pb
-    return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
-
-
-def _failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:
-    rec = SagaRecord(id=saga_id, saga=saga, txid=txid, status=FAILED, steps=[], created=now, updated=now, finished=now, error=reason)
-    rec.note(now, "failed", error=reason)
-    return rec
 

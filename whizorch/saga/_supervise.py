@@ -11,13 +11,15 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from whizorch.coord import Session
 from whizorch.errors import AuthError, ClosedError, ConfigError, WhizorchError
 
-__all__ = ["BackgroundTasks", "Backoff", "is_transient"]
+__all__ = ["BackgroundTasks", "Backoff", "end_session", "is_transient"]
 
 log = logging.getLogger("whizorch.saga.supervise")
 
@@ -81,3 +83,21 @@ class BackgroundTasks:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def end_session(session: Session, background: BackgroundTasks) -> None:
+    """Close a role's session without waiting on etcd: a lost lease is revoked in the
+    background (etcd may have no leader to answer yet), so the role registers or
+    campaigns again at once; what the old lease held goes with it."""
+    lost = session.is_lost
+    lease = session.lease_id
+    client = session.client
+    with contextlib.suppress(WhizorchError):
+        await session.close(revoke=not lost)
+    if lost and lease and client.is_open:
+
+        async def revoke() -> None:
+            with contextlib.suppress(WhizorchError):
+                await client.lease_revoke(lease)
+
+        background.start(revoke, f"revoke-{lease:x}")

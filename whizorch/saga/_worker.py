@@ -28,7 +28,6 @@ with`` raise it. ``aclose()`` drains: no new claims, running handlers finish (up
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import os
@@ -52,7 +51,7 @@ from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
-from whizorch.saga._supervise import BackgroundTasks, Backoff, is_transient
+from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient
 
 __all__ = ["Worker"]
 
@@ -212,25 +211,9 @@ class Worker:
             finally:
                 await self._cancel_running()
                 self._session = None
-                await self._end_session(session)
+                await end_session(session, self._background)
             if not self._draining.is_set():
                 await asyncio.sleep(backoff.next_s())  # ok: backoff before registering again
-
-    async def _end_session(self, session: Session) -> None:
-        """Close a session without waiting on etcd: a lost lease is revoked in the
-        background (etcd may have no leader to answer now), so the worker registers
-        again at once. The old registration goes with the old lease."""
-        lost = session.is_lost
-        lease = session.lease_id
-        with contextlib.suppress(WhizorchError):
-            await session.close(revoke=not lost)
-        if lost and lease and self.client.is_open:
-
-            async def revoke() -> None:
-                with contextlib.suppress(WhizorchError):
-                    await self.client.lease_revoke(lease)
-
-            self._background.start(revoke, f"revoke-{lease:x}")
 
     async def _register(self, session: Session) -> None:
         await self.client.put(

@@ -1,0 +1,132 @@
+"""The leader's cache of the sagas it drives, and what it builds from it.
+
+Internal to the orchestrator: the cached saga, its mailbox items, the task payload
+of a dispatch (earlier outputs inline while small, by reference beyond), the failed
+record written for input that cannot become a saga.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import attrs
+
+from whizorch.etcd import KeyValue, Op
+from whizorch.saga import _machine as m
+from whizorch.saga._definition import Saga
+from whizorch.saga._model import FAILED, SagaRecord, TaskPayload
+
+__all__ = [
+    "EVENT_NAMES",
+    "Conflict",
+    "Fail",
+    "Item",
+    "LeaderSaga",
+    "LeadershipLost",
+    "deletes",
+    "describe",
+    "failed_record",
+    "task_payload",
+]
+
+# earlier outputs a task carries inline, in all; the rest go by reference (result keys)
+INLINE_OUTPUTS_BYTES = 16 * 1024
+
+
+class LeadershipLost(Exception):
+    """Internal: the fence refused a write, or the session/leadership is gone."""
+
+
+@attrs.define
+class LeaderSaga:
+    """The leader's cache of one saga."""
+
+    record: SagaRecord
+    mod_revision: int
+    definition: Saga | None
+    input: Any = None
+    outputs: dict[str, Any] = attrs.Factory(dict)
+    output_sizes: dict[str, int] = attrs.Factory(dict)
+    lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
+
+
+@attrs.frozen
+class Fail:
+    """Internal mailbox item: the saga cannot move on (a write etcd refuses for good)."""
+
+    reason: str
+
+
+Item = tuple["m.Event | Fail | None", "KeyValue | None"]
+
+
+def task_payload(entry: LeaderSaga, d: m.Dispatch) -> TaskPayload:
+    """The task for dispatch ``d`` of a saga the leader drives."""
+    rec = entry.record
+    definition = entry.definition
+    assert definition is not None
+    step = definition.steps[d.step]
+    # earlier outputs ride along while small; larger ones go by reference, so a
+    # task (and the txn that writes it) stays bounded however many steps came before
+    inline: dict[str, Any] = {}
+    refs: dict[str, str] = {}
+    budget = INLINE_OUTPUTS_BYTES
+    for st in rec.steps:
+        if st.name not in entry.outputs:
+            continue
+        size = entry.output_sizes.get(st.name, 0)
+        if size <= budget or st.result is None:
+            inline[st.name] = entry.outputs[st.name]
+            budget -= size
+        else:
+            refs[st.name] = st.result
+    return TaskPayload(
+        saga_id=rec.id,
+        saga=rec.saga,
+        txid=rec.txid,
+        step=d.step,
+        step_name=step.name,
+        kind=d.kind,
+        attempt=d.attempt,
+        region=d.region,
+        input=entry.input,
+        outputs=inline,
+        timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
+        trace=dict(rec.trace),
+        output_refs=refs,
+    )
+
+
+
+EVENT_NAMES: dict[type, str] = {
+    m.Result: "result",
+    m.ClaimLost: "claim_lost",
+    m.Cancel: "cancel",
+    m.RegionsChanged: "regions",
+    m.Timer: "timer",
+}
+
+
+def describe(event: m.Event | Fail | None) -> str:
+    if event is None:
+        return "the submission"
+    if isinstance(event, m.Result):
+        return f"the {event.kind} result of step {event.step} (attempt {event.attempt})"
+    return f"a {EVENT_NAMES.get(type(event), type(event).__name__)} event"
+
+
+class Conflict(Exception):
+    """Internal: the record's mod_revision moved (or the outcome is unknown): reload."""
+
+
+def deletes(op: Op, key: bytes) -> bool:
+    pb = op._pb
+    return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
+
+
+def failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:
+    rec = SagaRecord(id=saga_id, saga=saga, txid=txid, status=FAILED, steps=[], created=now, updated=now, finished=now, error=reason)
+    rec.note(now, "failed", error=reason)
+    return rec
+
