@@ -347,6 +347,10 @@ def _on_result(
                 tr.delete_tasks.append((st.region, ev.step))
             st.state = "compensated"
             st.comp_error = None
+            # a superseded run's success may land while a retry waits (for its delay
+            # or for a region): that wait is over, and its timers must not fail the step
+            st.retry_at = None
+            st.waiting_region = False
             tr.changed = True
             rec.note(now, "compensated", step=ev.step, attempt=ev.attempt)
             _continue_compensation(rec, saga, now, route, settings, tr)
