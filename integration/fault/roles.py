@@ -51,7 +51,7 @@ class Role:
     spec: RoleSpec
     child: Child | None = None
     state: str = "new"
-    """new | running | paused | killed"""
+    """new | running | paused | killed | crashed"""
     incarnations: list[Child] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     expected_exit: bool = False
@@ -146,6 +146,7 @@ class Deployment:
             return
         with contextlib.suppress(AssertionError):
             await child.wait_exit(5.0)  # its last stderr lines
+        role.state = "crashed"
         self.exits.append(RoleExit(role.name, child.pid, code, time.time(), tuple(child.stderr)))
         self._log(f"  !! {role.name} (pid {child.pid}) exited by itself with status {code}; restarting it")
         await asyncio.sleep(_CRASH_RESTART_S)  # ok: a supervisor's restart delay
