@@ -67,7 +67,7 @@ from whizorch.saga._model import (
 )
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient
+from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
 from whizorch.saga._view import Timers, Workers
 
 __all__ = ["Orchestrator"]
@@ -160,15 +160,7 @@ class Orchestrator:
             return
         self._closed = True
         task, self._task = self._task, None
-        try:
-            if task is not None:
-                task.cancel()
-                results = await asyncio.gather(task, return_exceptions=True)
-                for r in results:
-                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                        raise r
-        finally:
-            await self._background.aclose()
+        await stop_role(task, self._background)
 
     async def join(self) -> None:
         """Wait until the orchestrator stops by itself, which only a fatal error does

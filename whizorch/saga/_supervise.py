@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from whizorch.coord import Session
 from whizorch.errors import AuthError, ClosedError, ConfigError, WhizorchError
 
-__all__ = ["BackgroundTasks", "Backoff", "end_session", "is_transient"]
+__all__ = ["BackgroundTasks", "Backoff", "end_session", "is_transient", "stop_role"]
 
 log = logging.getLogger("whizorch.saga.supervise")
 
@@ -101,3 +101,16 @@ async def end_session(session: Session, background: BackgroundTasks) -> None:
                 await client.lease_revoke(lease)
 
         background.start(revoke, f"revoke-{lease:x}")
+
+
+async def stop_role(task: asyncio.Task[None] | None, background: BackgroundTasks) -> None:
+    """Cancel a role's main task, then its background work; raise the fatal error that
+    had stopped the role by itself, if one did (``async with`` then raises it)."""
+    try:
+        if task is not None:
+            task.cancel()
+            for r in await asyncio.gather(task, return_exceptions=True):
+                if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                    raise r
+    finally:
+        await background.aclose()

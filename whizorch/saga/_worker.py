@@ -51,7 +51,7 @@ from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient
+from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
 
 __all__ = ["Worker"]
 
@@ -157,15 +157,7 @@ class Worker:
             if pending:
                 log.warning("worker %s: %d handlers still running after the drain timeout; cancelling", self.worker_id, len(pending))
         task, self._task = self._task, None
-        try:
-            if task is not None:
-                task.cancel()
-                results = await asyncio.gather(task, return_exceptions=True)
-                for r in results:
-                    if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                        raise r
-        finally:
-            await self._background.aclose()
+        await stop_role(task, self._background)
 
     async def join(self) -> None:
         """Wait until the worker stops by itself, which only a fatal error does (a bug,
