@@ -4,6 +4,7 @@ and a member killed under an open watch."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -292,6 +293,44 @@ async def _wait_compacted(member: EtcdMember, key: str, revision: int) -> None:
 
 
 @pytest.mark.etcd34
+@pytest.mark.etcd34
+@pytest.mark.slow
+async def test_a_watch_on_a_frozen_member_moves_to_another_and_misses_nothing(
+    etcd_cluster: LocalEtcdCluster,
+) -> None:
+    """The member serving a watch is SIGSTOPped (it keeps its connections and says
+    nothing): the watch's silence check asks for progress, gets no answer, drops the
+    stream and resumes on another member; what was written meanwhile arrives, once, in
+    order, within watch_check_s + watch_stall_s + a reconnect."""
+    watched, others = await _pick(etcd_cluster, "follower")
+    async with (
+        EtcdClient(
+            [watched.endpoint, *(m.endpoint for m in others)], timeout_s=2.0, connect_timeout_s=0.5,
+            watch_check_s=0.5, watch_stall_s=1.0,
+        ) as watching,
+        EtcdClient([m.endpoint for m in others], timeout_s=2.0) as other,
+    ):
+        async with watching.watch("fz/", prefix=True) as w:
+            await w.wait_created()
+            assert watching.endpoint == watched.endpoint
+            first = (await other.put("fz/a", "1")).header.revision
+            (ev,) = await take(w, 1)
+            assert ev.revision == first
+            watched.pause()
+            try:
+                frozen_at = time.monotonic()
+                revs = [(await other.put(f"fz/b{i}", "x")).header.revision for i in range(3)]
+                async with asyncio.timeout(8):
+                    got = await take(w, 3)
+                took = time.monotonic() - frozen_at
+            finally:
+                watched.resume()
+            assert [e.revision for e in got] == revs
+            assert watching.endpoint != watched.endpoint
+            print(f"\n[watch] frozen member: events resumed elsewhere after {took:.2f}s")
+            assert took < 0.5 + 1.0 + 2.0
+
+
 @pytest.mark.slow
 async def test_history_compacted_while_a_watch_is_cut_off_ends_it_on_resume(
     etcd_cluster: LocalEtcdCluster,
@@ -301,7 +340,9 @@ async def test_history_compacted_while_a_watch_is_cut_off_ends_it_on_resume(
     watched, others = await _pick(etcd_cluster, "follower")
     async with (
         EtcdClient(
-            [watched.endpoint, *(m.endpoint for m in others)], timeout_s=2.0, connect_timeout_s=0.5
+            # the stall watchdog is held off, so the freeze outlasts the compaction
+            [watched.endpoint, *(m.endpoint for m in others)], timeout_s=2.0, connect_timeout_s=0.5,
+            watch_check_s=120.0,
         ) as watching,
         EtcdClient([m.endpoint for m in others], timeout_s=2.0) as other,
     ):

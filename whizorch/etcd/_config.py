@@ -129,6 +129,13 @@ class EtcdConfig:
     """etcd's ``--max-request-bytes``: larger requests are refused before sending."""
     keepalive_time_s: float = attrs.field(default=10.0, validator=_positive("keepalive_time_s"))
     """gRPC HTTP/2 keepalive ping interval (detects dead connections)."""
+    watch_check_s: float = attrs.field(default=1.0, validator=_positive("watch_check_s"))
+    """A watch stream silent this long is asked for a progress response: a member that
+    is paused or cut off from us (not from its peers) answers nothing and cancels
+    nothing, so silence is the only sign."""
+    watch_stall_s: float = attrs.field(default=2.0, validator=_positive("watch_stall_s"))
+    """No answer to that question within this long: the stream is dropped and every
+    watch resumes on the next endpoint from its last revision."""
 
     @classmethod
     def from_env(cls, default: str = "127.0.0.1:2379") -> EtcdConfig:

@@ -179,6 +179,7 @@ class Watcher:
         self._serving = False  # a stream is up and creates may be sent on it
         self._stream_ok = False  # the current stream has answered at least once
         self._stream_token: str | None = None  # the auth token the current stream carries
+        self._heard_at = 0.0  # loop time of the current stream's last response
         self._closed = False
 
     async def add(self, watch: Watch) -> None:
@@ -293,7 +294,27 @@ class Watcher:
                 req = await outbox.get()
                 await call.write(req)
 
-        sender = asyncio.get_running_loop().create_task(send(), name="whizorch-etcd-watch-send")
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+
+        async def watchdog() -> None:
+            # a paused member, or one cut off from us alone, keeps the stream open and
+            # says nothing: ask for progress after a silence, drop the stream if unanswered
+            check, stall = self._client.config.watch_check_s, self._client.config.watch_stall_s
+            while True:
+                await asyncio.sleep(max(0.01, self._heard_at + check - loop.time()))
+                if loop.time() - self._heard_at < check:
+                    continue
+                asked = loop.time()
+                outbox.put_nowait(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+                await asyncio.sleep(stall)
+                if self._heard_at < asked:
+                    log.warning("watch stream to %s silent for %.1fs: dropping it", endpoint, loop.time() - asked)
+                    call.cancel()
+                    return
+
+        sender = loop.create_task(send(), name="whizorch-etcd-watch-send")
+        dog = loop.create_task(watchdog(), name="whizorch-etcd-watch-dog")
         try:
             while True:
                 resp = await call.read()
@@ -312,14 +333,17 @@ class Watcher:
         finally:
             self._serving = False
             sender.cancel()
+            dog.cancel()
             call.cancel()
-            try:
-                await sender
-            except (asyncio.CancelledError, grpc.RpcError, Exception):
-                pass
+            for t in (sender, dog):
+                try:
+                    await t
+                except (asyncio.CancelledError, grpc.RpcError, Exception):
+                    pass
 
     def _handle(self, resp: Any, endpoint: str) -> None:
         self._stream_ok = True
+        self._heard_at = asyncio.get_running_loop().time()
         if resp.created:
             w = self._inflight
             self._inflight = None
