@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,16 +39,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directories of passing seeds too")
     parser.add_argument("--json", metavar="FILE", help="write the results table as JSON")
+    parser.add_argument(
+        "--commit", metavar="REV", default=None,
+        help="roles run whizorch as of this commit (git archive into the work dir), not the working tree, "
+        "so edits made while the seeds run cannot reach a restarted role",
+    )
     args = parser.parse_args(argv)
     seeds = args.seed or (list(range(args.first_seed, args.first_seed + args.seeds)) if args.seeds else list(settings.FIXED_SEEDS))
     etcd_bin = str(find_etcd())
     root = Path(tempfile.mkdtemp(prefix="whizorch-fault-"))
+    snapshot = None
+    if args.commit:
+        repo = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", args.commit], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        snapshot = root / f"whizorch-{rev}"
+        snapshot.mkdir()
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "whizorch"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(snapshot)], input=archive, check=True)
+        print(f"[fault suite] roles run whizorch at commit {rev} ({snapshot})")
     rows = []
     for seed in seeds:
         workdir = root / f"seed-{seed}"
         workdir.mkdir()
         began = time.monotonic()
-        opts = Options(seed=seed, duration_s=args.duration, sagas=args.sagas)
+        opts = Options(seed=seed, duration_s=args.duration, sagas=args.sagas,
+                       whizorch_path=str(snapshot) if snapshot else None)
         try:
             outcome = asyncio.run(run_seed(opts, workdir=workdir, etcd_bin=etcd_bin, log=main_log))
             row = {"seed": seed, "ok": outcome.ok, "faults": outcome.faults, "seconds": round(time.monotonic() - began, 1),

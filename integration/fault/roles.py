@@ -238,10 +238,18 @@ class Deployment:
         await asyncio.gather(*(c.stop() for c in children), return_exceptions=True)
 
 
-def role_env(base: Mapping[str, str], *, pythonpath: Path, ledger_dir: Path, prefix: str, delay_s: float) -> dict[str, str]:
-    """The environment of every role: the app importable, the ledger's settings."""
+def role_env(
+    base: Mapping[str, str], *, pythonpath: Sequence[Path], ledger_dir: Path, prefix: str, delay_s: float
+) -> dict[str, str]:
+    """The environment of every role: the app importable, the ledger's settings.
+
+    ``PYTHONSAFEPATH`` keeps the working directory off the roles' ``sys.path``, so the
+    whizorch they import is the one ``pythonpath`` names first (a snapshot of a
+    commit, for the runner's ``--commit``) or else the installed one.
+    """
     env = {k: v for k, v in base.items() if not k.startswith(("WHIZORCH_", "FAULT_LEDGER_"))}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(pythonpath), base.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in pythonpath), *([base["PYTHONPATH"]] if base.get("PYTHONPATH") else [])])
+    env["PYTHONSAFEPATH"] = "1"
     env["FAULT_LEDGER_DIR"] = str(ledger_dir)
     env["FAULT_LEDGER_PREFIX"] = prefix
     env["FAULT_LEDGER_DELAY_S"] = str(delay_s)

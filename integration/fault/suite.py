@@ -73,6 +73,9 @@ class Options:
     accounts: int = 12
     frozen: int = 2
     handler_delay_s: float = 0.2
+    whizorch_path: str | None = None
+    """A directory holding the ``whizorch`` package the roles run (a snapshot of a
+    commit); None: the installed one (the working tree, for an editable install)."""
 
     @property
     def saga_count(self) -> int:
@@ -281,7 +284,8 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
     work = plan_workload(opts)
     ledger_dir = workdir / "ledger"
     ledger_dir.mkdir(parents=True, exist_ok=True)
-    log(f"[fault suite] seed {opts.seed}: {opts.describe()}; work dir {workdir}")
+    log(f"[fault suite] seed {opts.seed}: {opts.describe()}; work dir {workdir}; roles run whizorch from "
+        f"{opts.whizorch_path or 'the installed package (the working tree)'}")
     log(f"[fault suite] frozen accounts {sorted(work.frozen)}: "
         f"{sum(t.expected == 'compensated' for t in work.transfers)} of {len(work.transfers)} sagas designed to compensate")
     timings: dict[str, float] = {}
@@ -291,7 +295,8 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
         proxies = await stack.enter_async_context(Proxies({m.name: m.endpoint for m in cluster.members}))
         observer = await stack.enter_async_context(EtcdClient(cluster.endpoints, timeout_s=2.0, retry_deadline_s=10.0))
         await _seed_ledger(observer, work)
-        env = role_env(os.environ, pythonpath=HERE.parent, ledger_dir=ledger_dir, prefix=LEDGER_PREFIX,
+        paths = [Path(opts.whizorch_path)] if opts.whizorch_path else []
+        env = role_env(os.environ, pythonpath=[*paths, HERE.parent], ledger_dir=ledger_dir, prefix=LEDGER_PREFIX,
                        delay_s=opts.handler_delay_s)
         deployment = Deployment(
             role_specs(), endpoints=[proxies.endpoint(n) for n in proxies.names], namespace=NAMESPACE,
