@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=settings.DEFAULT_FIRST_SEED)
     parser.add_argument("--duration", type=float, default=settings.DEFAULT_DURATION_S, help="nemesis seconds per seed")
     parser.add_argument("--sagas", type=int, default=None, help="transfers per seed (default 4 per second)")
+    parser.add_argument("--delay", type=float, default=0.2, help="upper bound of the handlers' random delays (s)")
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directories of passing seeds too")
     parser.add_argument("--json", metavar="FILE", help="write the results table as JSON")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = root / f"seed-{seed}"
         workdir.mkdir()
         began = time.monotonic()
-        opts = Options(seed=seed, duration_s=args.duration, sagas=args.sagas,
+        opts = Options(seed=seed, duration_s=args.duration, sagas=args.sagas, handler_delay_s=args.delay,
                        whizorch_path=str(snapshot) if snapshot else None)
         try:
             outcome = asyncio.run(run_seed(opts, workdir=workdir, etcd_bin=etcd_bin, log=main_log))

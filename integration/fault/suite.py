@@ -83,13 +83,14 @@ class Options:
 
     def describe(self) -> str:
         return (f"duration {self.duration_s:g}s, {self.saga_count} sagas, TTL {self.ttl_s}s, settle {self.settle_s:g}s, "
-                f"roles back within {self.ttl_s + 1 + self.back_slack_s:g}s, {self.accounts} accounts ({self.frozen} frozen)")
+                f"roles back within {self.ttl_s + 1 + self.back_slack_s:g}s, {self.accounts} accounts ({self.frozen} frozen), "
+                f"handler delays up to {self.handler_delay_s:g}s")
 
     def replay(self) -> str:
         return (f"WHIZORCH_FAULT_SEED={self.seed} WHIZORCH_FAULT_DURATION_S={self.duration_s:g} "
                 f"WHIZORCH_FAULT_SAGAS={self.saga_count} .venv/bin/python -m pytest integration/fault   "
                 f"# or: .venv/bin/python -m integration.fault --seed {self.seed} --duration {self.duration_s:g} "
-                f"--sagas {self.saga_count}")
+                f"--sagas {self.saga_count}" + (f" --delay {self.handler_delay_s:g}" if self.handler_delay_s != 0.2 else ""))
 
 
 @dataclass
