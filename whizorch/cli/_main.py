@@ -196,6 +196,15 @@ def dev(args: tuple[str, ...]) -> None:
     sys.exit(dev_main(list(args)))
 
 
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lab(args: tuple[str, ...]) -> None:
+    """Run a region lab in the foreground: etcd members in regions apart (whizorch lab --help)."""
+    from whizorch.lab import main as lab_main
+
+    sys.exit(lab_main(list(args)))
+
+
 @main.command()
 @click.option("--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, help=CONFIG_HELP)
 @click.option("--etcd", "endpoints", default=None, help=ENDPOINTS_HELP)

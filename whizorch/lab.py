@@ -1,0 +1,248 @@
+"""``python -m whizorch.lab`` (``whizorch lab``): a region lab in the foreground.
+
+Starts a `whizorch.testing.RegionLab` (one etcd member per region, regions apart by a
+round-trip matrix), prints the mode, the endpoints each region sees and how to place a
+process in a region, then runs until Ctrl-C or SIGTERM, when it removes everything it
+made. While it runs, lines on stdin change the network::
+
+    partition eu us          cut eu <-> us          cut eu us     cut eu -> us only
+    isolate ap               cut ap from all        heal [eu us]  heal a pair, or all
+    rtt eu us 300 [JITTER]   new round trip (ms)    links         show every direction
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal, TextIO
+
+from whizorch.errors import ConfigError, WhizorchError
+from whizorch.testing import RegionLab
+from whizorch.testing._lab_model import parse_pairs
+
+__all__ = ["main"]
+
+_WATCH_INTERVAL_S = 0.5
+_HELP = (
+    "commands: partition A B | cut A B (A -> B only) | isolate A | heal [A B] | "
+    "rtt A B MS [JITTER_MS] | links | help"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whizorch lab",
+        description="Run a region lab (one etcd member per region, regions apart by a "
+        "round-trip matrix) in the foreground; Ctrl-C stops it and removes everything.",
+    )
+    parser.add_argument(
+        "--regions", default="eu,us,ap", help="region names, comma-separated (default eu,us,ap)"
+    )
+    parser.add_argument(
+        "--rtt",
+        action="append",
+        default=[],
+        metavar="A:B=MS",
+        help="round trip between two regions in ms, repeatable (default eu:us=80 us:ap=150 "
+        "eu:ap=200; every pair is needed when given)",
+    )
+    parser.add_argument(
+        "--jitter-ms", type=float, default=0.0, help="+- ms on each chunk's one-way delay"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "netns", "approximate"),
+        default="auto",
+        help="netns: a network namespace per region (root); approximate: host loopback; "
+        "auto (default): netns when possible",
+    )
+    parser.add_argument("--heartbeat-ms", type=int, default=100, help="etcd --heartbeat-interval")
+    parser.add_argument(
+        "--election-ms",
+        type=int,
+        default=None,
+        help="etcd --election-timeout (default: 10 x the largest round trip, >= 1000)",
+    )
+    parser.add_argument("--etcd-bin", default=None, help="the etcd binary to run")
+    parser.add_argument(
+        "--config-out",
+        default=None,
+        type=Path,
+        help="write the regions as whizorch TOML (endpoints, latency_ms) to this file",
+    )
+    parser.add_argument(
+        "--start-timeout", type=float, default=60.0, help="seconds to wait for health"
+    )
+    return parser
+
+
+def _describe(lab: RegionLab, out: TextIO) -> None:
+    cluster = lab.cluster
+    version = ".".join(map(str, cluster.version))
+    if lab.mode == "netns":
+        print("region lab: mode netns (a network namespace per region)", file=out)
+    else:
+        print(
+            f"region lab: mode approximate ({lab.mode_reason}): all on the host's loopback; "
+            "clients placed in a region pay exactly the matrix, etcd's peer traffic pays "
+            "it once the lab tells the sending member by its X-Server-From header; "
+            "nothing isolates a process but the endpoints it is given",
+            file=out,
+        )
+    pairs = "  ".join(
+        f"{a}-{b} {lab.rtt_ms(a, b):g}" for i, a in enumerate(lab.regions) for b in lab.regions[i + 1 :]
+    )
+    print(f"round trips (ms): {pairs}", file=out)
+    print(
+        f"etcd {version} ({cluster.etcd_bin}); Raft leader in {lab.leader_region()}; "
+        f"heartbeat {cluster.heartbeat_ms} ms, election {cluster.election_ms} ms",
+        file=out,
+    )
+    for region in lab.regions:
+        member = lab.member(region)
+        endpoints = ",".join(lab.endpoints(region))
+        namespace = lab.namespace(region)
+        where = f"namespace {namespace}" if namespace else "host loopback"
+        print(f"  {region}: {where}; member pid {member.pid}, log {member.log_path}", file=out)
+        print(f"    endpoints: {endpoints}", file=out)
+        if namespace:
+            print(f"    run here:  ip netns exec {namespace} <command>", file=out)
+        print(f"    export WHIZORCH_ETCD_ENDPOINTS={endpoints}", file=out)
+    print(
+        f"the lab's own view (undelayed, never cut): {','.join(cluster.endpoints)}", file=out
+    )
+    print(_HELP, file=out)
+    print("Press Ctrl-C to stop.", file=out, flush=True)
+
+
+def _command(lab: RegionLab, line: str, out: TextIO) -> None:
+    words = line.split()
+    if not words:
+        return
+    verb, args = words[0], words[1:]
+    try:
+        if verb == "partition" and len(args) == 2:
+            lab.partition(args[0], args[1])
+        elif verb == "cut" and len(args) == 2:
+            lab.partition(args[0], args[1], one_way=True)
+        elif verb == "isolate" and len(args) == 1:
+            lab.isolate(args[0])
+        elif verb == "heal" and len(args) in (0, 2):
+            lab.heal(*args)
+        elif verb == "rtt" and len(args) in (3, 4):
+            jitter = float(args[3]) if len(args) == 4 else None
+            lab.set_rtt(args[0], args[1], float(args[2]), jitter_ms=jitter)
+        elif verb != "links":
+            print(_HELP, file=out, flush=True)
+            return
+    except (WhizorchError, ValueError) as exc:
+        print(f"error: {exc}", file=out, flush=True)
+        return
+    for link in lab.links:
+        state = "up" if link.up else "CUT"
+        print(
+            f"  {link.src} -> {link.dst}: {link.delay_ms:g} ms +- {link.jitter_ms:g} {state}",
+            file=out,
+        )
+    out.flush()
+
+
+def _read_commands(lab: RegionLab, stop: threading.Event, out: TextIO) -> None:
+    for line in sys.stdin:
+        if stop.is_set():
+            return
+        _command(lab, line, out)
+
+
+def _watch(lab: RegionLab, stop: threading.Event) -> str | None:
+    """Wait for ``stop``; a reason when the lab broke (its network process died)."""
+    reported: set[str] = set()
+    while not stop.wait(_WATCH_INTERVAL_S):
+        if not lab.network_running:
+            return "the lab's network process exited"
+        for member in lab.cluster.members:
+            if member.crashed and member.name not in reported:
+                reported.add(member.name)
+                tail = "\n".join(member.log_tail(20))
+                print(
+                    f"warning: member {member.name} exited with status "
+                    f"{member.returncode}; last log lines:\n{tail}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return None
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run the lab until Ctrl-C/SIGTERM; return the exit status.
+
+    0 after a clean stop, 1 when the lab did not start or broke, 2 for bad arguments or
+    configuration, 130 when interrupted while starting.
+    """
+    out = out if out is not None else sys.stdout
+    args = _parser().parse_args(argv)
+    stop = threading.Event()
+    started = False
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+        if not started:
+            raise KeyboardInterrupt  # unwinds the start, which removes what it made
+        stop.set()
+
+    restore: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            restore[signum] = signal.signal(signum, on_signal)
+    try:
+        mode: Literal["auto", "netns", "approximate"] = args.mode
+        lab = RegionLab(
+            [r.strip() for r in args.regions.split(",") if r.strip()],
+            rtt_ms=parse_pairs(args.rtt, what="--rtt") if args.rtt else None,
+            jitter_ms=args.jitter_ms,
+            mode=mode,
+            etcd_bin=args.etcd_bin,
+            heartbeat_ms=args.heartbeat_ms,
+            election_ms=args.election_ms,
+            start_timeout=args.start_timeout,
+        )
+        with lab:
+            started = True
+            lab.wait_leader_region()
+            if args.config_out is not None:
+                args.config_out.write_text(lab.config_toml())
+                print(f"regions written to {args.config_out}", file=out)
+            _describe(lab, out)
+            threading.Thread(
+                target=_read_commands, args=(lab, stop, out), name="lab-stdin", daemon=True
+            ).start()
+            broken = _watch(lab, stop)
+            if broken is not None:
+                print(f"error: {broken}; stopping the lab", file=sys.stderr, flush=True)
+            else:
+                print(f"{received[-1]}: stopping the lab ...", file=out, flush=True)
+        print("lab stopped; nothing left behind.", file=out, flush=True)
+        return 1 if broken is not None else 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WhizorchError as exc:
+        what = "the region lab failed" if started else "the region lab did not start"
+        print(f"error: {what}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{received[-1] if received else 'SIGINT'}: stopped while starting", file=sys.stderr)
+        return 130
+    finally:
+        for number, handler in restore.items():
+            signal.signal(number, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
