@@ -160,7 +160,13 @@ def rtt_matrix(
     default regions.
     """
     names = check_regions(regions)
-    table = DEFAULT_RTT_MS if rtt_ms is None else rtt_ms
+    table = rtt_ms
+    if table is None:  # the default pairs among these regions
+        table = {
+            a: {b: ms for b, ms in row.items() if b in names}
+            for a, row in DEFAULT_RTT_MS.items()
+            if a in names
+        }
     found = _pairs(names, table, "rtt_ms")
     out: dict[tuple[str, str], float] = {}
     for i, a in enumerate(names):

@@ -1,0 +1,294 @@
+"""The region lab on real etcd: puts cost what the round-trip matrix says, a cut region
+loses quorum and heals, delays change at run time, and nothing is left behind.
+
+Clients run as processes placed in a region (`RegionLab.command`): in netns mode inside
+the region's network namespace, in approximate mode on the host with that region's
+endpoints. Tests marked ``netns`` need root and ``ip netns`` and are skipped with the
+reason elsewhere; the approximate variants run anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from whizorch.config import load_config
+from whizorch.testing import RegionLab, eventually
+from whizorch.testing._lab import _namespaces, remove_stale_namespaces
+
+pytestmark = [pytest.mark.slow, pytest.mark.etcd_control]
+
+BOTH_MODES = pytest.mark.parametrize(
+    "region_lab",
+    [
+        pytest.param({"mode": "netns"}, id="netns", marks=pytest.mark.netns),
+        pytest.param({"mode": "approximate"}, id="approximate"),
+    ],
+    indirect=True,
+)
+
+# a linearizable put's latency, measured by a client placed in a region
+PUTS = r"""
+import asyncio, json, sys, time
+from whizorch.etcd import EtcdClient
+
+async def main():
+    endpoints, count = sys.argv[1].split(","), int(sys.argv[2])
+    async with EtcdClient(endpoints, timeout_s=10.0) as client:
+        for _ in range(3):
+            await client.put(b"lab/warm", b"x")
+        took = []
+        for i in range(count):
+            start = time.perf_counter()
+            await client.put(b"lab/put", str(i).encode())
+            took.append((time.perf_counter() - start) * 1000)
+    print(json.dumps(took))
+
+asyncio.run(main())
+"""
+
+# one put and one linearizable get through a single member, or the error
+THROUGH = r"""
+import asyncio, json, sys
+from whizorch.etcd import EtcdClient
+
+async def main():
+    try:
+        async with EtcdClient([sys.argv[1]], timeout_s=2.0, retry_deadline_s=2.0) as client:
+            await client.put(b"lab/through", b"x", timeout_s=2.0)
+            await client.get(b"lab/through", timeout_s=2.0)
+        print(json.dumps({"ok": True}))
+    except Exception as exc:
+        print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+
+asyncio.run(main())
+"""
+
+# round trips of plain HTTP requests (etcd's /version on the client port), one
+# connection each: the path's round trip and nothing else
+ROUND_TRIPS = r"""
+import http.client, json, sys, time
+host, port = sys.argv[1].split(":")
+took = []
+for _ in range(int(sys.argv[2])):
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    start = time.perf_counter()
+    conn.request("GET", "/version")
+    conn.getresponse().read()
+    took.append((time.perf_counter() - start) * 1000)
+    conn.close()
+print(json.dumps(took))
+"""
+
+
+def placed(lab: RegionLab, region: str, script: str, *args: str, timeout: float = 60) -> Any:
+    """Run ``script`` in ``region`` and return the JSON it prints."""
+    done = subprocess.run(
+        lab.command(region, [sys.executable, "-c", script, *args]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def rtt_from(lab: RegionLab, region: str, member: str, count: int = 5) -> list[float]:
+    """Round trips (ms) of ``count`` requests from ``region`` to ``member``'s client port."""
+    endpoint = lab.endpoints(region)[[region, *[r for r in lab.regions if r != region]].index(member)]
+    return list(placed(lab, region, ROUND_TRIPS, endpoint, str(count)))
+
+
+def works_through(lab: RegionLab, region: str) -> dict[str, Any]:
+    """A put and a linearizable get through ``region``'s own member, from ``region``."""
+    return dict(placed(lab, region, THROUGH, lab.endpoints(region)[0]))
+
+
+@BOTH_MODES
+def test_a_put_from_each_region_costs_what_the_matrix_says(region_lab: RegionLab) -> None:
+    """p50 of 20 linearizable puts from each region is the floor: the round trip to etcd's
+    leader plus the leader's round trip to its nearest member (within [0.8x, 1.5x + 10 ms])."""
+    lab = region_lab
+    leader = lab.wait_leader_region()
+    # the three regions measure at once: puts from one region do not wait for another's
+    runs = {
+        region: subprocess.Popen(
+            lab.command(region, [sys.executable, "-c", PUTS, ",".join(lab.endpoints(region)), "20"]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for region in lab.regions
+    }
+    figures = {}
+    for region, run in runs.items():
+        out, err = run.communicate(timeout=90)
+        assert run.returncode == 0, err[-2000:]
+        took = json.loads(out)
+        figures[region] = (statistics.median(took), lab.put_floor_ms(region, leader=leader), min(took), max(took))
+    assert lab.leader_region() == leader, "etcd's leader moved while measuring"
+    print(f"\n{lab.mode}: etcd leader in {leader}")
+    for region, (p50, floor, low, high) in figures.items():
+        print(f"  put from {region}: p50 {p50:.1f} ms, floor {floor:g} ms, ratio {p50 / floor:.3f} (min {low:.1f}, max {high:.1f})")
+    for region, (p50, floor, _, _) in figures.items():
+        assert 0.8 * floor <= p50 <= 1.5 * floor + 10, (region, p50, floor)
+
+
+@BOTH_MODES
+def test_a_cut_region_loses_quorum_and_heal_restores_it(region_lab: RegionLab) -> None:
+    """Cut the leader's region from the other two: its member cannot write or read
+    linearizably while the others elect a leader and go on; after heal it works again.
+    A one-way cut (leader -> another region) leaves that region's member leaderless."""
+    lab = region_lab
+    cut = lab.wait_leader_region()
+    others = [r for r in lab.regions if r != cut]
+    lab.isolate(cut)
+    assert all(not link.up for link in lab.links if cut in (link.src, link.dst))
+    for region in others:
+        eventually(lambda region=region: works_through(lab, region)["ok"], timeout=30, interval=0.2)
+    assert lab.wait_leader_region() in others
+    refused = works_through(lab, cut)
+    assert not refused["ok"]
+    assert "no leader" in refused["error"] or "Deadline" in refused["error"], refused
+    print(f"\n{lab.mode}: {cut} cut off: {refused['error'][:120]}")
+
+    lab.heal()
+    assert all(link.up for link in lab.links)
+    eventually(lambda: works_through(lab, cut)["ok"], timeout=30, interval=0.2)
+
+    leader = lab.wait_leader_region()
+    target = next(r for r in lab.regions if r != leader)
+    lab.partition(leader, target, one_way=True)
+    assert not lab.link(leader, target).up and lab.link(target, leader).up
+    eventually(lambda: not works_through(lab, target)["ok"], timeout=30, interval=0.2)
+    for region in lab.regions:
+        if region != target:
+            assert works_through(lab, region)["ok"], region
+    lab.heal(leader, target)
+    eventually(lambda: works_through(lab, target)["ok"], timeout=30, interval=0.2)
+
+
+@BOTH_MODES
+def test_changing_a_pairs_delay_at_run_time_changes_its_round_trip(region_lab: RegionLab) -> None:
+    """set_rtt takes effect on the next chunk, both ways, for that pair only; jitter
+    spreads round trips within the bounds it sets."""
+    lab = region_lab
+    before = statistics.median(rtt_from(lab, "eu", "us"))
+    lab.set_rtt("eu", "us", 300)
+    after = statistics.median(rtt_from(lab, "eu", "us"))
+    back = statistics.median(rtt_from(lab, "us", "eu"))
+    other = statistics.median(rtt_from(lab, "eu", "ap"))
+    local = statistics.median(rtt_from(lab, "eu", "eu"))
+    lab.set_rtt("eu", "us", 100, jitter_ms=20)
+    jittered = rtt_from(lab, "eu", "us", count=15)
+    print(
+        f"\n{lab.mode}: eu-us {before:.1f} -> {after:.1f} ms (us-eu {back:.1f}); eu-ap {other:.1f}; "
+        f"inside eu {local:.1f}; with jitter 20: {min(jittered):.1f}..{max(jittered):.1f} ms"
+    )
+    assert 80 <= before <= 90
+    assert 300 <= after <= 312 and 300 <= back <= 312
+    assert 200 <= other <= 210
+    assert local < 5
+    assert all(60 <= ms <= 150 for ms in jittered), jittered
+    assert max(jittered) - min(jittered) > 5, jittered
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _mine() -> list[str]:
+    return [name for name in _namespaces() if name.startswith(f"wz-{os.getpid()}-")]
+
+
+@pytest.fixture
+def lab_options(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    yield {"mode": request.param, "etcd_bin": request.config.getoption("etcd_bin")}
+
+
+def _what_runs(lab: RegionLab, placed_process: subprocess.Popen[Any]) -> tuple[list[int], list[Path]]:
+    assert lab._net is not None
+    pids = [m.pid for m in lab.cluster.members if m.pid] + [lab._net.process.pid, placed_process.pid]
+    return pids, [lab.directory, lab.cluster.directory]
+
+
+@pytest.mark.parametrize(
+    "lab_options",
+    [pytest.param("netns", marks=pytest.mark.netns), "approximate"],
+    indirect=True,
+)
+def test_nothing_is_left_behind(lab_options: dict[str, Any]) -> None:
+    """Closing the lab ends its members, network and placed processes, and deletes its
+    namespaces and directories; so does an exception inside ``with``."""
+    with RegionLab(**lab_options) as lab:
+        sleeper = lab.popen("us", ["sleep", "60"])
+        pids, dirs = _what_runs(lab, sleeper)
+        namespaces = _mine()
+        if lab.mode == "netns":
+            inode = os.stat(f"/run/netns/{lab.namespace('us')}").st_ino
+            assert os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino == inode  # placed in us
+            assert sorted(namespaces) == sorted(lab.namespace(r) for r in lab.regions)
+        load_config(_write(dirs[0] / "lab.toml", lab.config_toml()), env={})
+    assert not any(_alive(pid) for pid in pids)
+    assert not any(d.exists() for d in dirs)
+    assert _mine() == []
+
+    with pytest.raises(RuntimeError, match="inside the lab"):
+        with RegionLab(**lab_options) as lab:
+            sleeper = lab.popen("ap", ["sleep", "60"])
+            pids, dirs = _what_runs(lab, sleeper)
+            raise RuntimeError("inside the lab")
+    assert not any(_alive(pid) for pid in pids)
+    assert not any(d.exists() for d in dirs)
+    assert _mine() == []
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+KILLED_LAB = r"""
+import sys
+from whizorch.testing import RegionLab
+lab = RegionLab(mode="netns").start()
+print(" ".join([*(lab.namespace(r) for r in lab.regions), *(str(m.pid) for m in lab.cluster.members)]), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.netns
+def test_a_killed_labs_namespaces_are_removed_by_the_next_lab() -> None:
+    """SIGKILL a process running a lab: its members die with it, and the namespaces it
+    could not delete are removed when the next lab starts (their owner is dead)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_LAB], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as owner:
+        try:
+            assert owner.stdout is not None
+            words = owner.stdout.readline().split()
+            assert len(words) == 6, words
+        finally:
+            owner.kill()
+    namespaces, members = words[:3], [int(w) for w in words[3:]]
+    eventually(lambda: not any(_alive(pid) for pid in members), timeout=10)
+    assert set(namespaces) <= set(_namespaces())
+    start = time.monotonic()
+    removed = remove_stale_namespaces()  # what RegionLab.start does first
+    assert set(namespaces) <= set(removed), removed
+    assert not set(namespaces) & set(_namespaces())
+    print(f"\nremoved {removed} in {time.monotonic() - start:.2f}s")
