@@ -23,7 +23,8 @@ import pytest
 
 from whizorch.config import load_config
 from whizorch.testing import RegionLab, eventually
-from whizorch.testing._lab import _namespaces, remove_stale_namespaces
+from whizorch.testing._lab import _namespaces_in_use
+from whizorch.testing._lab_host import list_namespaces, remove_stale_namespaces
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd_control]
 
@@ -212,7 +213,7 @@ def _alive(pid: int) -> bool:
 
 
 def _mine() -> list[str]:
-    return [name for name in _namespaces() if name.startswith(f"wz-{os.getpid()}-")]
+    return [name for name in list_namespaces() if name.startswith(f"wz-{os.getpid()}-")]
 
 
 @pytest.fixture
@@ -286,9 +287,9 @@ def test_a_killed_labs_namespaces_are_removed_by_the_next_lab() -> None:
             owner.kill()
     namespaces, members = words[:3], [int(w) for w in words[3:]]
     eventually(lambda: not any(_alive(pid) for pid in members), timeout=10)
-    assert set(namespaces) <= set(_namespaces())
+    assert set(namespaces) <= set(list_namespaces())
     start = time.monotonic()
-    removed = remove_stale_namespaces()  # what RegionLab.start does first
+    removed = remove_stale_namespaces(in_use=_namespaces_in_use())  # as RegionLab.start does
     assert set(namespaces) <= set(removed), removed
-    assert not set(namespaces) & set(_namespaces())
+    assert not set(namespaces) & set(list_namespaces())
     print(f"\nremoved {removed} in {time.monotonic() - start:.2f}s")

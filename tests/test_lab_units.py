@@ -207,3 +207,6 @@ def test_namespace_names_and_stale_ones() -> None:
     assert name == "wz-4242-3-eu" and namespace_owner(name) == 4242
     names = [name, "wz-17-1-us", "wz-99-2-ap", "wz-abc", "wz-5-eu", "docker0", "wz-5-1-EU"]
     assert stale_namespaces(names, lambda pid: pid == 17) == ["wz-4242-3-eu", "wz-99-2-ap"]
+    # a name of this process's pid that no open lab uses was left by an earlier process
+    mine = ["wz-7-1-eu", "wz-7-2-eu"]
+    assert stale_namespaces(mine, lambda pid: False, in_use={"wz-7-2-eu"}) == ["wz-7-1-eu"]

@@ -15,15 +15,17 @@ namespace. A process placed in a region (`RegionLab.command`, `RegionLab.popen`)
 inside that namespace and can reach nothing else.
 
 **approximate mode** (no root): everything on the host's 127.0.0.1. Clients placed in a
-region use per-pair proxies, so client traffic pays exactly the matrix; but etcd has
-one peer URL per member, so peer traffic goes through one proxy per member, which tells
-the sending member by the ``X-Server-From`` header etcd puts on its Raft requests and
-then applies that pair's link. Peer bytes it cannot attribute (etcd's version probes)
-pay the member's mean one-way delay and no cut. Nothing stops a process from reaching
-a member directly: placement is only the endpoints it is given.
+region use per-pair listeners, so client traffic pays exactly the matrix; but etcd has
+one peer URL per member, so peer traffic goes through one listener per member, which
+tells the sending member by the ``X-Server-From`` header etcd puts on its Raft requests
+and then applies that pair's link. Peer bytes it cannot attribute (etcd's version
+probes) pay the member's mean one-way delay and no cut. Nothing stops a process from
+reaching a member directly: placement is only the endpoints it is given.
 
 In both modes the lab itself reaches each member directly, undelayed and never cut
-(`RegionLab.cluster`: health, leader, etcdctl), so checks see the truth.
+(`RegionLab.cluster`: health, leader, etcdctl), so checks see the truth. Connections
+are set up at once (the handshake with a listener is local); from then on every byte
+pays its link.
 """
 
 from __future__ import annotations
@@ -33,45 +35,40 @@ import atexit
 import contextlib
 import json
 import os
-import select
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Self
+from typing import Any, Literal, Self
 
 import attrs
 
 from whizorch.errors import ClosedError, ConfigError
 from whizorch.testing._cluster import LocalEtcdCluster, _shielded_thread
+from whizorch.testing._lab_host import (
+    NetProcess,
+    add_namespace,
+    netns_unavailable_reason,
+    remove_namespace,
+    remove_stale_namespaces,
+    start_child,
+    stop_process,
+)
+from whizorch.testing._lab_layout import LabCluster, LabMode, Layout, Place
 from whizorch.testing._lab_model import (
     DEFAULT_REGIONS,
     Link,
     check_regions,
-    default_delay_ms,
     jitter_matrix,
     namespace_name,
     rtt_matrix,
-    stale_namespaces,
 )
 from whizorch.testing._member import EtcdMember, LocalClusterError
-from whizorch.testing._process import _executor, dying_with_parent, free_ports, log_tail
 
 __all__ = ["LabMode", "RegionLab", "netns_unavailable_reason"]
-
-LabMode = Literal["netns", "approximate"]
-
-_CLIENT_PORT, _PEER_PORT, _METRICS_PORT = 2379, 2380, 2381  # inside each namespace
-_REQUEST_TIMEOUT_S = 10.0
-_STOP_GRACE_S = 5.0
-_IP_TIMEOUT_S = 15.0
 
 _NEW, _STARTING, _OPEN, _CLOSED = "new", "starting", "open", "closed"
 
@@ -95,6 +92,11 @@ def _unregister(lab: RegionLab) -> None:
         _live.pop(id(lab), None)
 
 
+def _namespaces_in_use() -> set[str]:
+    with _live_lock:
+        return {name for lab in _live.values() for name in lab._namespaces.values()}
+
+
 def _close_all_at_exit() -> None:
     with _live_lock:
         labs = list(_live.values())
@@ -102,250 +104,6 @@ def _close_all_at_exit() -> None:
     for lab in labs:
         with contextlib.suppress(Exception):
             lab._teardown()
-
-
-# -- network namespaces -------------------------------------------------------------
-
-
-def netns_unavailable_reason() -> str | None:
-    """Why this process cannot give the lab network namespaces, or ``None`` if it can."""
-    if not sys.platform.startswith("linux"):
-        return f"network namespaces need Linux (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return f"network namespaces need root (`ip netns add`); running as uid {os.geteuid()}"
-    if shutil.which("ip") is None:
-        return "network namespaces need the `ip` command (iproute2), which is not on PATH"
-    try:
-        done = _ip("netns", "list", check=False)
-    except OSError as exc:
-        return f"`ip netns list` could not run: {exc}"
-    if done.returncode != 0:
-        return f"`ip netns list` failed: {done.stderr.strip()}"
-    return None
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        ["ip", *args],
-        capture_output=True,
-        text=True,
-        timeout=_IP_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise LocalClusterError(
-            f"`ip {' '.join(args)}` failed with status {done.returncode}: "
-            f"{done.stderr.strip() or done.stdout.strip()}",
-            returncode=done.returncode,
-        )
-    return done
-
-
-def _namespaces() -> list[str]:
-    done = _ip("netns", "list", check=False)
-    return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_namespace(name: str) -> None:
-    """Kill what still runs inside namespace ``name``, then delete it."""
-    done = _ip("netns", "pids", name, check=False)
-    pids = [int(p) for p in done.stdout.split() if p.isdigit() and int(p) != os.getpid()]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 2.0
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    _ip("netns", "delete", name, check=False)
-
-
-def remove_stale_namespaces() -> list[str]:
-    """Delete the namespaces of labs whose process is gone (killed before closing)."""
-    stale = stale_namespaces(_namespaces(), _alive)
-    for name in stale:
-        _remove_namespace(name)
-    return stale
-
-
-# -- the network process -------------------------------------------------------------
-
-
-class _NetProcess:
-    """The lab's network process (``_lab_net``) and its JSON-lines requests."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
-        self._lock = threading.Lock()
-
-        def run() -> subprocess.Popen[bytes]:
-            with open(log_path, "ab") as log:
-                return subprocess.Popen(
-                    dying_with_parent([sys.executable, "-m", "whizorch.testing._lab_net"]),
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    close_fds=True,
-                    start_new_session=True,
-                )
-
-        # started from the long-lived spawner thread: it dies with this process only
-        self.process = _executor().submit(run).result() if sys.platform.startswith("linux") else run()
-
-    def _fail(self, what: str) -> LocalClusterError:
-        tail = "\n".join("    " + line for line in log_tail(self.log_path, 20)) or "    (empty)"
-        return LocalClusterError(
-            f"the region lab's network process {what}; last lines of {self.log_path}:\n{tail}",
-            returncode=self.process.poll(),
-        )
-
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request and return the answer; `LocalClusterError` on failure."""
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None and stdout is not None
-        with self._lock:
-            try:
-                stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
-                stdin.flush()
-            except (BrokenPipeError, ValueError):
-                raise self._fail("has exited") from None
-            line = self._readline(stdout)
-        if not line:
-            raise self._fail("has exited")
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise self._fail(f"refused {op!r}: {answer['error']}")
-        return answer
-
-    def _readline(self, stdout: IO[bytes]) -> bytes:
-        deadline = time.monotonic() + _REQUEST_TIMEOUT_S
-        line = b""
-        fd = stdout.fileno()
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._fail(f"did not answer within {_REQUEST_TIMEOUT_S:g}s")
-            ready, _, _ = select.select([fd], [], [], left)
-            if ready:
-                byte = os.read(fd, 1)
-                if not byte:
-                    return b""
-                line += byte
-        return line
-
-    @property
-    def is_running(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        """Close its input (it exits), then kill it if it lingers."""
-        with contextlib.suppress(OSError, ValueError):
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-        try:
-            self.process.wait(_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
-# -- the members ---------------------------------------------------------------------
-
-
-@attrs.frozen
-class _Place:
-    """Where one member runs and how it is reached."""
-
-    region: str
-    namespace: str | None
-    host: str
-    """The address it listens on (inside its namespace)."""
-    client_port: int
-    peer_port: int
-    metrics_port: int
-    advertise_client: str
-    advertise_peer: str
-    direct_client: int
-    """Host 127.0.0.1 port reaching its client port, undelayed (the lab's own view)."""
-    direct_metrics: int
-
-
-class _LabMember(EtcdMember):
-    """An `EtcdMember` placed in a region: ``endpoint``, ``health`` and ``is_leader`` use
-    the lab's direct view; the command line listens and advertises as the place says."""
-
-    def __init__(self, cluster: LocalEtcdCluster, place: _Place) -> None:
-        super().__init__(
-            cluster,
-            name=place.region,
-            client_port=place.direct_client,
-            peer_port=place.peer_port,
-            metrics_port=place.direct_metrics,
-        )
-        self.place = place
-
-    @property
-    def region(self) -> str:
-        """The region this member serves."""
-        return self.place.region
-
-    @property
-    def peer_url(self) -> str:
-        """The advertised peer URL (what the other members dial)."""
-        return self.place.advertise_peer
-
-    @property
-    def args(self) -> tuple[str, ...]:
-        place, cluster = self.place, self._cluster
-        inside = f"http://{place.host}"
-        args = [
-            str(cluster.etcd_bin),
-            f"--name={self.name}",
-            f"--data-dir={self.data_dir}",
-            f"--listen-client-urls={inside}:{place.client_port}",
-            f"--advertise-client-urls={place.advertise_client}",
-            f"--listen-peer-urls={inside}:{place.peer_port}",
-            f"--initial-advertise-peer-urls={place.advertise_peer}",
-            f"--listen-metrics-urls={inside}:{place.metrics_port}",
-            f"--initial-cluster={cluster.initial_cluster}",
-            "--initial-cluster-state=new",
-            f"--initial-cluster-token={cluster.token}",
-            f"--heartbeat-interval={cluster.heartbeat_ms}",
-            f"--election-timeout={cluster.election_ms}",
-            "--logger=zap",
-            "--log-outputs=stderr",
-            *cluster.extra_args,
-        ]
-        if place.namespace is not None:
-            args = ["ip", "netns", "exec", place.namespace, *args]
-        return tuple(args)
-
-
-class _LabCluster(LocalEtcdCluster):
-    """The lab's members: laid out by the lab rather than on free loopback ports."""
-
-    def __init__(self, lab: RegionLab, **options: Any) -> None:
-        super().__init__(len(lab.regions), **options)
-        self._lab = lab
-
-    def _lay_out(self, layout: dict[str, Any] | None) -> None:
-        self._token = f"whizorch-lab-{uuid.uuid4().hex[:16]}"
-        self._members = tuple(_LabMember(self, place) for place in self._lab._lay_out())
-
-
-# -- the lab -------------------------------------------------------------------------
 
 
 class RegionLab:
@@ -408,8 +166,9 @@ class RegionLab:
             (a, b): Link(src=a, dst=b, delay_ms=ms / 2, jitter_ms=jitter[(a, b)], up=True)
             for (a, b), ms in self._rtt.items()
         }
-        self._cluster = _LabCluster(
-            self,
+        self._cluster = LabCluster(
+            len(self.regions),
+            self._places,
             etcd_bin=etcd_bin,
             heartbeat_ms=heartbeat_ms,
             election_ms=election_ms,
@@ -422,10 +181,8 @@ class RegionLab:
         """Why the lab runs in approximate mode (empty in netns mode)."""
         self._directory: Path | None = None
         self._namespaces: dict[str, str] = {}
-        self._net: _NetProcess | None = None
-        self._views: dict[tuple[str, str], int] = {}  # approximate: (from, member) -> port
-        self._peer_proxies: dict[str, int] = {}  # approximate: member -> peer proxy port
-        self._direct: dict[str, tuple[int, int]] = {}  # netns: member -> (client, metrics)
+        self._net: NetProcess | None = None
+        self._layout: Layout | None = None
         self._placed: list[subprocess.Popen[Any]] = []
         self._state = _NEW
         self._lock = threading.RLock()
@@ -496,14 +253,8 @@ class RegionLab:
         self._check_open()
         own = self._check_region(region)
         order = [own, *(i for i in range(len(self.regions)) if i != own)]
-        return [self._endpoint(region, self.regions[i]) for i in order]
-
-    def _endpoint(self, seen_from: str, member: str) -> str:
-        if self._mode == "netns":
-            return f"127.0.0.{self.regions.index(member) + 1}:{_CLIENT_PORT}"
-        if seen_from == member:
-            return self.member(member).endpoint
-        return f"127.0.0.1:{self._views[(seen_from, member)]}"
+        assert self._layout is not None
+        return [self._layout.endpoint(region, self.regions[i]) for i in order]
 
     def command(self, region: str, argv: Sequence[str]) -> list[str]:
         """``argv`` placed in ``region``: under ``ip netns exec`` in netns mode; as it is
@@ -525,14 +276,8 @@ class RegionLab:
         """Start ``argv`` in ``region`` (`subprocess.Popen` options; ``env`` defaults to
         `env`). The process is killed when the lab closes, or when this process dies."""
         with self._lock:
-            command = dying_with_parent(self.command(region, argv))
             options.setdefault("env", self.env(region))
-
-            def run() -> subprocess.Popen[Any]:
-                return subprocess.Popen(command, **options)
-
-            # from the long-lived spawner thread: the process dies with this one
-            process = _executor().submit(run).result()
+            process = start_child(self.command(region, argv), **options)
             self._placed.append(process)
             return process
 
@@ -676,25 +421,23 @@ class RegionLab:
         self._directory = Path(tempfile.mkdtemp(prefix="whizorch-lab-"))
         self._mode = self._choose_mode()
         if self._mode == "netns":
-            remove_stale_namespaces()
+            remove_stale_namespaces(in_use=_namespaces_in_use())
             number = next(_lab_numbers)
             for region in self.regions:
                 name = namespace_name(os.getpid(), number, region)
-                _ip("netns", "add", name)
-                self._namespaces[region] = name
-                _ip("-n", name, "link", "set", "lo", "up")
                 # 127.0.0.0/8 is local already; the addresses make `ip addr` show the lab
-                for i in range(1, len(self.regions)):
-                    _ip("-n", name, "addr", "add", f"127.0.0.{i + 1}/32", "dev", "lo")
-        self._net = _NetProcess(self.directory / "network.log")
+                add_namespace(name, [Layout.host(i) for i in range(1, len(self.regions))])
+                self._namespaces[region] = name
+        self._layout = Layout(self.regions, self._mode, self._namespaces, self._rtt)
+        self._net = NetProcess(self.directory / "network.log")
         answer = self._net.request(
             "start",
             seed=self._seed,
             links=[attrs.asdict(link) for link in self._links.values()],
-            listeners=self._listeners(),
-            targets=self._netns_targets(),
+            listeners=self._layout.listeners(),
+            targets=self._layout.netns_targets(),
         )
-        self._take_ports(answer["ports"])
+        self._layout.take_ports(answer["ports"])
         self._cluster.start()
         if self._mode == "approximate":
             self._net.request("targets", ids=self._member_ids())
@@ -711,104 +454,12 @@ class RegionLab:
         self.mode_reason = reason
         return "approximate"
 
-    def _listeners(self) -> list[dict[str, Any]]:
-        """What the network process listens on, in the order `_take_ports` reads."""
-        out: list[dict[str, Any]] = []
-        for i, member in enumerate(self.regions):
-            host = f"127.0.0.{i + 1}"
-            if self._mode == "netns":
-                for service in ("client", "metrics"):  # the lab's own undelayed view
-                    out.append(_listener(None, "127.0.0.1", 0, member, service, None, None))
-                for region in self.regions:
-                    if region == member:
-                        continue
-                    for service, port in (("client", _CLIENT_PORT), ("peer", _PEER_PORT)):
-                        ns = self._namespaces[region]
-                        out.append(_listener(ns, host, port, member, service, region, member))
-            else:
-                for region in self.regions:
-                    if region != member:
-                        out.append(_listener(None, "127.0.0.1", 0, member, "client", region, member))
-                default = default_delay_ms(self.regions, self._rtt)[member]
-                peer = _listener(None, "127.0.0.1", 0, member, "peer", None, member)
-                out.append({**peer, "identify": True, "default_delay_ms": default})
-        return out
-
-    def _take_ports(self, ports: list[int]) -> None:
-        got = iter(ports)
-        for member in self.regions:
-            if self._mode == "netns":
-                self._direct[member] = (next(got), next(got))
-                for region in self.regions:
-                    if region != member:
-                        next(got), next(got)
-            else:
-                for region in self.regions:
-                    if region != member:
-                        self._views[(region, member)] = next(got)
-                self._peer_proxies[member] = next(got)
-
-    def _netns_targets(self) -> dict[str, dict[str, list[Any]]]:
-        if self._mode != "netns":
-            return {}
-        return {
-            member: {
-                service: [self._namespaces[member], f"127.0.0.{i + 1}", port]
-                for service, port in (
-                    ("client", _CLIENT_PORT),
-                    ("peer", _PEER_PORT),
-                    ("metrics", _METRICS_PORT),
-                )
-            }
-            for i, member in enumerate(self.regions)
-        }
-
-    def _lay_out(self) -> list[_Place]:
-        """The members' places (called by the cluster at each start attempt)."""
-        places = []
-        if self._mode == "netns":
-            for i, region in enumerate(self.regions):
-                host = f"127.0.0.{i + 1}"
-                client, metrics = self._direct[region]
-                places.append(
-                    _Place(
-                        region=region,
-                        namespace=self._namespaces[region],
-                        host=host,
-                        client_port=_CLIENT_PORT,
-                        peer_port=_PEER_PORT,
-                        metrics_port=_METRICS_PORT,
-                        advertise_client=f"http://{host}:{_CLIENT_PORT}",
-                        advertise_peer=f"http://{host}:{_PEER_PORT}",
-                        direct_client=client,
-                        direct_metrics=metrics,
-                    )
-                )
-            return places
-        ports = free_ports(3 * len(self.regions))
-        targets: dict[str, dict[str, list[Any]]] = {}
-        for i, region in enumerate(self.regions):
-            client, peer, metrics = ports[3 * i : 3 * i + 3]
-            places.append(
-                _Place(
-                    region=region,
-                    namespace=None,
-                    host="127.0.0.1",
-                    client_port=client,
-                    peer_port=peer,
-                    metrics_port=metrics,
-                    advertise_client=f"http://127.0.0.1:{client}",
-                    advertise_peer=f"http://127.0.0.1:{self._peer_proxies[region]}",
-                    direct_client=client,
-                    direct_metrics=metrics,
-                )
-            )
-            targets[region] = {
-                service: [None, "127.0.0.1", port]
-                for service, port in (("client", client), ("peer", peer), ("metrics", metrics))
-            }
-        assert self._net is not None
-        self._net.request("targets", targets=targets)
+    def _places(self) -> list[Place]:
+        """The members' places (the cluster asks at each start attempt)."""
+        assert self._layout is not None and self._net is not None
+        places, targets = self._layout.places()
+        if targets:
+            self._net.request("targets", targets=targets)
         return places
 
     def _member_ids(self) -> dict[str, str]:
@@ -838,12 +489,12 @@ class RegionLab:
                 errors.append(exc)
 
         for process in self._placed:
-            step(_stop_process, process)
+            step(stop_process, process)
         step(self._cluster.close)
         if self._net is not None:
             step(self._net.close)
         for name in self._namespaces.values():
-            step(_remove_namespace, name)
+            step(remove_namespace, name)
         if self._directory is not None:
             step(shutil.rmtree, self._directory, True)
         self._state = _CLOSED
@@ -885,33 +536,3 @@ class RegionLab:
     ) -> None:
         await self.aclose()
 
-
-def _listener(
-    namespace: str | None,
-    host: str,
-    port: int,
-    member: str,
-    service: str,
-    src: str | None,
-    dst: str | None,
-) -> dict[str, Any]:
-    return {
-        "namespace": namespace,
-        "host": host,
-        "port": port,
-        "member": member,
-        "service": service,
-        "src": src,
-        "dst": dst,
-    }
-
-
-def _stop_process(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.terminate()
-        try:
-            process.wait(_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -281,11 +281,14 @@ def namespace_owner(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def stale_namespaces(names: Iterable[str], alive: Callable[[int], bool]) -> list[str]:
-    """The lab namespaces among ``names`` whose owning process is gone."""
+def stale_namespaces(
+    names: Iterable[str], alive: Callable[[int], bool], *, in_use: Collection[str] = ()
+) -> list[str]:
+    """The lab namespaces among ``names`` whose owning process is not ``alive``, except
+    those ``in_use``; names the lab does not make are never among them."""
     out = []
     for name in names:
         owner = namespace_owner(name)
-        if owner is not None and not alive(owner):
+        if owner is not None and name not in in_use and not alive(owner):
             out.append(name)
     return out
