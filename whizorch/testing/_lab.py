@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -425,9 +426,10 @@ class RegionLab:
             number = next(_lab_numbers)
             for region in self.regions:
                 name = namespace_name(os.getpid(), number, region)
+                # named first: an interrupted add is still removed (deleting is idempotent)
+                self._namespaces[region] = name
                 # 127.0.0.0/8 is local already; the addresses make `ip addr` show the lab
                 add_namespace(name, [Layout.host(i) for i in range(1, len(self.regions))])
-                self._namespaces[region] = name
         self._layout = Layout(self.regions, self._mode, self._namespaces, self._rtt)
         self._net = NetProcess(self.directory / "network.log")
         answer = self._net.request(
@@ -463,9 +465,21 @@ class RegionLab:
         return places
 
     def _member_ids(self) -> dict[str, str]:
-        """etcd's member ids (hex) -> region, for the approximation to tell peers apart."""
-        done = self._cluster.etcdctl("member", "list", "-w", "json")
-        members = json.loads(done.stdout)["members"]
+        """etcd's member ids (hex) -> region, for the approximation to tell peers apart
+        (asked through etcd's JSON gateway on a member's client port: no etcdctl needed)."""
+        member = self._cluster.members[0]
+        conn = http.client.HTTPConnection("127.0.0.1", member.client_port, timeout=10)
+        try:
+            conn.request("POST", "/v3/cluster/member/list", body=b"{}")
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise LocalClusterError(f"cannot list etcd's members: {exc}") from exc
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise LocalClusterError(f"cannot list etcd's members: HTTP {response.status} {body[:200]!r}")
+        members = json.loads(body)["members"]
         return {f"{int(m['ID']):x}": str(m["name"]) for m in members}
 
     def close(self) -> None:
