@@ -9,11 +9,14 @@ reason elsewhere; the approximate variants run anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ import pytest
 from whizorch.config import load_config
 from whizorch.testing import RegionLab, eventually
 from whizorch.testing._lab import _namespaces_in_use
-from whizorch.testing._lab_host import list_namespaces, remove_stale_namespaces
+from whizorch.testing._lab_host import NetProcess, list_namespaces, remove_stale_namespaces
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd_control]
 
@@ -293,3 +296,80 @@ def test_a_killed_labs_namespaces_are_removed_by_the_next_lab() -> None:
     assert set(namespaces) <= set(removed), removed
     assert not set(namespaces) & set(list_namespaces())
     print(f"\nremoved {removed} in {time.monotonic() - start:.2f}s")
+
+
+def _echo_server() -> tuple[socket.socket, threading.Thread]:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _recv_exactly(conn: socket.socket, size: int, timeout: float) -> bytes:
+    conn.settimeout(timeout)
+    got = b""
+    while len(got) < size:
+        chunk = conn.recv(size - len(got))
+        assert chunk, "connection closed"
+        got += chunk
+    return got
+
+
+def test_the_network_delays_keeps_order_under_jitter_and_holds_cut_bytes(tmp_path: Path) -> None:
+    """The network process alone (no etcd, no root): a round trip pays both one-way
+    delays, jitter never reorders a stream, and bytes sent across a cut arrive one delay
+    after the heal, not before."""
+    server, thread = _echo_server()
+    net = NetProcess(tmp_path / "network.log")
+    try:
+        links = [
+            {"src": a, "dst": b, "delay_ms": 20.0, "jitter_ms": 15.0, "up": True}
+            for a, b in (("a", "b"), ("b", "a"))
+        ]
+        listener = {
+            "namespace": None, "host": "127.0.0.1", "port": 0, "member": "m", "service": "client",
+            "src": "a", "dst": "b", "identify": False, "default_delay_ms": 0.0,
+        }
+        answer = net.request(
+            "start", seed=3, links=links, listeners=[listener],
+            targets={"m": {"client": [None, "127.0.0.1", server.getsockname()[1]]}},
+        )
+        with socket.create_connection(("127.0.0.1", answer["ports"][0])) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            trips = []
+            for _ in range(10):
+                start = time.monotonic()
+                conn.sendall(b"x")
+                _recv_exactly(conn, 1, 5)
+                trips.append((time.monotonic() - start) * 1000)
+            assert all(10 <= ms <= 75 for ms in trips), trips
+
+            sent = b"".join(f"{i:05d}\n".encode() for i in range(200))
+            for i in range(0, len(sent), 6):  # one message per chunk, jitter on each
+                conn.sendall(sent[i : i + 6])
+                time.sleep(0.001)
+            assert _recv_exactly(conn, len(sent), 10) == sent
+
+            net.request("links", links=[{**links[0], "up": False}])  # a -> b cut
+            conn.sendall(b"held")
+            conn.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                conn.recv(4)
+            healed = time.monotonic()
+            net.request("links", links=[{**links[0], "up": True}])
+            assert _recv_exactly(conn, 4, 5) == b"held"
+            after = (time.monotonic() - healed) * 1000
+            print(f"\nround trips {min(trips):.1f}..{max(trips):.1f} ms; held bytes back {after:.1f} ms after the heal")
+            assert after >= 25  # a -> b: a full 20 ms after the heal; then b -> a: >= 5 ms
+    finally:
+        net.close()
+        server.close()
+        thread.join(5)
