@@ -27,7 +27,12 @@ import pytest
 from whizorch.config import load_config
 from whizorch.testing import RegionLab, eventually
 from whizorch.testing._lab import _namespaces_in_use
-from whizorch.testing._lab_host import NetProcess, list_namespaces, remove_stale_namespaces
+from whizorch.testing._lab_host import (
+    NetProcess,
+    list_namespaces,
+    remove_stale_directories,
+    remove_stale_namespaces,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.etcd_control]
 
@@ -227,7 +232,8 @@ def lab_options(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 def _what_runs(lab: RegionLab, placed_process: subprocess.Popen[Any]) -> tuple[list[int], list[Path]]:
     assert lab._net is not None
     pids = [m.pid for m in lab.cluster.members if m.pid] + [lab._net.process.pid, placed_process.pid]
-    return pids, [lab.directory, lab.cluster.directory]
+    assert lab.cluster.directory.is_relative_to(lab.directory)
+    return pids, [lab.directory]
 
 
 @pytest.mark.parametrize(
@@ -244,7 +250,8 @@ def test_nothing_is_left_behind(lab_options: dict[str, Any]) -> None:
         namespaces = _mine()
         if lab.mode == "netns":
             inode = os.stat(f"/run/netns/{lab.namespace('us')}").st_ino
-            assert os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino == inode  # placed in us
+            # placed in us (once `ip netns exec` has entered it and exec'd sleep)
+            eventually(lambda: os.stat(f"/proc/{sleeper.pid}/ns/net").st_ino == inode, timeout=10)
             assert sorted(namespaces) == sorted(lab.namespace(r) for r in lab.regions)
         load_config(_write(dirs[0] / "lab.toml", lab.config_toml()), env={})
     assert not any(_alive(pid) for pid in pids)
@@ -270,33 +277,35 @@ KILLED_LAB = r"""
 import sys
 from whizorch.testing import RegionLab
 lab = RegionLab(mode="netns").start()
-print(" ".join([*(lab.namespace(r) for r in lab.regions), *(str(m.pid) for m in lab.cluster.members)]), flush=True)
+print(" ".join([str(lab.directory), *(lab.namespace(r) for r in lab.regions), *(str(m.pid) for m in lab.cluster.members)]), flush=True)
 sys.stdin.read()
 """
 
 
 @pytest.mark.netns
 def test_a_killed_labs_namespaces_are_removed_by_the_next_lab() -> None:
-    """SIGKILL a process running a lab: its members die with it, and the namespaces it
-    could not delete are removed when the next lab starts (their owner is dead)."""
+    """SIGKILL a process running a lab: its members die with it, and the namespaces and
+    directory it could not delete are removed when the next lab starts (their owner is
+    dead)."""
     with subprocess.Popen(
         [sys.executable, "-c", KILLED_LAB], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as owner:
         try:
             assert owner.stdout is not None
             words = owner.stdout.readline().split()
-            assert len(words) == 6, words
+            assert len(words) == 7, words
         finally:
             owner.kill()
-    namespaces, members = words[:3], [int(w) for w in words[3:]]
+    directory, namespaces, members = Path(words[0]), words[1:4], [int(w) for w in words[4:]]
     eventually(lambda: not any(_alive(pid) for pid in members), timeout=10)
     assert set(namespaces) <= set(list_namespaces())
-    start = time.monotonic()
-    removed = remove_stale_namespaces(in_use=_namespaces_in_use())  # as RegionLab.start does
+    assert directory.is_dir()
+    # what RegionLab.start does first
+    removed = remove_stale_namespaces(in_use=_namespaces_in_use())
     assert set(namespaces) <= set(removed), removed
     assert not set(namespaces) & set(list_namespaces())
-    print(f"\nremoved {removed} in {time.monotonic() - start:.2f}s")
-
+    assert directory in remove_stale_directories()
+    assert not directory.exists()
 
 def _echo_server() -> tuple[socket.socket, threading.Thread]:
     server = socket.create_server(("127.0.0.1", 0))

@@ -17,6 +17,8 @@ from whizorch.testing import DEFAULT_RTT_MS, RegionLab
 from whizorch.testing._lab_model import (
     check_regions,
     default_delay_ms,
+    directory_owner,
+    directory_prefix,
     find_server_from,
     jitter_matrix,
     namespace_name,
@@ -128,8 +130,8 @@ def test_region_lab_checks_its_arguments_before_running_anything() -> None:
     lab = RegionLab(["eu", "us"], rtt_ms={"eu": {"us": 30}})
     with pytest.raises(ClosedError):
         _ = lab.mode
-    assert lab.cluster.election_ms == 1000  # 10 x 30 ms is below etcd's default
-    assert RegionLab().cluster.election_ms == 2000  # 10 x the largest round trip
+    assert lab.election_ms == 1000  # 10 x 30 ms is below etcd's default
+    assert RegionLab().election_ms == 2000  # 10 x the largest round trip
     lab.close()
     lab.close()
     with pytest.raises(ClosedError):
@@ -210,3 +212,6 @@ def test_namespace_names_and_stale_ones() -> None:
     # a name of this process's pid that no open lab uses was left by an earlier process
     mine = ["wz-7-1-eu", "wz-7-2-eu"]
     assert stale_namespaces(mine, lambda pid: False, in_use={"wz-7-2-eu"}) == ["wz-7-1-eu"]
+    assert directory_owner(directory_prefix(4242) + "x1y2") == 4242
+    assert directory_owner("whizorch-lab-x1y2") is None
+    assert directory_owner("whizorch-etcd-123-ab") is None

@@ -33,12 +33,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import http.client
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,12 +48,15 @@ from typing import Any, Literal, Self
 import attrs
 
 from whizorch.errors import ClosedError, ConfigError
+from whizorch.testing._binary import find_etcd
 from whizorch.testing._cluster import LocalEtcdCluster, _shielded_thread
 from whizorch.testing._lab_host import (
     NetProcess,
     add_namespace,
+    make_lab_directory,
     netns_unavailable_reason,
     remove_namespace,
+    remove_stale_directories,
     remove_stale_namespaces,
     start_child,
     stop_process,
@@ -167,15 +170,20 @@ class RegionLab:
             (a, b): Link(src=a, dst=b, delay_ms=ms / 2, jitter_ms=jitter[(a, b)], up=True)
             for (a, b), ms in self._rtt.items()
         }
-        self._cluster = LabCluster(
-            len(self.regions),
-            self._places,
-            etcd_bin=etcd_bin,
-            heartbeat_ms=heartbeat_ms,
-            election_ms=election_ms,
-            extra_args=extra_args,
-            start_timeout=start_timeout,
-        )
+        self.etcd_bin = find_etcd(etcd_bin)
+        """The etcd binary the members run."""
+        self.heartbeat_ms = heartbeat_ms
+        """etcd's ``--heartbeat-interval``, in milliseconds."""
+        self.election_ms = election_ms
+        """etcd's ``--election-timeout``, in milliseconds."""
+        self._cluster_options: dict[str, Any] = {
+            "etcd_bin": self.etcd_bin,
+            "heartbeat_ms": heartbeat_ms,
+            "election_ms": election_ms,
+            "extra_args": extra_args,
+            "start_timeout": start_timeout,
+        }
+        self._cluster: LabCluster | None = None
         self._seed = seed
         self._mode: LabMode | None = None
         self.mode_reason = ""
@@ -205,11 +213,14 @@ class RegionLab:
         """The members as a `LocalEtcdCluster` seen from the lab itself: its endpoints
         reach every member undelayed and never cut (for checks, etcdctl, leader);
         kill, pause and restart members through ``cluster.members``."""
+        if self._cluster is None:
+            raise ClosedError("the lab has not been started")
         return self._cluster
 
     @property
     def directory(self) -> Path:
-        """The lab's temporary directory (the network process's log)."""
+        """The lab's temporary directory: the network process's log, and the members'
+        data and logs under ``etcd/``."""
         if self._directory is None:
             raise ClosedError("the lab has not been started")
         return self._directory
@@ -240,7 +251,7 @@ class RegionLab:
     def member(self, region: str) -> EtcdMember:
         """The etcd member of ``region`` (kill, pause, restart it)."""
         self._check_open()
-        return self._cluster.members[self._check_region(region)]
+        return self.cluster.members[self._check_region(region)]
 
     def namespace(self, region: str) -> str | None:
         """The network namespace of ``region`` (``None`` in approximate mode)."""
@@ -378,12 +389,12 @@ class RegionLab:
 
     def leader_region(self) -> str | None:
         """The region whose member is etcd's Raft leader now, if one is."""
-        leader = self._cluster.leader()
+        leader = self.cluster.leader()
         return None if leader is None else leader.name
 
     def wait_leader_region(self, timeout: float = 30.0) -> str:
         """Wait until a member leads, and return its region."""
-        return self._cluster.wait_leader(timeout).name
+        return self.cluster.wait_leader(timeout).name
 
     def put_floor_ms(self, region: str, *, leader: str | None = None) -> float:
         """The least a linearizable write from ``region`` can cost with the current
@@ -419,7 +430,8 @@ class RegionLab:
         return self
 
     def _start(self) -> None:
-        self._directory = Path(tempfile.mkdtemp(prefix="whizorch-lab-"))
+        remove_stale_directories()
+        self._directory = make_lab_directory()
         self._mode = self._choose_mode()
         if self._mode == "netns":
             remove_stale_namespaces(in_use=_namespaces_in_use())
@@ -440,6 +452,11 @@ class RegionLab:
             targets=self._layout.netns_targets(),
         )
         self._layout.take_ports(answer["ports"])
+        # the members' data inside the lab's directory: one directory to delete, also
+        # when a lab whose process died is cleaned up by the next one
+        self._cluster = LabCluster(
+            len(self.regions), self._places, data_dir=self.directory / "etcd", **self._cluster_options
+        )
         self._cluster.start()
         if self._mode == "approximate":
             self._net.request("targets", ids=self._member_ids())
@@ -467,7 +484,7 @@ class RegionLab:
     def _member_ids(self) -> dict[str, str]:
         """etcd's member ids (hex) -> region, for the approximation to tell peers apart
         (asked through etcd's JSON gateway on a member's client port: no etcdctl needed)."""
-        member = self._cluster.members[0]
+        member = self.cluster.members[0]
         conn = http.client.HTTPConnection("127.0.0.1", member.client_port, timeout=10)
         try:
             conn.request("POST", "/v3/cluster/member/list", body=b"{}")
@@ -504,7 +521,8 @@ class RegionLab:
 
         for process in self._placed:
             step(stop_process, process)
-        step(self._cluster.close)
+        if self._cluster is not None:
+            step(functools.partial(self._cluster.close, graceful=False))
         if self._net is not None:
             step(self._net.close)
         for name in self._namespaces.values():

@@ -16,13 +16,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
-from whizorch.testing._lab_model import namespace_owner, stale_namespaces
+from whizorch.testing._lab_model import (
+    directory_owner,
+    directory_prefix,
+    namespace_owner,
+    stale_namespaces,
+)
 from whizorch.testing._member import LocalClusterError
 from whizorch.testing._process import _executor, dying_with_parent, log_tail
 
@@ -30,8 +36,10 @@ __all__ = [
     "NetProcess",
     "add_namespace",
     "list_namespaces",
+    "make_lab_directory",
     "netns_unavailable_reason",
     "remove_namespace",
+    "remove_stale_directories",
     "remove_stale_namespaces",
     "start_child",
     "stop_process",
@@ -132,6 +140,22 @@ def remove_stale_namespaces(in_use: Collection[str] = ()) -> list[str]:
     )
     for name in stale:
         remove_namespace(name)
+    return stale
+
+
+def make_lab_directory() -> Path:
+    """A new temporary directory for a lab of this process (its pid in the name)."""
+    return Path(tempfile.mkdtemp(prefix=directory_prefix(os.getpid())))
+
+
+def remove_stale_directories() -> list[Path]:
+    """Delete the temporary directories of labs whose process is gone."""
+    stale = []
+    for path in Path(tempfile.gettempdir()).glob("whizorch-lab-*"):
+        owner = directory_owner(path.name)
+        if owner is not None and owner != os.getpid() and not _alive(owner) and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
     return stale
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "Link",
     "check_regions",
     "default_delay_ms",
+    "directory_owner",
+    "directory_prefix",
     "find_server_from",
     "jitter_matrix",
     "namespace_name",
@@ -55,6 +57,7 @@ _REGION_RE = re.compile(r"^[a-z][a-z0-9_]{0,15}$")
 _MAX_REGIONS = 200  # member i is 127.0.0.(i+1)
 _PAIR_RE = re.compile(r"^\s*([^:=\s]+)\s*:\s*([^:=\s]+)\s*=\s*([^\s]+)\s*$")
 _NAMESPACE_RE = re.compile(r"^wz-(\d+)-(\d+)-([a-z][a-z0-9_]*)$")
+_DIRECTORY_RE = re.compile(r"^whizorch-lab-(\d+)-[^/]+$")
 _SERVER_FROM_RE = re.compile(rb"\r\nX-Server-From:\s*([0-9a-fA-F]{1,16})\r\n", re.IGNORECASE)
 
 
@@ -278,6 +281,18 @@ def namespace_owner(name: str) -> int | None:
     """The pid of the process whose lab made namespace ``name``, or ``None`` when the
     name is not one a lab makes (then it is never touched)."""
     found = _NAMESPACE_RE.match(name)
+    return int(found.group(1)) if found else None
+
+
+def directory_prefix(pid: int) -> str:
+    """The prefix of the temporary directories the labs of process ``pid`` make."""
+    return f"whizorch-lab-{pid}-"
+
+
+def directory_owner(name: str) -> int | None:
+    """The pid of the process whose lab made temporary directory ``name`` (``None``:
+    not a lab's directory, never touched)."""
+    found = _DIRECTORY_RE.match(name)
     return int(found.group(1)) if found else None
 
 
