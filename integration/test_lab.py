@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -382,3 +383,43 @@ def test_the_network_delays_keeps_order_under_jitter_and_holds_cut_bytes(tmp_pat
         net.close()
         server.close()
         thread.join(5)
+
+
+def test_lab_command_runs_until_interrupted(tmp_path: Path) -> None:
+    """`whizorch lab` prints its mode and each region's endpoints, takes commands on
+    stdin, and on Ctrl-C (SIGINT) removes its members, namespaces and directory."""
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "whizorch.lab", "--config-out", str(tmp_path / "lab.toml")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1"),
+    )
+    try:
+        assert lab.stdin is not None and lab.stdout is not None
+        lines = []
+        for line in lab.stdout:
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert "region lab: mode " in text
+        assert text.count("    endpoints: ") == 3
+        members = [int(line.split("member pid ")[1].split(",")[0]) for line in lines if "member pid " in line]
+        lab.stdin.write("partition eu us\n")
+        lab.stdin.flush()
+        shown = [lab.stdout.readline() for _ in range(6)]
+        assert "  eu -> us: 40 ms +- 0 CUT\n" in shown, shown
+        load_config(tmp_path / "lab.toml", env={})
+        lab.send_signal(signal.SIGINT)
+        out, err = lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+            lab.wait()
+    assert lab.returncode == 0, err
+    assert "lab stopped" in out
+    assert len(members) == 3 and not any(_alive(pid) for pid in members)
+    assert not [n for n in list_namespaces() if n.startswith(f"wz-{lab.pid}-")]
+    assert not list(tmp_path.glob("whizorch-lab-*"))
