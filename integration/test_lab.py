@@ -205,11 +205,12 @@ def test_changing_a_pairs_delay_at_run_time_changes_its_round_trip(region_lab: R
         f"\n{lab.mode}: eu-us {before:.1f} -> {after:.1f} ms (us-eu {back:.1f}); eu-ap {other:.1f}; "
         f"inside eu {local:.1f}; with jitter 20: {min(jittered):.1f}..{max(jittered):.1f} ms"
     )
-    assert 80 <= before <= 90
-    assert 300 <= after <= 312 and 300 <= back <= 312
-    assert 200 <= other <= 210
+    # never faster than the matrix; a few ms slower (timers, two busy cores)
+    assert 80 <= before <= 95
+    assert 300 <= after <= 320 and 300 <= back <= 320
+    assert 200 <= other <= 215
     assert local < 5
-    assert all(60 <= ms <= 150 for ms in jittered), jittered
+    assert all(60 <= ms <= 160 for ms in jittered), jittered
     assert max(jittered) - min(jittered) > 5, jittered
 
 
