@@ -1,6 +1,7 @@
 """Layer 5: the ``whizorch`` command line (click).
 
-``whizorch dev`` runs a local etcd cluster; ``whizorch worker`` and ``whizorch
+``whizorch dev`` runs a local etcd cluster, ``whizorch lab`` a region lab (a member
+per region, regions apart by a round-trip matrix); ``whizorch worker`` and ``whizorch
 orchestrator`` run the real roles for your own sagas (``--app module:object``);
 ``whizorch status`` and ``whizorch sagas`` inspect a deployment; ``whizorch demo``
 shows it all on a local cluster.
