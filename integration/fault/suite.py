@@ -339,11 +339,15 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             await asyncio.gather(submitting, return_exceptions=True)
 
         # every role back within TTL + 1 s (+ slack) of the last heal
-        back_by = opts.ttl_s + 1.0 + opts.back_slack_s
-        snapshot = await _roles_snapshot(observer, deployment)
-        while check_roles(snapshot) and time.monotonic() < last_heal + back_by:
-            await asyncio.sleep(0.1)  # ok: polling the deployment against the deadline
-            snapshot = await _roles_snapshot(observer, deployment)
+        back_by = last_heal + opts.ttl_s + 1.0 + opts.back_slack_s
+        snapshot: RolesSnapshot | None = None
+        while snapshot is None or (check_roles(snapshot) and time.monotonic() < back_by):
+            if snapshot is not None:
+                await asyncio.sleep(0.1)  # ok: polling the deployment against the deadline
+            try:
+                snapshot = await _roles_snapshot(observer, deployment)
+            except WhizorchError as exc:  # etcd trouble after the last heal: not back
+                snapshot = RolesSnapshot({}, {}, None, not_running=[f"(etcd did not answer: {exc})"])
         timings["roles back"] = time.monotonic() - last_heal
 
         # every saga final within the settle time
@@ -362,6 +366,8 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             await eventually_async(all_final, timeout=max(0.1, last_heal + opts.settle_s - time.monotonic()), interval=0.25)
         timings["settled"] = time.monotonic() - last_heal
 
+        # the deployment as it was back, and every process that died on its own until now
+        snapshot = dataclasses.replace(snapshot, exits=list(deployment.exits), not_running=deployment.not_running())
         history, records = await _collect(observer, work, ledger_dir, snapshot)
         violations = check(history)
         violations += [Violation("roles", f) for f in deployment.failures]
