@@ -249,3 +249,40 @@ def test_bad_worker_registrations_are_config_errors(value: bytes) -> None:
     """Capabilities the router could not use raise ConfigError (quarantined, not fatal)."""
     with pytest.raises(ConfigError):
         capabilities(value)
+
+
+# -- split-brain detection -------------------------------------------------------------------
+
+
+async def test_contact_monitor_enters_safe_mode_within_its_deadline_and_leaves_it() -> None:
+    """Probes that stop answering put the monitor in safe mode within deadline +
+    one probe period; answers again end it; each change is reported once."""
+    from whizorch.saga._contact import ContactMonitor
+
+    answering = asyncio.Event()
+    answering.set()
+    changes: list[tuple[bool, float]] = []
+
+    async def probe(timeout_s: float) -> None:
+        await answering.wait()
+
+    mon = ContactMonitor(probe, deadline_s=0.2, on_change=lambda ok, s: changes.append((ok, s)))
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(mon.run())
+    try:
+        await asyncio.sleep(0.3)  # ok: contact holds for a while
+        assert mon.ok.is_set() and changes == []
+        answering.clear()
+        cut = loop.time()
+        async with asyncio.timeout(2):
+            while mon.ok.is_set():
+                await asyncio.sleep(0.005)  # ok: polling the monitor
+        detected = loop.time() - cut
+        assert 0.15 <= detected <= 1.0, detected  # deadline 0.2 + a probe period; loose: a shared machine
+        answering.set()
+        async with asyncio.timeout(2):
+            await mon.ok.wait()
+        assert [ok for ok, _ in changes] == [False, True]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

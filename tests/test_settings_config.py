@@ -187,6 +187,8 @@ def test_unknown_whizorch_variables_are_ignored() -> None:
         ("WHIZORCH_ETCD_CA_FILE", "", ("etcd", "ca_file"), None),
         ("WHIZORCH_CONSENSUS_KEEPALIVE_INTERVAL_S", " 1.5 ", ("consensus", "keepalive_interval_s"), 1.5),
         ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "", ("consensus", "step_down_margin_s"), None),
+        ("WHIZORCH_CONSENSUS_CONTACT_DEADLINE_S", "0", ("consensus", "contact_deadline_s"), 0.0),
+        ("WHIZORCH_CONSENSUS_CONTACT_DEADLINE_S", "0.75", ("consensus", "contact_deadline_s"), 0.75),
         ("WHIZORCH_FAILOVER_MAX_RETRIES", "0", ("failover", "max_retries"), 0),
         ("WHIZORCH_FAILOVER_MAX_RETRIES", "", ("failover", "max_retries"), None),
         ("WHIZORCH_MONITORING_METRICS", "1", ("monitoring", "metrics"), True),
@@ -241,6 +243,8 @@ def test_empty_env_value_clears_a_file_value(tmp_path: pathlib.Path) -> None:
         ("WHIZORCH_CONSENSUS_ETCD_HEARTBEAT_MS", "0", "consensus.etcd_heartbeat_ms", 0, ">= 1"),
         ("WHIZORCH_CONSENSUS_ETCD_ELECTION_MS", "499", "consensus.etcd_election_ms", 499, "5 * etcd_heartbeat_ms = 500"),
         ("WHIZORCH_CONSENSUS_ETCD_ELECTION_MS", "60000", "consensus.etcd_election_ms", 60000, "at most 50000"),
+        ("WHIZORCH_CONSENSUS_CONTACT_DEADLINE_S", "0.01", "consensus.contact_deadline_s", 0.01, "0 (off) or at least 0.05"),
+        ("WHIZORCH_CONSENSUS_CONTACT_DEADLINE_S", "-1", "consensus.contact_deadline_s", -1.0, ">= 0"),
     ],
 )
 def test_env_errors_name_field_value_and_variable(var: str, text: str, field: str, value: Any, reason: str) -> None:

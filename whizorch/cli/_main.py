@@ -260,12 +260,17 @@ def worker(
 @click.option("--home-region", default=None)
 @click.option("--failover-policy", type=click.Choice(["closest", "score"]), default=None, help="default: [failover] policy, closest")
 @click.option("--events/--no-events", default=False, help="print leader/failover events as JSON lines")
+@click.option(
+    "--contact-deadline", "contact_deadline", default=None, type=float,
+    help="safe mode after this long without quorum contact, s (default: [consensus] contact_deadline_s, 0.5; 0: off)",
+)
 @observability_options
 @friendly_errors
 def orchestrator(
     config_path: str | None, endpoints: str | None, app_spec: str, namespace: str | None, node_id: str | None,
     lease_ttl: int | None, retention: float, latency_file: str | None, home_region: str | None,
-    failover_policy: str | None, events: bool, metrics_bind: str | None, tracing: bool | None, middleware: tuple[str, ...],
+    failover_policy: str | None, events: bool, contact_deadline: float | None, metrics_bind: str | None,
+    tracing: bool | None, middleware: tuple[str, ...],
 ) -> None:
     """Run an orchestrator candidate until SIGINT/SIGTERM."""
     cfg = load_settings(config_path, endpoints=endpoints, namespace=namespace)
@@ -278,6 +283,9 @@ def orchestrator(
         with open(latency_file) as fh:
             router = Router(latency_ms=json.load(fh), home_region=home_region, failover_policy=cfg.failover.policy)
     timing = role_timing(cfg, lease_ttl)
+    if contact_deadline is not None:
+        cfg = attrs.evolve(cfg, consensus=attrs.evolve(cfg.consensus, contact_deadline_s=contact_deadline))
+    deadline = cfg.consensus.contact_deadline_s or None
     obs = Observability(cfg, metrics_bind=metrics_bind, tracing=tracing, middleware=middleware)
 
     async def body(stop: asyncio.Event) -> None:
@@ -285,7 +293,7 @@ def orchestrator(
             orch = Orchestrator(
                 client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
                 retention_s=retention, settings=cfg.settings(), on_event=emit if events else None,
-                middleware=obs.middleware,
+                middleware=obs.middleware, contact_deadline_s=deadline,
             )
             async with orch:
                 emit("orchestrator_ready", {"node": orch.node_id, **obs.fields()})

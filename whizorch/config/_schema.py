@@ -144,6 +144,10 @@ class ConsensusConfig:
     etcd_election_ms: int = 1000
     """etcd's ``--election-timeout`` (>= 5 heartbeats, <= 50000); only when whizorch
     starts a local etcd."""
+    contact_deadline_s: float = 0.5
+    """Split-brain detection: an orchestrator leader with no quorum contact this long
+    pauses its writes (safe mode) until contact returns; 0 turns it off. Set it above
+    the round trip from the leader's region to etcd's leader plus a quorum round."""
 
     def __attrs_post_init__(self) -> None:
         ttl = whole("consensus.lease_ttl_s", self.lease_ttl_s, minimum=1, what="a whole number of seconds")
@@ -168,6 +172,10 @@ class ConsensusConfig:
                 f"leaves lease_ttl_s - step_down_margin_s = {room:g}, not more than the default "
                 f"keepalive_interval_s (lease_ttl_s / 3 = {ttl / 3:g}); lower it or set the interval",
             )
+        contact = number("consensus.contact_deadline_s", self.contact_deadline_s, strict=False)
+        if 0 < contact < 0.05:
+            fail("consensus.contact_deadline_s", contact, "must be 0 (off) or at least 0.05 s")
+        _set(self, "contact_deadline_s", contact)
         beat = whole("consensus.etcd_heartbeat_ms", self.etcd_heartbeat_ms, minimum=1)
         election = whole("consensus.etcd_election_ms", self.etcd_election_ms, minimum=1)
         if election < 5 * beat:

@@ -36,6 +36,7 @@ from whizorch.errors import (
 )
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
+from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
 from whizorch.saga._leader_cache import (
     EVENT_NAMES,
@@ -98,11 +99,20 @@ class Orchestrator:
         settings: m.Settings = _DEFAULT_SETTINGS,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         middleware: Sequence[Middleware] = (),
+        contact_deadline_s: float | None = 0.5,
     ) -> None:
         if not isinstance(app, App):
             raise ConfigError("Orchestrator needs a whizorch App", field="app", value=type(app).__name__)
         if not isinstance(retention_s, (int, float)) or retention_s < 0:
             raise ConfigError("retention_s must be >= 0", field="retention_s", value=retention_s)
+        if contact_deadline_s is not None and (
+            isinstance(contact_deadline_s, bool) or not isinstance(contact_deadline_s, (int, float))
+            or not 0.05 <= contact_deadline_s
+        ):
+            raise ConfigError(
+                "contact_deadline_s must be a number of seconds >= 0.05, or None", field="contact_deadline_s",
+                value=contact_deadline_s,
+            )
         self.client = client
         self.app = app
         self.keys = Keys(namespace)
@@ -118,6 +128,10 @@ class Orchestrator:
         self.on_event = on_event
         self.middleware = check_middleware(middleware)
         """Around every event applied to a saga: ``async def mw(ctx: SagaEvent, call_next)``."""
+        self.contact_deadline_s = contact_deadline_s
+        """Split-brain detection: a leader with no quorum contact this long pauses its
+        writes (safe mode) until contact returns (see ``_contact.py``); None: off."""
+        self._contact: ContactMonitor | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._election: Election | None = None
@@ -275,6 +289,11 @@ class Orchestrator:
                 )
             ]
             helpers = [asyncio.ensure_future(self._timers.run(self._spawn)), asyncio.ensure_future(self._retention_loop())]
+            if self.contact_deadline_s is not None:
+                self._contact = ContactMonitor(
+                    self._probe_quorum, deadline_s=self.contact_deadline_s, on_change=self._contact_changed
+                )
+                helpers.append(asyncio.ensure_future(self._contact.run()))
             stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
             everything = [*watchers, *helpers, *stop, self._fatal]
             done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
@@ -289,6 +308,7 @@ class Orchestrator:
             # safe mode: stop every write at once
             self._set_leader(False, 0)
             self._fence = None
+            self._contact = None
             for fut in everything:
                 fut.cancel()
             pending = [*self._inflight, *self._drivers.values()]
@@ -428,6 +448,7 @@ class Orchestrator:
 
     async def _touch(self, entry: LeaderSaga, index: int, kind: str, run: int) -> None:
         """Put a dispatched task again, unchanged, so that workers offer it anew."""
+        await self._await_contact()
         st = entry.record.steps[index]
         fence = self._fence
         if fence is None or st.region is None or entry.definition is None:
@@ -742,6 +763,7 @@ class Orchestrator:
 
         On success the cache takes ``rec``; on failure it is left as it was.
         """
+        await self._await_contact()
         fence = self._fence
         if fence is None or not self.is_leader_now():
             raise LeadershipLost("not leading")
@@ -780,6 +802,38 @@ class Orchestrator:
             self._emit("failover", saga_id=rec.id, **fo)
         if rec.is_final:
             self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+
+    async def _probe_quorum(self, timeout_s: float) -> None:
+        """One quorum round trip: a linearizable read needs etcd's leader and a quorum."""
+        await self.client.get(self.keys.leader + "/", prefix=True, limit=1, keys_only=True, timeout_s=timeout_s)
+
+    def _contact_changed(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self._emit("contact_restored", node=self.node_id, term=self.term, paused_s=round(seconds, 4))
+        else:
+            self._emit("safe_mode", node=self.node_id, term=self.term, silent_s=round(seconds, 4))
+
+    async def _await_contact(self) -> None:
+        """Before a write: wait while in safe mode (until contact returns, or the
+        leadership ends and LeadershipLost is raised)."""
+        contact = self._contact
+        if contact is None or contact.ok.is_set():
+            return
+        back = asyncio.ensure_future(contact.ok.wait())
+        gone = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({back, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (back, gone):
+                f.cancel()
+            await asyncio.gather(back, gone, return_exceptions=True)
+        if not contact.ok.is_set() or contact is not self._contact:
+            raise LeadershipLost("leadership ended in safe mode")
+
+    @property
+    def in_safe_mode(self) -> bool:
+        """True while this leader has paused its writes for lack of quorum contact."""
+        return self._contact is not None and not self._contact.ok.is_set()
 
     def is_leader_now(self) -> bool:
         """Leader by the election and the session's clock (checked before every write)."""
@@ -847,6 +901,7 @@ class Orchestrator:
                             log.warning("could not purge saga %s: %s", sid, exc)
 
     async def _purge(self, entry: LeaderSaga) -> None:
+        await self._await_contact()
         fence = self._fence
         if fence is None:
             raise LeadershipLost("not leading")

@@ -1,0 +1,88 @@
+"""Split-brain detection: a leader that loses contact with etcd's quorum stops writing.
+
+A lease alone detects a partition only when the session is lost, ``TTL - margin``
+after the last keepalive (seconds), and etcd refuses TTLs below 1.5 x its election
+timeout. The leader therefore also probes the quorum itself: a linearizable read (it
+needs etcd's leader and a quorum to answer) every ``deadline / 5``, each bounded by
+the deadline. When no probe *sent* in the last ``deadline`` seconds has succeeded, the
+leader is cut off (or etcd has no leader): it enters **safe mode** and pauses every
+write until contact returns. Writes already in flight are fenced as always (a new
+leader's term makes them fail); safe mode just stops sending more. If contact returns
+while the session still lives, writes resume (no new election, no rebuild); if it
+does not, the session is lost and the node steps down as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from whizorch.errors import WhizorchError
+
+__all__ = ["ContactMonitor"]
+
+log = logging.getLogger("whizorch.saga.orchestrator")
+
+
+class ContactMonitor:
+    """Probes the quorum while leading; ``ok`` is set while contact holds."""
+
+    def __init__(
+        self,
+        probe: Callable[[float], Awaitable[object]],
+        *,
+        deadline_s: float,
+        on_change: Callable[[bool, float], None],
+    ) -> None:
+        self._probe = probe
+        self.deadline_s = deadline_s
+        self._on_change = on_change
+        self.ok = asyncio.Event()
+        self.ok.set()  # leadership was just won with quorum writes: contact holds
+        self._last_ok = 0.0
+        self.lost_at: float | None = None
+        """Loop time safe mode began (None while in contact)."""
+
+    async def run(self) -> None:
+        """Probe until cancelled (an owned task of the leadership)."""
+        loop = asyncio.get_running_loop()
+        self._last_ok = loop.time()
+        interval = self.deadline_s / 5
+        probes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                task = loop.create_task(self._one(loop))
+                probes.add(task)
+                task.add_done_callback(probes.discard)
+                await asyncio.sleep(interval)  # ok: the probe period
+                self._judge(loop.time())
+        finally:
+            for t in list(probes):
+                t.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+
+    async def _one(self, loop: asyncio.AbstractEventLoop) -> None:
+        sent = loop.time()
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                await self._probe(self.deadline_s)
+        except (WhizorchError, TimeoutError):
+            return
+        if sent > self._last_ok:
+            self._last_ok = sent
+        self._judge(loop.time())
+
+    def _judge(self, now: float) -> None:
+        silent = now - self._last_ok
+        if self.ok.is_set() and silent > self.deadline_s:
+            self.ok.clear()
+            self.lost_at = now
+            log.warning("no contact with etcd's quorum for %.3fs: safe mode, writes paused", silent)
+            self._on_change(False, silent)
+        elif not self.ok.is_set() and silent <= self.deadline_s:
+            paused = now - (self.lost_at or now)
+            self.ok.set()
+            self.lost_at = None
+            log.warning("contact with etcd's quorum is back after %.3fs: writes resume", paused)
+            self._on_change(True, paused)
