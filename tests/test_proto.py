@@ -88,6 +88,7 @@ EXPECTED_METHODS = {
     "/etcdserverpb.Cluster/MemberList": ("MemberListRequest", "MemberListResponse", UNARY),
     "/etcdserverpb.Maintenance/Alarm": ("AlarmRequest", "AlarmResponse", UNARY),
     "/etcdserverpb.Maintenance/Status": ("StatusRequest", "StatusResponse", UNARY),
+    "/etcdserverpb.Maintenance/MoveLeader": ("MoveLeaderRequest", "MoveLeaderResponse", UNARY),
     "/etcdserverpb.Auth/AuthEnable": ("AuthEnableRequest", "AuthEnableResponse", UNARY),
     "/etcdserverpb.Auth/AuthDisable": ("AuthDisableRequest", "AuthDisableResponse", UNARY),
     "/etcdserverpb.Auth/AuthStatus": ("AuthStatusRequest", "AuthStatusResponse", UNARY),

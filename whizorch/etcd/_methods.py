@@ -64,6 +64,7 @@ METHODS: dict[str, Method] = {
     "MemberList": _m("etcdserverpb.Cluster", "MemberList", _R, "MemberListRequest", "MemberListResponse"),
     "Status": _m("etcdserverpb.Maintenance", "Status", _R, "StatusRequest", "StatusResponse"),
     "Alarm": _m("etcdserverpb.Maintenance", "Alarm", _R, "AlarmRequest", "AlarmResponse"),
+    "MoveLeader": _m("etcdserverpb.Maintenance", "MoveLeader", _R, "MoveLeaderRequest", "MoveLeaderResponse"),
     "Authenticate": _m("etcdserverpb.Auth", "Authenticate", _R, "AuthenticateRequest", "AuthenticateResponse"),
     "Campaign": _m("v3electionpb.Election", "Campaign", v3election_pb2, "CampaignRequest", "CampaignResponse"),
     "Proclaim": _m("v3electionpb.Election", "Proclaim", v3election_pb2, "ProclaimRequest", "ProclaimResponse"),

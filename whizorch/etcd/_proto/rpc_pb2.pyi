@@ -345,6 +345,18 @@ class MemberListResponse(_message.Message):
     members: _containers.RepeatedCompositeFieldContainer[Member]
     def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ...) -> None: ...
 
+class MoveLeaderRequest(_message.Message):
+    __slots__ = ["targetID"]
+    TARGETID_FIELD_NUMBER: _ClassVar[int]
+    targetID: int
+    def __init__(self, targetID: _Optional[int] = ...) -> None: ...
+
+class MoveLeaderResponse(_message.Message):
+    __slots__ = ["header"]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    header: ResponseHeader
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ...) -> None: ...
+
 class PutRequest(_message.Message):
     __slots__ = ["ignore_lease", "ignore_value", "key", "lease", "prev_kv", "value"]
     IGNORE_LEASE_FIELD_NUMBER: _ClassVar[int]
