@@ -632,6 +632,137 @@ class EtcdClient:
             tuple(getattr(resp, "errors", ())),
         )
 
+    # -- Raft leadership -------------------------------------------------------------
+
+    async def leader_status(self, *, timeout_s: float | None = None) -> Status:
+        """The status of etcd's Raft leader, asked of the leader itself: ``member_id`` is
+        the leader, ``raft_index`` its committed index, ``endpoint`` an endpoint that
+        reaches it (one of the client's, else the leader's advertised client URL).
+
+        Every endpoint is asked at once (``status``), so this costs one round trip to the
+        farthest answering member. Raises :class:`EtcdUnavailableError` when no member
+        answers, none knows a leader, or the leader cannot be reached.
+        """
+        self._check_open()
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        answers = await self._statuses(self._endpoints, deadline)
+        known = [s for s in answers if isinstance(s, Status)]
+        if not known:
+            failed = [e for e in answers if isinstance(e, WhizorchError)]
+            raise _errors.unavailable(
+                f"no etcd endpoint answered a status request ({failed[0].message})",
+                endpoints=tuple(self._endpoints),
+            ) from failed[0]
+        # the newest term's view of who leads (a member cut off may still name an old leader)
+        newest = max((s for s in known if s.leader), key=lambda s: s.raft_term, default=None)
+        if newest is None:
+            raise _errors.unavailable("etcd has no Raft leader now", endpoints=tuple(self._endpoints))
+        for status in known:
+            if status.member_id == newest.leader:
+                return status
+        # none of our endpoints is the leader's: try the URLs it advertises
+        from whizorch.etcd._config import parse_endpoints
+
+        members = {m.id: m for m in await self.member_list(timeout_s=self._left(deadline))}
+        leader = members.get(newest.leader)
+        urls = list(parse_endpoints(leader.client_urls)) if leader and leader.client_urls else []
+        for answer in await self._statuses([u for u in urls if u not in self._endpoints], deadline):
+            if isinstance(answer, Status) and answer.member_id == newest.leader:
+                return answer
+        raise _errors.unavailable(
+            f"etcd's Raft leader {newest.leader:x} cannot be reached", leader=newest.leader, urls=tuple(urls)
+        )
+
+    async def move_leader(self, target_member_id: int, *, timeout_s: float | None = None) -> None:
+        """Hand etcd's Raft leadership to the member ``target_member_id`` (Maintenance
+        MoveLeader, what ``etcdctl move-leader`` sends) and return once it leads.
+
+        The request must reach the current leader: it is found with
+        :meth:`leader_status`, and found again once if leadership moved in between
+        ("not leader"). A target that already leads returns at once. A target that is not
+        a voting member of the cluster raises :class:`ConfigError`; a transfer that does
+        not finish within ``timeout_s`` (default ``timeout_s`` of the config; etcd needs
+        about one round trip between the two members plus one to a quorum) raises
+        :class:`EtcdUnavailableError`, and may still complete afterwards: moving
+        leadership twice is harmless, so it is never :class:`OutcomeUnknownError`.
+        Writes proposed while the transfer runs may be refused; do it rarely.
+        """
+        self._check_open()
+        if isinstance(target_member_id, bool) or not isinstance(target_member_id, int) or target_member_id <= 0:
+            raise ConfigError("a member id is a positive integer", field="target_member_id", value=target_member_id)
+        deadline = time.monotonic() + self._timeout(timeout_s)
+        members = await self.member_list(timeout_s=self._left(deadline))
+        target = next((m for m in members if m.id == target_member_id), None)
+        if target is None or target.is_learner:
+            what = "is not a member" if target is None else "is a learner (only voting members can lead)"
+            listed = ", ".join(f"{m.id:x} ({m.name or 'unstarted'})" for m in members)
+            raise ConfigError(
+                f"cannot move etcd's leadership to {target_member_id:x}: it {what} of the cluster "
+                f"(members: {listed})",
+                target=target_member_id,
+            )
+        method = METHODS["MoveLeader"]
+        request = rpc_pb2.MoveLeaderRequest(targetID=target_member_id)
+        for attempt in (1, 2):
+            leader = await self.leader_status(timeout_s=self._left(deadline))
+            if leader.member_id == target_member_id:
+                return
+            token = self._token
+            started = time.perf_counter()
+            try:
+                await self._unary_at(leader.endpoint, method, request, self._left(deadline))
+            except WhizorchError as err:
+                if self.observers:
+                    self._observe(method.name, time.perf_counter() - started, False)
+                if attempt == 1 and _errors.is_not_leader(err):
+                    log.info("etcd leadership moved while asking %s to hand it over; asking again", leader.endpoint)
+                    continue
+                if attempt == 1 and _errors.is_token_expired(err) and self.config.auth is not None:
+                    await self.refresh_token(token)
+                    continue
+                raise
+            if self.observers:
+                self._observe(method.name, time.perf_counter() - started, True)
+            log.info("etcd leadership moved from %x to %x (%s)", leader.member_id, target_member_id, target.name)
+            return
+
+    async def _unary_at(self, endpoint: str, method: Method, request: Any, timeout_s: float) -> Any:
+        """One call to exactly ``endpoint`` (no failover, no retry), errors translated."""
+        stub = method.bind(self._channel_for(endpoint))
+        try:
+            return await stub(request, timeout=timeout_s, metadata=self.metadata()[1:])
+        except grpc.RpcError as exc:
+            raise _errors.translate(exc, endpoint=endpoint, write=False, method=method.path) from exc
+        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
+            if broken is None:
+                raise
+            raise broken from exc
+
+    async def _statuses(self, endpoints: Sequence[str], deadline: float) -> list[Status | WhizorchError]:
+        """``status`` of each endpoint at once; a failure is returned in its place."""
+
+        async def one(endpoint: str) -> Status | WhizorchError:
+            try:
+                return await self.status(endpoint, timeout_s=self._left(deadline))
+            except WhizorchError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(e) for e in endpoints)))
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        timeout = timeout_s if timeout_s is not None else self.config.timeout_s
+        if timeout <= 0:
+            raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout)
+        return timeout
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _errors.unavailable("the call's deadline passed")
+        return left
+
     # -- watches -----------------------------------------------------------------------
 
     def watch(

@@ -28,7 +28,14 @@ from whizorch.errors import (
     WhizorchError,
 )
 
-__all__ = ["broken_call", "is_safe_to_retry", "is_token_expired", "token_refused", "translate"]
+__all__ = [
+    "broken_call",
+    "is_not_leader",
+    "is_safe_to_retry",
+    "is_token_expired",
+    "token_refused",
+    "translate",
+]
 
 # Refusals etcd makes before a request reaches Raft: never applied.
 _REFUSED_BEFORE_PROPOSE = (
@@ -38,6 +45,7 @@ _REFUSED_BEFORE_PROPOSE = (
     "etcdserver: rpc not supported for learner",
     "etcdserver: invalid auth token",
     "etcdserver: revision of auth store is old",
+    "etcdserver: not leader",  # a leader-only call (MoveLeader) reached a follower
 )
 # Transport failures that mean the request never reached a server.
 _NOT_SENT = (
@@ -90,6 +98,14 @@ def translate(
             err = AuthError(f"etcd: {details}", **fields)
         else:
             err = ConfigError(f"etcd refused the request: {details}", **fields)
+    elif code == grpc.StatusCode.FAILED_PRECONDITION and "bad leader transferee" in low:
+        # MoveLeader to a member id that is not a voting member (absent, or a learner)
+        err = ConfigError(
+            f"etcd refused the leader transfer: {details} (the target must be a voting member)",
+            **fields,
+        )
+    elif code == grpc.StatusCode.FAILED_PRECONDITION and "not leader" in low:
+        err = EtcdUnavailableError(f"etcd: {details}", **fields)
     elif code == grpc.StatusCode.NOT_FOUND and "lease" in low:
         err = LeaseNotFoundError(f"etcd: {details}", **fields)
     elif code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in low:
@@ -128,6 +144,16 @@ def translate(
 def is_safe_to_retry(err: BaseException) -> bool:
     """True when the failed request certainly did not take effect (or was a read)."""
     return bool(getattr(err, "_safe_to_retry", False))
+
+
+def is_not_leader(err: BaseException) -> bool:
+    """True when a call only etcd's Raft leader serves (MoveLeader) reached a member
+    that does not lead, or no longer does: find the leader again and resend."""
+    return (
+        isinstance(err, EtcdUnavailableError)
+        and getattr(err, "code", None) == grpc.StatusCode.FAILED_PRECONDITION.name
+        and "not leader" in err.message.lower()
+    )
 
 
 def is_token_expired(err: BaseException) -> bool:
