@@ -262,7 +262,7 @@ def worker(
 @click.option("--events/--no-events", default=False, help="print leader/failover events as JSON lines")
 @click.option(
     "--contact-deadline", "contact_deadline", default=None, type=float,
-    help="safe mode after this long without quorum contact, s (default: [consensus] contact_deadline_s, 0.5; 0: off)",
+    help="safe mode after this long without quorum contact, s (default: [consensus] contact_deadline_s, 0.6; 0: off)",
 )
 @observability_options
 @friendly_errors

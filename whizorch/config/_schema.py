@@ -144,7 +144,7 @@ class ConsensusConfig:
     etcd_election_ms: int = 1000
     """etcd's ``--election-timeout`` (>= 5 heartbeats, <= 50000); only when whizorch
     starts a local etcd."""
-    contact_deadline_s: float = 0.5
+    contact_deadline_s: float = 0.6
     """Split-brain detection: an orchestrator leader with no quorum contact this long
     pauses its writes (safe mode) until contact returns; 0 turns it off. Set it above
     the round trip from the leader's region to etcd's leader plus a quorum round."""

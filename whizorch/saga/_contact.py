@@ -3,8 +3,10 @@
 A lease alone detects a partition only when the session is lost, ``TTL - margin``
 after the last keepalive (seconds), and etcd refuses TTLs below 1.5 x its election
 timeout. The leader therefore also probes the quorum itself: a linearizable read (it
-needs etcd's leader and a quorum to answer) every ``deadline / 5``, each bounded by
-the deadline. When no probe *sent* in the last ``deadline`` seconds has succeeded, the
+needs etcd's leader and a quorum to answer) every ``deadline / 10``, each bounded by
+the deadline. Detection takes at most ``deadline + deadline / 10`` after the last
+answer; the deadline must exceed a probe's round trip (the leader's region to etcd's
+leader, plus a quorum round) by a margin, or jitter causes spurious pauses. When no probe *sent* in the last ``deadline`` seconds has succeeded, the
 leader is cut off (or etcd has no leader): it enters **safe mode** and pauses every
 write until contact returns. Writes already in flight are fenced as always (a new
 leader's term makes them fail); safe mode just stops sending more. If contact returns
@@ -48,7 +50,7 @@ class ContactMonitor:
         """Probe until cancelled (an owned task of the leadership)."""
         loop = asyncio.get_running_loop()
         self._last_ok = loop.time()
-        interval = self.deadline_s / 5
+        interval = self.deadline_s / 10
         probes: set[asyncio.Task[None]] = set()
         try:
             while True:

@@ -99,7 +99,7 @@ class Orchestrator:
         settings: m.Settings = _DEFAULT_SETTINGS,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         middleware: Sequence[Middleware] = (),
-        contact_deadline_s: float | None = 0.5,
+        contact_deadline_s: float | None = 0.6,
     ) -> None:
         if not isinstance(app, App):
             raise ConfigError("Orchestrator needs a whizorch App", field="app", value=type(app).__name__)
