@@ -17,6 +17,11 @@ moves leadership only to a home member that is healthy (answers, reports no erro
 follows the current leader in its term) and caught up (its committed Raft index within
 ``max_lag`` entries of the leader's): a member that is behind would make Raft wait for
 it to catch up before handing over, and proposals are held while a transfer runs.
+
+A move is an election: Raft drops what is proposed while leadership is in transit, and
+the writer waits etcd's request timeout (5 s + 2 x the election timeout) for an
+``OutcomeUnknownError``. Call it when the orchestrator starts to lead, before it writes,
+not on a timer.
 """
 
 from __future__ import annotations
