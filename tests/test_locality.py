@@ -4,6 +4,7 @@ raises on etcd trouble, cheap when a home member leads) over a stand-in adapter.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -24,6 +25,7 @@ from whizorch.saga._locality import (
     bring_raft_leader,
     choose_target,
 )
+from whizorch.testing import eventually_async
 
 LEADER, HOME_A, HOME_B = 0xA1, 0xB2, 0xC3
 
@@ -259,3 +261,31 @@ async def test_arguments_are_checked_and_no_home_is_no_candidate() -> None:
         await bring_raft_leader(client, [HOME], timeout_s=1, max_lag=-1)
     result = await bring_raft_leader(client, [], timeout_s=1)
     assert result.outcome is LocalityOutcome.NO_CANDIDATE and client.calls == []
+
+
+class Hanging(StandIn):
+    """A stand-in whose leader never answers."""
+
+    async def leader_status(self, *, timeout_s: float | None = None) -> Status:
+        self.calls.append("leader_status")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_call_past_its_timeout_is_failed_not_raised() -> None:
+    """An etcd that never answers ends the call at timeout_s with FAILED."""
+    client: Any = Hanging({HOME: status(HOME_A, endpoint=HOME)}, THE_LEADER)
+    result = await bring_raft_leader(client, [HOME], timeout_s=0.05)
+    assert result.outcome is LocalityOutcome.FAILED and "not done within 0.05s" in result.reason
+
+
+async def test_cancelling_the_call_propagates_and_leaves_no_task() -> None:
+    """Cancelled mid-call, bring_raft_leader re-raises CancelledError and leaves nothing running."""
+    client: Any = Hanging({HOME: status(HOME_A, endpoint=HOME)}, THE_LEADER)
+    before = asyncio.all_tasks()
+    task = asyncio.ensure_future(bring_raft_leader(client, [HOME], timeout_s=10))
+    await eventually_async(lambda: "leader_status" in client.calls, timeout=2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert asyncio.all_tasks() == before
