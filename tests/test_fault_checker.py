@@ -196,6 +196,15 @@ def test_an_effect_by_a_token_no_run_reports_is_caught() -> None:
     assert found(h) == [("stale", ("t1",))]
 
 
+def test_two_successful_results_for_one_step_are_caught() -> None:
+    """A step with two successful results recorded (a failed run and a retry are fine)."""
+    h = good()
+    h.results.append(RunResult("t1", 1, "run", 2, 25, False))
+    assert checker.check(h) == []
+    h.results.append(RunResult("t1", 1, "run", 3, 26, True))
+    assert found(h) == [("recorded", ("t1",))]
+
+
 def test_roles_missing_from_the_deployment_are_caught() -> None:
     """A live worker without its registration, no leader, a candidate not campaigning,
     a role not running, a live role whose only key is its dead predecessor's, a role

@@ -21,6 +21,8 @@ The invariants (see README.md):
                   revision R with token t has R below the token (claim revision) of
                   every later run of the same step (the claim is shared by a step's
                   run and compensation, so a debit after the refund's claim counts).
+``recorded``      at most one successful result recorded per step and kind (the engine's
+                  own promise: execution may overlap, recorded results may not).
 ``roles``         after the faults heal every live worker is registered (one key
                   per live worker per region), a leader key exists, every role
                   process is alive, and none exited on its own (``crash``).
@@ -52,6 +54,7 @@ __all__ = [
     "check_fencing",
     "check_ledger",
     "check_outcomes",
+    "check_results",
     "check_roles",
     "expected_deltas",
     "parse_attempts",
@@ -325,6 +328,19 @@ def check_fencing(effects: Iterable[Effect], attempts: Iterable[Attempt], result
     return out
 
 
+def check_results(results: Iterable[RunResult]) -> list[Violation]:
+    """At most one successful result recorded per saga step and kind."""
+    ok: dict[tuple[str, int, str], list[RunResult]] = defaultdict(list)
+    for r in results:
+        if r.ok:
+            ok[(r.saga_id, r.step, r.kind)].append(r)
+    return [
+        Violation("recorded", f"{sid}: step {step} {kind} has {len(rs)} successful results recorded "
+                  f"({', '.join(f'attempt {r.attempt} fence {r.fence}' for r in rs)})", (sid,))
+        for (sid, step, kind), rs in sorted(ok.items()) if len(rs) > 1
+    ]
+
+
 def check_roles(snapshot: RolesSnapshot) -> list[Violation]:
     """Every role back in the deployment, every role process alive, none exited by itself."""
     out = []
@@ -358,6 +374,7 @@ def check(history: History) -> list[Violation]:
     out += check_ledger(history.initial, history.balances, history.effects)
     out += check_effects(history.transfers, history.statuses, history.effects, history.attempts)
     out += check_fencing(history.effects, history.attempts, history.results)
+    out += check_results(history.results)
     if history.roles is not None:
         out += check_roles(history.roles)
     return out
