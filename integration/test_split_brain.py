@@ -15,17 +15,14 @@ with every role a real process placed in its region.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import saga_apps as apps
-from _children import Child, children
+from _children import children
+from _lab_roles import LabRoles, events, first_event
 
 from whizorch import EtcdClient, EventType
 from whizorch.saga import SagaClient, SagaRecord
@@ -33,66 +30,8 @@ from whizorch.testing import RegionLab, eventually_async
 
 NS = "split"
 TTL = 2
-HERE = Path(__file__).resolve().parent
-LATENCY = {"eu": {"us": 80, "ap": 200}, "us": {"eu": 80, "ap": 150}, "ap": {"eu": 200, "us": 150}}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-class LabRoles:
-    """Role processes placed in the lab's regions (``--app saga_apps:app``)."""
-
-    def __init__(self, lab: RegionLab, started: list[Child], directory: Path) -> None:
-        self.lab = lab
-        self._started = started
-        self.dir = directory
-        (directory / "latency.json").write_text(json.dumps(LATENCY))
-
-    async def _start(self, region: str, name: str, argv: list[str], ready: str) -> Child:
-        env = self.lab.env(region)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
-        env[apps.DIR_ENV] = str(self.dir)
-        cmd = self.lab.command(region, [
-            sys.executable, "-m", "whizorch", *argv, "--etcd", ",".join(self.lab.endpoints(region)),
-            "--app", "saga_apps:app", "--namespace", NS, "--lease-ttl", str(TTL), "--id", name,
-        ])  # fmt: skip
-        child = await Child.start(name, cmd, env=env)
-        self._started.append(child)
-        await child.next_event(ready, 60)
-        return child
-
-    async def worker(self, region: str, name: str) -> Child:
-        return await self._start(region, name, ["worker", "--region", region], "worker_ready")
-
-    async def orchestrator(self, region: str, name: str) -> Child:
-        argv = ["orchestrator", "--events", "--home-region", region, "--latency", str(self.dir / "latency.json")]
-        return await self._start(region, name, argv, "orchestrator_ready")
-
-
-def events(child: Child, kind: str) -> list[dict[str, Any]]:
-    """Every ``kind`` event the child printed so far."""
-    out = []
-    for _, line in child.lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if ev.get("event") == kind:
-            out.append(ev)
-    return out
-
-
-async def first_event(child: Child, kind: str, timeout: float, **match: Any) -> dict[str, Any]:
-    def find() -> dict[str, Any] | None:
-        return next((e for e in events(child, kind) if all(e.get(k) == v for k, v in match.items())), None)
-
-    try:
-        await eventually_async(lambda: find() is not None, timeout=timeout, interval=0.02)
-    except AssertionError:
-        raise AssertionError(f"no {kind} event {match} within {timeout}s\n{child.describe()}") from None
-    found = find()
-    assert found is not None
-    return found
 
 
 @pytest.fixture
@@ -117,7 +56,7 @@ async def sagas(direct: EtcdClient) -> AsyncIterator[SagaClient]:
 async def roles(lab: RegionLab, tmp_path: Path) -> AsyncIterator[LabRoles]:
     async with children() as started:
         try:
-            yield LabRoles(lab, started, tmp_path)
+            yield LabRoles(lab, started, tmp_path, ns=NS, ttl=TTL)
         finally:
             apps.release(tmp_path)
 

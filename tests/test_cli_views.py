@@ -195,7 +195,9 @@ def test_status_document_and_its_tables() -> None:
         quarantined=quarantine_notes([kv("ns/quarantine/ab", json.dumps(
             {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}), 8, 0)]),
     )  # fmt: skip
-    assert list(doc) == ["namespace", "revision", "leader", "candidates", "regions", "sagas", "quarantined", "etcd"]
+    assert list(doc) == [
+        "namespace", "revision", "leader", "candidates", "regions", "sagas", "quarantined", "latency", "etcd",
+    ]
     assert doc["quarantined"] == [
         {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}
     ]

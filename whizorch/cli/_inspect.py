@@ -28,6 +28,7 @@ from whizorch.cli._views import (
     failover_rows,
     fmt_duration,
     fmt_time,
+    latency_doc,
     list_rows,
     quarantine_notes,
     record_document,
@@ -193,8 +194,10 @@ async def _status(t: Target) -> dict[str, Any]:
     status = await c.status()
     own = await asyncio.gather(*(_member_status(c, m) for m in members))
     notes = await c.get(k.prefix("quarantine"), prefix=True, revision=rev)
+    latency = await c.get(k.latency, revision=rev)
     return summarize_status(
         quarantined=quarantine_notes(notes.kvs),
+        latency=latency_doc(latency.kvs[0].value if latency.kvs else None),
         namespace=k.ns, revision=rev, candidates=leaders.kvs, workers=workers_by_region(regions.kvs, k),
         tasks=tasks_by_region(tasks.kvs, k), records=records, pending=len(pending),
         cluster=summarize_cluster(members, status, {m.id: s for m, s in zip(members, own, strict=True) if s is not None}),
@@ -223,6 +226,8 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
                "final": {"completed": int, "compensated": int, "failed": int}, "total": int},
      "quarantined": [{"kind": str, "key": str, "reason": str, "revision": int, "at": float}]
                    (input the leader could not parse and skipped; oldest first),
+     "latency": {"from": region | null, "at": float, "measured_ms": {region: ms},
+                 "configured_ms": {region: ms | null}} | null (the leader's latency monitor),
      "etcd": {"endpoint": str, "version": str, "leader": member name | null,
               "leader_id": hex str | null, "raft_term": int, "revision": int, "db_size": int,
               "members": [{"id": hex str, "name": str, "client_urls": [str], "is_leader": bool,
@@ -370,6 +375,16 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
             _t(f"{m['db_size']:,}" if m["db_size"] is not None else None), _t(m["raft_index"]),
         )
     parts: list[RenderableType] = [head, regions, sagas]
+    lat = doc.get("latency")
+    if lat and (lat.get("measured_ms") or lat.get("configured_ms")):
+        table = Table(title=f"latency from {lat.get('from') or 'the leader'} (ms)", title_justify="left")
+        for col in ("region", "measured", "configured"):
+            table.add_column(col)
+        names = sorted(set(lat.get("measured_ms") or {}) | set(lat.get("configured_ms") or {}))
+        for name in names:
+            m, c = (lat.get("measured_ms") or {}).get(name), (lat.get("configured_ms") or {}).get(name)
+            table.add_row(_t(name), _t(f"{m:.1f}" if isinstance(m, (int, float)) else None), _t(c))
+        parts.append(table)
     if doc["quarantined"]:
         q = Table(title=f"quarantined input ({len(doc['quarantined'])}): skipped by the leader", title_justify="left")
         for col in ("kind", "key", "reason"):

@@ -261,6 +261,10 @@ def worker(
 @click.option("--failover-policy", type=click.Choice(["closest", "score"]), default=None, help="default: [failover] policy, closest")
 @click.option("--events/--no-events", default=False, help="print leader/failover events as JSON lines")
 @click.option(
+    "--raft-leader-locality/--no-raft-leader-locality", default=True, show_default=True,
+    help="on winning, move etcd's Raft leadership to the home region's member (needs --home-region and its endpoints)",
+)
+@click.option(
     "--contact-deadline", "contact_deadline", default=None, type=float,
     help="safe mode after this long without quorum contact, s (default: [consensus] contact_deadline_s, 0.6; 0: off)",
 )
@@ -269,7 +273,8 @@ def worker(
 def orchestrator(
     config_path: str | None, endpoints: str | None, app_spec: str, namespace: str | None, node_id: str | None,
     lease_ttl: int | None, retention: float, latency_file: str | None, home_region: str | None,
-    failover_policy: str | None, events: bool, contact_deadline: float | None, metrics_bind: str | None,
+    failover_policy: str | None, events: bool, raft_leader_locality: bool, contact_deadline: float | None,
+    metrics_bind: str | None,
     tracing: bool | None, middleware: tuple[str, ...],
 ) -> None:
     """Run an orchestrator candidate until SIGINT/SIGTERM."""
@@ -294,6 +299,8 @@ def orchestrator(
                 client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
                 retention_s=retention, settings=cfg.settings(), on_event=emit if events else None,
                 middleware=obs.middleware, contact_deadline_s=deadline,
+                region_endpoints={r.name: r.endpoints for r in cfg.regions if r.endpoints},
+                raft_leader_locality=raft_leader_locality,
             )
             async with orch:
                 emit("orchestrator_ready", {"node": orch.node_id, **obs.fields()})

@@ -34,6 +34,7 @@ __all__ = [
     "fmt_duration",
     "fmt_route",
     "fmt_time",
+    "latency_doc",
     "leader_summary",
     "list_rows",
     "quarantine_notes",
@@ -149,6 +150,19 @@ def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
     return out
 
 
+def latency_doc(value: bytes | None) -> dict[str, Any] | None:
+    """The leader's published latencies (``<ns>/latency``), or None."""
+    if value is None:
+        return None
+    try:
+        doc = decode_json(value, what="latency")
+    except ConfigError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    return {k: doc.get(k) for k in ("from", "at", "measured_ms", "configured_ms")}
+
+
 def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
     """The leader's notes on quarantined input (``<ns>/quarantine/``), oldest first."""
     notes = []
@@ -255,6 +269,7 @@ def summarize_status(
     pending: int,
     cluster: dict[str, Any],
     quarantined: Sequence[dict[str, Any]] = (),
+    latency: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``whizorch status --json`` document (shape in the command's help)."""
     return {
@@ -265,6 +280,7 @@ def summarize_status(
         "regions": summarize_regions(workers, tasks),
         "sagas": count_sagas(records, pending),
         "quarantined": list(quarantined),
+        "latency": latency,
         "etcd": cluster,
     }
 

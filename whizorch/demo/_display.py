@@ -185,7 +185,29 @@ class LiveDisplay:
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        for label, text in summary_rows(data):
+        for label, text in summary_rows(data, wan_table=False):
             style = ("green" if data["ok"] else "red") if label == "verdict" else ""
             table.add_row(label, Text(text, style=style))
         self.console.print(Panel(table, title="summary", border_style="green" if data["ok"] else "red"))
+        if data.get("wan"):
+            self.console.print(_wan_panel(data["wan"]))
+
+
+def _wan_panel(w: dict[str, Any]) -> Panel:
+    """The spec's table of a ``--wan`` run as a rich table (the plain display prints the
+    same rows as text)."""
+    table = Table(box=None, padding=(0, 1))
+    for col in ("row", "spec", "p50", "p99", "n", "floor", "p99/floor", "verdict"):
+        table.add_column(col, overflow="fold")
+    for row in w["rows"]:
+        unit_s = "failover" in row["row"]
+
+        def fmt(v: float | None, unit_s: bool = unit_s) -> str:
+            return "-" if v is None else (f"{v / 1000:.2f} s" if unit_s else f"{v:.0f} ms")
+
+        table.add_row(
+            row["row"], row["spec"], fmt(row["p50_ms"]), fmt(row["p99_ms"]), str(row["n"] or "-"), fmt(row["floor_ms"]),
+            "-" if row["ratio"] is None else f"{row['ratio']:.2f}x", Text(row["verdict"], style="dim"),
+        )
+    title = f"the spec's table on the region lab (etcd's leader in {w['etcd_leader']}, q {w['quorum_rtt_ms']:g} ms)"
+    return Panel(table, title=title, border_style="blue")

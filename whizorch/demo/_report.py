@@ -17,7 +17,7 @@ import attrs
 
 from whizorch.saga import SagaResult
 
-__all__ = ["SagaRun", "Tally", "percentile", "summarise", "summary_rows"]
+__all__ = ["SagaRun", "Tally", "percentile", "summarise", "summary_rows", "wan_rows"]
 
 FINAL = ("completed", "compensated", "failed")
 
@@ -37,11 +37,21 @@ class SagaRun:
     """The final status the demo's SagaClient saw; None while unfinished."""
     finished_at: float | None = None
     failovers: list[dict[str, Any]] = attrs.Factory(list)
+    steps: list[tuple[str | None, int]] = attrs.Factory(list)
+    """Each step's region and how many times it was sent there (from the final record)."""
+    work_ms: float = 0.0
+    """The handlers' simulated work in the outputs (``work_ms``), summed."""
 
     @property
     def latency_ms(self) -> float | None:
         """Submit -> final outcome, in milliseconds."""
         return None if self.finished_at is None else (self.finished_at - self.started_at) * 1000
+
+    @property
+    def coordination_ms(self) -> float | None:
+        """The latency less the handlers' work: what orchestration itself took."""
+        latency = self.latency_ms
+        return None if latency is None else latency - self.work_ms
 
 
 @attrs.define
@@ -119,6 +129,11 @@ class Tally:
         run.status = result.status
         run.finished_at = time.monotonic()
         run.failovers = failovers = list(result.failovers)
+        run.steps = [(st.region, st.run) for st in result.record.steps]
+        run.work_ms = sum(
+            float(out["work_ms"]) for out in result.outputs.values()
+            if isinstance(out, dict) and isinstance(out.get("work_ms"), (int, float))
+        )
         # failed runs of steps that then succeeded: transient errors, runs lost with a worker
         self.retried_runs += sum(st.failures for st in result.record.steps if st.state in ("done", "compensated"))
         for output in result.outputs.values():
@@ -277,8 +292,9 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
 
 
-def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, text) lines of the summary, for both displays."""
+def summary_rows(s: dict[str, Any], *, wan_table: bool = True) -> list[tuple[str, str]]:
+    """(label, text) lines of the summary, for both displays (``wan_table=False``: without
+    the table of a ``--wan`` run, for a display that draws it itself)."""
     n = s["sagas"]
     if not n["submitted"] and not n["not_submitted"]:  # it failed before the stream began
         return [("verdict", s["verdict"]), *([("logs", f"the role processes' stderr is kept in {s['logs']}")] if s.get("logs") else [])]
@@ -322,7 +338,43 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(("processes", f"{len(s['processes'])} started, " + (
         "all gone" if not alive else "STILL RUNNING: " + ", ".join(f"{p['name']} pid {p['pid']}" for p in alive)
     )))
+    if s.get("wan"):
+        rows += wan_rows(s["wan"]) if wan_table else wan_rows(s["wan"])[:1]
     if s.get("logs"):
         rows.append(("logs", f"the role processes' stderr is kept in {s['logs']}"))
     rows.append(("verdict", s["verdict"]))
     return rows
+
+
+def _wan_ms(value: float | None, *, seconds: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f} s" if seconds else f"{value:.0f} ms"
+
+
+def wan_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) lines of the spec's table of a ``--wan`` run (`whizorch.demo._wan_table`)."""
+    pairs = ", ".join(
+        f"{a}-{b} {w['rtt_ms'][a][b]:g}" for i, a in enumerate(w["regions"]) for b in w["regions"][i + 1 :]
+    )
+    mode = w["mode"] if w["mode"] == "netns" else f"approximate: {w['mode_reason']}"
+    out = [
+        ("region lab", f"{mode}; round trips (ms) {pairs}; etcd's leader in {w['etcd_leader']}, "
+                       f"q {w['quorum_rtt_ms']:g} ms; lease TTL {w['lease_ttl_s']} s"),
+        ("spec table", f"this run next to the spec and the floor from the matrix "
+                       f"(saga rows: {w['undisturbed_sagas']} sagas no retry, failover or leader outage touched)"),
+    ]
+    cells = [["row", "spec", "p50 / p99 (n)", "floor", "p99/floor"]]
+    for row in w["rows"]:
+        seconds = "failover" in row["row"]
+        measured = "-" if not row["n"] else (
+            f"{_wan_ms(row['p50_ms'], seconds=seconds)} / {_wan_ms(row['p99_ms'], seconds=seconds)} ({row['n']})")
+        cells.append([row["row"], row["spec"], measured, _wan_ms(row["floor_ms"], seconds=seconds),
+                      "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"])
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+    for i, c in enumerate(cells):
+        line = "  ".join(x.ljust(wd) for x, wd in zip(c, widths, strict=True))
+        out.append(("", line))
+        if i:
+            out.append(("", "    " + w["rows"][i - 1]["verdict"]))
+    return out

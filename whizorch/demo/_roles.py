@@ -68,12 +68,14 @@ class Role:
         log_dir: Path,
         on_event: Callable[[Role, dict[str, Any]], None],
         region: str | None = None,
+        place: Sequence[str] = (),
     ) -> Role:
-        """Start ``python -m whizorch <args>``."""
+        """Start ``python -m whizorch <args>``, after the ``place`` argv prefix when given
+        (``ip netns exec <namespace>``: the process runs in a region of the lab)."""
         log_path = log_dir / f"{name}.log"
         with log_path.open("ab") as log:  # a local file: opening it does not block
             process = await asyncio.create_subprocess_exec(
-                *dying_with_parent([sys.executable, "-m", "whizorch", *args]),
+                *dying_with_parent([*place, sys.executable, "-m", "whizorch", *args]),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -35,6 +35,8 @@ from whizorch.demo._display import Display, LiveDisplay, PlainDisplay
 from whizorch.demo._report import Kill, Tally, summarise
 from whizorch.demo._roles import Role, RoleFailed
 from whizorch.demo._stream import Stream
+from whizorch.demo._wan import WanPlacement, run_wan
+from whizorch.demo._wan_table import wan_table
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.etcd import EtcdClient
 from whizorch.saga import SagaClient
@@ -71,6 +73,11 @@ class DemoOptions:
     """Plain lines even on a terminal."""
     json_summary: Path | None = None
     """Write the summary here as JSON."""
+    wan: bool = False
+    """Regions apart: the demo on a region lab (`whizorch.demo._wan`)."""
+    wan_lab: Path | None = None
+    """Set for the demo the ``--wan`` run places in the lab: where the lab put everything
+    (a `WanPlacement` as JSON)."""
 
     @property
     def drain_s(self) -> float:
@@ -81,10 +88,12 @@ class DemoOptions:
 class SagaDemo:
     """One run of the demo."""
 
-    def __init__(self, options: DemoOptions, tally: Tally, display: Display) -> None:
+    def __init__(self, options: DemoOptions, tally: Tally, display: Display, wan: WanPlacement | None = None) -> None:
         self.opts = options
         self.t = tally
         self.display = display
+        self.wan = wan
+        """Where the region lab put everything (``--wan``); None on one loopback."""
         self.roles: list[Role] = []
         self.workdir: Path | None = None
         self.t.namespace = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -119,6 +128,16 @@ class SagaDemo:
             await self._audit(sagas)
 
     async def _etcd(self, stack: contextlib.AsyncExitStack) -> str:
+        if self.wan is not None:
+            w = self.wan
+            self.t.etcd = f"region lab ({w.mode})"
+            self.t.endpoints = list(w.endpoints[w.leader])
+            self.log(
+                f"etcd: the region lab's {len(w.regions)} members, one per region ({', '.join(w.regions)}), etcd "
+                f"{w.etcd_version}; this process runs in {w.leader}: {','.join(self.t.endpoints)}"
+            )
+            self.log(f"namespace {self.t.namespace}")
+            return ",".join(self.t.endpoints)
         if self.opts.etcd is not None:
             self.t.etcd = "external"
             self.t.endpoints = [e.strip() for e in self.opts.etcd.split(",") if e.strip()]
@@ -143,9 +162,18 @@ class SagaDemo:
         await cluster.aclose()
         self.log("etcd: members stopped, data directories removed")
 
+    def _placed(self, region: str | None, endpoints: str) -> tuple[list[str], list[str]]:
+        """A role's ``--etcd`` arguments and the argv prefix placing it in ``region`` (on
+        the lab: its region's endpoints, own member first; orchestrators in etcd's
+        leader's region)."""
+        if self.wan is None:
+            return ["--etcd", endpoints], []
+        where = region or self.wan.leader
+        return ["--etcd", ",".join(self.wan.endpoints[where])], list(self.wan.commands[where])
+
     async def _start_roles(self, endpoints: str, workdir: Path) -> None:
         ttl = str(self.opts.ttl_s)
-        common = ["--etcd", endpoints, "--app", "whizorch.demo.apps:app", "--namespace", self.t.namespace, "--lease-ttl", ttl]
+        common = ["--app", "whizorch.demo.apps:app", "--namespace", self.t.namespace, "--lease-ttl", ttl]
         latency = workdir / "latency.json"
         latency.write_text(json.dumps(apps.LATENCY_MS))
         # workers first: the first leader's rebuild then sees every region registered
@@ -153,10 +181,11 @@ class SagaDemo:
         for region, (tags, count) in apps.WORKERS.items():
             for i in range(1, count + 1):
                 name = f"{region}-{i}"
-                args = ["worker", *common, "--region", region, "--id", name]
+                etcd, place = self._placed(region, endpoints)
+                args = ["worker", *etcd, *common, "--region", region, "--id", name]
                 if tags:
                     args += ["--compliance", ",".join(tags)]
-                workers.append(await self._start(name, "worker", args, workdir, region=region))
+                workers.append(await self._start(name, "worker", args, workdir, region=region, place=place))
         self.log("workers: " + ", ".join(f"{w.name} (pid {w.pid}, {','.join(apps.WORKERS[w.region or ''][0]) or 'no tags'})" for w in workers))
         await asyncio.gather(*(w.wait_event("worker_ready", _READY_S) for w in workers))
         self.t.healthy = sorted(apps.WORKERS, key=list(apps.WORKERS).index)
@@ -164,14 +193,18 @@ class SagaDemo:
         self.log(f"workers ready in {', '.join(self.t.healthy)}; latency (ms) " + ", ".join(f"{a}-{b} {ms}" for (a, b), ms in pairs))
         orchs = []
         for i in (1, 2):
-            args = ["orchestrator", *common, "--id", f"orch-{i}", "--events", "--latency", str(latency)]
-            orchs.append(await self._start(f"orch-{i}", "orchestrator", args, workdir))
-        self.log("orchestrator candidates: " + ", ".join(f"{o.name} (pid {o.pid})" for o in orchs) + f", lease TTL {ttl}s")
+            etcd, place = self._placed(None, endpoints)
+            args = ["orchestrator", *etcd, *common, "--id", f"orch-{i}", "--events", "--latency", str(latency)]
+            orchs.append(await self._start(f"orch-{i}", "orchestrator", args, workdir, place=place))
+        where = f" in {self.wan.leader} (beside etcd's leader)" if self.wan is not None else ""
+        self.log(f"orchestrator candidates{where}: " + ", ".join(f"{o.name} (pid {o.pid})" for o in orchs) + f", lease TTL {ttl}s")
         await asyncio.gather(*(o.wait_event("orchestrator_ready", _READY_S) for o in orchs))
         await self._until(lambda: self.t.leader is not None, _READY_S, "no orchestrator became leader")
 
-    async def _start(self, name: str, kind: str, args: list[str], workdir: Path, *, region: str | None = None) -> Role:
-        role = await Role.start(name, kind, args, log_dir=workdir, on_event=self._on_event, region=region)
+    async def _start(
+        self, name: str, kind: str, args: list[str], workdir: Path, *, region: str | None = None, place: list[str] | None = None
+    ) -> Role:
+        role = await Role.start(name, kind, args, log_dir=workdir, on_event=self._on_event, region=region, place=place or ())
         self.roles.append(role)
         self.t.processes.append({"name": name, "kind": kind, "pid": role.pid})
         self._refresh_roles()
@@ -390,8 +423,16 @@ async def _until_signalled(demo: SagaDemo) -> int | None:
 def run(options: DemoOptions) -> int:
     """Run the demo and print the summary. Exit status: 0 when it all went as designed,
     1 when not (the summary says why), 128 + the signal when interrupted."""
+    if options.wan and options.wan_lab is None:
+        return run_wan(options)
+    wan = WanPlacement.from_json(options.wan_lab.read_text()) if options.wan_lab is not None else None
     tally = Tally()
     title = f"whizorch demo: sagas in 3 regions, region {KILL_REGION} and the leader killed mid-run"
+    if wan is not None:
+        title = (
+            f"whizorch demo --wan: sagas in 3 regions apart (region lab, {wan.mode}), "
+            f"region {KILL_REGION} and the leader killed mid-run"
+        )
     display: Display
     if sys.stdout.isatty() and not options.plain:
         display = LiveDisplay(tally, options.duration_s, title=title)
@@ -399,7 +440,7 @@ def run(options: DemoOptions) -> int:
         print(title, flush=True)
         display = PlainDisplay(tally, options.duration_s)
     error: str | None = None
-    demo = SagaDemo(options, tally, display)
+    demo = SagaDemo(options, tally, display, wan)
     with display:
         try:
             caught = asyncio.run(_until_signalled(demo))
@@ -414,6 +455,8 @@ def run(options: DemoOptions) -> int:
               file=sys.stderr, flush=True)
         return 128 + caught
     summary = summarise(tally, options=_options_json(options))
+    if wan is not None and tally.run_start is not None:
+        summary["wan"] = wan_table(tally, wan, ttl_s=options.ttl_s)
     if error is not None:
         summary["ok"] = False
         # a run that never started has nothing else worth saying

@@ -8,7 +8,8 @@ Two saga types across three regions:
 * ``transfer``: ``debit`` an EU account (GDPR: only in a GDPR region), ``credit`` a US
   account, ``notify`` from AP. A failed step reverses the credit and refunds the debit.
 
-Handlers sleep a few tens of milliseconds to look like work. The input steers them:
+Handlers sleep a few tens of milliseconds to look like work (``work_ms`` in their
+output says how long, so the demo can tell orchestration time from work). The input steers them:
 ``{"fail_at": "ship"}`` makes that step fail on every attempt (the saga runs past its
 retries and compensates); ``{"flaky": ["charge"]}`` makes that step fail its first
 attempt only (a transient error the retry absorbs). `workload` draws a deterministic
@@ -73,14 +74,18 @@ class TransientError(Exception):
 
 async def _work(ctx: StepContext, cmd: Any, what: str) -> dict[str, Any]:
     """Look busy, fail as the input says, return a small JSON-serialisable output."""
-    await asyncio.sleep(random.uniform(0.02, 0.06))  # ok: simulated work
+    work_s = random.uniform(0.02, 0.06)
+    await asyncio.sleep(work_s)  # ok: simulated work
     if not ctx.compensating:
         plan = cmd if isinstance(cmd, dict) else {}
         if plan.get("fail_at") == ctx.step:
             raise StepFailed(f"designed failure (fail_at={ctx.step!r}), attempt {ctx.attempt}")
         if ctx.step in plan.get("flaky", ()) and ctx.attempt == 1:
             raise TransientError(f"{ctx.step}: upstream timeout on attempt 1")
-    return {"step": ctx.step, "done": what, "region": ctx.region, "attempt": ctx.attempt, "key": ctx.idempotency_key}
+    return {
+        "step": ctx.step, "done": what, "region": ctx.region, "attempt": ctx.attempt, "key": ctx.idempotency_key,
+        "work_ms": round(work_s * 1000, 3),
+    }
 
 
 order = Saga("order")

@@ -103,6 +103,10 @@ class Keys:
     def region(self, region: str, lease: int) -> bytes:
         return f"{self.ns}/region/{region}/{lease:x}".encode()
 
+    @property
+    def latency(self) -> bytes:
+        return f"{self.ns}/latency".encode()
+
     def quarantine(self, digest: str) -> bytes:
         return f"{self.ns}/quarantine/{digest}".encode()
 

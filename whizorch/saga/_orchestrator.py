@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from whizorch.coord import Election, Fence, Session, session_options
@@ -38,6 +38,7 @@ from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEve
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
+from whizorch.saga._latency import LatencyMonitor
 from whizorch.saga._leader_cache import (
     EVENT_NAMES,
     Conflict,
@@ -50,6 +51,7 @@ from whizorch.saga._leader_cache import (
     failed_record,
     task_payload,
 )
+from whizorch.saga._locality import bring_raft_leader
 from whizorch.saga._middleware import (
     Middleware,
     SagaEvent,
@@ -65,6 +67,7 @@ from whizorch.saga._model import (
     ResultPayload,
     SagaRecord,
     decode_json,
+    encode_json,
 )
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
@@ -100,6 +103,8 @@ class Orchestrator:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         middleware: Sequence[Middleware] = (),
         contact_deadline_s: float | None = 0.6,
+        region_endpoints: Mapping[str, Sequence[str]] | None = None,
+        raft_leader_locality: bool = True,
     ) -> None:
         if not isinstance(app, App):
             raise ConfigError("Orchestrator needs a whizorch App", field="app", value=type(app).__name__)
@@ -132,6 +137,13 @@ class Orchestrator:
         """Split-brain detection: a leader with no quorum contact this long pauses its
         writes (safe mode) until contact returns (see ``_contact.py``); None: off."""
         self._contact: ContactMonitor | None = None
+        self.region_endpoints = {str(r): tuple(eps) for r, eps in (region_endpoints or {}).items()}
+        """Each region's own etcd members (``[regions.<name>] endpoints``): while leading,
+        the round trip to each is measured for the router (see ``_latency.py``)."""
+        self.raft_leader_locality = raft_leader_locality
+        """On winning, move etcd's Raft leadership to a member of the router's home
+        region when one is fit (``region_endpoints[home]``; see ``_locality.py``): every
+        leader write then pays one quorum round from home, not a WAN hop first."""
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._election: Election | None = None
@@ -277,6 +289,15 @@ class Orchestrator:
         stop: list[asyncio.Future[Any]] = []
         try:
             # inside the try: a rebuild that fails leaves no fence and no spawned transition behind
+            home = self.region_endpoints.get(self.router.home_region or "", ())
+            if self.raft_leader_locality and home:
+                # once per leadership, before any write of ours: a move stalls writes in
+                # flight for as long as an etcd election would
+                locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
+                self._emit(
+                    "raft_leader", node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
+                    after=locality.leader_after, took_s=round(locality.took_s, 3),
+                )
             revision = await self._rebuild()
             self._set_leader(True, fence.token)
             watchers = [
@@ -294,6 +315,9 @@ class Orchestrator:
                     self._probe_quorum, deadline_s=self.contact_deadline_s, on_change=self._contact_changed
                 )
                 helpers.append(asyncio.ensure_future(self._contact.run()))
+            if self.region_endpoints:
+                monitor = LatencyMonitor(self.client, self.router, self.region_endpoints)
+                helpers += [asyncio.ensure_future(monitor.run()), asyncio.ensure_future(self._publish_latency())]
             stop = [asyncio.ensure_future(election.wait_lost()), asyncio.ensure_future(self._lost.wait())]
             everything = [*watchers, *helpers, *stop, self._fatal]
             done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
@@ -802,6 +826,31 @@ class Orchestrator:
             self._emit("failover", saga_id=rec.id, **fo)
         if rec.is_final:
             self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+
+    async def _publish_latency(self) -> None:
+        """Every few seconds, the measured and configured latencies from the home region
+        under ``<ns>/latency`` (fenced), for ``whizorch status``."""
+        while True:
+            await asyncio.sleep(5.0)  # ok: the publishing period
+            fence = self._fence
+            if fence is None or self.in_safe_mode:
+                continue
+            home = self.router.home_region
+            doc = {
+                "from": home,
+                "node": self.node_id,
+                "at": round(time.time(), 3),
+                "measured_ms": {r: round(ms, 2) for r, ms in sorted(self.router.measured_ms.items())},
+                "configured_ms": {r: self.router.latency.get((home, r)) for r in sorted(self.region_endpoints) if home},
+            }
+            try:
+                await self.client.txn(
+                    [fence.compare()], [Op.put(self.keys.latency, encode_json(doc, what="latency"))], idempotent=True
+                )
+            except WhizorchError as exc:
+                if not is_transient(exc):
+                    raise
+                log.info("could not publish latencies: %s", exc)
 
     async def _probe_quorum(self, timeout_s: float) -> None:
         """One quorum round trip: a linearizable read needs etcd's leader and a quorum."""

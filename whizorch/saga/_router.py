@@ -1,7 +1,9 @@
 """The global router: scores healthy regions for a step.
 
 Default score (the spec's weights): ``+50`` if the region holds the step's data,
-``- latency_ms / 10`` (from the data's region, else from the orchestrator's home),
+``- latency_ms / 10`` (from the data's region, else from the orchestrator's home; a
+route from the home region uses the round trip the leader measured when it has one,
+see ``_latency.py``, else the configured matrix),
 ``- cost * 10``, ``- load * 20``; a region lacking a compliance tag the step requires
 is disqualified. Pass ``scorer=`` to replace the formula.
 
@@ -87,15 +89,21 @@ class Router(Route):
         self.home_region = home_region
         self.failover_policy = failover_policy
         self.regions: dict[str, RegionInfo] = {}
+        self.measured_ms: dict[str, float] = {}
+        """Round trips from the home region to each region, as the leader measured
+        them (an EWMA); preferred over the configured matrix for routes from home."""
 
     def update(self, regions: Mapping[str, RegionInfo]) -> None:
         """Replace the view of healthy regions."""
         self.regions = dict(regions)
 
     def latency_ms(self, src: str | None, dst: str) -> float:
-        """Configured latency between two regions (0 for the same region or unknown)."""
+        """Latency between two regions: measured from the home region when the leader
+        has a measurement, else configured (0 for the same region or unknown)."""
         if src is None or src == dst:
             return 0.0
+        if src == self.home_region and dst in self.measured_ms:
+            return self.measured_ms[dst]
         return self.latency.get((src, dst), 0.0)
 
     def healthy(self, region: str) -> bool:
