@@ -24,14 +24,18 @@ from L to its nearest other member):
   step starts in another region (the handler's own line). Leader failover: the
   orchestrator leader is SIGKILLed; time until the other candidate says it leads.
   Floor: the lease TTL; target TTL + 1 s.
-* split-brain detection: not measured yet (issue 9 item 4 is in progress).
+* split-brain detection: the region of the orchestrator leader (and of etcd's leader)
+  is cut from the other two (``RegionLab.isolate``), ``--cuts`` times, healed as soon
+  as the leader says ``safe_mode``; time from the cut to that event. Floor: the contact
+  deadline (``--contact-deadline``, the orchestrator's default 0.6 s); target <= 750 ms.
 
 Figures, not a pass/fail test: the exit status is 0 whatever the verdicts. Without
 root the lab runs its documented approximation (everything on the host loopback;
 clients pay the matrix through the endpoints they are given), and the output says so.
 
     python bench/bench_wan.py [--n 40] [--duration 45] [--repl-n 100] [--sagas 20]
-                              [--ttl 3] [--leader eu] [--jitter-ms 0] [--only PHASES]
+                              [--ttl 2] [--leader eu] [--contact-deadline 0.6] [--cuts 3]
+                              [--jitter-ms 0] [--only PHASES]
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from whizorch.testing import RegionLab, netns_unavailable_reason
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROBE = os.path.join(HERE, "bench_wan_probe.py")
 NAMESPACE = "benchwan"
-PHASES = ("primitives", "replication", "sagas", "failover")
+PHASES = ("primitives", "replication", "sagas", "failover", "split-brain")
 STEP_REGIONS = ("eu", "us", "ap")
 KILL_REGION = "us"
 WARM_PUTS = 3  # the writer's warm-up puts (bench_wan_probe.py write), seen by the watchers too
@@ -323,7 +327,7 @@ def replication(lab: RegionLab, leader: str, n: int) -> list[Row]:
 class Roles:
     """Two orchestrator candidates in the leader's region and a worker per region."""
 
-    def __init__(self, lab: RegionLab, leader: str, ttl: int, workdir: Path, procs: list[Placed]) -> None:
+    def __init__(self, lab: RegionLab, leader: str, ttl: int, contact_s: float, workdir: Path, procs: list[Placed]) -> None:
         latency = workdir / "latency.json"
         latency.write_text(json.dumps({a: {b: lab.rtt_ms(a, b) for b in lab.regions if b != a} for a in lab.regions}))
         common = ["--app", "bench_wan_apps:app", "--namespace", NAMESPACE, "--lease-ttl", str(ttl)]
@@ -338,7 +342,8 @@ class Roles:
         self.orchs = []
         for i in (1, 2):
             o = Placed(lab, leader, [sys.executable, "-m", "whizorch", "orchestrator", *common, "--id", f"orch-{i}",
-                                      "--events", "--latency", str(latency)], name=f"orch-{i}")
+                                      "--events", "--latency", str(latency), "--contact-deadline", repr(contact_s)],
+                       name=f"orch-{i}")
             procs.append(o)
             self.orchs.append(o)
         for o in self.orchs:
@@ -409,12 +414,13 @@ def print_chain(lab: RegionLab, leader: str, q: float, events: list[dict[str, An
     print(f"    {'sum of the engine chain floors':<{width}}  {'':7}      floor {total_model:6.1f}")
 
 
-def sagas_and_failovers(lab: RegionLab, leader: str, n: int, ttl: int, phases: set[str]) -> list[Row]:
+def with_roles(lab: RegionLab, leader: str, args: argparse.Namespace, ttl: int, phases: set[str]) -> list[Row]:
     rows: list[Row] = []
+    n = args.sagas
     with tempfile.TemporaryDirectory(prefix="bench-wan-") as tmp, placed_all() as procs:
-        print(f"\nsagas: orchestrators (2) in {leader}, a worker in each of {', '.join(STEP_REGIONS)}, "
-              f"lease TTL {ttl}s ...", flush=True)
-        roles = Roles(lab, leader, ttl, Path(tmp), procs)
+        print(f"\nroles: orchestrators (2) in {leader}, a worker in each of {', '.join(STEP_REGIONS)}, "
+              f"lease TTL {ttl}s, contact deadline {args.contact_deadline:g}s ...", flush=True)
+        roles = Roles(lab, leader, ttl, args.contact_deadline, Path(tmp), procs)
         roles.leader()
         if "sagas" in phases:
             p = probe(lab, leader, "sagas", "--n", str(n), "--namespace", NAMESPACE, name="sagas")
@@ -427,6 +433,8 @@ def sagas_and_failovers(lab: RegionLab, leader: str, n: int, ttl: int, phases: s
         if "failover" in phases:
             rows.append(region_failover(lab, leader, ttl, roles, procs))
             rows.append(leader_failover(lab, leader, ttl, roles, procs))
+        if "split-brain" in phases:
+            rows.append(split_brain(lab, leader, args.contact_deadline, args.cuts, roles))
     return rows
 
 
@@ -479,6 +487,33 @@ def leader_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: 
                note="kill -> the other candidate leads")
 
 
+def split_brain(lab: RegionLab, leader: str, contact_s: float, cuts: int, roles: Roles) -> Row:
+    print(f"\nsplit-brain detection: cut {leader} (the orchestrator leader's region) from the others, {cuts} times ...",
+          flush=True)
+    took: list[float] = []
+    for _ in range(cuts):
+        orch = roles.leader()
+        etcd_leader = lab.wait_leader_region()
+        cut_at = time.time()
+        lab.isolate(leader)
+        try:
+            ev = orch.wait(lambda ev, t=cut_at: ev.get("event") == "safe_mode" and ev["_read"] >= t, 30, "safe_mode event")
+        finally:
+            lab.heal()
+        back = orch.wait(lambda ev, t=cut_at: ev.get("event") in ("contact_restored", "follower") and ev["_read"] >= t,
+                         30, "contact_restored event")
+        took.append((float(ev["at"]) - cut_at) * 1000)
+        print(f"  {orch.name}: safe mode {took[-1]:.0f} ms after the cut (etcd's leader was in {etcd_leader}); "
+              f"after the heal: {back['event']}" + (f" (writes paused {back['paused_s']:.2f}s)" if "paused_s" in back else ""))
+        # the next cut starts from a settled cluster: etcd has a leader, the orchestrator leads
+        lab.wait_leader_region()
+        roles.leader()
+        time.sleep(1.0)  # ok: a quiet second between cuts
+    floor = contact_s * 1000
+    return Row(f"split-brain detection ({leader} cut off)", SPEC["split-brain"][0], samples=took, floor=floor,
+               target="<= 750 ms", limit=750.0, note="cut -> the leader's safe_mode event")
+
+
 # -- main ------------------------------------------------------------------------------
 
 
@@ -510,10 +545,8 @@ def run(args: argparse.Namespace) -> None:
             rows += primitives(lab, leader, args.n, args.duration)
         if "replication" in phases:
             rows += replication(lab, leader, args.repl_n)
-        if phases & {"sagas", "failover"}:
-            rows += sagas_and_failovers(lab, leader, args.sagas, ttl, phases)
-        rows.append(Row("split-brain detection", SPEC["split-brain"][0],
-                        note="not measured yet (issue 9 item 4 in progress)"))
+        if phases & {"sagas", "failover", "split-brain"}:
+            rows += with_roles(lab, leader, args, ttl, phases)
     print(f"\nthe spec's table on the region lab (mode {lab.mode}; L = {leader}; floors from the round-trip matrix; "
           f"{time.monotonic() - started:.0f}s in all):")
     print_table(rows)
@@ -527,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sagas", type=int, default=20, help="sagas for the latency row, one at a time")
     parser.add_argument("--ttl", type=int, default=2, help="lease TTL of the roles (raised to etcd's minimum)")
     parser.add_argument("--leader", default="eu", help="move etcd's Raft leader to this region first ('any': leave it)")
+    parser.add_argument("--contact-deadline", type=float, default=0.6, help="the orchestrators' contact deadline (s)")
+    parser.add_argument("--cuts", type=int, default=3, help="cuts of the leader's region for split-brain detection")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="the lab's jitter on every one-way delay")
     parser.add_argument("--mode", choices=["auto", "netns", "approximate"], default="auto", help="the lab's mode")
     parser.add_argument("--only", default="", help=f"comma-separated phases ({', '.join(PHASES)})")
