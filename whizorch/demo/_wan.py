@@ -199,8 +199,9 @@ def run_wan(options: DemoOptions) -> int:
                 f"(asked {options.ttl_s}s)")
         path = workdir / "placement.json"
         path.write_text(placement.to_json())
+        placed = "placed in its region" if lab.mode == "netns" else "given its region's endpoints"
         say(f"the demo runs in {DEMO_REGION} (it submits the sagas from there); workers in "
-            f"{', '.join(placement.regions)} and both orchestrator candidates in {DEMO_REGION}, each placed in its region")
+            f"{', '.join(placement.regions)} and both orchestrator candidates in {DEMO_REGION}, each {placed}")
         if caught:
             return 128 + caught[0]
         proc = lab.popen(DEMO_REGION, inner_argv(options, path, ttl), stdin=subprocess.DEVNULL,
@@ -211,8 +212,10 @@ def run_wan(options: DemoOptions) -> int:
     finally:
         if lab is not None:
             try:
+                made = lab.is_open
                 lab.close()
-                say("closed: etcd members, the network process, namespaces and directories removed")
+                if made:
+                    say("closed: etcd members, the network process, namespaces and directories removed")
             except Exception as exc:
                 say(f"closing the lab failed: {type(exc).__name__}: {exc}")
         shutil.rmtree(workdir, ignore_errors=True)
