@@ -21,9 +21,11 @@ from L to its nearest other member):
   (RTT(L, step region) + q). Also the engine's own chain of commits, segment by
   segment from the timestamps the record and the handlers keep.
 * regional failover: the us worker is SIGKILLed while its step runs; time until the
-  step starts in another region (the handler's own line). Leader failover: the
-  orchestrator leader is SIGKILLed; time until the other candidate says it leads.
-  Floor: the lease TTL; target TTL + 1 s.
+  step starts in another region (the handler's own line); ``--failovers`` times, the
+  worker restarted in between. Leader failover: the orchestrator leader is SIGKILLed;
+  time until the other candidate says it leads (it says so once it has resumed every
+  unfinished saga), idle and with ``--inflight`` sagas in flight. Floor: the lease
+  TTL; target TTL + 1 s.
 * split-brain detection: the region of the orchestrator leader (and of etcd's leader)
   is cut from the other two (``RegionLab.isolate``), ``--cuts`` times, healed as soon
   as the leader says ``safe_mode``; time from the cut to that event. Floor: the contact
@@ -34,7 +36,8 @@ root the lab runs its documented approximation (everything on the host loopback;
 clients pay the matrix through the endpoints they are given), and the output says so.
 
     python bench/bench_wan.py [--n 40] [--duration 45] [--repl-n 100] [--sagas 20]
-                              [--ttl 2] [--leader eu] [--contact-deadline 0.6] [--cuts 3]
+                              [--ttl 2] [--leader eu] [--failovers 3] [--inflight 20]
+                              [--contact-deadline 0.6] [--cuts 3]
                               [--jitter-ms 0] [--only PHASES]
 """
 
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -92,11 +96,14 @@ class Placed:
         self.region = region
         env = lab.env(region)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH", "")) if p)
-        self.log = tempfile.TemporaryFile()
-        self.proc = lab.popen(
-            region, argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=self.log, env=env, text=True,
-        )
+        fd, path = tempfile.mkstemp(prefix=f"bench-wan-{name}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
+        with open(path, "ab") as log:  # the child appends; reading opens the file anew
+            self.proc = lab.popen(
+                region, argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=log, env=env, text=True,
+            )
         self.events: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, name=f"read-{name}", daemon=True)
@@ -118,8 +125,10 @@ class Placed:
             self._cond.notify_all()
 
     def stderr_tail(self, chars: int = 1500) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-chars:]
+        try:
+            return self.log_path.read_bytes().decode(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def wait(self, match: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
         """The first event ``match`` accepts; RuntimeError after ``timeout`` or at exit."""
@@ -169,7 +178,7 @@ class Placed:
                 self.kill()
         self.proc.wait()
         self._reader.join(5)
-        self.log.close()
+        self.log_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -327,29 +336,48 @@ def replication(lab: RegionLab, leader: str, n: int) -> list[Row]:
 
 
 class Roles:
-    """Two orchestrator candidates in the leader's region and a worker per region."""
+    """Orchestrator candidates in the leader's region and a worker per region, as
+    ``whizorch orchestrator|worker`` processes placed there; more can be started."""
 
     def __init__(self, lab: RegionLab, leader: str, ttl: int, contact_s: float, workdir: Path, procs: list[Placed]) -> None:
+        self.lab, self.home, self.procs = lab, leader, procs
         latency = workdir / "latency.json"
         latency.write_text(json.dumps({a: {b: lab.rtt_ms(a, b) for b in lab.regions if b != a} for a in lab.regions}))
-        common = ["--app", "bench_wan_apps:app", "--namespace", NAMESPACE, "--lease-ttl", str(ttl)]
-        self.workers = {}
+        self.common = ["--app", "bench_wan_apps:app", "--namespace", NAMESPACE, "--lease-ttl", str(ttl)]
+        self.orch_args = ["--events", "--latency", str(latency), "--contact-deadline", repr(contact_s)]
+        self.workers: dict[str, Placed] = {}
+        self.orchs: list[Placed] = []
         for r in STEP_REGIONS:
-            w = Placed(lab, r, [sys.executable, "-m", "whizorch", "worker", *common, "--region", r, "--id", f"w-{r}"],
-                       name=f"worker-{r}")
-            procs.append(w)
-            self.workers[r] = w
+            self.start_worker(r, wait=False)
         for w in self.workers.values():
             w.event("worker_ready", 90)
-        self.orchs = []
-        for i in (1, 2):
-            o = Placed(lab, leader, [sys.executable, "-m", "whizorch", "orchestrator", *common, "--id", f"orch-{i}",
-                                      "--events", "--latency", str(latency), "--contact-deadline", repr(contact_s)],
-                       name=f"orch-{i}")
-            procs.append(o)
-            self.orchs.append(o)
+        for _ in range(2):
+            self.start_orchestrator(wait=False)
         for o in self.orchs:
             o.event("orchestrator_ready", 90)
+
+    def start_worker(self, region: str, *, wait: bool = True) -> Placed:
+        """A worker in ``region`` (it replaces the one the benchmark knew there)."""
+        n = sum(1 for p in self.procs if p.name.startswith(f"worker-{region}")) + 1
+        w = Placed(self.lab, region, [sys.executable, "-m", "whizorch", "worker", *self.common, "--region", region,
+                                      "--id", f"w-{region}-{n}"], name=f"worker-{region}-{n}")
+        self.procs.append(w)
+        self.workers[region] = w
+        if wait:
+            w.event("worker_ready", 90)
+        return w
+
+    def start_orchestrator(self, *, wait: bool = True) -> Placed:
+        """One more candidate in the leader's region."""
+        name = f"orch-{len(self.orchs) + 1}"
+        # -v: the INFO line "orchestrator <id> leads" marks the election won, before the rebuild
+        o = Placed(self.lab, self.home, [sys.executable, "-m", "whizorch", "-v", "orchestrator", *self.common,
+                                         "--id", name, *self.orch_args], name=name)
+        self.procs.append(o)
+        self.orchs.append(o)
+        if wait:
+            o.event("orchestrator_ready", 90)
+        return o
 
     def leader(self, timeout: float = 60) -> Placed:
         """The live candidate whose latest word is that it leads."""
@@ -437,60 +465,110 @@ def with_roles(lab: RegionLab, leader: str, args: argparse.Namespace, ttl: int, 
             check_leader(lab, leader, "the sagas")
             rows += saga_rows(lab, leader, events, revisions)
         if "failover" in phases:
-            rows.append(region_failover(lab, leader, ttl, roles, procs))
-            rows.append(leader_failover(lab, leader, ttl, roles, procs))
+            rows.append(region_failover(lab, leader, ttl, roles, procs, args.failovers))
+            rows.append(leader_failover(lab, leader, ttl, roles, procs, 0))
+            if args.inflight:
+                roles.start_orchestrator()  # a standby for the next kill
+                rows.append(leader_failover(lab, leader, ttl, roles, procs, args.inflight))
         if "split-brain" in phases:
             rows.append(split_brain(lab, leader, args.contact_deadline, args.cuts, roles))
     return rows
 
 
-def region_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: list[Placed]) -> Row:
-    print(f"\nregional failover: SIGKILL the {KILL_REGION} worker while its step runs ...", flush=True)
-    sid = "failover-region"
-    sub = probe(lab, leader, "submit", "--id", sid, "--input", json.dumps({"hold": KILL_REGION}),
-                "--namespace", NAMESPACE, name="submit-region")
-    procs.append(sub)
-    victim = roles.workers[KILL_REGION]
-    victim.wait(lambda ev: ev.get("event") == "step_started" and ev["saga_id"] == sid, 60, "held step")
-    killed_at = time.time()
-    victim.kill()
-    moved = None
-    deadline = time.monotonic() + 10 * ttl + 30
-    while moved is None and time.monotonic() < deadline:
-        for w in roles.workers.values():
-            if w is not victim:
-                moved = next((ev for ev in w.events if ev.get("event") == "step_started" and ev["saga_id"] == sid
-                              and ev["step"] == 1), None) or moved
-        time.sleep(0.02)
-    if moved is None:
-        raise RuntimeError("the held step never ran elsewhere")
-    sub.finish(60)
-    done = sub.event("done", 1)
-    took = (moved["t"] - killed_at) * 1000
-    print(f"  the step ran again in {moved['region']} {took / 1000:.2f}s after the kill; saga {done['status']}, "
-          f"failovers {[(f.get('from'), f.get('to')) for f in done['failovers']]}")
-    return Row(f"regional failover ({KILL_REGION} -> {moved['region']})", SPEC["region failover"][0], samples=[took],
+def region_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: list[Placed], rounds: int) -> Row:
+    print(f"\nregional failover: SIGKILL the {KILL_REGION} worker while its step runs, {rounds} times ...", flush=True)
+    took: list[float] = []
+    to = set()
+    for i in range(rounds):
+        sid = f"failover-region-{i + 1}"
+        sub = probe(lab, leader, "submit", "--id", sid, "--input", json.dumps({"hold": KILL_REGION}),
+                    "--namespace", NAMESPACE, name=f"submit-region-{i + 1}")
+        procs.append(sub)
+        victim = roles.workers[KILL_REGION]
+        victim.wait(lambda ev, sid=sid: ev.get("event") == "step_started" and ev["saga_id"] == sid, 60, "held step")
+        killed_at = time.time()
+        victim.kill()
+        moved = None
+        deadline = time.monotonic() + 10 * ttl + 30
+        while moved is None and time.monotonic() < deadline:
+            for w in roles.workers.values():
+                if w is not victim:
+                    moved = next((ev for ev in w.events if ev.get("event") == "step_started" and ev["saga_id"] == sid
+                                  and ev["step"] == 1), None) or moved
+            time.sleep(0.02)  # ok: polls what the readers collect
+        if moved is None:
+            raise RuntimeError("the held step never ran elsewhere")
+        sub.finish(60)
+        done = sub.event("done", 1)
+        took.append((moved["t"] - killed_at) * 1000)
+        to.add(moved["region"])
+        print(f"  the step ran again in {moved['region']} {took[-1] / 1000:.2f}s after the kill; saga {done['status']}, "
+              f"failovers {[(f.get('from'), f.get('to')) for f in done['failovers']]}")
+        if i + 1 < rounds:  # the region back, and the leader routing to it again, before the next kill
+            back_at = time.time()
+            roles.start_worker(KILL_REGION)
+            roles.leader().wait(lambda ev, t=back_at: ev.get("event") == "regions" and KILL_REGION in ev["healthy"]
+                                and ev["_read"] >= t, 30, f"{KILL_REGION} healthy again")
+    return Row(f"regional failover ({KILL_REGION} -> {', '.join(sorted(to))})", SPEC["region failover"][0], samples=took,
                floor=ttl * 1000, target=f"<= TTL + 1 s = {ttl + 1} s", limit=(ttl + 1) * 1000, unit="s",
                note="kill -> the step's handler starts elsewhere")
 
 
-def leader_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: list[Placed]) -> Row:
-    print("\nleader failover: SIGKILL the orchestrator leader ...", flush=True)
+def leader_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: list[Placed], inflight: int) -> Row:
+    """SIGKILL the leader, idle (``inflight`` 0) or with that many sagas in flight."""
+    busy = f" with {inflight} sagas in flight" if inflight else ", idle"
+    print(f"\nleader failover{busy}: SIGKILL the orchestrator leader ...", flush=True)
+    load = None
+    if inflight:
+        load = probe(lab, leader, "load", "--inflight", str(inflight), "--namespace", NAMESPACE, name="load", stdin=True)
+        procs.append(load)
+        load.event("loaded", 60)
     old = roles.leader()
-    other = next(o for o in roles.orchs if o is not old)
     killed_at = time.time()
     old.kill()
-    sub = probe(lab, leader, "submit", "--id", "failover-leader", "--namespace", NAMESPACE, name="submit-leader")
+    sub = probe(lab, leader, "submit", "--id", f"failover-leader-{inflight}", "--namespace", NAMESPACE,
+                name=f"submit-leader-{inflight}")
     procs.append(sub)
-    led = other.wait(lambda ev: ev.get("event") == "leader" and ev["_read"] >= killed_at, 10 * ttl + 30, "leader event")
+    led = None
+    deadline = time.monotonic() + 10 * ttl + 60
+    while led is None and time.monotonic() < deadline:
+        for o in roles.orchs:
+            if o is not old:
+                led = next((ev for ev in o.events if ev.get("event") == "leader" and ev["_read"] >= killed_at), None) or led
+        time.sleep(0.02)  # ok: polls what the readers collect
+    if led is None:
+        raise RuntimeError("no other candidate led after the kill")
     sub.finish(120)
     done = sub.event("done", 1)
     took = (float(led["at"]) - killed_at) * 1000
-    print(f"  {other.name} led {took / 1000:.2f}s after the kill (term {led.get('term')}); "
-          f"a saga submitted at the kill finished {done['t'] - killed_at:.2f}s after it ({done['status']})")
-    return Row("leader failover (not in the spec)", "-", samples=[took], floor=ttl * 1000,
+    winner = next(o for o in roles.orchs if o.name == led.get("node"))
+    won = elected_at(winner, killed_at)
+    if won is not None:
+        print(f"  {winner.name} won the election {won - killed_at:.2f}s after the kill and resumed the unfinished "
+              f"sagas in {float(led['at']) - won:.2f}s before it said it leads")
+    extra = ""
+    if load is not None:
+        load.send("stop")
+        load.finish(120)
+        total = load.event("stopped", 1)
+        extra = f"; the load: {total['done']} sagas done, {total['failed']} not completed"
+    print(f"  {led.get('node')} led {took / 1000:.2f}s after the kill (term {led.get('term')}); "
+          f"a saga submitted at the kill finished {done['t'] - killed_at:.2f}s after it ({done['status']}){extra}")
+    return Row(f"leader failover{busy} (not in the spec)", "-", samples=[took], floor=ttl * 1000,
                target=f"<= TTL + 1 s = {ttl + 1} s", limit=(ttl + 1) * 1000, unit="s",
                note="kill -> the other candidate leads")
+
+
+def elected_at(orch: Placed, after: float) -> float | None:
+    """When ``orch`` logged that it won the election (``-v``: "orchestrator <id> leads"),
+    after wall-clock time ``after``."""
+    for line in orch.stderr_tail(1 << 20).splitlines():
+        if f"orchestrator {orch.name} leads" in line:
+            with contextlib.suppress(ValueError):
+                at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                if at >= after:
+                    return at
+    return None
 
 
 def split_brain(lab: RegionLab, leader: str, contact_s: float, cuts: int, roles: Roles) -> Row:
@@ -569,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sagas", type=int, default=20, help="sagas for the latency row, one at a time")
     parser.add_argument("--ttl", type=int, default=2, help="lease TTL of the roles (raised to etcd's minimum)")
     parser.add_argument("--leader", default="eu", help="move etcd's Raft leader to this region first ('any': leave it)")
+    parser.add_argument("--failovers", type=int, default=3, help="regional failovers (the region's worker restarted between)")
+    parser.add_argument("--inflight", type=int, default=20,
+                        help="sagas in flight for the second leader failover (0: only the idle one)")
     parser.add_argument("--contact-deadline", type=float, default=0.6, help="the orchestrators' contact deadline (s)")
     parser.add_argument("--cuts", type=int, default=3, help="cuts of the leader's region for split-brain detection")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="the lab's jitter on every one-way delay")

@@ -14,6 +14,9 @@
                                   with its latency and the times the record and the
                                   handlers stamped; then the store revisions they took
     submit  --id ID --input JSON  one saga, to the end; its outcome and the wall clock
+    load    --inflight K          K sagas in flight, each followed by the next, until a line
+                                  on stdin; then the last ones finish ("loaded" once K are
+                                  in flight, "stopped" with the counts)
 """
 
 from __future__ import annotations
@@ -137,6 +140,27 @@ async def submit(args: argparse.Namespace) -> None:
              submitted=t0, t=time.time())
 
 
+async def load(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    counts = {"done": 0, "failed": 0}
+
+    async def one_after_another(k: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            res = await sc.execute(wan, {"k": k}, saga_id=f"load-{k}-{i}", timeout_s=120, raise_on_failure=False)
+            counts["done" if res.ok else "failed"] += 1
+
+    async with client() as etcd, SagaClient(etcd, namespace=args.namespace) as sc:
+        tasks = [asyncio.ensure_future(one_after_another(k)) for k in range(args.inflight)]
+        await asyncio.sleep(2.0)  # ok: every loop has submitted its first saga
+        emit(event="loaded", inflight=args.inflight)
+        await asyncio.to_thread(sys.stdin.readline)
+        stop.set()
+        await asyncio.gather(*tasks)
+    emit(event="stopped", **counts)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -160,8 +184,12 @@ def main() -> int:
     p.add_argument("--id", required=True)
     p.add_argument("--input", default="{}")
     p.add_argument("--namespace", required=True)
+    p = sub.add_parser("load")
+    p.add_argument("--inflight", type=int, required=True)
+    p.add_argument("--namespace", required=True)
     args = parser.parse_args()
-    asyncio.run({"ops": ops, "watch": watch, "write": write, "sagas": sagas, "submit": submit}[args.what](args))
+    run = {"ops": ops, "watch": watch, "write": write, "sagas": sagas, "submit": submit, "load": load}[args.what]
+    asyncio.run(run(args))
     return 0
 
 
