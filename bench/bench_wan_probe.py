@@ -2,9 +2,9 @@
 (``RegionLab.popen``: inside the region's network namespace, its endpoints in
 ``WHIZORCH_ETCD_ENDPOINTS``, its own member first). One JSON object per line on stdout.
 
-    ops     --n N [--max-s S]     consensus round trip (propose_value), global ID
-                                  (GlobalIds.next), lock acquire and release (Lock), timed
-                                  in turn, N of each after a warm-up
+    ops     --n N [--max-s S]     a raw gRPC Put (the baseline), consensus round trip
+                                  (propose_value), global ID (GlobalIds.next), lock acquire
+                                  and release (Lock), timed in turn, N of each after a warm-up
     watch   --n N --prefix P      watch P from now; "ready" once the watch exists, then
                                   one line per event with the wall clock it arrived
     write   --n N --prefix P      N puts under P, spaced; each with its revision and the
@@ -30,7 +30,12 @@ import sys
 import time
 from typing import Any
 
+import grpc
+import grpc.aio
+
 from whizorch import EtcdClient, GlobalIds, Lock, Session, propose_value
+from whizorch.etcd._methods import METHODS
+from whizorch.etcd._proto import rpc_pb2
 from whizorch.saga import SagaClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,7 +62,16 @@ def client() -> EtcdClient:
 
 async def ops(args: argparse.Namespace) -> None:
     here = region()
-    ms: dict[str, list[float]] = {"propose": [], "id": [], "acquire": [], "release": [], "acquire+release": []}
+    ms: dict[str, list[float]] = {"raw": [], "propose": [], "id": [], "acquire": [], "release": [], "acquire+release": []}
+    at: dict[str, list[float]] = {name: [] for name in ms}  # each sample's start, wall clock
+    # the baseline: a raw grpc.aio Put to the region's own member, no whizorch code on the path
+    channel = grpc.aio.insecure_channel(endpoints()[0])
+    raw_put = channel.unary_unary(
+        METHODS["Put"].path,
+        request_serializer=rpc_pb2.PutRequest.SerializeToString,
+        response_deserializer=rpc_pb2.PutResponse.FromString,
+    )
+    raw_key = f"bench/raw/{here}".encode()
     async with client() as etcd, Session(etcd, ttl_s=30) as session:
         ids = GlobalIds(etcd, f"bench/ids/{here}")
         lock = Lock(session, f"bench/lock/{here}")  # one lock per region: uncontended
@@ -66,6 +80,9 @@ async def ops(args: argparse.Namespace) -> None:
         for i in range(args.warmup + args.n):
             if i >= args.warmup and time.monotonic() > stop_at:
                 break
+            wall = time.time()
+            tr = time.perf_counter()
+            await raw_put(rpc_pb2.PutRequest(key=raw_key, value=b"x"), timeout=10)
             t0 = time.perf_counter()
             await propose_value(etcd, key, str(i))
             t1 = time.perf_counter()
@@ -76,10 +93,13 @@ async def ops(args: argparse.Namespace) -> None:
             await lock.release()
             t4 = time.perf_counter()
             if i >= args.warmup:
-                for name, took in (("propose", t1 - t0), ("id", t2 - t1), ("acquire", t3 - t2),
-                                   ("release", t4 - t3), ("acquire+release", t4 - t2)):
+                for name, start, took in (("raw", tr, t0 - tr), ("propose", t0, t1 - t0), ("id", t1, t2 - t1),
+                                          ("acquire", t2, t3 - t2), ("release", t3, t4 - t3),
+                                          ("acquire+release", t2, t4 - t2)):
                     ms[name].append(took * 1000)
-    emit(event="ops", region=here, ms=ms)
+                    at[name].append(wall + start - tr)
+    await channel.close()
+    emit(event="ops", region=here, ms=ms, at=at)
 
 
 async def watch(args: argparse.Namespace) -> None:
