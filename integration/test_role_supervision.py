@@ -15,6 +15,7 @@ from _children import Child, children
 
 from whizorch import EtcdClient
 from whizorch.saga import Orchestrator, Router, SagaClient, Worker
+from whizorch.testing import eventually_async
 
 NS = "supervised"
 HERE = Path(__file__).resolve().parent
@@ -90,3 +91,50 @@ async def test_a_bug_in_a_worker_ends_its_process_with_the_message_and_the_step_
             await fault_apps.close_client()
         assert result.status == "completed"
         assert result.record.steps[0].run == 2  # the dead worker's claim went with its lease
+
+
+@pytest.mark.etcd34
+async def test_a_saga_waiting_for_a_region_is_picked_up_by_the_next_leader(
+    etcd_endpoints: list[str], prefix: str
+) -> None:
+    """Sagas whose first step waits for a region (no fit worker) when their leader
+    goes: the next leader re-arms each wait and, as its rebuilt view already has a fit
+    region for one of them, runs that step at once (no region change needs to come);
+    the other, which no region fits, ends by its no_region timeout instead of running
+    forever (found by the fault suite, seed 3)."""
+    from whizorch.saga import App, Saga, Settings
+
+    ns = f"{prefix}{NS}-wait"
+    moon, mars = Saga("moon"), Saga("mars")
+
+    @moon.step(compliance={"moon"})
+    async def on_moon(ctx: object, value: object) -> str:
+        return "ran"
+
+    @mars.step(compliance={"mars"})  # no worker will ever carry this tag
+    async def on_mars(ctx: object, value: object) -> str:
+        return "ran"
+
+    app = App([moon, mars])
+    settings = Settings(no_region_timeout_s=3.0)
+    async with EtcdClient(etcd_endpoints) as client, SagaClient(client, namespace=ns) as sagas:
+        async with Orchestrator(client, app, namespace=ns, lease_ttl_s=2, settings=settings) as first:
+            await first.wait_leader(10)
+            picked = await sagas.submit(moon, {}, saga_id="picked-up")
+            stranded = await sagas.submit(mars, {}, saga_id="never")
+
+            async def waiting() -> None:
+                for sid in ("picked-up", "never"):
+                    rec = await sagas.get(sid)
+                    assert rec is not None and rec.steps[0].waiting_region, rec
+
+            await eventually_async(waiting, timeout=10)
+        async with (
+            Worker(client, app, region="moon", namespace=ns, compliance={"moon"}, lease_ttl_s=2),
+            Orchestrator(client, app, namespace=ns, lease_ttl_s=2, settings=settings) as second,
+        ):
+            await second.wait_leader(10)
+            assert (await picked.result(timeout_s=20)).status == "completed"
+            result = await stranded.result(timeout_s=20, raise_on_failure=False)
+            assert result.status in ("failed", "compensated"), result.record
+            assert "no healthy region" in (result.record.error or "")

@@ -144,7 +144,9 @@ class StepContext:
     step_index: int
     """This step's position (0-based)."""
     attempt: int
-    """1 for the first run, 2 for the first retry ..."""
+    """1 for the first run, 2 for the first retry ... A leader change re-offers a
+    dispatched step under the same attempt, so two runs can share one: tell runs apart
+    by ``fence_token``."""
     region: str
     """The region running this attempt."""
     compensating: bool

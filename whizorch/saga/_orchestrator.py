@@ -446,14 +446,19 @@ class Orchestrator:
             await self._apply(entry, m.Cancel())
         rec = entry.record
         for index, st in enumerate(rec.steps):
+            if st.waiting_region:
+                # a wait for a region, in whatever state it began (a pending step's first
+                # dispatch, a retry, a compensation of a done step): its timer died with
+                # the last leader, so arm it again (the machine tells which run it guards)
+                waiting = m.RUN if st.state in ("pending", "dispatched") else m.COMPENSATE
+                at = (st.dispatched_at or now) + self.settings.no_region_timeout_s
+                self._arm(at, rec.id, m.Timer(index, waiting, st.run if waiting == m.RUN else st.comp_run, "no_region"))
+                continue
             kind = m.RUN if st.state == "dispatched" else m.COMPENSATE if st.state == "compensating" else None
             if kind is None:
                 continue
             run = st.run if kind == m.RUN else st.comp_run
-            if st.waiting_region:
-                at = (st.dispatched_at or now) + self.settings.no_region_timeout_s
-                self._arm(at, rec.id, m.Timer(index, kind, run, "no_region"))
-            elif st.retry_at is not None:
+            if st.retry_at is not None:
                 self._arm(st.retry_at, rec.id, m.Timer(index, kind, run, "retry"))
             else:
                 if (rec.id, index) not in claims:
@@ -467,7 +472,13 @@ class Orchestrator:
                 if timeout is not None:
                     at = (st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s
                     self._arm(at, rec.id, m.Timer(index, kind, run, "deadline"))
-        if any(s.state in ("dispatched", "compensating") and s.region and not self.router.healthy(s.region) for s in rec.steps):
+        # a step in a region that died while nobody led, or waiting for a region that the
+        # rebuilt view may already have: RegionsChanged is sent only when the healthy set
+        # changes, so without this the saga would wait for a change that never comes
+        if any(
+            s.waiting_region or (s.state in ("dispatched", "compensating") and s.region and not self.router.healthy(s.region))
+            for s in rec.steps
+        ):
             await self._apply(entry, m.RegionsChanged(frozenset(self.router.regions)))
 
     async def _touch(self, entry: LeaderSaga, index: int, kind: str, run: int) -> None:
