@@ -145,9 +145,9 @@ class ConsensusConfig:
     """etcd's ``--election-timeout`` (>= 5 heartbeats, <= 50000); only when whizorch
     starts a local etcd."""
     contact_deadline_s: float = 0.6
-    """Split-brain detection: an orchestrator leader with no quorum contact this long
-    pauses its writes (safe mode) until contact returns; 0 turns it off. Set it above
-    the round trip from the leader's region to etcd's leader plus a quorum round."""
+    """Split-brain detection: an orchestrator leader whose quorum probes have not
+    answered for this long pauses its writes (safe mode) until contact returns; 0
+    turns it off. Set it above the longest gap between answers you expect."""
 
     def __attrs_post_init__(self) -> None:
         ttl = whole("consensus.lease_ttl_s", self.lease_ttl_s, minimum=1, what="a whole number of seconds")
