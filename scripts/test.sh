@@ -43,14 +43,14 @@ step "oldest supported protobuf and grpcio"
 OLD="$VENV-oldest"
 PROTOBUF_MIN=$(sed -n "s/.*\"protobuf>=\([0-9.]*\),<8; python_version<'3.12'\".*/\1/p" pyproject.toml)
 GRPCIO_MIN=$(sed -n 's/.*"grpcio>=\([0-9.]*\)".*/\1/p' pyproject.toml)
-# the marker names the pins and the dependency list, so a changed pyproject reinstalls
-MARK="$OLD/.installed-$PROTOBUF_MIN-$GRPCIO_MIN-$(sha1sum pyproject.toml | cut -c1-12)"
+# the marker names the pins and the dependency lists, so a changed pyproject or install line reinstalls
+MARK="$OLD/.installed-$PROTOBUF_MIN-$GRPCIO_MIN-$(cat pyproject.toml scripts/test.sh | sha1sum | cut -c1-12)"
 if [ ! -f "$MARK" ]; then
   rm -rf "$OLD"
   "${PYTHON:-python3}" -m venv "$OLD"
   "$OLD/bin/python" -m pip install -q --upgrade pip
   "$OLD/bin/python" -m pip install -q "protobuf==$PROTOBUF_MIN" "grpcio==$GRPCIO_MIN.*" \
-      -e ".[embedded,testing]" pytest-timeout
+      -e ".[embedded,testing]" pytest-timeout hypothesis
   touch "$MARK"
 fi
 "$OLD/bin/python" -c 'import google.protobuf, grpc; print("protobuf", google.protobuf.__version__, "grpcio", grpc.__version__)'
