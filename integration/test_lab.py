@@ -366,7 +366,7 @@ def test_the_network_delays_keeps_order_under_jitter_and_holds_cut_bytes(tmp_pat
             sent = b"".join(f"{i:05d}\n".encode() for i in range(200))
             for i in range(0, len(sent), 6):  # one message per chunk, jitter on each
                 conn.sendall(sent[i : i + 6])
-                time.sleep(0.001)
+                time.sleep(0.001)  # ok: separate sends, so each chunk draws its own jitter
             assert _recv_exactly(conn, len(sent), 10) == sent
 
             net.request("links", links=[{**links[0], "up": False}])  # a -> b cut
