@@ -448,7 +448,7 @@ async def test_retention_removes_finished_sagas_but_keeps_failed_ones(engine: En
     assert done.status == "completed" and failed.status == "failed"
     assert {s.saga_id for s in await engine.sagas.list()} == {"done", "dead"}
     mine = [k for k in await engine.keys() if "/done" in k]
-    assert any("/run/done/" in k for k in mine) and any("/submit/done" in k for k in mine), mine
+    assert any("/run/eu/done/" in k for k in mine) and any("/submit/done" in k for k in mine), mine
 
     async def purged() -> None:
         left = [k for k in await engine.keys() if "/done" in k]

@@ -185,18 +185,41 @@ def test_bad_saga_id_keys_are_config_errors(key: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", [b"ns/run/s/\xfe/claim", b"ns/run/s/x/claim", b"ns/run/s/1", b"ns/run/s/\xc2\xb2/claim", b"ns/run/s/1/a/b"]
+    "key",
+    [
+        b"ns/run/eu/s/\xfe/run-1", b"ns/run/eu/s/x/run-1", b"ns/run/eu/s/1", b"ns/run/eu/s/\xc2\xb2/run-1",
+        b"ns/run/eu/s/1/a/b", b"ns/run/s/1/run-1", b"ns/run//s/1/run-1", b"ns/run/eu/s/1/claim",
+        b"ns/run/eu/s/1/run-x", b"ns/run/eu/s/1/undo-1", b"ns/run/eu/s s/1/run-1",
+    ],
 )
 def test_bad_run_keys_are_config_errors(key: bytes) -> None:
-    """run/<saga>/<step>/<tail> with a non-numeric step, a missing part or bad bytes."""
+    """run/<region>/<saga>/<step>/<kind>-<attempt> with a non-numeric step or attempt,
+    an unknown kind, a missing part or bad bytes."""
     with pytest.raises(ConfigError):
         K.run_key(key)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        b"ns/task/eu/xyz/s/1/run-1", b"ns/task/eu/ABC/s/1/run-1", b"ns/task/eu/abc/s/1", b"ns/task/eu/s/1/run-1",
+        b"ns/task/eu/abc/s/-1/run-1", b"ns/task//abc/s/1/run-1", b"ns/task/eu/abc/s/1/run-1/x",
+    ],
+)
+def test_bad_task_keys_are_config_errors(key: bytes) -> None:
+    """task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>, checked part by part."""
+    with pytest.raises(ConfigError):
+        K.task_key(key)
 
 
 def test_good_keys_parse() -> None:
     """The layout's own keys parse back to their parts."""
     assert K.saga_id(K.submit("order-42"), "submit") == "order-42"
-    assert K.run_key(K.result("s", 3, "run", 2)) == ("s", 3, "run-2")
+    assert K.run_key(K.result("eu", "s", 3, "run", 2)) == ("eu", "s", 3, "run", 2)
+    assert K.task_key(K.task("us", "1a2b", "s", 0, "compensate", 4)) == ("us", "1a2b", "s", 0, "compensate", 4)
+    assert K.worker_tasks("us", 0x1A2B) == b"ns/task/us/1a2b/" and K.task("us", "1a2b", "s", 0, "run", 1).startswith(
+        K.worker_tasks("us", 0x1A2B)
+    )
     assert K.region_of(K.region("eu", 0xABC)) == "eu"
 
 
@@ -234,9 +257,9 @@ def test_bad_tasks_are_config_errors() -> None:
 def test_newer_records_are_told_apart_from_broken_ones() -> None:
     """A higher schema version is NewerRecordError (left untouched by the leader)."""
     with pytest.raises(NewerRecordError):
-        SagaRecord.from_json(b'{"v": 2, "id": "x"}')
+        SagaRecord.from_json(b'{"v": 3, "id": "x"}')
     with pytest.raises(ConfigError) as info:
-        SagaRecord.from_json(b'{"v": 1, "id": "x"}')
+        SagaRecord.from_json(b'{"v": 2, "id": "x"}')
     assert not isinstance(info.value, NewerRecordError)
 
 

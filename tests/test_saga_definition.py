@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 import threading
 from typing import Any
@@ -422,12 +424,24 @@ def test_record_from_json_rejects_garbage(data: bytes) -> None:
 def test_record_wrong_version_says_so() -> None:
     """A record of a newer schema raises NewerRecordError naming both versions; an
     unknown older one a plain ConfigError naming the version it found."""
-    data = record().to_json().replace(b'"v":1', b'"v":2')
-    with pytest.raises(NewerRecordError, match="schema v2, newer than this whizorch's v1"):
+    data = record().to_json().replace(b'"v":2', b'"v":3')
+    with pytest.raises(NewerRecordError, match="schema v3, newer than this whizorch's v2"):
         SagaRecord.from_json(data)
     with pytest.raises(ConfigError, match="version 0") as info:
-        SagaRecord.from_json(record().to_json().replace(b'"v":1', b'"v":0'))
+        SagaRecord.from_json(record().to_json().replace(b'"v":2', b'"v":0'))
     assert not isinstance(info.value, NewerRecordError)
+
+
+def test_v1_record_reads_as_v2_with_no_worker() -> None:
+    """A record from before tasks went on workers' leases (v1: its steps name no
+    worker) reads as v2, each step's worker None: the leader places those runs anew."""
+    raw = json.loads(record().to_json())
+    raw["v"] = 1
+    for st in raw["steps"]:
+        del st["worker"]
+    rec = SagaRecord.from_json(json.dumps(raw).encode())
+    assert rec.v == 2 and all(st.worker is None for st in rec.steps)
+    assert json.loads(rec.to_json())["v"] == 2
 
 
 def test_history_is_bounded() -> None:
@@ -488,36 +502,39 @@ def test_task_and_result_payload_round_trip() -> None:
 
 
 def test_keys_layout_matches_the_documented_schema() -> None:
-    """Every key is <ns>/<kind>/... as docs/sagas.md draws it."""
+    """Every key is <ns>/<kind>/... as docs/design.md and docs/sagas.md draw it."""
     k = Keys("ns")
     assert k.leader == "ns/leader"
     assert k.submit("t-1") == b"ns/submit/t-1"
     assert k.saga("t-1") == b"ns/saga/t-1"
     assert k.cancel("t-1") == b"ns/cancel/t-1"
-    assert k.task("eu", "t-1", 2) == b"ns/task/eu/t-1/2"
-    assert k.claim("t-1", 2) == b"ns/run/t-1/2/claim"
-    assert k.result("t-1", 2, "compensate", 3) == b"ns/run/t-1/2/compensate-3"
+    assert k.task("eu", "abc", "t-1", 2, "run", 1) == b"ns/task/eu/abc/t-1/2/run-1"
+    assert k.result("eu", "t-1", 2, "compensate", 3) == b"ns/run/eu/t-1/2/compensate-3"
     assert k.region("eu", 0xABC) == b"ns/region/eu/abc"
     assert k.prefix("task") == b"ns/task/"
     assert Keys().saga("x") == b"whizorch/saga/x"
 
 
-def test_claims_and_results_share_one_prefix() -> None:
-    """A step's claim and results sit under results(saga) inside the run/ prefix (one watch sees both, in order)."""
+def test_each_regions_keys_share_its_prefixes() -> None:
+    """A region's tasks, results and registrations sit under prefixes of that region
+    alone (what an etcd role per region grants); one worker's tasks under its lease's."""
     k = Keys()
-    for key in (k.claim("t-1", 0), k.result("t-1", 0, "run", 1), k.result("t-1", 0, "compensate", 2)):
-        assert key.startswith(k.results("t-1")) and key.startswith(k.prefix("run"))
-    assert k.task("eu", "t-1", 0).startswith(k.region_tasks("eu"))
-    assert k.task("eu", "t-1", 0).startswith(k.prefix("task"))
-    assert not k.results("t-1").startswith(k.results("t-10")) and not k.results("t-10").startswith(k.results("t-1"))
+    for key in (k.task("eu", "abc", "t-1", 0, "run", 1), k.task("eu", "abd", "t-1", 0, "compensate", 2)):
+        assert key.startswith(k.region_tasks("eu")) and key.startswith(k.prefix("task"))
+    assert k.task("eu", "abc", "t-1", 0, "run", 1).startswith(k.worker_tasks("eu", 0xABC))
+    assert not k.task("eu", "abcd", "t-1", 0, "run", 1).startswith(k.worker_tasks("eu", 0xABC))
+    assert not k.task("eu-2", "abc", "t-1", 0, "run", 1).startswith(k.region_tasks("eu"))
+    for key in (k.result("eu", "t-1", 0, "run", 1), k.result("eu", "t-1", 3, "compensate", 2)):
+        assert key.startswith(k.results("eu", "t-1")) and key.startswith(k.region_results("eu"))
+    assert not k.results("eu", "t-1").startswith(k.results("eu", "t-10"))
+    assert not k.results("eu", "t-10").startswith(k.results("eu", "t-1"))
 
 
 def test_keys_split_and_region_of() -> None:
     """split() returns the parts after <ns>/<kind>/; region_of() reads a region key."""
     k = Keys()
-    assert k.split(k.claim("t-1", 3), "run") == ["t-1", "3", "claim"]
-    assert k.split(k.result("t-1", 3, "run", 2), "run") == ["t-1", "3", "run-2"]
-    assert k.split(k.task("eu", "t-1", 0), "task") == ["eu", "t-1", "0"]
+    assert k.split(k.result("eu", "t-1", 3, "run", 2), "run") == ["eu", "t-1", "3", "run-2"]
+    assert k.split(k.task("eu", "abc", "t-1", 0, "run", 1), "task") == ["eu", "abc", "t-1", "0", "run-1"]
     assert k.split(k.cancel("t-1"), "cancel") == ["t-1"]
     assert k.region_of(k.region("us-east", 77)) == "us-east"
 

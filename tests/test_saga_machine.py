@@ -128,7 +128,8 @@ class Harness:
     def result(self, i: int, ok: bool, attempt: int | None = None, *, kind: str = RUN, **kw: Any) -> Transition:
         st = self.rec.steps[i]
         a = attempt if attempt is not None else (st.run if kind == RUN else st.comp_run)
-        return self.apply(Result(i, kind, a, ok, KEYS.result(SID, i, kind, a).decode(), **kw))
+        where = kw.get("region") or st.region or "a"
+        return self.apply(Result(i, kind, a, ok, KEYS.result(where, SID, i, kind, a).decode(), **kw))
 
     def ok(self, i: int, attempt: int | None = None, *, kind: str = RUN, region: str = "") -> Transition:
         return self.result(i, True, attempt, kind=kind, region=region)
@@ -204,8 +205,8 @@ def test_record_holds_result_keys_not_outputs() -> None:
     h.ok(0)
     h.ok(1)
     assert [s.result for s in h.rec.steps] == [
-        "whizorch/run/t-1/0/run-1",
-        "whizorch/run/t-1/1/run-1",
+        "whizorch/run/a/t-1/0/run-1",
+        "whizorch/run/a/t-1/1/run-1",
     ]
     assert b"output" not in h.rec.to_json()
 
@@ -448,7 +449,7 @@ def test_late_success_of_superseded_attempt_is_accepted() -> None:
     h.apply(ClaimLost(0, RUN, 1))
     h.fire("retry")
     tr = h.ok(0, 1)
-    assert h.step(0).state == "done" and h.step(0).result == "whizorch/run/t-1/0/run-1"
+    assert h.step(0).state == "done" and h.step(0).result == "whizorch/run/a/t-1/0/run-1"
     assert tr.delete_tasks == [("a", 0)]  # the pending attempt-2 task goes
     assert tr.dispatch == [Dispatch(1, RUN, 1, "a")]
 

@@ -239,7 +239,7 @@ class SagaMachineModel(RuleBasedStateMachine):
     def _result(self, step: int, kind: str, attempt: int, region: str, outcome: str) -> Result:
         ok = outcome == "ok"
         return Result(
-            step, kind, attempt, ok, KEYS.result(SID, step, kind, attempt).decode(),
+            step, kind, attempt, ok, KEYS.result(region or "eu", SID, step, kind, attempt).decode(),
             error=None if ok else f"{outcome} failure", retryable=outcome == "retryable", region=region,
         )
 

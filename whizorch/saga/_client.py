@@ -297,12 +297,13 @@ class SagaClient:
 
     async def _result(self, rec: SagaRecord) -> SagaResult:
         outputs: dict[str, Any] = {}
-        if any(st.result for st in rec.steps):
-            res = await self.client.get(self.keys.results(rec.id), prefix=True)
-            by_key = {kv.key.decode(): kv.value for kv in res.kvs}
-            for st in rec.steps:
-                if st.result and st.result in by_key:
-                    outputs[st.name] = ResultPayload.from_json(by_key[st.result]).output
+        done = [st for st in rec.steps if st.result]
+        for i in range(0, len(done), 64):  # within etcd's ops-per-txn limit
+            chunk = done[i : i + 64]
+            res = await self.client.txn([], [Op.get(st.result.encode()) for st in chunk if st.result])
+            for st, got in zip(chunk, res.responses, strict=True):
+                if isinstance(got, RangeResult) and got.kvs:
+                    outputs[st.name] = ResultPayload.from_json(got.kvs[0].value).output
         return SagaResult(
             saga_id=rec.id, txid=rec.txid, saga=rec.saga, status=rec.status, outputs=outputs,
             regions=rec.regions, failovers=list(rec.failovers), error=rec.error, record=rec,

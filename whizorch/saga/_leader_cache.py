@@ -15,7 +15,7 @@ import attrs
 from whizorch.etcd import KeyValue, Op
 from whizorch.saga import _machine as m
 from whizorch.saga._definition import Saga
-from whizorch.saga._model import FAILED, SagaRecord, TaskPayload
+from whizorch.saga._model import FAILED, Keys, SagaRecord, TaskPayload
 
 __all__ = [
     "EVENT_NAMES",
@@ -24,6 +24,10 @@ __all__ = [
     "Item",
     "LeaderSaga",
     "LeadershipLost",
+    "ResultArrived",
+    "Task",
+    "TaskGone",
+    "active_tasks",
     "deletes",
     "describe",
     "failed_record",
@@ -49,6 +53,51 @@ class LeaderSaga:
     outputs: dict[str, Any] = attrs.Factory(dict)
     output_sizes: dict[str, int] = attrs.Factory(dict)
     lock: asyncio.Lock = attrs.Factory(asyncio.Lock)
+    tasks: dict[int, Task] = attrs.Factory(dict)
+    """The task of each step's active run as etcd has it (put by this leader, or found
+    by its rebuild): what the next commit diffs against."""
+
+
+@attrs.frozen
+class Task:
+    """One run's task: its key, and where it is (region, worker lease in hex)."""
+
+    key: bytes
+    region: str
+    lease: str
+    kind: str
+    attempt: int
+
+
+def active_tasks(keys: Keys, rec: SagaRecord) -> dict[int, Task]:
+    """The task each step's active run should have: a run dispatched or compensating,
+    not waiting out a retry delay or for a region, on the worker the record names.
+    A final saga has none (its tasks are withdrawn)."""
+    out: dict[int, Task] = {}
+    if rec.is_final:
+        return out
+    for index, st in enumerate(rec.steps):
+        if st.retry_at is not None or st.waiting_region or st.region is None or st.worker is None:
+            continue
+        if st.state == "dispatched":
+            kind, attempt = m.RUN, st.run
+        elif st.state == "compensating":
+            kind, attempt = m.COMPENSATE, st.comp_run
+        else:
+            continue
+        out[index] = Task(keys.task(st.region, st.worker, rec.id, index, kind, attempt), st.region, st.worker, kind, attempt)
+    return out
+
+
+@attrs.frozen
+class TaskGone:
+    """Internal mailbox item: the worker holding a step's task is gone (its lease
+    ended), or no worker could take it; ``lease`` "" when none was found."""
+
+    step: int
+    kind: str
+    attempt: int
+    lease: str
 
 
 @attrs.frozen
@@ -58,7 +107,16 @@ class Fail:
     reason: str
 
 
-Item = tuple["m.Event | Fail | None", "KeyValue | None"]
+@attrs.frozen
+class ResultArrived:
+    """Internal mailbox item: a result key the watch delivered, checked and applied
+    in the saga's order (after the write that dispatched its run)."""
+
+    result: m.Result
+    kv: KeyValue
+
+
+Item = tuple["m.Event | Fail | TaskGone | ResultArrived | None", "KeyValue | None"]
 
 
 def task_payload(entry: LeaderSaga, d: m.Dispatch) -> TaskPayload:
@@ -108,9 +166,13 @@ EVENT_NAMES: dict[type, str] = {
 }
 
 
-def describe(event: m.Event | Fail | None) -> str:
+def describe(event: m.Event | Fail | TaskGone | ResultArrived | None) -> str:
     if event is None:
         return "the submission"
+    if isinstance(event, ResultArrived):
+        event = event.result
+    if isinstance(event, TaskGone):
+        return f"the loss of step {event.step}'s worker"
     if isinstance(event, m.Result):
         return f"the {event.kind} result of step {event.step} (attempt {event.attempt})"
     return f"a {EVENT_NAMES.get(type(event), type(event).__name__)} event"

@@ -33,7 +33,10 @@ FAILED = "failed"
 STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+# v1 records (before tasks went on workers' leases) read as v2 with no worker: a
+# rebuild finds no task for their active runs and dispatches them again
+READABLE_VERSIONS = (1, 2)
 MAX_HISTORY = 200
 
 
@@ -82,23 +85,27 @@ class Keys:
     def cancel(self, saga_id: str) -> bytes:
         return f"{self.ns}/cancel/{saga_id}".encode()
 
-    def task(self, region: str, saga_id: str, step: int) -> bytes:
-        return f"{self.ns}/task/{region}/{saga_id}/{step}".encode()
+    def task(self, region: str, worker: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+        """A run put on the chosen worker's lease (``worker``: the lease in hex): the
+        task is the claim, and its create revision the run's fencing token."""
+        return f"{self.ns}/task/{region}/{worker}/{saga_id}/{step}/{kind}-{attempt}".encode()
 
     def region_tasks(self, region: str) -> bytes:
         return f"{self.ns}/task/{region}/".encode()
 
-    # claims and results of one step share the prefix run/<saga>/<step>/, so a single
-    # watch delivers a worker's "result put + claim delete" txn in order, together
-    def claim(self, saga_id: str, step: int) -> bytes:
-        return f"{self.ns}/run/{saga_id}/{step}/claim".encode()
+    def worker_tasks(self, region: str, lease: int) -> bytes:
+        """Prefix of the tasks put on one worker's lease (what that worker watches)."""
+        return f"{self.ns}/task/{region}/{lease:x}/".encode()
 
-    def result(self, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
-        return f"{self.ns}/run/{saga_id}/{step}/{kind}-{attempt}".encode()
+    def result(self, region: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+        return f"{self.ns}/run/{region}/{saga_id}/{step}/{kind}-{attempt}".encode()
 
-    def results(self, saga_id: str) -> bytes:
-        """Prefix of every claim and result of the saga."""
-        return f"{self.ns}/run/{saga_id}/".encode()
+    def results(self, region: str, saga_id: str) -> bytes:
+        """Prefix of every result the saga's runs in ``region`` recorded."""
+        return f"{self.ns}/run/{region}/{saga_id}/".encode()
+
+    def region_results(self, region: str) -> bytes:
+        return f"{self.ns}/run/{region}/".encode()
 
     def region(self, region: str, lease: int) -> bytes:
         return f"{self.ns}/region/{region}/{lease:x}".encode()
@@ -136,16 +143,40 @@ class Keys:
             raise ConfigError(f"{key!r} does not name a valid saga id", field="key", value=key)
         return parts[0]
 
-    def run_key(self, key: bytes) -> tuple[str, int, str]:
-        """(saga id, step index, tail) of a ``run/<saga>/<step>/<tail>`` key."""
+    def run_key(self, key: bytes) -> tuple[str, str, int, str, int]:
+        """(region, saga id, step index, kind, attempt) of a result key
+        ``run/<region>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "run")
-        if len(parts) != 3 or not _SAGA_ID.fullmatch(parts[0]) or not (parts[1].isascii() and parts[1].isdigit()):
-            raise ConfigError(f"{key!r} is not a run/<saga>/<step>/<claim|result> key", field="key", value=key)
-        return parts[0], int(parts[1]), parts[2]
+        if len(parts) != 4 or not parts[0]:
+            raise ConfigError(f"{key!r} is not a run/<region>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key)
+        region, sid, step, tag = parts
+        return (region, sid, *self._run_parts(key, sid, step, tag))
+
+    def task_key(self, key: bytes) -> tuple[str, str, str, int, str, int]:
+        """(region, worker lease hex, saga id, step index, kind, attempt) of a task key
+        ``task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>``."""
+        parts = self.split(key, "task")
+        if len(parts) != 5 or not parts[0] or not _HEX.fullmatch(parts[1]):
+            raise ConfigError(
+                f"{key!r} is not a task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key
+            )
+        region, worker, sid, step, tag = parts
+        return (region, worker, sid, *self._run_parts(key, sid, step, tag))
+
+    @staticmethod
+    def _run_parts(key: bytes, sid: str, step: str, tag: str) -> tuple[int, str, int]:
+        kind, _, attempt = tag.rpartition("-")
+        if (
+            not _SAGA_ID.fullmatch(sid) or not (step.isascii() and step.isdigit())
+            or kind not in ("run", "compensate") or not (attempt.isascii() and attempt.isdigit())
+        ):
+            raise ConfigError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
+        return int(step), kind, int(attempt)
 
 
 SAGA_ID = r"^[A-Za-z0-9_.:\-]{1,200}$"
 _SAGA_ID = re.compile(SAGA_ID)
+_HEX = re.compile(r"^[0-9a-f]{1,16}$")
 
 
 class NewerRecordError(ConfigError):
@@ -178,6 +209,8 @@ class StepState:
     dispatched_at: float | None = None
     retry_at: float | None = None
     waiting_region: bool = False
+    worker: str | None = None
+    """The lease (hex) of the worker the active run's task was put on (its claim)."""
 
 
 @attrs.define
@@ -247,8 +280,9 @@ class SagaRecord:
                 f"saga record has schema v{v}, newer than this whizorch's v{RECORD_VERSION}", field="saga record", value=v
             )
         try:
-            if raw.get("v") != RECORD_VERSION:
+            if raw.get("v") not in READABLE_VERSIONS:
                 raise ValueError(f"unknown record version {raw.get('v')!r}")
+            raw["v"] = RECORD_VERSION
             steps = [StepState(**s) for s in raw.pop("steps")]
             return cls(steps=steps, **raw)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -257,7 +291,8 @@ class SagaRecord:
 
 @attrs.frozen(kw_only=True)
 class TaskPayload:
-    """A dispatched step (key ``<ns>/task/<region>/<saga>/<step>``), read by workers."""
+    """A dispatched run (key ``<ns>/task/<region>/<lease>/<saga>/<step>/<kind>-<attempt>``),
+    read by the worker whose lease it is on."""
 
     saga_id: str
     saga: str
@@ -287,7 +322,7 @@ class TaskPayload:
 
 @attrs.frozen(kw_only=True)
 class ResultPayload:
-    """The outcome of one run (key ``<ns>/run/<saga>/<step>/<kind>-<attempt>``)."""
+    """The outcome of one run (key ``<ns>/run/<region>/<saga>/<step>/<kind>-<attempt>``)."""
 
     ok: bool
     output: Any = None
@@ -299,7 +334,7 @@ class ResultPayload:
     started: float = 0.0
     ended: float = 0.0
     fence: int = 0
-    """The run's fencing token (its claim's revision)."""
+    """The run's fencing token (its task's create revision)."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="step output", limit=limit)

@@ -34,7 +34,8 @@ from whizorch.errors import (
     OutcomeUnknownError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
+from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult, WatchEvent
+from whizorch.etcd._batch import BatchRefused, TxnBatcher
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
@@ -46,7 +47,10 @@ from whizorch.saga._leader_cache import (
     Item,
     LeaderSaga,
     LeadershipLost,
-    deletes,
+    ResultArrived,
+    Task,
+    TaskGone,
+    active_tasks,
     describe,
     failed_record,
     task_payload,
@@ -66,6 +70,7 @@ from whizorch.saga._model import (
     NewerRecordError,
     ResultPayload,
     SagaRecord,
+    StepState,
     decode_json,
     encode_json,
 )
@@ -158,6 +163,11 @@ class Orchestrator:
         self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
         self._quarantine = Quarantine(self.keys, self.node_id, self._emit)
         self._lost: asyncio.Event = asyncio.Event()
+        self._outstanding: dict[str, int] = {}
+        """Tasks this leader has on each worker (lease hex): how it spreads the load."""
+        self._dead_leases: set[str] = set()
+        """Workers whose registration (so lease) ended while this node leads."""
+        self._batcher: TxnBatcher | None = None
         self.is_leader = False
         """True while this node leads and its driver runs."""
         self.term = 0
@@ -284,6 +294,13 @@ class Orchestrator:
         self._lost = asyncio.Event()
         self._fatal = asyncio.get_running_loop().create_future()
         self._quarantine.reset()
+        self._outstanding.clear()
+        self._dead_leases.clear()
+        # the transitions of many sagas share one txn: each saga's own compares in a
+        # nested txn, the leader's fence once around them all
+        self._batcher = TxnBatcher(
+            self.client, outer_compare=lambda: [fence.compare()], outer_failure=lambda: [Op.get(fence.key)]
+        )
         log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
         everything: list[asyncio.Future[Any]] = []
         stop: list[asyncio.Future[Any]] = []
@@ -351,7 +368,7 @@ class Orchestrator:
         submits: dict[str, KeyValue] = {}
         records: dict[str, KeyValue] = {}
         results: dict[str, list[KeyValue]] = {}
-        claims: dict[tuple[str, int], KeyValue] = {}
+        tasks: dict[bytes, KeyValue] = {}
         cancels: set[str] = set()
         for kv in snap.kvs:
             kind = kv.key[len(ns) :].partition(b"/")[0]
@@ -364,11 +381,10 @@ class Orchestrator:
                 elif kind == b"saga":
                     records[self.keys.saga_id(kv.key, "saga")] = kv
                 elif kind == b"run":
-                    sid, step, tail = self.keys.run_key(kv.key)
-                    if tail == "claim":
-                        claims[(sid, step)] = kv
-                    else:
-                        results.setdefault(sid, []).append(kv)
+                    results.setdefault(self.keys.run_key(kv.key)[1], []).append(kv)
+                elif kind == b"task":
+                    self.keys.task_key(kv.key)
+                    tasks[kv.key] = kv
                 elif kind == b"cancel":
                     cancels.add(self.keys.saga_id(kv.key, "cancel"))
                 elif kind == b"region":
@@ -390,6 +406,10 @@ class Orchestrator:
                 await self._replace_undecodable(sid, kv, str(exc))
                 continue
             entry = LeaderSaga(rec, kv.mod_revision, self.app.get(rec.saga))
+            for index, task in active_tasks(self.keys, rec).items():
+                if tasks.pop(task.key, None) is not None:  # the rest: put again by the next commit
+                    entry.tasks[index] = task
+                    self._outstanding[task.lease] = self._outstanding.get(task.lease, 0) + 1
             if sub is not None:
                 with contextlib.suppress(ConfigError, AttributeError):
                     entry.input = decode_json(sub.value, what="submission").get("input")
@@ -401,11 +421,22 @@ class Orchestrator:
             if entry.definition is None:
                 await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
                 continue
-            await self._resume(entry, results.get(sid, []), claims, sid in cancels, now)
+            await self._resume(entry, results.get(sid, []), sid in cancels, now)
         for sid, kv in submits.items():
             if sid not in records:
                 await self._adopt(sid, kv)
+        if tasks:
+            # tasks no active run owns (a final saga's, a superseded run's, a saga gone):
+            # withdrawn, so no worker runs them
+            await self._withdraw(list(tasks))
         return snap.header.revision
+
+    async def _withdraw(self, keys: list[bytes]) -> None:
+        fence = self._fence
+        if fence is None:
+            raise LeadershipLost("not leading")
+        for i in range(0, len(keys), 100):
+            await self.client.txn([fence.compare()], [Op.delete(k) for k in keys[i : i + 100]], idempotent=True)
 
     @property
     def quarantined(self) -> dict[str, int]:
@@ -429,18 +460,15 @@ class Orchestrator:
 
         self._background.start(write, "quarantine-note")
 
-    async def _resume(
-        self, entry: LeaderSaga, results: list[KeyValue], claims: dict[tuple[str, int], KeyValue], cancelled: bool, now: float
-    ) -> None:
-        """Feed what happened while nobody led; re-arm timers; re-dispatch lost runs."""
-        rec = entry.record
+    async def _resume(self, entry: LeaderSaga, results: list[KeyValue], cancelled: bool, now: float) -> None:
+        """Feed what happened while nobody led; re-arm timers; put lost tasks again."""
         for rkv in sorted(results, key=lambda kv: kv.mod_revision):
             try:
                 ev = self._result_event(rkv)
             except ConfigError as exc:
                 self._poison("run", rkv, str(exc))
                 continue
-            await self._apply(entry, ev)
+            await self._result_arrived(entry, ResultArrived(ev, rkv))
         # each _apply replaced entry.record: look at the record as it is now
         if cancelled and not entry.record.cancel_requested:
             await self._apply(entry, m.Cancel())
@@ -460,18 +488,12 @@ class Orchestrator:
             run = st.run if kind == m.RUN else st.comp_run
             if st.retry_at is not None:
                 self._arm(st.retry_at, rec.id, m.Timer(index, kind, run, "retry"))
-            else:
-                if (rec.id, index) not in claims:
-                    # dispatched, unclaimed, no result: still queued, or claimed by a
-                    # worker that died while nobody led. Put the task again (same
-                    # attempt): workers offer it anew. Not a failure, so no retry is
-                    # spent on a leader change; the deadline below still guards it.
-                    await self._touch(entry, index, kind, run)
-                step = entry.definition.steps[index] if entry.definition else None
-                timeout = (step.timeout_s if kind == m.RUN else step.compensation_timeout_s) if step else None
-                if timeout is not None:
-                    at = (st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s
-                    self._arm(at, rec.id, m.Timer(index, kind, run, "deadline"))
+                continue
+            step = entry.definition.steps[index] if entry.definition else None
+            timeout = (step.timeout_s if kind == m.RUN else step.compensation_timeout_s) if step else None
+            if timeout is not None:
+                at = (st.dispatched_at or now) + timeout + self.settings.dispatch_grace_s
+                self._arm(at, rec.id, m.Timer(index, kind, run, "deadline"))
         # a step in a region that died while nobody led, or waiting for a region that the
         # rebuilt view may already have: RegionsChanged is sent only when the healthy set
         # changes, so without this the saga would wait for a change that never comes
@@ -480,36 +502,25 @@ class Orchestrator:
             for s in rec.steps
         ):
             await self._apply(entry, m.RegionsChanged(frozenset(self.router.regions)))
+        if set(active_tasks(self.keys, entry.record)) - set(entry.tasks) or self._unplaced(entry):
+            # an active run's task is gone (its worker died while nobody led): put it on a
+            # live worker of its region, same attempt (a new run by its fence token: no
+            # retry is spent on a leader change); the deadline above still guards it
+            await self._place(entry)
 
-    async def _touch(self, entry: LeaderSaga, index: int, kind: str, run: int) -> None:
-        """Put a dispatched task again, unchanged, so that workers offer it anew."""
-        await self._await_contact()
-        st = entry.record.steps[index]
-        fence = self._fence
-        if fence is None or st.region is None or entry.definition is None:
-            return
-        task = task_payload(entry, m.Dispatch(index, kind, run, st.region))
-        key = self.keys.task(st.region, entry.record.id, index)
-        await self.client.txn([fence.compare()], [Op.put(key, task.to_json())], idempotent=True)
+    def _unplaced(self, entry: LeaderSaga) -> bool:
+        """An active run the record puts on no worker (a v1 record, or none was free)."""
+        return any(
+            st.worker is None and st.region is not None and st.retry_at is None and not st.waiting_region
+            and st.state in ("dispatched", "compensating")
+            for st in entry.record.steps
+        ) and not entry.record.is_final
 
-    def _spawn_touch(self, saga_id: str, index: int, kind: str, run: int) -> None:
-        async def touch() -> None:
-            entry = self._sagas.get(saga_id)
-            if entry is None:
-                return
-            try:
-                async with entry.lock:
-                    st = entry.record.steps[index]
-                    current = st.run if kind == m.RUN else st.comp_run
-                    active = "dispatched" if kind == m.RUN else "compensating"
-                    if st.state == active and current == run and st.retry_at is None and not st.waiting_region:
-                        await self._touch(entry, index, kind, run)
-            except WhizorchError as exc:  # the step's deadline timer still guards it
-                log.warning("saga %s: could not re-offer step %d: %s", saga_id, index, exc)
-
-        task = asyncio.get_running_loop().create_task(touch())
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+    async def _place(self, entry: LeaderSaga) -> None:
+        """Commit the record unchanged but for the workers of runs whose task is gone."""
+        async with entry.lock:
+            rec = entry.record.clone()
+            await self._commit(entry, rec, m.Transition(changed=True))
 
     # -- watches -----------------------------------------------------------------------
 
@@ -521,7 +532,10 @@ class Orchestrator:
                 except ConfigError as exc:  # input that does not parse: quarantined, never fatal
                     self._poison(kind, ev.kv, str(exc))
 
-    def _spawn(self, saga_id: str, event: m.Event | Fail | None = None, *, submit: KeyValue | None = None) -> None:
+    def _spawn(
+        self, saga_id: str, event: m.Event | Fail | TaskGone | ResultArrived | None = None, *,
+        submit: KeyValue | None = None,
+    ) -> None:
         """Queue an event for a saga; its driver applies the saga's events one at a time,
         in order (an adoption is queued with ``submit``)."""
         box = self._mailboxes.get(saga_id)
@@ -570,8 +584,18 @@ class Orchestrator:
                 if not box and self._mailboxes.get(saga_id) is box:
                     del self._mailboxes[saga_id]
 
-    async def _handle(self, saga_id: str, event: m.Event | Fail | None, submit: KeyValue | None) -> None:
+    async def _handle(
+        self, saga_id: str, event: m.Event | Fail | TaskGone | ResultArrived | None, submit: KeyValue | None
+    ) -> None:
         entry = self._sagas.get(saga_id)
+        if isinstance(event, ResultArrived):
+            if entry is not None:
+                await self._result_arrived(entry, event)
+            return
+        if isinstance(event, TaskGone):
+            if entry is not None:
+                await self._task_gone(entry, event)
+            return
         if isinstance(event, Fail):
             if entry is None:
                 rec = failed_record(saga_id, "?", submit.create_revision if submit else 0, event.reason, time.time())
@@ -593,44 +617,47 @@ class Orchestrator:
                 self._spawn(sid, submit=ev.kv)
 
     def _on_run_event(self, ev: WatchEvent) -> None:
-        """Claims and results (one prefix, so one txn's events arrive in order)."""
-        sid, step, tail = self.keys.run_key(ev.kv.key)
-        if tail == "claim":
-            self._on_claim_event(ev, sid, step)
-        else:
-            self._on_result_event(ev, sid)
-
-    def _on_result_event(self, ev: WatchEvent, sid: str) -> None:
+        """A result (a worker's txn puts it and deletes the run's task)."""
         if ev.type is not EventType.PUT:
             return
-        entry = self._sagas.get(sid)
-        if entry is None:
-            return
-        result = self._result_event(ev.kv)  # a ConfigError here: quarantined by the watch
-        self._learn_output(entry, ev.kv)
-        self._spawn(sid, result)
+        sid = self.keys.run_key(ev.kv.key)[1]
+        if sid in self._sagas:
+            # a ConfigError here: quarantined by the watch
+            self._spawn(sid, ResultArrived(self._result_event(ev.kv), ev.kv))
 
-    def _on_claim_event(self, ev: WatchEvent, sid: str, step_index: int) -> None:
-        if ev.type is not EventType.DELETE or ev.prev_kv is None:
+    async def _result_arrived(self, entry: LeaderSaga, arrived: ResultArrived) -> None:
+        """Apply a result, in the saga's order: by now the write that sent its run out
+        is in the cache, so a result from a region the step was never sent to (which
+        only that region's workers can write, under etcd roles) is quarantined."""
+        ev, rec = arrived.result, entry.record
+        if 0 <= ev.step < len(rec.steps) and ev.region not in rec.steps[ev.step].regions and not rec.is_final:
+            self._poison("run", arrived.kv, f"a result from region {ev.region!r}, where step {ev.step} was never sent")
             return
-        try:
-            claim = decode_json(ev.prev_kv.value, what="claim")
-            attempt, kind = int(claim["attempt"]), str(claim["kind"])
-        except (ConfigError, KeyError, TypeError, ValueError):
-            return  # not a claim a worker of ours wrote: its step's deadline still guards it
-        entry = self._sagas.get(sid)
-        if entry is None:
+        self._learn_output(entry, arrived.kv)
+        await self._apply(entry, ev)
+
+    async def _task_gone(self, entry: LeaderSaga, gone: TaskGone) -> None:
+        """The worker holding a run's task is gone (or none took it): unless the run
+        recorded its result first, the machine hears of a lost worker (ClaimLost)."""
+        rec = entry.record
+        if rec.is_final or not 0 <= gone.step < len(rec.steps):
             return
-        if 0 <= step_index < len(entry.record.steps):
-            st = entry.record.steps[step_index]
-            current = st.run if kind == m.RUN else st.comp_run
-            if attempt < current:
-                # a superseded run let go of the step: a worker may have skipped the
-                # current run's task while this claim blocked it, so offer it again
-                self._spawn_touch(sid, step_index, kind, current)
-        # a result written with the claim's deletion arrives first (same txn): the
-        # machine then ignores this event, as the run is no longer current
-        self._spawn(sid, m.ClaimLost(step_index, kind, attempt))
+        st = rec.steps[gone.step]
+        current = st.run if gone.kind == m.RUN else st.comp_run
+        active = "dispatched" if gone.kind == m.RUN else "compensating"
+        if st.state != active or current != gone.attempt or not self._active(st) or (st.worker or "") != gone.lease:
+            return  # that run is over, or was placed again since
+        assert st.region is not None
+        # the run may have recorded its result just before its lease ended: the result
+        # watch may deliver it after the registration's deletion, so look
+        got = await self.client.get(self.keys.result(st.region, rec.id, gone.step, gone.kind, gone.attempt))
+        if got.kvs:
+            await self._result_arrived(entry, ResultArrived(self._result_event(got.kvs[0]), got.kvs[0]))
+            return
+        task = entry.tasks.pop(gone.step, None)
+        if task is not None:
+            self._outstanding[task.lease] = max(0, self._outstanding.get(task.lease, 0) - 1)
+        await self._apply(entry, m.ClaimLost(gone.step, gone.kind, gone.attempt))
 
     def _on_cancel_event(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT:
@@ -643,6 +670,14 @@ class Orchestrator:
         before = frozenset(self.router.regions)
         if ev.type is EventType.DELETE:
             self._workers.delete(region, ev.kv.key)
+            # its lease ended (or it was deleted): so did the tasks on that lease
+            lease = ev.kv.key.rpartition(b"/")[2].decode(errors="replace")
+            self._dead_leases.add(lease)
+            self._outstanding.pop(lease, None)
+            for sid, entry in self._sagas.items():
+                for index, task in entry.tasks.items():
+                    if task.lease == lease:
+                        self._spawn(sid, TaskGone(index, task.kind, task.attempt, lease))
         else:
             self._workers.put(region, ev.kv.key, ev.kv.value)
         self.router.update(self._workers.regions())
@@ -657,10 +692,10 @@ class Orchestrator:
     def _learn_output(self, entry: LeaderSaga, kv: KeyValue) -> None:
         try:
             payload = ResultPayload.from_json(kv.value)
-            _sid, index, tag = self.keys.run_key(kv.key)
+            _region, _sid, index, kind, _attempt = self.keys.run_key(kv.key)
         except ConfigError:
             return
-        if payload.ok and tag.startswith(m.RUN + "-") and entry.definition is not None:
+        if payload.ok and kind == m.RUN and entry.definition is not None:
             if 0 <= index < len(entry.definition.steps):
                 name = entry.definition.steps[index].name
                 entry.outputs[name] = payload.output
@@ -669,11 +704,8 @@ class Orchestrator:
     def _result_event(self, kv: KeyValue) -> m.Result:
         """The machine's event for a result key (ConfigError when it does not parse)."""
         payload = ResultPayload.from_json(kv.value)
-        _sid, step, tag = self.keys.run_key(kv.key)
-        kind, _, attempt = tag.rpartition("-")
-        if kind not in (m.RUN, m.COMPENSATE) or not (attempt.isascii() and attempt.isdigit()):
-            raise ConfigError(f"{kv.key!r} is not a <run|compensate>-<attempt> result key", field="key", value=kv.key)
-        return m.Result(step, kind, int(attempt), payload.ok, kv.key.decode(), payload.error, payload.retryable, payload.region)
+        region, _sid, step, kind, attempt = self.keys.run_key(kv.key)
+        return m.Result(step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region)
 
     # -- transitions ---------------------------------------------------------------------
 
@@ -794,49 +826,119 @@ class Orchestrator:
             entry.mod_revision = 0
 
     async def _commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition) -> None:
-        """One txn: fence + CAS on the record, the record, the task writes.
+        """One fenced write: CAS on the record, the record, its runs' tasks (put on the
+        chosen workers' leases; superseded ones deleted). Shared with other sagas'
+        writes in one txn by the batcher; each saga's compares decide only its own.
 
         On success the cache takes ``rec``; on failure it is left as it was.
         """
         await self._await_contact()
-        fence = self._fence
-        if fence is None or not self.is_leader_now():
+        fence, batcher = self._fence, self._batcher
+        if fence is None or batcher is None or not self.is_leader_now():
             raise LeadershipLost("not leading")
         key = self.keys.saga(rec.id)
         # every write carries the writer's term (not only the adopting leader's): etcd's
         # history of a record then shows which leadership made each write
         rec.leader_term = fence.token
-        ops = [Op.put(key, rec.to_json())]
-        deleted = set()
-        for region, step in tr.delete_tasks:
-            if (region, step) not in deleted:
-                deleted.add((region, step))
-                ops.append(Op.delete(self.keys.task(region, rec.id, step)))
-        for d in tr.dispatch:
-            tkey = self.keys.task(d.region, rec.id, d.step)
-            if (d.region, d.step) in deleted:
-                ops = [o for o in ops if not deletes(o, tkey)]
-            ops.append(Op.put(tkey, task_payload(entry, d).to_json()))
-        compares = [fence.compare(), Compare.mod_revision(key, "==", entry.mod_revision)]
-        try:
-            res = await self.client.txn(compares, ops, [Op.get(fence.key), Op.get(key)])
-        except OutcomeUnknownError as exc:
-            raise Conflict() from exc  # re-read decides
-        if not res.succeeded:
-            fence_now = res.responses[0]
-            owner = getattr(fence_now, "kvs", [])
-            if not owner or owner[0].create_revision != fence.token:
+        dispatched = {d.step: d for d in tr.dispatch}
+        for _ in range(4):
+            picked = self._place_runs(entry, rec, dispatched)
+            after = active_tasks(self.keys, rec)
+            compares = [Compare.mod_revision(key, "==", entry.mod_revision)]
+            ops = [Op.put(key, rec.to_json())]
+            checks: list[tuple[int, Task]] = []
+            for index, task in entry.tasks.items():
+                if after.get(index) != task:
+                    ops.append(Op.delete(task.key))
+            for index, task in after.items():
+                if entry.tasks.get(index) != task:
+                    d = dispatched.get(index) or m.Dispatch(index, task.kind, task.attempt, task.region)
+                    lease_id = int(task.lease, 16)
+                    ops.append(Op.put(task.key, task_payload(entry, d).to_json(), lease=lease_id))
+                    # the worker is alive (its registration is on the same lease): else
+                    # etcd would refuse the whole batch for a lease it does not know
+                    compares.append(Compare.create_revision(self.keys.region(task.region, lease_id), ">", 0))
+                    checks.append((index, task))
+            failure = [
+                Op.get(key, keys_only=True),
+                *(Op.get(self.keys.region(t.region, int(t.lease, 16)), keys_only=True) for _, t in checks),
+            ]
+            try:
+                res = await batcher.txn(compares, ops, failure)
+            except BatchRefused as exc:
+                self._unpick(picked)
                 self._lost.set()
-                raise LeadershipLost("the leader fence refused a write")
+                raise LeadershipLost("the leader fence refused a write") from exc
+            except OutcomeUnknownError as exc:
+                self._unpick(picked)
+                raise Conflict() from exc  # re-read decides
+            except BaseException:
+                self._unpick(picked)
+                raise
+            if res.succeeded:
+                break
+            self._unpick(picked)
+            current = res.responses[0]
+            now_rev = current.kvs[0].mod_revision if isinstance(current, RangeResult) and current.kvs else 0
+            gone = [(i, t) for (i, t), got in zip(checks, res.responses[1:], strict=True) if isinstance(got, RangeResult) and not got.kvs]
+            if now_rev != entry.mod_revision or not gone:
+                raise Conflict()
+            for index, t in gone:  # its lease ended before our write: place the run elsewhere
+                self._dead_leases.add(t.lease)
+                rec.steps[index].worker = None
+        else:
             raise Conflict()
+        for ended in (t.lease for i, t in entry.tasks.items() if after.get(i) != t):
+            self._outstanding[ended] = max(0, self._outstanding.get(ended, 0) - 1)
         entry.record = rec
+        entry.tasks = after
         entry.mod_revision = res.header.revision
         for at, timer in tr.timers:
             self._arm(at, rec.id, timer)
         for fo in tr.failovers:
             self._emit("failover", saga_id=rec.id, **fo)
+        for index, st in enumerate(rec.steps):
+            if (index not in after and self._active(st) and not rec.is_final) or (
+                index in after and after[index].lease in self._dead_leases
+            ):
+                # no live worker took the run (none left in its region, or it died
+                # as we wrote): the machine decides, as for any lost worker
+                kind = m.RUN if st.state == "dispatched" else m.COMPENSATE
+                self._spawn(rec.id, TaskGone(index, kind, st.run if kind == m.RUN else st.comp_run, st.worker or ""))
         if rec.is_final:
             self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+
+    @staticmethod
+    def _active(st: StepState) -> bool:
+        """A run is out (dispatched or compensating), not waiting out a delay or a region."""
+        return st.state in ("dispatched", "compensating") and st.retry_at is None and not st.waiting_region and st.region is not None
+
+    def _place_runs(self, entry: LeaderSaga, rec: SagaRecord, dispatched: Mapping[int, m.Dispatch]) -> list[str]:
+        """Choose the worker of each run that needs one: dispatched now, or active with
+        no live task (its worker died while nobody led, or as we wrote). The chosen are
+        counted as busier at once, so one batch spreads over the region's workers."""
+        picked: list[str] = []
+        if rec.is_final:
+            return picked
+        known = {t.key for t in entry.tasks.values()}
+        for index, st in enumerate(rec.steps):
+            if not self._active(st):
+                continue
+            assert st.region is not None
+            if index not in dispatched and st.worker is not None and st.worker not in self._dead_leases:
+                kind, attempt = (m.RUN, st.run) if st.state == "dispatched" else (m.COMPENSATE, st.comp_run)
+                if self.keys.task(st.region, st.worker, rec.id, index, kind, attempt) in known:
+                    continue
+            lease = self._workers.pick(st.region, self._outstanding, exclude=self._dead_leases)
+            st.worker = lease
+            if lease is not None:
+                self._outstanding[lease] = self._outstanding.get(lease, 0) + 1
+                picked.append(lease)
+        return picked
+
+    def _unpick(self, picked: list[str]) -> None:
+        for lease in picked:
+            self._outstanding[lease] = max(0, self._outstanding.get(lease, 0) - 1)
 
     async def _publish_latency(self) -> None:
         """Every few seconds, the measured and configured latencies from the home region
@@ -973,7 +1075,7 @@ class Orchestrator:
                 Op.delete(key),
                 Op.delete(self.keys.submit(sid)),
                 Op.delete(self.keys.cancel(sid)),
-                Op.delete(self.keys.results(sid), prefix=True),
+                *(Op.delete(self.keys.results(region, sid), prefix=True) for region in entry.record.regions),
             ],
             idempotent=True,
         )

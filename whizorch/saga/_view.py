@@ -37,14 +37,32 @@ class Workers:
         """A worker left (its lease ended or it deregistered)."""
         self._by_region.get(region, {}).pop(key, None)
 
+    def workers(self, region: str) -> dict[str, dict[str, Any]]:
+        """The region's live workers: lease (hex, the last part of the key) -> capabilities."""
+        return {key.rpartition(b"/")[2].decode(): caps for key, caps in self._by_region.get(region, {}).items()}
+
+    def pick(self, region: str, outstanding: dict[str, int], exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+        """The worker (lease hex) to put the region's next task on: the least loaded by
+        the tasks this leader has put on it per unit of its concurrency, draining
+        workers last; None when the region has no worker."""
+        best: tuple[bool, float, str] | None = None
+        for lease, caps in self.workers(region).items():
+            if lease in exclude:
+                continue
+            score = (bool(caps.get("draining")), outstanding.get(lease, 0) / max(1, int(caps.get("concurrency", 1))), lease)
+            if best is None or score < best:
+                best = score
+        return None if best is None else best[2]
+
     def regions(self) -> dict[str, RegionInfo]:
         """Each region with at least one worker: its compliance tags (every worker has
         them), lowest cost, capacity-weighted load and worker count."""
         view: dict[str, RegionInfo] = {}
         for region, workers in self._by_region.items():
-            if not workers:
+            # a draining worker takes no new task: a region of draining workers only is down
+            caps = [c for c in workers.values() if not c.get("draining")]
+            if not caps:
                 continue
-            caps = list(workers.values())
             tags = frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps))
             capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
             busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
@@ -66,6 +84,8 @@ def capabilities(value: bytes) -> dict[str, Any]:
     tags = caps.get("compliance", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ConfigError("worker capabilities: compliance must be a list of strings", field="compliance", value=tags)
+    if not isinstance(caps.get("draining", False), bool):
+        raise ConfigError("worker capabilities: draining must be true or false", field="draining", value=caps["draining"])
     for name, kinds in (("cost", (int, float)), ("load", (int, float)), ("concurrency", (int,))):
         v = caps.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, kinds) or not math.isfinite(v) or v < 0:

@@ -1,16 +1,17 @@
-"""Regional worker: claims its region's tasks on its lease and records results once.
+"""Regional worker: runs the tasks the leader puts on its lease, records results once.
 
 A worker registers ``<ns>/region/<region>/<lease hex>`` on its session's lease (its
-liveness, with its capabilities: compliance tags, cost, capacity and load), watches
-``<ns>/task/<region>/``, and for each task it has room for:
+liveness, with its capabilities: compliance tags, cost, capacity and load). The leader
+puts each task it gives this worker on that same lease, under
+``<ns>/task/<region>/<lease hex>/``: the task is the claim (no claim commit), and its
+create revision is the run's fencing token (``ctx.fence_token``). The worker watches
+that prefix, and for each task, under its concurrency limit:
 
-1. claims it: ``create_revision(claim) == 0 and mod_revision(task) == seen`` ->
-   put the claim on its lease (at most one live claim per step; the claim's revision
-   is the run's fencing token, ``ctx.fence_token``);
-2. runs the handler (``asyncio.timeout`` = the step's timeout; sync handlers in a
-   thread) under the concurrency limit;
-3. records the result at most once per run: ``create_revision(claim) == mine and
-   create_revision(result) == 0`` -> put the result, delete the claim.
+1. runs the handler (``asyncio.timeout`` = the step's timeout; sync handlers in a
+   thread);
+2. records the result at most once per run: ``create_revision(task) == token and
+   create_revision(result) == 0`` -> put the result, delete the task. Results of
+   runs that end together share one txn (each a nested txn with its own compares).
 
 Execution is not exclusive: a worker paused or cut off past its lease can still be
 running a handler when the step is dispatched again elsewhere. What is guaranteed is
@@ -19,10 +20,11 @@ never resumed after the worker knows its session is lost (see ``_fencing.py``);
 external effects are fenced with ``ctx.fence_token``.
 
 The worker supervises itself: etcd trouble or a lost session ends the current session
-(running handlers are cancelled) and it registers again on a new lease at once, the
-old lease revoked in the background. A bug ends the worker: ``join()`` and ``async
-with`` raise it. ``aclose()`` drains: no new claims, running handlers finish (up to
-``drain_timeout_s``).
+(running handlers are cancelled; the lease's tasks go with it and the leader hands
+them to other workers) and it registers again on a new lease at once, the old lease
+revoked in the background. A bug ends the worker: ``join()`` and ``async with`` raise
+it. ``aclose()`` drains: it marks its registration draining (the leader gives it no
+new task), runs what it was given, then leaves (up to ``drain_timeout_s``).
 """
 
 from __future__ import annotations
@@ -42,11 +44,11 @@ from whizorch.errors import (
     CompactedError,
     ConfigError,
     FencedError,
-    OutcomeUnknownError,
     RequestTooLargeError,
     WhizorchError,
 )
 from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
+from whizorch.etcd._batch import TxnBatcher
 from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
@@ -120,6 +122,10 @@ class Worker:
         self._crashed: asyncio.Future[None] | None = None
         self._background = BackgroundTasks(f"whizorch-worker-{region}")
         self._reported_load = -1.0
+        self._done: set[bytes] = set()
+        """Tasks this session has run (a re-read of the tasks does not run them again)."""
+        self._results = TxnBatcher(client, idempotent=True)
+        """Results of runs that end together go in one txn."""
         self.completed = 0
         """Runs this worker finished and recorded (for tests and metrics)."""
 
@@ -152,10 +158,14 @@ class Worker:
             return
         self._state = _State.CLOSED
         self._draining.set()
-        if drain and self._running:
-            _, pending = await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
+        if drain and self._task is not None and not self._task.done():
+            # it marks itself draining, runs what it was given, then leaves by itself
+            _, pending = await asyncio.wait({self._task}, timeout=self.drain_timeout_s)
             if pending:
-                log.warning("worker %s: %d handlers still running after the drain timeout; cancelling", self.worker_id, len(pending))
+                log.warning(
+                    "worker %s: %d handlers still running, %d tasks not started after the drain timeout; cancelling",
+                    self.worker_id, len(self._running), len(self._backlog),
+                )
         task, self._task = self._task, None
         await stop_role(task, self._background)
 
@@ -224,6 +234,7 @@ class Worker:
                 "cost": self.cost,
                 "concurrency": self.concurrency,
                 "load": self._reported_load,
+                "draining": self._draining.is_set(),
             },
             what="worker capabilities",
         )
@@ -231,7 +242,7 @@ class Worker:
     async def _serve(self, session: Session) -> None:
         assert self._crashed is not None
         lost = asyncio.ensure_future(session.wait_lost())
-        draining = asyncio.ensure_future(self._draining.wait())
+        draining = asyncio.ensure_future(self._drain(session))
         loads = asyncio.ensure_future(self._report_load(session))
         ends: set[asyncio.Future[Any]] = {lost, draining, loads, self._crashed}
         stop = asyncio.ensure_future(asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED))
@@ -246,6 +257,8 @@ class Worker:
                 self._crashed.result()  # a run's bug ends the worker
             if loads.done():
                 loads.result()
+            if draining.done() and not draining.cancelled() and draining.exception() is not None:
+                draining.result()
             if lost.done():
                 raise WhizorchError(f"worker session lost: {session.lost_reason}", lease=session.lease_id)
             # draining: keep running handlers, claim nothing new
@@ -257,20 +270,40 @@ class Worker:
                 await asyncio.wait(set(self._running.values()), timeout=self.drain_timeout_s)
 
     async def _watch_tasks(self, session: Session, stop: asyncio.Future[Any]) -> None:
-        """Read the region's tasks, then follow them until ``stop`` is done."""
-        prefix = self.keys.region_tasks(self.region)
+        """Read the tasks on this session's lease, then follow them until ``stop`` is done."""
+        prefix = self.keys.worker_tasks(self.region, session.lease_id)
         snapshot = await self.client.get(prefix, prefix=True)
         self._backlog.clear()
         for kv in snapshot.kvs:
-            self._offer(kv.key, kv.value, kv.mod_revision)
-        self._claim_backlog(session)
+            self._offer(kv.key, kv.value, kv.create_revision)
+        self._start_backlog(session)
         async with self.client.watch(prefix, prefix=True, start_revision=snapshot.header.revision + 1) as watch:
             while (ev := await watch.next_unless(stop)) is not None:
                 if ev.type is EventType.DELETE:
-                    self._backlog.pop(ev.kv.key, None)
+                    self._backlog.pop(ev.kv.key, None)  # withdrawn before it started
                 else:
-                    self._offer(ev.kv.key, ev.kv.value, ev.kv.mod_revision)
-                self._claim_backlog(session)
+                    self._offer(ev.kv.key, ev.kv.value, ev.kv.create_revision)
+                self._start_backlog(session)
+
+    async def _drain(self, session: Session) -> None:
+        """Once draining: say so in the registration (the leader stops giving this
+        worker tasks), run what it was given, then end the session's serving."""
+        await self._draining.wait()
+        try:
+            await self.client.put(
+                self.keys.region(self.region, session.lease_id), self._capabilities(), lease=session.lease_id,
+                idempotent=True, timeout_s=session.call_timeout_s(),
+            )
+        except WhizorchError as exc:
+            if not is_transient(exc):
+                raise
+            log.info("worker %s: could not mark itself draining: %s", self.worker_id, exc)
+        # a task the leader gave before it saw the mark may still be on its way
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 0.2:
+            await asyncio.sleep(0.05)  # ok: polling for the end of the drain
+            if self._running or self._backlog:
+                quiet_since = time.monotonic()
 
     async def _report_load(self, session: Session) -> None:
         """Publish the load when it moved, at most every half second (a failed report
@@ -289,26 +322,26 @@ class Worker:
                     self._reported_load = -1.0
                     log.info("worker %s: could not report its load: %s", self.worker_id, exc)
 
-    def _offer(self, key: bytes, value: bytes, mod_revision: int) -> None:
+    def _offer(self, key: bytes, value: bytes, token: int) -> None:
+        if key in self._done or key in self._running:
+            return
         try:
             task = TaskPayload.from_json(value)
         except ConfigError as exc:
             log.error("worker %s: undecodable task %r: %s", self.worker_id, key, exc)
             return
-        self._backlog[key] = (task, mod_revision)
+        self._backlog[key] = (task, token)
 
-    def _claim_backlog(self, session: Session) -> None:
-        """Start claiming backlog tasks while there is room (claims run concurrently)."""
-        if self._draining.is_set() or session.is_lost:
+    def _start_backlog(self, session: Session) -> None:
+        """Start the tasks given to this worker while there is room."""
+        if session.is_lost:
             return
         for key in list(self._backlog):
             if len(self._running) >= self.concurrency:
                 return
-            if key in self._running:
-                continue  # an older run of this step is still here; its end re-offers
-            task, mod_rev = self._backlog.pop(key)
+            task, token = self._backlog.pop(key)
             run = asyncio.get_running_loop().create_task(
-                self._claim_and_run(session, key, task, mod_rev), name=f"whizorch-step-{task.saga_id}-{task.step}"
+                self._run(session, key, task, token), name=f"whizorch-step-{task.saga_id}-{task.step}"
             )
             self._running[key] = run
             run.add_done_callback(self._check_run)
@@ -324,41 +357,6 @@ class Worker:
             assert exc is not None
             self._crashed.set_exception(exc)
 
-    async def _claim(
-        self, session: Session, key: bytes, mod_rev: int, claim_key: bytes, claim: bytes, result_key: bytes
-    ) -> int | None:
-        """Claim a task on my lease; the claim's create revision, or None if not mine.
-
-        Raises WhizorchError when etcd could not tell (the claim did not land): the
-        task is still free, and the caller tries again.
-        """
-        try:
-            res = await self.client.txn(
-                [
-                    Compare.create_revision(claim_key, "==", 0),
-                    Compare.mod_revision(key, "==", mod_rev),
-                    # a run that already recorded its result is not run again
-                    Compare.create_revision(result_key, "==", 0),
-                ],
-                [Op.put(claim_key, claim, lease=session.lease_id)],
-                [Op.get(claim_key)],
-            )
-        except OutcomeUnknownError:
-            # did my claim land? it is mine if it sits on my lease
-            cur = await self.client.get(claim_key)
-            if cur.kvs and (cur.kvs[0].lease, cur.kvs[0].value) == (session.lease_id, claim):
-                return cur.kvs[0].create_revision
-            if not cur.kvs:
-                raise WhizorchError("the claim did not land", key=claim_key) from None
-            return None
-        if res.succeeded:
-            return res.header.revision
-        # an earlier try whose outcome was unknown may have landed after all: still mine
-        held = res.responses[0]
-        if isinstance(held, RangeResult) and held.kvs and (held.kvs[0].lease, held.kvs[0].value) == (session.lease_id, claim):
-            return held.kvs[0].create_revision
-        return None
-
     async def _cancel_running(self) -> None:
         running = list(self._running.values())
         for t in running:
@@ -370,56 +368,28 @@ class Worker:
 
     # -- one run ---------------------------------------------------------------------
 
-    async def _claim_and_run(self, session: Session, key: bytes, task: TaskPayload, mod_rev: int) -> None:
-        claim_key = self.keys.claim(task.saga_id, task.step)
-        claim = encode_json(
-            {"worker": self.worker_id, "attempt": task.attempt, "kind": task.kind, "region": self.region},
-            what="claim",
-        )
-        result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
-        claim_rev: int | None = None
-        delay = 0.05
-        while not session.is_lost and not self._draining.is_set():
-            try:
-                claim_rev = await self._claim(session, key, mod_rev, claim_key, claim, result_key)
-                break
-            except WhizorchError as exc:
-                if not is_transient(exc):
-                    raise
-                # etcd trouble (a member died, no leader yet): the task is still free and
-                # nothing else will offer it again, so dropping it would strand the step
-                # until its deadline; try again while the session lives
-                log.warning("worker %s: claim of %r failed: %s; retrying", self.worker_id, key, exc)
-                await asyncio.sleep(delay)  # ok: back off before claiming again
-                delay = min(delay * 2, 1.0)
-        if claim_rev is None:
-            # another worker has it, or the task changed (a newer event follows)
-            self._running.pop(key, None)
-            self._claim_backlog(session)
-            return
-        await self._run(session, key, task, claim_key, claim_rev)
-
-    async def _run(self, session: Session, key: bytes, task: TaskPayload, claim_key: bytes, claim_rev: int) -> None:
+    async def _run(self, session: Session, key: bytes, task: TaskPayload, token: int) -> None:
         started = time.time()
         try:
-            outcome = await self._execute(session, task, claim_key, claim_rev)
+            outcome = await self._execute(session, task, key, token)
             if outcome is None:
                 return  # stopped: the session is lost, so the claim may be gone
             result = ResultPayload(
                 ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
-                worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=claim_rev,
+                worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=token,
             )
             try:
                 data = result.to_json(self.max_payload_bytes)
             except ConfigError as exc:
-                data = self._failure_result(str(exc), started, claim_rev)
-            result_key = self.keys.result(task.saga_id, task.step, task.kind, task.attempt)
-            res = await self._record(session, claim_key, claim_rev, result_key, data, started)
+                data = self._failure_result(str(exc), started, token)
+            result_key = self.keys.result(self.region, task.saga_id, task.step, task.kind, task.attempt)
+            res = await self._record(session, key, token, result_key, data, started)
+            self._done.add(key)
             if res.succeeded:
                 self.completed += 1
             else:
                 log.warning(
-                    "worker %s: result of %s step %d (%s #%d) refused: claim lost or result exists",
+                    "worker %s: result of %s step %d (%s #%d) refused: task withdrawn or result exists",
                     self.worker_id, task.saga_id, task.step, task.kind, task.attempt,
                 )
         except asyncio.CancelledError:
@@ -427,12 +397,12 @@ class Worker:
         except WhizorchError as exc:
             if not is_transient(exc):
                 raise
-            # the claim expires with the lease; the leader re-dispatches
+            # the task goes with the lease; the leader hands the run to another worker
             log.warning("worker %s: could not record %s step %d: %s", self.worker_id, task.saga_id, task.step, exc)
         finally:
             self._running.pop(key, None)
             if self._session is session:
-                self._claim_backlog(session)
+                self._start_backlog(session)
 
     def _failure_result(self, error: str, started: float, fence: int) -> bytes:
         """A small, final failure result (the real one could not be recorded)."""
@@ -442,28 +412,27 @@ class Worker:
         ).to_json()
 
     async def _record(
-        self, session: Session, claim_key: bytes, claim_rev: int, result_key: bytes, data: bytes, started: float
+        self, session: Session, task_key: bytes, token: int, result_key: bytes, data: bytes, started: float
     ) -> Any:
-        """Put the result and drop the claim, in one txn guarded by the claim.
+        """Put the result and drop the task, in one txn guarded by the task.
 
         The txn is safe to repeat (a second try finds the result there and changes
         nothing), so etcd trouble is waited out while the session lives: given up, the
-        claim would stay on a live lease and strand the step until its deadline. A
+        task would stay on a live lease and strand the step until its deadline. A
         result etcd refuses for good (over its request limit) is replaced by a small
         failure that says so: the step fails clearly instead of hanging.
         """
         delay = 0.05
         while True:
             try:
-                return await self.client.txn(
-                    [Compare.create_revision(claim_key, "==", claim_rev), Compare.create_revision(result_key, "==", 0)],
-                    [Op.put(result_key, data), Op.delete(claim_key)],
-                    idempotent=True,
+                return await self._results.txn(
+                    [Compare.create_revision(task_key, "==", token), Compare.create_revision(result_key, "==", 0)],
+                    [Op.put(result_key, data), Op.delete(task_key)],
                 )
             except ConfigError as exc:
                 if b'"ok":false' in data[:12] or not isinstance(exc, RequestTooLargeError):
                     raise
-                data = self._failure_result(f"the step's result could not be recorded: {exc}", started, claim_rev)
+                data = self._failure_result(f"the step's result could not be recorded: {exc}", started, token)
                 continue
             except WhizorchError as exc:
                 if session.is_lost or not is_transient(exc):
@@ -473,7 +442,7 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _execute(
-        self, session: Session, task: TaskPayload, claim_key: bytes, claim_rev: int
+        self, session: Session, task: TaskPayload, task_key: bytes, token: int
     ) -> tuple[bool, Any, str | None, str | None, bool] | None:
         """(ok, output, error, error_type, retryable) of running the handler; None when
         the run was stopped because the session is lost (nothing is recorded then)."""
@@ -505,8 +474,8 @@ class Worker:
             outputs=outputs,
             worker=self.worker_id,
             trace=task.trace,
-            fence_token=claim_rev,
-            fence_key=claim_key,
+            fence_token=token,
+            fence_key=task_key,
             deadline=None if task.timeout_s is None else time.time() + task.timeout_s,
             claim_left=lambda: session.remaining_s,
         )
