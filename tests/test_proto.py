@@ -94,15 +94,22 @@ EXPECTED_METHODS = {
     "/etcdserverpb.Auth/AuthStatus": ("AuthStatusRequest", "AuthStatusResponse", UNARY),
     "/etcdserverpb.Auth/Authenticate": ("AuthenticateRequest", "AuthenticateResponse", UNARY),
     "/etcdserverpb.Auth/UserAdd": ("AuthUserAddRequest", "AuthUserAddResponse", UNARY),
+    "/etcdserverpb.Auth/UserGet": ("AuthUserGetRequest", "AuthUserGetResponse", UNARY),
     "/etcdserverpb.Auth/UserGrantRole": (
         "AuthUserGrantRoleRequest",
         "AuthUserGrantRoleResponse",
         UNARY,
     ),
     "/etcdserverpb.Auth/RoleAdd": ("AuthRoleAddRequest", "AuthRoleAddResponse", UNARY),
+    "/etcdserverpb.Auth/RoleGet": ("AuthRoleGetRequest", "AuthRoleGetResponse", UNARY),
     "/etcdserverpb.Auth/RoleGrantPermission": (
         "AuthRoleGrantPermissionRequest",
         "AuthRoleGrantPermissionResponse",
+        UNARY,
+    ),
+    "/etcdserverpb.Auth/RoleRevokePermission": (
+        "AuthRoleRevokePermissionRequest",
+        "AuthRoleRevokePermissionResponse",
         UNARY,
     ),
     "/v3electionpb.Election/Campaign": ("CampaignRequest", "CampaignResponse", UNARY),
@@ -397,6 +404,15 @@ def test_cluster_maintenance_auth_fields() -> None:
     assert _fields("whizorch.etcdserverpb.AuthRoleGrantPermissionRequest") == {
         "name": (1, STRING),
         "perm": (2, MSG),
+    }
+    assert _fields("whizorch.etcdserverpb.AuthRoleGetRequest") == {"role": (1, STRING)}
+    assert _fields("whizorch.etcdserverpb.AuthRoleGetResponse") == {"header": (1, MSG), "perm": (2, MSG)}
+    assert _fields("whizorch.etcdserverpb.AuthUserGetRequest") == {"name": (1, STRING)}
+    assert _fields("whizorch.etcdserverpb.AuthUserGetResponse") == {"header": (1, MSG), "roles": (2, STRING)}
+    assert _fields("whizorch.etcdserverpb.AuthRoleRevokePermissionRequest") == {
+        "role": (1, STRING),
+        "key": (2, BYTES),
+        "range_end": (3, BYTES),
     }
     assert _fields("whizorch.authpb.Permission") == {
         "permType": (1, ENUM),

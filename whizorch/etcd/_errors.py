@@ -30,6 +30,9 @@ from whizorch.errors import (
 
 __all__ = [
     "broken_call",
+    "is_already_exists",
+    "is_not_found",
+    "is_not_granted",
     "is_not_leader",
     "is_safe_to_retry",
     "is_token_expired",
@@ -154,6 +157,31 @@ def is_not_leader(err: BaseException) -> bool:
         and getattr(err, "code", None) == grpc.StatusCode.FAILED_PRECONDITION.name
         and "not leader" in err.message.lower()
     )
+
+
+def _precondition(err: BaseException, *phrases: str) -> bool:
+    if not isinstance(err, EtcdError) or getattr(err, "code", None) != grpc.StatusCode.FAILED_PRECONDITION.name:
+        return False
+    low = err.message.lower()
+    return any(p in low for p in phrases)
+
+
+def is_already_exists(err: BaseException) -> bool:
+    """True when an auth admin call found its user or role already there ("user name
+    already exists", "role name already exists"): what an idempotent re-run expects."""
+    return _precondition(err, "name already exists")
+
+
+def is_not_found(err: BaseException) -> bool:
+    """True when an auth admin call named a user or role etcd does not have ("user name
+    not found", "role name not found")."""
+    return _precondition(err, "name not found")
+
+
+def is_not_granted(err: BaseException) -> bool:
+    """True when a revoke named a permission the role does not have ("permission is
+    not granted to the role") or a role the user does not have."""
+    return _precondition(err, "not granted to the")
 
 
 def is_token_expired(err: BaseException) -> bool:

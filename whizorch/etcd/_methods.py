@@ -66,6 +66,19 @@ METHODS: dict[str, Method] = {
     "Alarm": _m("etcdserverpb.Maintenance", "Alarm", _R, "AlarmRequest", "AlarmResponse"),
     "MoveLeader": _m("etcdserverpb.Maintenance", "MoveLeader", _R, "MoveLeaderRequest", "MoveLeaderResponse"),
     "Authenticate": _m("etcdserverpb.Auth", "Authenticate", _R, "AuthenticateRequest", "AuthenticateResponse"),
+    "AuthEnable": _m("etcdserverpb.Auth", "AuthEnable", _R, "AuthEnableRequest", "AuthEnableResponse"),
+    "AuthStatus": _m("etcdserverpb.Auth", "AuthStatus", _R, "AuthStatusRequest", "AuthStatusResponse"),
+    "UserAdd": _m("etcdserverpb.Auth", "UserAdd", _R, "AuthUserAddRequest", "AuthUserAddResponse"),
+    "UserGet": _m("etcdserverpb.Auth", "UserGet", _R, "AuthUserGetRequest", "AuthUserGetResponse"),
+    "UserGrantRole": _m("etcdserverpb.Auth", "UserGrantRole", _R, "AuthUserGrantRoleRequest", "AuthUserGrantRoleResponse"),
+    "RoleAdd": _m("etcdserverpb.Auth", "RoleAdd", _R, "AuthRoleAddRequest", "AuthRoleAddResponse"),
+    "RoleGet": _m("etcdserverpb.Auth", "RoleGet", _R, "AuthRoleGetRequest", "AuthRoleGetResponse"),
+    "RoleGrantPermission": _m(
+        "etcdserverpb.Auth", "RoleGrantPermission", _R, "AuthRoleGrantPermissionRequest", "AuthRoleGrantPermissionResponse"
+    ),
+    "RoleRevokePermission": _m(
+        "etcdserverpb.Auth", "RoleRevokePermission", _R, "AuthRoleRevokePermissionRequest", "AuthRoleRevokePermissionResponse"
+    ),
     "Campaign": _m("v3electionpb.Election", "Campaign", v3election_pb2, "CampaignRequest", "CampaignResponse"),
     "Proclaim": _m("v3electionpb.Election", "Proclaim", v3election_pb2, "ProclaimRequest", "ProclaimResponse"),
     "Leader": _m("v3electionpb.Election", "Leader", v3election_pb2, "LeaderRequest", "LeaderResponse"),
