@@ -59,7 +59,7 @@ MEMBER_TIMEOUT_S = 2.0
 STATUS_READ = 2000
 """``status`` reads every saga record up to this many; beyond, it counts the statuses
 of this many (the first by id) and says so."""
-LIST_SCAN = 10_000
+LIST_SCAN = 5_000
 """``sagas list`` reads at most this many records and submissions per call by default
 (``--scan``), so a filter that matches little still answers at once, with a cursor."""
 
