@@ -138,7 +138,7 @@ async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deplo
     assert sum(r["tasks"] for r in regions.values()) == 1  # the held step's task
     assert doc["sagas"] == {
         "pending": 0, "in_flight": {"running": 1, "compensating": 0},
-        "final": {"completed": 2, "compensated": 1, "failed": 1}, "total": 5,
+        "final": {"completed": 2, "compensated": 1, "failed": 1}, "total": 5, "exact": True, "scanned": 5,
     }  # fmt: skip
     etcd = doc["etcd"]
     assert len(etcd["members"]) >= len(deployment.endpoints)  # 3 local members; 1 container
@@ -161,14 +161,15 @@ async def test_status_human_output_shows_leader_regions_and_members(deployment: 
     assert "leader" in out and "follower" in out
 
 
-async def test_sagas_list_json_newest_first_filtered_and_limited(deployment: Deployment) -> None:
-    """sagas list --json: every saga newest first; --status, --type and --limit filter."""
+async def test_sagas_list_json_in_id_order_filtered_and_paged(deployment: Deployment) -> None:
+    """sagas list --json: every saga in id order; --status and --type filter; --limit and
+    --after page through them, each page naming the next one's cursor."""
     doc = json.loads(await cli_ok(deployment, "sagas", "list", "--json"))
     rows = doc["sagas"]
-    assert sorted(r["id"] for r in rows) == ["comp", "dead", "held", "ok-1", "ok-2"]
-    assert [r["txid"] for r in rows] == sorted((r["txid"] for r in rows), reverse=True)
-    assert rows[0]["id"] == "held" and rows[0]["status"] == "running" and rows[0]["step"] == "b"
+    assert [r["id"] for r in rows] == ["comp", "dead", "held", "ok-1", "ok-2"]
+    assert (doc["matched"], doc["scanned"], doc["next"]) == (5, 5, None)
     by_id = {r["id"]: r for r in rows}
+    assert by_id["held"]["status"] == "running" and by_id["held"]["step"] == "b"
     assert by_id["comp"]["regions"] == ["eu"] and by_id["comp"]["duration_s"] > 0
     assert "compensation gave up for c" in by_id["dead"]["error"]
 
@@ -178,8 +179,24 @@ async def test_sagas_list_json_newest_first_filtered_and_limited(deployment: Dep
     assert sorted(await ids("--status", "completed")) == ["ok-1", "ok-2"]
     assert await ids("--status", "failed") == ["dead"]
     assert await ids("--type", "geo") == ["comp"]
-    limited = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--limit", "2"))
-    assert limited["matched"] == 5 and [r["id"] for r in limited["sagas"]] == [r["id"] for r in rows[:2]]
+    first = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--limit", "2"))
+    assert ([r["id"] for r in first["sagas"]], first["next"]) == (["comp", "dead"], "dead")
+    second = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--limit", "2", "--after", "dead"))
+    assert ([r["id"] for r in second["sagas"]], second["next"]) == (["held", "ok-1"], "ok-1")
+    last = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--limit", "2", "--after", "ok-1"))
+    assert ([r["id"] for r in last["sagas"]], last["next"]) == (["ok-2"], None)
+    completed = json.loads(await cli_ok(deployment, "sagas", "list", "--json", "--status", "completed", "--limit", "1"))
+    assert ([r["id"] for r in completed["sagas"]], completed["next"]) == (["ok-1"], "ok-1")
+    assert completed["scanned"] == 4  # comp, dead, held, then ok-1 matched
+
+
+async def test_sagas_list_refuses_a_bad_limit_or_cursor(deployment: Deployment) -> None:
+    """--limit 0 and an --after that is no saga id: exit 2 naming the option, no traceback."""
+    target = ("--etcd", ",".join(deployment.endpoints), "--namespace", deployment.ns)
+    code, out, err = await cli("sagas", "list", "--limit", "0", *target)
+    assert code == 2 and out == "" and "--limit" in err and "Traceback" not in err
+    code, out, err = await cli("sagas", "list", "--after", "no/such id", *target)
+    assert code == 2 and out == "" and "--after" in err and "not a saga id" in err and "Traceback" not in err
 
 
 async def test_sagas_list_table_shows_ids_and_statuses(deployment: Deployment) -> None:
@@ -187,6 +204,7 @@ async def test_sagas_list_table_shows_ids_and_statuses(deployment: Deployment) -
     out = await cli_ok(deployment, "sagas", "list", "--status", "compensated")
     assert "comp" in out and "compensated" in out and "geo" in out
     assert "ok-1" not in out
+    assert "1 shown, 5 scanned; end of the list" in out
 
 
 async def test_sagas_show_json_is_the_record_with_durations(deployment: Deployment) -> None:

@@ -155,8 +155,17 @@ def test_count_sagas_by_status() -> None:
     records[1].status = "compensating"
     assert count_sagas(records, pending=2) == {
         "pending": 2, "in_flight": {"running": 1, "compensating": 1},
-        "final": {"completed": 0, "compensated": 1, "failed": 0}, "total": 5,
+        "final": {"completed": 0, "compensated": 1, "failed": 0}, "total": 5, "exact": True, "scanned": 3,
     }  # fmt: skip
+
+
+def test_count_sagas_of_the_first_records_of_many_says_it_is_not_exact() -> None:
+    """Statuses of 3 records read out of 1000: counted as read, total from the count, exact False."""
+    records = [running(), running("r-2"), compensated_with_failover()]
+    counted = count_sagas(records, pending=4, total_records=1000)
+    assert (counted["in_flight"]["running"], counted["final"]["compensated"]) == (2, 1)
+    assert (counted["total"], counted["exact"], counted["scanned"]) == (1004, False, 3)
+    assert count_sagas(records, total_records=3)["exact"] is True
 
 
 def cluster() -> tuple[list[Member], Status]:
@@ -230,6 +239,16 @@ def test_list_rows_newest_first_filtered_with_pending() -> None:
     assert [r["id"] for r in list_rows(records, pending, now=T0, saga_type="trip")] == ["p", "new", "t-1"]
     out = text(render_list(rows))
     assert "t-1" in out and "compensated" in out and "eu us" in out and "step 'b' failed: boom" in out
+    by_id = list_rows(records, pending, now=T0, newest_first=False)
+    assert [r["id"] for r in by_id] == ["new", "old", "p", "t-1"]
+
+
+def test_list_footer_gives_the_scan_and_the_next_cursor() -> None:
+    """The page's last line: rows shown, records scanned, and --after CURSOR or the end."""
+    rows = list_rows([running("a-1", 10)], now=T0)
+    assert "next page: --after a-1" in text(render_list(rows, scanned=1234, next_after="a-1"))
+    assert "1,234 scanned" in text(render_list(rows, scanned=1234, next_after="a-1"))
+    assert "end of the list" in text(render_list(rows, scanned=1, next_after=None))
 
 
 # -- sagas show ----------------------------------------------------------------------------

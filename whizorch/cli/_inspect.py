@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -43,16 +44,24 @@ from whizorch.config import WhizorchConfig
 from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
 from whizorch.saga import SagaClient, SagaRecord
-from whizorch.saga._model import COMPENSATING, RUNNING, STATUSES, Keys, decode_json
+from whizorch.saga._listing import Listing, scan_sagas
+from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys, decode_json
 
 __all__ = ["render_list", "render_show", "render_status"]
 
 T = TypeVar("T")
+SAGA_ID_RE = re.compile(SAGA_ID)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_ENDPOINTS = "127.0.0.1:2379"
 MEMBER_TIMEOUT_S = 2.0
 """How long ``status`` waits for each member's own status."""
+STATUS_READ = 2000
+"""``status`` reads every saga record up to this many; beyond, it counts the statuses
+of this many (the first by id) and says so."""
+LIST_SCAN = 5_000
+"""``sagas list`` reads at most this many records and submissions per call by default
+(``--scan``), so a filter that matches little still answers at once, with a cursor."""
 
 STYLES = {
     "pending": "dim", RUNNING: "cyan", COMPENSATING: "yellow", "completed": "green", "compensated": "magenta",
@@ -182,14 +191,39 @@ async def _member_status(client: EtcdClient, member: Member) -> Status | str | N
         return " ".join(str(exc).split())
 
 
+async def _saga_counts(t: Target, rev: int) -> tuple[list[SagaRecord], int, int | None]:
+    """Records to count statuses of, the pending count, and the number of records when
+    the records read are only the first ``STATUS_READ`` of them.
+
+    Two count-only reads size the namespace. Up to ``STATUS_READ`` records and
+    submissions everything is read (exact counts, as before); beyond, the statuses of
+    the first ``STATUS_READ`` records by id are counted and pending is submissions less
+    records (exact while every record keeps its submission, as the leader does), so
+    ``status`` answers in the same time at 100 or 100,000 sagas.
+    """
+    c, k = t.client, t.keys
+    n_records, n_submits = await asyncio.gather(
+        c.get(k.prefix("saga"), prefix=True, revision=rev, count_only=True),
+        c.get(k.prefix("submit"), prefix=True, revision=rev, count_only=True),
+    )
+    if n_records.count <= STATUS_READ and n_submits.count <= STATUS_READ:
+        records, _ = await _records(t, rev)
+        return records, len(await _pending(t, rev, records)), None
+    first = await c.get(k.prefix("saga"), prefix=True, revision=rev, limit=STATUS_READ)
+    records = []
+    for kv in first.kvs:
+        with contextlib.suppress(ConfigError):
+            records.append(SagaRecord.from_json(kv.value))
+    return records, max(0, n_submits.count - n_records.count), n_records.count
+
+
 async def _status(t: Target) -> dict[str, Any]:
     c, k = t.client, t.keys
     leaders = await c.get(k.leader + "/", prefix=True)
     rev = leaders.header.revision
     regions = await c.get(k.prefix("region"), prefix=True, revision=rev)
     tasks = await c.get(k.prefix("task"), prefix=True, revision=rev, keys_only=True)
-    records, _ = await _records(t, rev)
-    pending = await _pending(t, rev, records)
+    records, pending, total_records = await _saga_counts(t, rev)
     members = await c.member_list()
     status = await c.status()
     own = await asyncio.gather(*(_member_status(c, m) for m in members))
@@ -199,7 +233,7 @@ async def _status(t: Target) -> dict[str, Any]:
         quarantined=quarantine_notes(notes.kvs),
         latency=latency_doc(latency.kvs[0].value if latency.kvs else None),
         namespace=k.ns, revision=rev, candidates=leaders.kvs, workers=workers_by_region(regions.kvs, k),
-        tasks=tasks_by_region(tasks.kvs, k), records=records, pending=len(pending),
+        tasks=tasks_by_region(tasks.kvs, k), records=records, pending=pending, total_records=total_records,
         cluster=summarize_cluster(members, status, {m.id: s for m, s in zip(members, own, strict=True) if s is not None}),
     )  # fmt: skip
 
@@ -223,7 +257,10 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
                   "compliance": [str] (tags every worker has), "cost": float | null,
                   "tasks": int (steps dispatched to the region)}],
      "sagas": {"pending": int, "in_flight": {"running": int, "compensating": int},
-               "final": {"completed": int, "compensated": int, "failed": int}, "total": int},
+               "final": {"completed": int, "compensated": int, "failed": int}, "total": int,
+               "exact": bool, "scanned": int}
+              (over 2,000 records, in_flight and final count the first "scanned" records
+              by id only, "exact" is false, and pending is submissions less records),
      "quarantined": [{"kind": str, "key": str, "reason": str, "revision": int, "at": float}]
                    (input the leader could not parse and skipped; oldest first),
      "latency": {"from": region | null, "at": float, "measured_ms": {region: ms},
@@ -247,31 +284,50 @@ def sagas() -> None:
 @target_options
 @click.option("--status", "status_", type=click.Choice(STATUSES), default=None, help="only sagas in this status")
 @click.option("--type", "saga_type", default=None, help="only sagas of this type")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True, help="at most N rows (0: all)")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="at most N rows per page")
+@click.option("--after", default=None, metavar="ID", help="start after this saga id (the cursor a page printed)")
+@click.option(
+    "--scan", type=click.IntRange(min=1), default=LIST_SCAN, show_default=True,
+    help="read at most N records per page while filtering",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="print one JSON document")
 def list_sagas(
-    target: WhizorchConfig, status_: str | None, saga_type: str | None, limit: int, as_json: bool
+    target: WhizorchConfig, status_: str | None, saga_type: str | None, limit: int, after: str | None, scan: int,
+    as_json: bool,
 ) -> None:
-    """Sagas, newest (highest txid) first; without --status, pending submissions too.
+    """One page of sagas in saga-id order; without --status, pending submissions too.
+
+    A page holds at most --limit sagas after --after (default: from the first id) and
+    ends with the cursor of the next page. With --status or --type, records are read
+    until --limit match, the end, or --scan records were read; the page says how many
+    it scanned. Only the records a page needs are read, however many are retained.
 
     \b
-    --json prints {"namespace": str, "revision": int, "matched": int (before --limit),
+    --json prints {"namespace": str, "revision": int, "matched": int (rows on this page),
+    "scanned": int (records and submissions read), "next": str | null (pass as --after;
+    null at the end),
     "sagas": [{"id": str, "type": str, "status": str, "txid": int, "step": str | null,
                "regions": [str], "failovers": int, "created": float | null,
                "finished": float | null, "age_s": float | null, "duration_s": float | null,
                "error": str | null}]}
     """
+    if after is not None and not SAGA_ID_RE.match(after):
+        raise click.BadParameter(f"{after!r} is not a saga id (use the cursor a page printed)", param_hint="--after")
 
-    async def body(t: Target) -> tuple[list[SagaRecord], list[Pending], int]:
-        records, rev = await _records(t)
-        pending = await _pending(t, rev, records) if status_ is None else []
-        return records, pending, rev
+    async def body(t: Target) -> Listing:
+        return await scan_sagas(
+            t.client, t.keys, limit=limit, after=after, status=status_, saga_type=saga_type, max_scan=scan
+        )
 
-    records, pending, rev = _run(target, body)
-    rows = list_rows(records, pending, now=time.time(), status=status_, saga_type=saga_type)
-    shown = rows[:limit] if limit else rows
-    doc = {"namespace": target.namespace, "revision": rev, "matched": len(rows), "sagas": shown}
-    _echo(doc, lambda: render_list(shown), as_json)
+    page = _run(target, body)
+    records = [e for e in page.entries if isinstance(e, SagaRecord)]
+    pending = [e for e in page.entries if not isinstance(e, SagaRecord)]
+    rows = list_rows(records, pending, now=time.time(), newest_first=False)
+    doc = {
+        "namespace": target.namespace, "revision": page.revision, "matched": len(rows), "scanned": page.scanned,
+        "next": page.next_after, "sagas": rows,
+    }  # fmt: skip
+    _echo(doc, lambda: render_list(rows, scanned=page.scanned, next_after=page.next_after), as_json)
 
 
 @sagas.command("show")
@@ -356,6 +412,11 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
     for name in counts:
         sagas.add_column(name)
     sagas.add_row(*(_t(n, STYLES.get(name, "") if n else "") for name, n in counts.items()))
+    if not s.get("exact", True):
+        sagas.caption = (
+            f"running to failed: the first {s['scanned']:,} records by id only; "
+            f"total and pending from counts ({s['total']:,} sagas)"
+        )
 
     e = doc["etcd"]
     etcd = Table(
@@ -395,8 +456,10 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
     return Group(*parts, etcd)
 
 
-def render_list(rows: Sequence[dict[str, Any]]) -> RenderableType:
-    """The ``sagas list`` table."""
+def render_list(
+    rows: Sequence[dict[str, Any]], *, scanned: int | None = None, next_after: str | None = None
+) -> RenderableType:
+    """The ``sagas list`` table, and a line with the scan and the next page's cursor."""
     table = Table()
     for col in ("id", "type", "status", "txid", "step", "regions", "failovers", "age", "duration", "error"):
         table.add_column(col, overflow="fold")
@@ -407,7 +470,14 @@ def render_list(rows: Sequence[dict[str, Any]]) -> RenderableType:
             _t(" ".join(r["regions"])), _t(r["failovers"]), _t(fmt_duration(r["age_s"])),
             _t(fmt_duration(r["duration_s"])), _t(error[:60] + ("..." if len(error) > 60 else "")),
         )
-    return table
+    if scanned is None:
+        return table
+    line = Text(f"{len(rows)} shown, {scanned:,} scanned; ")
+    if next_after is None:
+        line.append("end of the list")
+    else:
+        line.append(f"next page: --after {next_after}", style="bold")
+    return Group(table, line)
 
 
 def render_show(rec: SagaRecord, now: float) -> RenderableType:

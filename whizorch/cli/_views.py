@@ -11,10 +11,9 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from whizorch.errors import ConfigError
 from whizorch.etcd import KeyValue, Member, Status
+from whizorch.saga._listing import Submitted as Pending
 from whizorch.saga._model import (
     COMPENSATING,
     FINAL_STATUSES,
@@ -51,15 +50,6 @@ __all__ = [
 IN_FLIGHT = (RUNNING, COMPENSATING)
 FINAL = tuple(s for s in STATUSES if s in FINAL_STATUSES)
 
-
-@attrs.frozen(kw_only=True)
-class Pending:
-    """A submission no leader has adopted yet (no saga record)."""
-
-    saga_id: str
-    saga: str
-    txid: int
-    submitted: float | None = None
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -208,18 +198,27 @@ def summarize_regions(
     return out
 
 
-def count_sagas(records: Iterable[SagaRecord], pending: int = 0) -> dict[str, Any]:
-    """Sagas in flight by status, totals by final status, submissions not yet adopted."""
+def count_sagas(records: Iterable[SagaRecord], pending: int = 0, *, total_records: int | None = None) -> dict[str, Any]:
+    """Sagas in flight by status, totals by final status, submissions not yet adopted.
+
+    ``records`` may be the first of ``total_records`` (a bounded read of a large
+    namespace): then the statuses count those only, ``exact`` is False, ``scanned``
+    says how many were read, and ``total`` is ``total_records + pending``.
+    """
     in_flight = dict.fromkeys(IN_FLIGHT, 0)
     final = dict.fromkeys(FINAL, 0)
-    total = pending
+    scanned = 0
     for rec in records:
-        total += 1
+        scanned += 1
         if rec.status in in_flight:
             in_flight[rec.status] += 1
         elif rec.status in final:
             final[rec.status] += 1
-    return {"pending": pending, "in_flight": in_flight, "final": final, "total": total}
+    exact = total_records is None or total_records <= scanned
+    total = pending + (scanned if exact or total_records is None else total_records)
+    return {
+        "pending": pending, "in_flight": in_flight, "final": final, "total": total, "exact": exact, "scanned": scanned,
+    }  # fmt: skip
 
 
 def summarize_cluster(
@@ -270,15 +269,17 @@ def summarize_status(
     cluster: dict[str, Any],
     quarantined: Sequence[dict[str, Any]] = (),
     latency: dict[str, Any] | None = None,
+    total_records: int | None = None,
 ) -> dict[str, Any]:
-    """The ``whizorch status --json`` document (shape in the command's help)."""
+    """The ``whizorch status --json`` document (shape in the command's help);
+    ``total_records`` when ``records`` are only the first of them (see count_sagas)."""
     return {
         "namespace": namespace,
         "revision": revision,
         "leader": leader_summary(candidates),
         "candidates": len(candidates),
         "regions": summarize_regions(workers, tasks),
-        "sagas": count_sagas(records, pending),
+        "sagas": count_sagas(records, pending, total_records=total_records),
         "quarantined": list(quarantined),
         "latency": latency,
         "etcd": cluster,
@@ -313,14 +314,19 @@ def list_rows(
     now: float,
     status: str | None = None,
     saga_type: str | None = None,
+    newest_first: bool = True,
 ) -> list[dict[str, Any]]:
-    """Rows of ``whizorch sagas list``: filtered, newest (highest txid) first."""
+    """Rows of ``whizorch sagas list``: filtered, newest (highest txid) first, or in id
+    order (the order pages are read in) when not ``newest_first``."""
     rows = [_row(r, now) for r in records] + [_pending_row(p, now) for p in pending]
     rows = [
         r for r in rows
         if (status is None or r["status"] == status) and (saga_type is None or r["type"] == saga_type)
     ]  # fmt: skip
-    rows.sort(key=lambda r: r["txid"], reverse=True)
+    if newest_first:
+        rows.sort(key=lambda r: r["txid"], reverse=True)
+    else:
+        rows.sort(key=lambda r: r["id"])
     return rows
 
 

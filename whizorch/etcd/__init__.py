@@ -1,6 +1,6 @@
 """Layer 1: the thin asyncio etcd v3 adapter (grpc.aio). Knows nothing of sagas."""
 
-from whizorch.etcd._client import EtcdClient, LeaseInfo, Member, Status
+from whizorch.etcd._client import EtcdClient, LeaseInfo, Member, Page, Status
 from whizorch.etcd._config import AuthConfig, EtcdConfig, TLSConfig, parse_endpoints
 from whizorch.etcd._types import (
     Compare,
@@ -29,6 +29,7 @@ __all__ = [
     "LeaseInfo",
     "Member",
     "Op",
+    "Page",
     "PutResult",
     "RangeResult",
     "Status",

@@ -14,7 +14,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -39,6 +39,7 @@ from whizorch.etcd._types import (
     Compare,
     DeleteResult,
     KeyLike,
+    KeyValue,
     Op,
     PutResult,
     RangeResult,
@@ -47,15 +48,17 @@ from whizorch.etcd._types import (
     TxnResult,
     delete_request,
     delete_result,
+    prefix_end,
     put_request,
     put_result,
     range_request,
     range_result,
+    to_bytes,
     txn_request,
     txn_result,
 )
 
-__all__ = ["EtcdClient", "LeaseInfo", "Member", "Status"]
+__all__ = ["EtcdClient", "LeaseInfo", "Member", "Page", "Status"]
 
 log = logging.getLogger("whizorch.etcd")
 
@@ -82,6 +85,16 @@ class Member:
 
 
 @attrs.frozen
+class Page:
+    """One page of :meth:`EtcdClient.get_pages`: keys in key order, read at ``revision``
+    (the same for every page of one read); ``more`` when keys follow in the range."""
+
+    kvs: list[KeyValue]
+    revision: int
+    more: bool
+
+
+@attrs.frozen
 class Status:
     """A member's maintenance status."""
 
@@ -94,6 +107,9 @@ class Status:
     raft_term: int
     revision: int
     errors: tuple[str, ...]
+    db_size_in_use: int = 0
+    """Bytes of the backend file holding live data (etcd 3.4+); ``db_size`` less this
+    is free space a defragmentation would return to the filesystem."""
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -425,6 +441,47 @@ class EtcdClient:
         resp = await self._call(METHODS["Range"], req, write=False, timeout_s=timeout_s)
         return range_result(resp)
 
+    async def get_pages(
+        self,
+        key: KeyLike,
+        *,
+        prefix: bool = False,
+        range_end: bytes | None = None,
+        page_size: int = 1000,
+        revision: int = 0,
+        keys_only: bool = False,
+        timeout_s: float | None = None,
+    ) -> AsyncIterator[Page]:
+        """Read a prefix or range in pages of at most ``page_size`` keys, in key order,
+        every page at one revision: ``revision``, or (0) the first page's header revision.
+
+        Each page is one Range request starting just after the previous page's last key,
+        so no response holds more than ``page_size`` keys and writes made meanwhile are
+        never seen: the pages together are the range as it was at ``Page.revision``. If
+        that revision is compacted before the last page, iteration raises
+        :class:`~whizorch.errors.CompactedError`: read again from the start. A single
+        key (neither ``prefix`` nor ``range_end``) is one page.
+        """
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0:
+            raise ConfigError("page_size must be a positive int", field="page_size", value=page_size)
+        start = to_bytes(key, "key")
+        if prefix:
+            end = prefix_end(start) if start else b"\0"
+        else:
+            end = range_end or b""
+        at = revision
+        while True:
+            res = await self.get(
+                start or b"\0", range_end=end or None, revision=at, limit=page_size, keys_only=keys_only, timeout_s=timeout_s
+            )
+            if at == 0:
+                at = res.header.revision
+            more = res.more and bool(res.kvs)  # etcd reads one key past the limit to set ``more``
+            yield Page(res.kvs, at, more)
+            if not more:
+                return
+            start = res.kvs[-1].key + b"\0"  # the smallest key after the last one read
+
     async def put(
         self,
         key: KeyLike,
@@ -630,6 +687,7 @@ class EtcdClient:
             resp.raftTerm,
             resp.header.revision,
             tuple(getattr(resp, "errors", ())),
+            int(getattr(resp, "dbSizeInUse", 0)),
         )
 
     # -- Raft leadership -------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Layer 3: distributed sagas on the coordination primitives (see docs/sagas.md)."""
 
-from whizorch.saga._client import SagaClient, SagaHandle, SagaResult, SagaSummary
+from whizorch.saga._client import SagaClient, SagaHandle, SagaPage, SagaResult, SagaSummary
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext
 from whizorch.saga._fencing import fenced_txn
 from whizorch.saga._machine import Settings
@@ -22,6 +22,7 @@ __all__ = [
     "SagaClient",
     "SagaEvent",
     "SagaHandle",
+    "SagaPage",
     "SagaRecord",
     "SagaResult",
     "SagaSummary",

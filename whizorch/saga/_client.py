@@ -20,6 +20,7 @@ import attrs
 from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import Saga
+from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
     COMPLETED,
@@ -32,7 +33,7 @@ from whizorch.saga._model import (
     encode_json,
 )
 
-__all__ = ["SagaClient", "SagaHandle", "SagaResult", "SagaSummary"]
+__all__ = ["SagaClient", "SagaHandle", "SagaPage", "SagaResult", "SagaSummary"]
 
 _ID = re.compile(SAGA_ID)
 
@@ -75,6 +76,31 @@ class SagaSummary:
     failovers: int
     updated: float
     error: str | None
+
+
+@attrs.frozen(kw_only=True)
+class SagaPage:
+    """One page of ``SagaClient.list_page``: sagas in id order, and ``next_after``, the
+    cursor of the next page (None when this page reached the end)."""
+
+    sagas: list[SagaSummary]
+    next_after: str | None
+    scanned: int
+    """Records and submissions read to find these (more than ``len(sagas)`` when filtering)."""
+    revision: int
+    """The etcd revision the page was read at."""
+
+
+def _summary(entry: SagaRecord | Submitted) -> SagaSummary:
+    if isinstance(entry, Submitted):
+        return SagaSummary(
+            saga_id=entry.saga_id, saga=entry.saga, status="pending", txid=entry.txid, step=0, regions=[],
+            failovers=0, updated=0.0, error=None,
+        )  # fmt: skip
+    return SagaSummary(
+        saga_id=entry.id, saga=entry.saga, status=entry.status, txid=entry.txid, step=entry.step,
+        regions=entry.regions, failovers=len(entry.failovers), updated=entry.updated, error=entry.error,
+    )  # fmt: skip
 
 
 class SagaHandle:
@@ -309,8 +335,35 @@ class SagaClient:
             regions=rec.regions, failovers=list(rec.failovers), error=rec.error, record=rec,
         )
 
+    async def list_page(
+        self,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        status: str | None = None,
+        saga_type: str | None = None,
+        max_scan: int | None = None,
+    ) -> SagaPage:
+        """One page of sagas in saga-id order, after the id ``after`` (None: from the
+        first), filtered as :meth:`list` filters; at most ``limit`` of them.
+
+        Reads only what the page needs: with filters, records are read in chunks until
+        ``limit`` match, the end, or ``max_scan`` records and submissions were read
+        (None: no bound). Pass ``page.next_after`` as ``after`` for the next page; it is
+        None at the end. Every read of one page is at one revision.
+        """
+        listing = await scan_sagas(
+            self.client, self.keys, limit=limit, after=after, status=status, saga_type=saga_type, max_scan=max_scan
+        )
+        return SagaPage(
+            sagas=[_summary(e) for e in listing.entries], next_after=listing.next_after, scanned=listing.scanned,
+            revision=listing.revision,
+        )  # fmt: skip
+
     async def list(self, *, status: str | None = None, saga_type: str | None = None) -> list[SagaSummary]:
-        """Sagas by status and type; ``status="pending"`` lists submissions not yet adopted.
+        """Every saga by status and type, oldest (lowest txid) first; ``status="pending"``
+        lists submissions not yet adopted. This reads every record of the namespace: with
+        many retained sagas use :meth:`list_page`.
 
         ``status="failed"`` is the dead-letter view: sagas whose compensation gave up,
         kept (not purged by retention) until an operator deals with them.
