@@ -31,6 +31,7 @@ from whizorch.testing._backends import (
     docker_unavailable_reason,
     start_docker_etcd,
 )
+from whizorch.testing.pytest_plugin import EtcdSettings
 
 pytest_plugins = ["pytester"]
 
@@ -521,7 +522,35 @@ def test_docker_backend_skips_without_a_docker_engine(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess("--etcd-backend=docker", "-rs", "-p", "no:randomly")
     result.assert_outcomes(skipped=3)
     result.stdout.fnmatch_lines(["*no Docker engine answered at *"])
-    result.stdout.fnmatch_lines(["*etcd_cluster fixture kills, pauses or restarts*'docker'*"])
+
+
+@pytest.mark.docker
+def test_docker_session_removes_the_containers_it_left(
+    pytester: pytest.Pytester, etcd_settings: EtcdSettings
+) -> None:
+    """A container cluster a test never closes is removed when its pytest session ends
+    (no Ryuk: the plugin removes what carries its session's label)."""
+    image = etcd_settings.image
+    pytester.makepyfile(
+        f"""
+        from whizorch.testing._docker import SESSION_ID, DockerEtcdCluster
+
+        def test_leaks():
+            cluster = DockerEtcdCluster(1, image={image!r}).start()
+            print("SESSION", SESSION_ID, cluster.members[0].container_name)
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--etcd-backend=docker", "--etcd-docker-network=host", "-s", "-p", "no:randomly"
+    )
+    result.assert_outcomes(passed=1)
+    (line,) = [x for x in result.outlines if "SESSION " in x]
+    name = line.split("SESSION ")[1].split()[1]
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"name={name}", "--format", "{{.Names}}"],
+        capture_output=True, text=True, check=True,
+    )
+    assert listed.stdout.strip() == "", f"left behind: {listed.stdout}"
 
 
 def test_external_backend_uses_given_endpoints(

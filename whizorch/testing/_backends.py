@@ -28,6 +28,7 @@ __all__ = [
     "DockerEtcd",
     "EtcdService",
     "RemoteEtcd",
+    "docker_networks",
     "docker_unavailable_reason",
     "parse_endpoints",
     "start_docker_etcd",
@@ -193,6 +194,20 @@ def docker_unavailable_reason() -> str | None:
     return reason
 
 
+def docker_networks() -> list[str]:
+    """The names of the engine's networks (``bridge``, ``host``, ``none`` ... on a normal
+    Docker; no ``bridge`` on a ``dockerd --bridge=none``)."""
+    from testcontainers.core.docker_client import DockerClient
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        client = DockerClient(timeout=10).client
+        try:
+            return [str(network.name) for network in client.networks.list()]
+        finally:
+            client.close()
+
+
 def start_docker_etcd(
     image: str = DEFAULT_IMAGE,
     *,
@@ -201,7 +216,8 @@ def start_docker_etcd(
     timeout: float = 120.0,
     extra_args: Sequence[str] = (),
 ) -> DockerEtcd:
-    """Start a single-member etcd container and wait until it is healthy.
+    """Start a single-member etcd container, its ports published (the bridge network),
+    and wait until it is healthy.
 
     Raises `BackendUnavailableError` when testcontainers is missing or no Docker engine
     answers (the fixtures turn that into a skip), `ClusterUnhealthyError` when the

