@@ -8,8 +8,7 @@ records built by ``SagaRecord.to_json``, as the engine leaves them for the bench
   ``submit/<id>`` and one result per step;
 - an in-flight saga: its record (step 0 done, step 1 dispatched), ``submit/<id>``,
   step 0's result and step 1's task, put on a lease granted here as a live worker's
-  lease would be (layout v2; v1, main's engine before the key-schema change, has
-  ``task/<region>/<id>/<step>`` plus the worker's claim on its lease).
+  lease would be, beside that worker's registration in each region (key schema v2).
 
 Then prints, each next to its target: ``whizorch sagas list`` and ``whizorch status``
 (child process and in-process), etcd bytes per finished and per in-flight saga (the
@@ -53,21 +52,15 @@ OPS_PER_TXN = 125  # etcd's --max-txn-ops is 128
 KEYS = Keys(NS)
 
 
-# -- keys (layout v2 is docs/design.md "Key schema"; v1 is main's engine today) ---------
+# -- keys (docs/design.md "Key schema") ------------------------------------------------
 
 
-def result_key(layout: str, sid: str, step: int, region: str) -> bytes:
-    if layout == "v1":
-        return KEYS.result(sid, step, "run", 1)
-    # TODO(key schema v2): Keys.result(region, saga_id, step, kind, attempt) replaces this
-    return f"{NS}/run/{region}/{sid}/{step}/run-1".encode()
+def result_key(sid: str, step: int, region: str) -> bytes:
+    return KEYS.result(region, sid, step, "run", 1)
 
 
-def task_key(layout: str, sid: str, step: int, region: str, lease: int) -> bytes:
-    if layout == "v1":
-        return KEYS.task(region, sid, step)
-    # TODO(key schema v2): Keys.task(region, lease, saga_id, step, kind, attempt) replaces this
-    return f"{NS}/task/{region}/{lease:x}/{sid}/{step}/run-1".encode()
+def task_key(sid: str, step: int, region: str, lease: int) -> bytes:
+    return KEYS.task(region, f"{lease:x}", sid, step, "run", 1)
 
 
 # -- values, as the engine writes them ----------------------------------------------------
@@ -79,14 +72,14 @@ def _result(sid: str, step: int, region: str, at: float, fence: int) -> bytes:
     ).to_json()
 
 
-def _record(sid: str, txid: int, at: float, layout: str, done: int) -> bytes:
+def _record(sid: str, txid: int, at: float, done: int, lease: int = 0) -> bytes:
     """A record with ``done`` steps done; the next one dispatched, or completed if all are."""
     steps, history = [], [{"at": round(at, 4), "event": "adopted", "txid": txid}]
     t = at
     for i, (name, region) in enumerate(STEPS):
         if i < done:
             steps.append(StepState(
-                name=name, state="done", region=region, run=1, result=result_key(layout, sid, i, region).decode(),
+                name=name, state="done", region=region, run=1, result=result_key(sid, i, region).decode(),
                 started=t, ended=t + 0.003, regions=[region], dispatched_at=t,
             ))  # fmt: skip
             history += [
@@ -96,7 +89,7 @@ def _record(sid: str, txid: int, at: float, layout: str, done: int) -> bytes:
             t += 0.003
         elif i == done:
             steps.append(StepState(name=name, state="dispatched", region=region, run=1, started=t, regions=[region],
-                                   dispatched_at=t))  # fmt: skip
+                                   dispatched_at=t, worker=f"{lease:x}"))  # fmt: skip
             history.append({"at": round(t, 4), "event": "dispatched", "step": i, "region": region, "attempt": 1})
         else:
             steps.append(StepState(name=name))
@@ -113,36 +106,32 @@ def _submission(sid: str, at: float) -> bytes:
     return encode_json({"saga": SAGA, "input": {"order": sid}, "trace": {}, "submitted": at}, what="submission")
 
 
-def finished_ops(i: int, at: float, layout: str) -> list[Op]:
+def finished_ops(i: int, at: float) -> list[Op]:
     sid = f"{i:08x}-done"
-    ops = [Op.put(KEYS.saga(sid), _record(sid, 1000 + i, at, layout, done=3)), Op.put(KEYS.submit(sid), _submission(sid, at))]
+    ops = [Op.put(KEYS.saga(sid), _record(sid, 1000 + i, at, done=3)), Op.put(KEYS.submit(sid), _submission(sid, at))]
     for step, (_, region) in enumerate(STEPS):
-        ops.append(Op.put(result_key(layout, sid, step, region), _result(sid, step, region, at, 2000 + i)))
+        ops.append(Op.put(result_key(sid, step, region), _result(sid, step, region, at, 2000 + i)))
     return ops
 
 
-def inflight_ops(i: int, at: float, layout: str, lease: int) -> list[Op]:
+def inflight_ops(i: int, at: float, lease: int) -> list[Op]:
     sid = f"{i:08x}-live"
-    ops = [Op.put(KEYS.saga(sid), _record(sid, 500_000 + i, at, layout, done=1)), Op.put(KEYS.submit(sid), _submission(sid, at))]
-    ops.append(Op.put(result_key(layout, sid, 0, "eu"), _result(sid, 0, "eu", at, 3000 + i)))
+    ops = [
+        Op.put(KEYS.saga(sid), _record(sid, 500_000 + i, at, done=1, lease=lease)), Op.put(KEYS.submit(sid), _submission(sid, at))
+    ]
+    ops.append(Op.put(result_key(sid, 0, "eu"), _result(sid, 0, "eu", at, 3000 + i)))
     task = TaskPayload(
         saga_id=sid, saga=SAGA, txid=500_000 + i, step=1, step_name="charge", kind="run", attempt=1, region="us",
         input={"order": sid}, outputs={"reserve": None}, timeout_s=None,
     )  # fmt: skip
-    if layout == "v1":
-        ops.append(Op.put(task_key(layout, sid, 1, "us", lease), task.to_json()))
-        claim = encode_json({"worker": "us-0", "attempt": 1, "kind": "run", "region": "us"}, what="claim")
-        ops.append(Op.put(KEYS.claim(sid, 1), claim, lease=lease))
-    else:
-        ops.append(Op.put(task_key(layout, sid, 1, "us", lease), task.to_json(), lease=lease))
+    ops.append(Op.put(task_key(sid, 1, "us", lease), task.to_json(), lease=lease))
     return ops
 
 
-def live_keys(i: int, layout: str, lease: int) -> list[bytes]:
+def live_keys(i: int, lease: int) -> list[bytes]:
     """Every key ``inflight_ops(i, ...)`` writes."""
     sid = f"{i:08x}-live"
-    keys = [KEYS.saga(sid), KEYS.submit(sid), result_key(layout, sid, 0, "eu"), task_key(layout, sid, 1, "us", lease)]
-    return [*keys, KEYS.claim(sid, 1)] if layout == "v1" else keys
+    return [KEYS.saga(sid), KEYS.submit(sid), result_key(sid, 0, "eu"), task_key(sid, 1, "us", lease)]
 
 
 async def write_all(client: EtcdClient, ops: Iterator[list[Op]], concurrency: int = 16) -> int:
@@ -252,7 +241,7 @@ def row(what: str, value: str, target: str = "") -> None:
 
 async def run(args: argparse.Namespace) -> None:
     n_done, n_live = (10_000, 1_000) if args.quick else (args.finished, args.inflight)
-    print(f"bench_scale: {n_done:,} finished + {n_live:,} in-flight sagas, layout {args.layout}, "
+    print(f"bench_scale: {n_done:,} finished + {n_live:,} in-flight sagas, key schema v2, "
           f"{args.members} etcd member(s), {os.cpu_count()} CPUs", flush=True)  # fmt: skip
     async with LocalEtcdCluster(args.members, heartbeat_ms=100, election_ms=1000) as cluster:
         endpoints = list(cluster.endpoints)
@@ -261,7 +250,7 @@ async def run(args: argparse.Namespace) -> None:
             now = time.time() - 60.0  # finished a minute ago: inside the default retention (3600 s)
 
             t0 = time.perf_counter()
-            await write_all(client, (finished_ops(i, now, args.layout) for i in range(n_done)))
+            await write_all(client, (finished_ops(i, now) for i in range(n_done)))
             seed_done = time.perf_counter() - t0
             _, used1 = await in_use(client, endpoints)
 
@@ -271,8 +260,11 @@ async def run(args: argparse.Namespace) -> None:
 
 
             lease = (await client.lease_grant(3600)).id  # a live worker's lease, for the bench's length
+            caps = {"worker": "bench", "compliance": [], "cost": 0.0, "concurrency": 1000, "load": 0.0}
+            for region in ("eu", "us", "ap"):  # the worker's registrations: every region is healthy
+                await client.put(KEYS.region(region, lease), encode_json({**caps, "region": region}, what="caps"), lease=lease)
             t0 = time.perf_counter()
-            await write_all(client, (inflight_ops(i, now, args.layout, lease) for i in range(n_live)))
+            await write_all(client, (inflight_ops(i, now, lease) for i in range(n_live)))
             seed_live = time.perf_counter() - t0
             size2, used2 = await in_use(client, endpoints)
             row("per in-flight saga (record, submission, 1 result, 1 task)", f"{(used2 - used1) / n_live:,.0f} B")
@@ -307,13 +299,13 @@ async def run(args: argparse.Namespace) -> None:
             del res
 
             if not args.no_rebuild:
-                print(f"\nleader rebuild (Orchestrator start to is_leader; engine of this checkout, layout {args.layout})")
+                print("\nleader rebuild (Orchestrator start to is_leader; engine of this checkout)")
                 took, _, grown = await rebuild(client, trace=False, timeout_s=args.rebuild_timeout)
                 row(f"rebuild, {n_done:,} finished + {n_live:,} in flight", f"{took:.2f} s", "<= 5 s")
                 row("  RSS growth of this process while leading", f"{grown / 2**20:,.0f} MiB")
                 _, held_all, _ = await rebuild(client, trace=True, timeout_s=args.rebuild_timeout)
                 # the in-flight sagas removed again: what the leader holds for the finished alone
-                deletes = ([Op.delete(k) for k in live_keys(i, args.layout, lease)] for i in range(n_live))
+                deletes = ([Op.delete(k) for k in live_keys(i, lease)] for i in range(n_live))
                 await write_all(client, deletes)
                 _, held_done, _ = await rebuild(client, trace=True, timeout_s=args.rebuild_timeout)
                 row("leader memory per finished saga (tracemalloc)", f"{held_done / n_done:,.0f} B")
@@ -325,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finished", type=int, default=100_000)
     parser.add_argument("--inflight", type=int, default=10_000)
     parser.add_argument("--members", type=int, default=1, help="etcd members (default 1)")
-    parser.add_argument("--layout", choices=("v1", "v2"), default="v2", help="key layout of seeded results and tasks")
     parser.add_argument("--page-size", type=int, default=2000)
     parser.add_argument("--rebuild-timeout", type=float, default=300.0)
     parser.add_argument("--no-rebuild", action="store_true", help="skip the Orchestrator rebuilds")

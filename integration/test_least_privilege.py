@@ -260,11 +260,6 @@ async def _second(ctx: StepContext, value: Any) -> dict[str, Any]:
     return {"ran": "us"}
 
 
-# This test needs the v2 key layout of docs/design.md (tasks under task/<region>/ on the
-# worker's lease, results under run/<region>/): the engine rewrite. On the old layout a
-# worker's claims and results live under run/<saga id>/, outside its role, and the
-# saga cannot finish. Remove the xfail once the rewrite is on main.
-@pytest.mark.xfail(reason="needs the v2 key layout (engine rewrite)", strict=False)
 async def test_a_two_region_saga_completes_with_every_process_under_its_own_role(secured: Secured) -> None:
     """Orchestrator, a worker in eu, a worker in us and a SagaClient, each connected as
     its own least-privilege user, run a saga with one step in each region to completion."""

@@ -121,6 +121,13 @@ def test_the_current_key_layout_falls_inside_the_worker_role() -> None:
     assert allows(eu.permissions, keys.region_tasks("eu") + b"x", write=True)
     assert allows(eu.permissions, keys.region("eu", LEASE), write=True)
     assert not allows(eu.permissions, keys.region("us", LEASE), write=True)
+    # v2: the task on the worker's lease, its watch prefix, its result; never another region's
+    task = keys.task("eu", f"{LEASE:x}", "s1", 0, "run", 1)
+    assert allows(eu.permissions, task, write=True) and allows(eu.permissions, keys.worker_tasks("eu", LEASE), write=False)
+    assert allows(eu.permissions, keys.result("eu", "s1", 0, "run", 1), write=True)
+    assert allows(eu.permissions, keys.result("us", "s1", 0, "run", 1), write=False)  # outputs by reference
+    assert not allows(eu.permissions, keys.result("us", "s1", 0, "run", 1), write=True)
+    assert not allows(eu.permissions, keys.task("us", f"{LEASE:x}", "s1", 0, "run", 1), write=False)
     for key in (keys.saga("s1"), keys.submit("s1"), keys.cancel("s1"), keys.leader.encode() + b"/1"):
         assert not allows(eu.permissions, key, write=False)
 

@@ -621,9 +621,15 @@ class Orchestrator:
         if ev.type is not EventType.PUT:
             return
         sid = self.keys.run_key(ev.kv.key)[1]
-        if sid in self._sagas:
+        if self._known(sid):
             # a ConfigError here: quarantined by the watch
             self._spawn(sid, ResultArrived(self._result_event(ev.kv), ev.kv))
+
+    def _known(self, sid: str) -> bool:
+        """A saga this leader drives, or is adopting: its mailbox then holds the
+        adoption, and an event queued behind it is applied once the record exists (a
+        worker's result can arrive before the adoption's write is acknowledged)."""
+        return sid in self._sagas or sid in self._mailboxes
 
     async def _result_arrived(self, entry: LeaderSaga, arrived: ResultArrived) -> None:
         """Apply a result, in the saga's order: by now the write that sent its run out
@@ -662,7 +668,7 @@ class Orchestrator:
     def _on_cancel_event(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT:
             sid = self.keys.saga_id(ev.kv.key, "cancel")
-            if sid in self._sagas:
+            if self._known(sid):
                 self._spawn(sid, m.Cancel())
 
     def _on_region_event(self, ev: WatchEvent) -> None:

@@ -1,0 +1,203 @@
+"""The leader's batched writes against real etcd, in one process.
+
+The leader commits the transitions of many sagas in one txn (each saga's compares in
+a nested txn, its fence around them all). These tests step into that write path with
+a client whose ``txn`` does the real call and then misbehaves: another writer moves
+one saga's record inside a batch; a batch's answer comes late (a worker's result gets
+to the leader before the write that dispatched its run is acknowledged); the leader
+dies between a batch's commit and its acknowledgement. Every saga must still end
+completed with each step's handler run exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import saga_apps as apps
+
+from whizorch import EtcdClient
+from whizorch.etcd import TxnResult
+from whizorch.saga import Orchestrator, SagaClient, Worker
+
+TTL = 2
+NS_TAIL = "batches"
+
+
+class Hooked:
+    """An EtcdClient whose txn runs ``hook(call, compare, success, failure)`` around
+    the real call (``call()`` sends it)."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self.hook: Callable[..., Awaitable[TxnResult]] | None = None
+        real = client.txn
+
+        async def txn(compare: Any, success: Any = (), failure: Any = (), **kw: Any) -> TxnResult:
+            async def call() -> TxnResult:
+                return await real(compare, success, failure, **kw)
+
+            if self.hook is None:
+                return await call()
+            return await self.hook(call, compare, success, failure)
+
+        client.txn = txn  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def stack(etcd_endpoints: list[str]) -> AsyncIterator[tuple[Hooked, EtcdClient, contextlib.AsyncExitStack]]:
+    async with contextlib.AsyncExitStack() as st:
+        leader_client = await st.enter_async_context(EtcdClient(etcd_endpoints, timeout_s=3.0))
+        other = await st.enter_async_context(EtcdClient(etcd_endpoints, timeout_s=3.0))
+        yield Hooked(leader_client), other, st
+
+
+def runs(directory: Path) -> dict[tuple[str, str], int]:
+    """Handler starts per (saga, step)."""
+    out: dict[tuple[str, str], int] = {}
+    for r in apps.read_runs(directory):
+        if r["phase"] == "start" and r["kind"] == "run":
+            out[(r["saga_id"], r["step"])] = out.get((r["saga_id"], r["step"]), 0) + 1
+    return out
+
+
+async def roles(
+    st: contextlib.AsyncExitStack, leader_client: EtcdClient, other: EtcdClient, ns: str, *, workers: int = 2
+) -> Orchestrator:
+    orch = await st.enter_async_context(Orchestrator(leader_client, apps.app, namespace=ns, lease_ttl_s=TTL))
+    for _ in range(workers):
+        await st.enter_async_context(Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL))
+    await orch.wait_leader(10)
+    return orch
+
+
+async def run_all(sagas: SagaClient, ids: list[str], directory: Path) -> None:
+    results = await asyncio.gather(
+        *(sagas.execute(apps.trip, {"dir": str(directory)}, saga_id=sid, timeout_s=30) for sid in ids)
+    )
+    assert [r.status for r in results] == ["completed"] * len(ids)
+    assert runs(directory) == {(sid, step): 1 for sid in ids for step in "abcd"}
+    for r in results:
+        assert [(st.run, st.failures) for st in r.record.steps] == [(1, 0)] * 4
+
+
+def nested(success: Any) -> int:
+    """How many nested txns a txn carries (a leader batch: one per saga)."""
+    return sum(1 for op in success if op._pb.WhichOneof("request") == "request_txn")
+
+
+async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
+    """Inside the first batch of several sagas, another writer moves one saga's
+    record: that saga's nested compare fails and it is re-read and re-applied; the
+    others in the batch commit as they were. Every saga completes, each step once."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        orch = await roles(st, hooked.client, other, ns)
+        done: list[tuple[int, int]] = []  # (sagas in the batch, of which committed)
+
+        async def interfere(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            if not done and nested(success) >= 3:
+                victim = next(
+                    op._pb.request_txn.compare[0].key for op in success if op._pb.WhichOneof("request") == "request_txn"
+                )
+                cur = await other.get(victim)
+                if cur.kvs:  # an update (not a creation): touch the record under the leader
+                    await other.put(victim, cur.kvs[0].value)
+                    res = await call()
+                    done.append((nested(success), sum(r.succeeded for r in res.responses if isinstance(r, TxnResult))))
+                    return res
+            return await call()
+
+        hooked.hook = interfere
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            await run_all(sagas, [f"c{i}" for i in range(12)], tmp_path)
+        finally:
+            await sagas.aclose()
+        assert done, "no batch of 3+ saga updates happened"
+        n, committed = done[0]
+        assert committed == n - 1  # the one whose record moved; the rest committed with it
+        assert orch.is_leader
+
+
+async def test_results_before_the_adoption_is_acknowledged(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
+    """Every leader write's answer comes 0.3 s late: workers record results for runs
+    whose dispatch the leader has not seen acknowledged (the first even before the
+    saga's record is in its cache). Each result is applied, in order, once."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        await roles(st, hooked.client, other, ns)
+
+        async def late(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            res = await call()
+            if nested(success):
+                await asyncio.sleep(0.3)  # ok: the answer of a committed leader write arrives late
+            return res
+
+        hooked.hook = late
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            await run_all(sagas, ["late-1", "late-2", "late-3"], tmp_path)
+        finally:
+            await sagas.aclose()
+
+
+async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(
+    etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    """The leader's batch commits at etcd, then the leader dies before it hears so
+    (its answer never comes; its lease is revoked as if its process were killed).
+    The next leader rebuilds from etcd: the committed dispatches are not sent again,
+    every saga completes, each step's handler ran once."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        first = await roles(st, hooked.client, other, ns)
+        second = await st.enter_async_context(Orchestrator(other, apps.app, namespace=ns, lease_ttl_s=TTL))
+        killed = asyncio.Event()
+
+        async def die(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            res = await call()
+            if not killed.is_set() and nested(success) >= 2 and res.succeeded:
+                killed.set()
+                leader = await other.get(f"{ns}/leader/", prefix=True)
+                first_in = min(leader.kvs, key=lambda kv: kv.create_revision)
+                await other.lease_revoke(first_in.lease)  # the leader's lease ends with it
+                await asyncio.Event().wait()  # and it never hears back
+            return res
+
+        hooked.hook = die
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            await run_all(sagas, [f"k{i}" for i in range(10)], tmp_path)
+        finally:
+            await sagas.aclose()
+        assert killed.is_set(), "no batch of 2+ saga updates happened"
+        assert second.is_leader and not first.is_leader
+
+
+@pytest.mark.parametrize("count", [150])
+async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: str, tmp_path: Path, count: int) -> None:
+    """150 sagas at once: the leader's batches stay within etcd's --max-txn-ops
+    (a batch etcd refused would fail the test's sagas), and they do batch."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        orch = await roles(st, hooked.client, other, ns, workers=3)
+        widest: list[int] = [0]
+
+        async def count_ops(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            widest[0] = max(widest[0], nested(success))
+            return await call()
+
+        hooked.hook = count_ops
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            await run_all(sagas, [f"m{i}" for i in range(count)], tmp_path)
+        finally:
+            await sagas.aclose()
+        batcher = orch._batcher
+        assert batcher is not None and batcher.items > batcher.batches
+        assert 1 < widest[0] <= 64
