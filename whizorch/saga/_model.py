@@ -273,7 +273,11 @@ class SagaRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> SagaRecord:
-        raw = decode_json(data, what="saga record")
+        return cls.from_dict(decode_json(data, what="saga record"))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> SagaRecord:
+        """A record from its decoded JSON (which it takes over: do not reuse ``raw``)."""
         v = raw.get("v") if isinstance(raw, dict) else None
         if isinstance(v, int) and not isinstance(v, bool) and v > RECORD_VERSION:
             raise NewerRecordError(

@@ -65,7 +65,6 @@ from whizorch.saga._middleware import (
 )
 from whizorch.saga._model import (
     FAILED,
-    FINAL_STATUSES,
     Keys,
     NewerRecordError,
     ResultPayload,
@@ -75,6 +74,7 @@ from whizorch.saga._model import (
     encode_json,
 )
 from whizorch.saga._quarantine import Quarantine
+from whizorch.saga._rebuild import Finished, read_many, read_snapshot
 from whizorch.saga._router import Router
 from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
 from whizorch.saga._view import Timers, Workers
@@ -154,6 +154,9 @@ class Orchestrator:
         self._election: Election | None = None
         self._fence: Fence | None = None
         self._sagas: dict[str, LeaderSaga] = {}
+        """The sagas in flight (and those being adopted once written)."""
+        self._finished: dict[str, Finished] = {}
+        """Final sagas, until retention purges them."""
         self._workers = Workers()
         self._timers = Timers()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -289,6 +292,7 @@ class Orchestrator:
     async def _lead(self, session: Session, election: Election, fence: Fence) -> None:
         self._fence = fence
         self._sagas.clear()
+        self._finished.clear()
         self._workers.clear()
         self._timers.clear()
         self._lost = asyncio.Event()
@@ -360,43 +364,49 @@ class Orchestrator:
             self._drivers.clear()
             self._mailboxes.clear()
             self._sagas.clear()
+            self._finished.clear()
 
     async def _rebuild(self) -> int:
-        """Load everything under the namespace at one revision; resume every saga."""
-        snap = await self.client.get(self.keys.ns + "/", prefix=True)
-        ns = (self.keys.ns + "/").encode()
-        submits: dict[str, KeyValue] = {}
-        records: dict[str, KeyValue] = {}
-        results: dict[str, list[KeyValue]] = {}
-        tasks: dict[bytes, KeyValue] = {}
-        cancels: set[str] = set()
-        for kv in snap.kvs:
-            kind = kv.key[len(ns) :].partition(b"/")[0]
-            if kind == b"quarantine":
-                self._quarantine.learn(kv)
-                continue
+        """Load the namespace at one revision (``_rebuild.py``: what a leader needs, read
+        for size) and resume every saga in flight; return that revision."""
+        snap = await read_snapshot(self.client, self.keys)
+        rev = snap.revision
+        for kv in snap.quarantine:
+            self._quarantine.learn(kv)
+        for kv in snap.regions:
             try:
-                if kind == b"submit":
-                    submits[self.keys.saga_id(kv.key, "submit")] = kv
-                elif kind == b"saga":
-                    records[self.keys.saga_id(kv.key, "saga")] = kv
-                elif kind == b"run":
-                    results.setdefault(self.keys.run_key(kv.key)[1], []).append(kv)
-                elif kind == b"task":
-                    self.keys.task_key(kv.key)
-                    tasks[kv.key] = kv
-                elif kind == b"cancel":
-                    cancels.add(self.keys.saga_id(kv.key, "cancel"))
-                elif kind == b"region":
-                    self._workers.put(self.keys.region_of(kv.key), kv.key, kv.value)
+                self._workers.put(self.keys.region_of(kv.key), kv.key, kv.value)
             except ConfigError as exc:
-                self._poison(kind.decode(errors="replace"), kv, str(exc))
+                self._poison("region", kv, str(exc))
         self.router.update(self._workers.regions())
-        now = time.time()
-        for sid, kv in records.items():
-            sub = submits.get(sid)
+        tasks: dict[bytes, KeyValue] = {}
+        for kv in snap.tasks:
             try:
-                rec = SagaRecord.from_json(kv.value)
+                self.keys.task_key(kv.key)
+                tasks[kv.key] = kv
+            except ConfigError as exc:
+                self._poison("task", kv, str(exc))
+        recorded: set[str] = set()
+        for kv, done in snap.finished.values():
+            try:
+                sid = self.keys.saga_id(kv.key, "saga")
+            except ConfigError as exc:
+                self._poison("saga", kv, str(exc))
+                continue
+            recorded.add(sid)
+            self._finished[sid] = done
+        live: list[LeaderSaga] = []
+        for kv, raw in snap.live:
+            try:
+                sid = self.keys.saga_id(kv.key, "saga")
+            except ConfigError as exc:
+                self._poison("saga", kv, str(exc))
+                continue
+            recorded.add(sid)
+            try:
+                if raw is None:
+                    SagaRecord.from_json(kv.value)  # raises, naming what is wrong
+                rec = SagaRecord.from_dict(raw)
             except NewerRecordError as exc:
                 # a newer whizorch's record: not ours to drive or to overwrite
                 self._poison("saga", kv, f"{exc}; left untouched")
@@ -410,26 +420,59 @@ class Orchestrator:
                 if tasks.pop(task.key, None) is not None:  # the rest: put again by the next commit
                     entry.tasks[index] = task
                     self._outstanding[task.lease] = self._outstanding.get(task.lease, 0) + 1
-            if sub is not None:
+            self._keep(entry)
+            live.append(entry)
+        # the sagas in flight need their input and the results recorded so far
+        inputs = await read_many(self.client, [self.keys.submit(e.record.id) for e in live], rev)
+        wanted = [self.keys.results(r, e.record.id) for e in live for r in e.record.regions]
+        found = await read_many(self.client, wanted, rev, prefix=True)
+        now = time.time()
+        cancels = {self.keys.saga_id(k, "cancel") for k in snap.cancels if _parses(self.keys, k, "cancel")}
+
+        async def resume(entry: LeaderSaga) -> None:
+            rec = entry.record
+            sub = inputs.get(self.keys.submit(rec.id)) or []
+            if sub:
                 with contextlib.suppress(ConfigError, AttributeError):
-                    entry.input = decode_json(sub.value, what="submission").get("input")
-            for rkv in results.get(sid, []):
+                    entry.input = decode_json(sub[0].value, what="submission").get("input")
+            results = [kv for r in rec.regions for kv in found.get(self.keys.results(r, rec.id), [])]
+            for rkv in results:
                 self._learn_output(entry, rkv)
-            self._sagas[sid] = entry
-            if rec.is_final:
-                continue
             if entry.definition is None:
                 await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
-                continue
-            await self._resume(entry, results.get(sid, []), sid in cancels, now)
-        for sid, kv in submits.items():
-            if sid not in records:
-                await self._adopt(sid, kv)
+                return
+            await self._resume(entry, results, rec.id in cancels, now)
+
+        # concurrently (their writes share the leader's batches), a bounded number at once
+        for i in range(0, len(live), 512):
+            await asyncio.gather(*(resume(e) for e in live[i : i + 512]))
+        adopt: list[bytes] = []
+        for key in snap.submits:
+            try:
+                if self.keys.saga_id(key, "submit") not in recorded:
+                    adopt.append(key)
+            except ConfigError:
+                adopt.append(key)  # read below, and quarantined by the adoption
+        for key, kvs in (await read_many(self.client, adopt, rev)).items():
+            if kvs:
+                try:
+                    self._spawn(self.keys.saga_id(key, "submit"), submit=kvs[0])
+                except ConfigError as exc:
+                    self._poison("submit", kvs[0], str(exc))
         if tasks:
             # tasks no active run owns (a final saga's, a superseded run's, a saga gone):
             # withdrawn, so no worker runs them
             await self._withdraw(list(tasks))
-        return snap.header.revision
+        return rev
+
+    def _keep(self, entry: LeaderSaga) -> None:
+        """Cache a saga: in full while in flight; once final, only what retention needs."""
+        rec = entry.record
+        if rec.is_final:
+            self._sagas.pop(rec.id, None)
+            self._finished[rec.id] = Finished(rec.status, rec.finished, entry.mod_revision, tuple(rec.regions))
+        else:
+            self._sagas[rec.id] = entry
 
     async def _withdraw(self, keys: list[bytes]) -> None:
         fence = self._fence
@@ -604,7 +647,7 @@ class Orchestrator:
                 await self._fail(entry, event.reason)
             return
         if submit is not None:
-            if entry is None:
+            if entry is None and saga_id not in self._finished:
                 await self._adopt(saga_id, submit)
             return
         if entry is not None and event is not None:
@@ -613,7 +656,7 @@ class Orchestrator:
     def _on_submit_event(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT and ev.kv.version == 1:
             sid = self.keys.saga_id(ev.kv.key, "submit")
-            if sid not in self._sagas:
+            if sid not in self._sagas and sid not in self._finished:
                 self._spawn(sid, submit=ev.kv)
 
     def _on_run_event(self, ev: WatchEvent) -> None:
@@ -782,7 +825,7 @@ class Orchestrator:
                 await self._reload(entry)
                 if entry.mod_revision == 0:
                     raise WhizorchError("the new saga record was not written", saga_id=sid) from None
-        self._sagas[sid] = entry
+        self._keep(entry)
 
     async def _apply(self, entry: LeaderSaga, event: m.Event) -> None:
         async with entry.lock:
@@ -912,6 +955,7 @@ class Orchestrator:
                 kind = m.RUN if st.state == "dispatched" else m.COMPENSATE
                 self._spawn(rec.id, TaskGone(index, kind, st.run if kind == m.RUN else st.comp_run, st.worker or ""))
         if rec.is_final:
+            self._keep(entry)
             self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
 
     @staticmethod
@@ -1045,7 +1089,7 @@ class Orchestrator:
         rec.history.append({"event": "raw_record", "raw": kv.value.decode(errors="replace")[:4000]})
         entry = LeaderSaga(rec, kv.mod_revision, None)
         await self._commit(entry, rec, m.Transition(changed=True))
-        self._sagas[saga_id] = entry
+        self._keep(entry)
 
     # -- timers and retention --------------------------------------------------------
 
@@ -1057,36 +1101,42 @@ class Orchestrator:
         while True:
             await asyncio.sleep(min(60.0, max(0.2, self.retention_s / 4)))  # ok: periodic sweep
             now = time.time()
-            for sid, entry in list(self._sagas.items()):
-                rec = entry.record
-                if rec.status in FINAL_STATUSES and rec.status != FAILED and rec.finished is not None:
-                    if now - rec.finished >= self.retention_s:
+            for sid, done in list(self._finished.items()):
+                if done.status != FAILED and done.finished is not None:
+                    if now - done.finished >= self.retention_s:
                         try:
-                            await self._purge(entry)
+                            await self._purge(sid, done)
                         except LeadershipLost:
                             raise
                         except WhizorchError as exc:  # purged on a later sweep
                             log.warning("could not purge saga %s: %s", sid, exc)
 
-    async def _purge(self, entry: LeaderSaga) -> None:
+    async def _purge(self, sid: str, done: Finished) -> None:
         await self._await_contact()
         fence = self._fence
         if fence is None:
             raise LeadershipLost("not leading")
-        sid = entry.record.id
         key = self.keys.saga(sid)
         res = await self.client.txn(
-            [fence.compare(), Compare.mod_revision(key, "==", entry.mod_revision)],
+            [fence.compare(), Compare.mod_revision(key, "==", done.mod_revision)],
             [
                 Op.delete(key),
                 Op.delete(self.keys.submit(sid)),
                 Op.delete(self.keys.cancel(sid)),
-                *(Op.delete(self.keys.results(region, sid), prefix=True) for region in entry.record.regions),
+                *(Op.delete(self.keys.results(region, sid), prefix=True) for region in done.regions),
             ],
             idempotent=True,
         )
         if res.succeeded:
-            self._sagas.pop(sid, None)
+            self._finished.pop(sid, None)
             self._emit("purged", saga_id=sid)
 
 
+
+
+def _parses(keys: Keys, key: bytes, kind: str) -> bool:
+    try:
+        keys.saga_id(key, kind)
+    except ConfigError:
+        return False
+    return True
