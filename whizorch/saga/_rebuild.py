@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,7 +75,13 @@ async def read_snapshot(client: EtcdClient, keys: Keys) -> Snapshot:
     )
     live: list[tuple[KeyValue, Any]] = []
     finished: dict[bytes, tuple[KeyValue, Finished]] = {}
-    for kv in records:
+    for i, kv in enumerate(records):
+        if i % 2000 == 1999:
+            await asyncio.sleep(0)  # ok: a long parse must not starve the session's keepalives
+        done = _summary(kv.value, kv.mod_revision)
+        if done is not None:
+            finished[kv.key] = (kv, done)
+            continue
         try:
             raw = json.loads(kv.value)
         except (UnicodeDecodeError, ValueError):
@@ -89,6 +96,44 @@ async def read_snapshot(client: EtcdClient, keys: Keys) -> Snapshot:
         revision=rev, live=live, finished=finished, submits={kv.key for kv in submits.kvs},
         cancels={kv.key for kv in cancels.kvs}, regions=regions.kvs, tasks=tasks.kvs, quarantine=notes.kvs,
     )
+
+
+# A final record as this whizorch writes it (SagaRecord.to_json: fields in that order,
+# compact separators; quotes inside strings are escaped, so these never match inside
+# one): its status, end time and regions without decoding the rest. Anything else
+# (another writer's spacing, an older field order) is decoded in full instead.
+_HEAD = re.compile(rb'\A\{"id":"(?:[^"\\]|\\.)*","saga":"(?:[^"\\]|\\.)*","txid":-?\d+,"status":"(completed|compensated|failed)",')
+_END = re.compile(rb',"updated":-?[0-9.eE+-]+,"finished":(null|-?[0-9.eE+-]+),"step":')
+_REGIONS = re.compile(rb'"regions":(\[[^\]]*\])')
+_TAIL = re.compile(rb',"v":[12]\}\Z')
+_SEEN: dict[bytes, Any] = {}
+"""Region lists already decoded (a deployment has few distinct ones)."""
+
+
+def _summary(data: bytes, mod_revision: int) -> Finished | None:
+    """The summary of a final record read without decoding it (None: decode it)."""
+    head = _HEAD.match(data)
+    if head is None or _TAIL.search(data) is None:
+        return None
+    steps_end = data.find(b'],"created":', head.end())  # the steps array ends there (no string holds a bare quote)
+    end = _END.search(data, steps_end)
+    if steps_end < 0 or end is None or not data.startswith(b'"steps":[', head.end()):
+        return None
+    try:
+        regions: list[str] = []
+        for group in _REGIONS.findall(data, head.end(), steps_end):
+            names = _SEEN.get(group)
+            if names is None:
+                names = json.loads(group)
+                if len(_SEEN) < 4096:  # bounded: region lists of a deployment are few
+                    _SEEN[group] = names
+            for r in names:
+                if isinstance(r, str) and r not in regions:
+                    regions.append(r)
+        finished = None if end.group(1) == b"null" else float(end.group(1))
+    except ValueError:
+        return None
+    return Finished(head.group(1).decode(), finished, mod_revision, tuple(regions))
 
 
 def _finished(raw: Any, mod_revision: int) -> Finished | None:
