@@ -555,3 +555,11 @@ def test_keys_bad_namespace(ns: Any) -> None:
         Keys(ns)
     assert info.value.field == "namespace"
 
+
+
+def test_unknown_step_state_is_a_config_error() -> None:
+    """Step states are a closed set (``StepStateName``): a record with another is refused, naming it."""
+    data = record().to_json().replace(b'"state":"done"', b'"state":"paused"', 1)
+    assert b'"paused"' in data
+    with pytest.raises(ConfigError, match="unknown step state 'paused'"):
+        SagaRecord.from_json(data)

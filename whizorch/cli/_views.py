@@ -351,7 +351,7 @@ def step_rows(rec: SagaRecord, now: float | None = None) -> list[dict[str, Any]]
     """
     rows = []
     for index, st in enumerate(rec.steps):
-        state = st.state
+        state: str = st.state
         if st.waiting_region:
             state += " (waiting for a region)"
         elif st.retry_at is not None:

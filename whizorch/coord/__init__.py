@@ -5,7 +5,7 @@ from whizorch.coord._election import Election, LeaderInfo
 from whizorch.coord._ids import GlobalIds
 from whizorch.coord._lock import Lock
 from whizorch.coord._queue import Fence
-from whizorch.coord._session import Session, session_options
+from whizorch.coord._session import LeaseTiming, Session, session_options
 from whizorch.coord._state import Versioned, VersionedStore
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Fence",
     "GlobalIds",
     "LeaderInfo",
+    "LeaseTiming",
     "Lock",
     "Session",
     "Versioned",

@@ -15,7 +15,8 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable
-from typing import Any
+
+import attrs
 
 from whizorch.errors import (
     ClosedError,
@@ -41,13 +42,25 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+@attrs.frozen
+class LeaseTiming:
+    """A session's lease timing, checked: ``Session(client, timing=...)``."""
+
+    ttl_s: int
+    """The lease's TTL at etcd."""
+    step_down_margin_s: float
+    """The session counts itself lost this long before etcd could expire the lease."""
+    keepalive_interval_s: float
+    """How often the lease is kept alive."""
+
+
 def session_options(
     *, ttl_s: int, step_down_margin_s: float | None = None, keepalive_interval_s: float | None = None
-) -> dict[str, Any]:
+) -> LeaseTiming:
     """Check a session's timing and fill in the defaults (margin TTL/5, keepalive TTL/3).
 
-    Returns keyword arguments for ``Session(client, **options)``; roles that open a new
-    session after each loss check them once, up front.
+    Roles that open a new session after each loss check it once, up front, and pass it
+    to every ``Session(client, timing=...)``.
     """
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
         raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
@@ -61,7 +74,7 @@ def session_options(
             field="keepalive_interval_s",
             value=interval,
         )
-    return {"ttl_s": ttl_s, "step_down_margin_s": margin, "keepalive_interval_s": interval}
+    return LeaseTiming(ttl_s, margin, interval)
 
 
 class Session:
@@ -80,16 +93,21 @@ class Session:
         ttl_s: int = 10,
         step_down_margin_s: float | None = None,
         keepalive_interval_s: float | None = None,
+        timing: LeaseTiming | None = None,
     ) -> None:
         if not isinstance(client, EtcdClient):
             raise ConfigError("Session needs an EtcdClient", field="client", value=type(client).__name__)
-        timing = session_options(
-            ttl_s=ttl_s, step_down_margin_s=step_down_margin_s, keepalive_interval_s=keepalive_interval_s
-        )
+        if timing is None:
+            timing = session_options(
+                ttl_s=ttl_s, step_down_margin_s=step_down_margin_s, keepalive_interval_s=keepalive_interval_s
+            )
+        elif not isinstance(timing, LeaseTiming):
+            raise ConfigError("timing must be a LeaseTiming (from session_options)", field="timing", value=timing)
         self.client = client
-        self.ttl_s: int = timing["ttl_s"]
-        self.step_down_margin_s: float = timing["step_down_margin_s"]
-        self.keepalive_interval_s: float = timing["keepalive_interval_s"]
+        self.timing = timing
+        self.ttl_s: int = timing.ttl_s
+        self.step_down_margin_s: float = timing.step_down_margin_s
+        self.keepalive_interval_s: float = timing.keepalive_interval_s
         self.lease_id = 0
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None

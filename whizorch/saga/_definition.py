@@ -161,12 +161,13 @@ class StepContext:
     trace: Mapping[str, str] = attrs.Factory(dict)
     """The saga's W3C trace context (``traceparent``...), for spans that join its trace."""
     fence_token: int = 0
-    """This run's fencing token: the etcd revision of its claim. Every later run of the
+    """This run's fencing token: the create revision of its claim (the run's task, put on
+    its worker's lease). Every later run of the
     same step (retry, re-dispatch, failover) gets a strictly larger token, so an
     external system that remembers the largest token it has seen per resource refuses
     a stale run's late write (``UPDATE ... WHERE fence < :token``)."""
     fence_key: bytes = b""
-    """The claim's etcd key: an etcd write compared on ``create_revision(fence_key) ==
+    """The claim's etcd key (the run's task): an etcd write compared on ``create_revision(fence_key) ==
     fence_token`` commits only while this run holds its claim (see ``fenced_txn``)."""
     deadline: float | None = None
     """Wall-clock time (``time.time()``) at which the step's timeout cancels this run;

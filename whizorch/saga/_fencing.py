@@ -6,8 +6,9 @@ step was dispatched again (and even finished) elsewhere. Only the *recorded* res
 is exactly once. Effects that must not happen twice at once are fenced with the run's
 token (``ctx.fence_token``): strictly larger for every later run of the step.
 
-* etcd effects: :func:`fenced_txn` adds ``create_revision(claim) == token`` to the txn,
-  so it commits only while this run still holds its claim;
+* etcd effects: :func:`fenced_txn` adds ``create_revision(task) == token`` to the txn
+  (the run's task, put on its worker's lease, is its claim), so it commits only while
+  this run still holds its claim;
 * other stores: keep the largest token seen per resource and refuse smaller ones, in
   the same statement as the effect, e.g.
   ``UPDATE account SET balance = balance - :amount, fence = :token

@@ -7,7 +7,7 @@ between transitions loses nothing, and a new leader resumes from the last record
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -36,8 +36,10 @@ __all__ = [
     "apply",
 ]
 
-RUN = "run"
-COMPENSATE = "compensate"
+RUN: Final = "run"
+COMPENSATE: Final = "compensate"
+TimerReason = Literal["retry", "deadline", "no_region"]
+"""Why a saga timer fires: a retry is due, a run's deadline passed, no region came."""
 
 
 # -- events -----------------------------------------------------------------------------
@@ -85,7 +87,7 @@ class Timer:
     step: int
     kind: str
     attempt: int
-    reason: str  # "retry" | "deadline" | "no_region"
+    reason: TimerReason
 
 
 Event = Result | ClaimLost | Cancel | RegionsChanged | Timer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -184,13 +184,19 @@ class NewerRecordError(ConfigError):
     left untouched, never overwritten."""
 
 
+StepStateName = Literal[
+    "pending", "dispatched", "done", "failed", "compensating", "compensated", "comp_failed", "skipped"
+]
+"""A step's state in the record (``StepState.state``)."""
+STEP_STATES: frozenset[str] = frozenset(get_args(StepStateName))
+
+
 @attrs.define
 class StepState:
     """One step's progress inside the saga record."""
 
     name: str
-    state: str = "pending"
-    """pending | dispatched | done | failed | compensating | compensated | comp_failed | skipped"""
+    state: StepStateName = "pending"
     region: str | None = None
     run: int = 0
     """How many times the step was dispatched (ctx.attempt of the latest run)."""
@@ -288,6 +294,9 @@ class SagaRecord:
                 raise ValueError(f"unknown record version {raw.get('v')!r}")
             raw["v"] = RECORD_VERSION
             steps = [StepState(**s) for s in raw.pop("steps")]
+            for st in steps:
+                if st.state not in STEP_STATES:
+                    raise ValueError(f"unknown step state {st.state!r}")
             return cls(steps=steps, **raw)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
             raise ConfigError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc

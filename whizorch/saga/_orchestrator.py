@@ -1,7 +1,7 @@
 """The orchestrator: campaigns for leadership; the leader drives every saga.
 
 While leading, it keeps an in-memory view rebuilt from etcd (records, inputs, outputs,
-claims, regions) and turns each event into one state-machine transition, committed
+tasks, regions) and turns each event into one state-machine transition, committed
 as one txn guarded by the leader's fence and the record's mod_revision. Losing the
 lease, or a write refused by the fence, stops the driver at once (safe mode); the node
 then campaigns again and, if it wins, rebuilds from etcd.
@@ -228,7 +228,7 @@ class Orchestrator:
     async def _main(self) -> None:
         backoff = Backoff()
         while not self._closed:
-            session = Session(self.client, **self.session_options)
+            session = Session(self.client, timing=self.session_options)
             try:
                 await session.open()
                 election = Election(session, self.keys.leader)

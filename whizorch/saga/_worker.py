@@ -194,7 +194,7 @@ class Worker:
     async def _main(self, registered: asyncio.Future[None]) -> None:
         backoff = Backoff()
         while not self._draining.is_set():
-            session = Session(self.client, **self.session_options)
+            session = Session(self.client, timing=self.session_options)
             try:
                 await session.open()
                 self._session = session
