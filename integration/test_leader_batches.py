@@ -198,6 +198,6 @@ async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: 
             await run_all(sagas, [f"m{i}" for i in range(count)], tmp_path)
         finally:
             await sagas.aclose()
-        batcher = orch._batcher
+        batcher = orch._writes.batcher if orch._writes is not None else None
         assert batcher is not None and batcher.items > batcher.batches
         assert 1 < widest[0] <= 64

@@ -31,11 +31,9 @@ from whizorch.coord import Election, Fence, Session, session_options
 from whizorch.errors import (
     ClosedError,
     ConfigError,
-    OutcomeUnknownError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult, WatchEvent
-from whizorch.etcd._batch import BatchRefused, TxnBatcher
+from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
@@ -48,13 +46,12 @@ from whizorch.saga._leader_cache import (
     LeaderSaga,
     LeadershipLost,
     ResultArrived,
-    Task,
     TaskGone,
     active_tasks,
     describe,
     failed_record,
-    task_payload,
 )
+from whizorch.saga._leader_write import LeaderWrites, is_active
 from whizorch.saga._locality import bring_raft_leader
 from whizorch.saga._middleware import (
     Middleware,
@@ -69,7 +66,6 @@ from whizorch.saga._model import (
     NewerRecordError,
     ResultPayload,
     SagaRecord,
-    StepState,
     decode_json,
     encode_json,
 )
@@ -166,11 +162,8 @@ class Orchestrator:
         self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
         self._quarantine = Quarantine(self.keys, self.node_id, self._emit)
         self._lost: asyncio.Event = asyncio.Event()
-        self._outstanding: dict[str, int] = {}
-        """Tasks this leader has on each worker (lease hex): how it spreads the load."""
-        self._dead_leases: set[str] = set()
-        """Workers whose registration (so lease) ended while this node leads."""
-        self._batcher: TxnBatcher | None = None
+        self._writes: LeaderWrites | None = None
+        """The write path of the current leadership (``_leader_write.py``)."""
         self.is_leader = False
         """True while this node leads and its driver runs."""
         self.term = 0
@@ -298,13 +291,9 @@ class Orchestrator:
         self._lost = asyncio.Event()
         self._fatal = asyncio.get_running_loop().create_future()
         self._quarantine.reset()
-        self._outstanding.clear()
-        self._dead_leases.clear()
         # the transitions of many sagas share one txn: each saga's own compares in a
         # nested txn, the leader's fence once around them all
-        self._batcher = TxnBatcher(
-            self.client, outer_compare=lambda: [fence.compare()], outer_failure=lambda: [Op.get(fence.key)]
-        )
+        self._writes = LeaderWrites(self.client, self.keys, fence, self._workers)
         log.info("orchestrator %s leads (term %d)", self.node_id, fence.token)
         everything: list[asyncio.Future[Any]] = []
         stop: list[asyncio.Future[Any]] = []
@@ -371,6 +360,8 @@ class Orchestrator:
         for size) and resume every saga in flight; return that revision."""
         snap = await read_snapshot(self.client, self.keys)
         rev = snap.revision
+        writes = self._writes
+        assert writes is not None
         for kv in snap.quarantine:
             self._quarantine.learn(kv)
         for kv in snap.regions:
@@ -419,7 +410,7 @@ class Orchestrator:
             for index, task in active_tasks(self.keys, rec).items():
                 if tasks.pop(task.key, None) is not None:  # the rest: put again by the next commit
                     entry.tasks[index] = task
-                    self._outstanding[task.lease] = self._outstanding.get(task.lease, 0) + 1
+                    writes.track(task)
             self._keep(entry)
             live.append(entry)
         # the sagas in flight need their input and the results recorded so far
@@ -694,7 +685,7 @@ class Orchestrator:
         st = rec.steps[gone.step]
         current = st.run if gone.kind == m.RUN else st.comp_run
         active = "dispatched" if gone.kind == m.RUN else "compensating"
-        if st.state != active or current != gone.attempt or not self._active(st) or (st.worker or "") != gone.lease:
+        if st.state != active or current != gone.attempt or not is_active(st) or (st.worker or "") != gone.lease:
             return  # that run is over, or was placed again since
         assert st.region is not None
         # the run may have recorded its result just before its lease ended: the result
@@ -705,7 +696,8 @@ class Orchestrator:
             return
         task = entry.tasks.pop(gone.step, None)
         if task is not None:
-            self._outstanding[task.lease] = max(0, self._outstanding.get(task.lease, 0) - 1)
+            if self._writes is not None:
+                self._writes.untrack(task)
         await self._apply(entry, m.ClaimLost(gone.step, gone.kind, gone.attempt))
 
     def _on_cancel_event(self, ev: WatchEvent) -> None:
@@ -721,8 +713,8 @@ class Orchestrator:
             self._workers.delete(region, ev.kv.key)
             # its lease ended (or it was deleted): so did the tasks on that lease
             lease = ev.kv.key.rpartition(b"/")[2].decode(errors="replace")
-            self._dead_leases.add(lease)
-            self._outstanding.pop(lease, None)
+            if self._writes is not None:
+                self._writes.worker_gone(lease)
             for sid, entry in self._sagas.items():
                 for index, task in entry.tasks.items():
                     if task.lease == lease:
@@ -875,120 +867,32 @@ class Orchestrator:
             entry.mod_revision = 0
 
     async def _commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition) -> None:
-        """One fenced write: CAS on the record, the record, its runs' tasks (put on the
-        chosen workers' leases; superseded ones deleted). Shared with other sagas'
-        writes in one txn by the batcher; each saga's compares decide only its own.
+        """Write a transition (``_leader_write.py``: fenced, batched, its runs placed on
+        workers) and apply its effects here: cache, timers, events, lost runs.
 
         On success the cache takes ``rec``; on failure it is left as it was.
         """
         await self._await_contact()
-        fence, batcher = self._fence, self._batcher
-        if fence is None or batcher is None or not self.is_leader_now():
+        fence, writes = self._fence, self._writes
+        if fence is None or writes is None or not self.is_leader_now():
             raise LeadershipLost("not leading")
-        key = self.keys.saga(rec.id)
-        # every write carries the writer's term (not only the adopting leader's): etcd's
-        # history of a record then shows which leadership made each write
-        rec.leader_term = fence.token
-        dispatched = {d.step: d for d in tr.dispatch}
-        for _ in range(4):
-            picked = self._place_runs(entry, rec, dispatched)
-            after = active_tasks(self.keys, rec)
-            compares = [Compare.mod_revision(key, "==", entry.mod_revision)]
-            ops = [Op.put(key, rec.to_json())]
-            checks: list[tuple[int, Task]] = []
-            for index, task in entry.tasks.items():
-                if after.get(index) != task:
-                    ops.append(Op.delete(task.key))
-            for index, task in after.items():
-                if entry.tasks.get(index) != task:
-                    d = dispatched.get(index) or m.Dispatch(index, task.kind, task.attempt, task.region)
-                    lease_id = int(task.lease, 16)
-                    ops.append(Op.put(task.key, task_payload(entry, d).to_json(), lease=lease_id))
-                    # the worker is alive (its registration is on the same lease): else
-                    # etcd would refuse the whole batch for a lease it does not know
-                    compares.append(Compare.create_revision(self.keys.region(task.region, lease_id), ">", 0))
-                    checks.append((index, task))
-            failure = [
-                Op.get(key, keys_only=True),
-                *(Op.get(self.keys.region(t.region, int(t.lease, 16)), keys_only=True) for _, t in checks),
-            ]
-            try:
-                res = await batcher.txn(compares, ops, failure)
-            except BatchRefused as exc:
-                self._unpick(picked)
-                self._lost.set()
-                raise LeadershipLost("the leader fence refused a write") from exc
-            except OutcomeUnknownError as exc:
-                self._unpick(picked)
-                raise Conflict() from exc  # re-read decides
-            except BaseException:
-                self._unpick(picked)
-                raise
-            if res.succeeded:
-                break
-            self._unpick(picked)
-            current = res.responses[0]
-            now_rev = current.kvs[0].mod_revision if isinstance(current, RangeResult) and current.kvs else 0
-            gone = [(i, t) for (i, t), got in zip(checks, res.responses[1:], strict=True) if isinstance(got, RangeResult) and not got.kvs]
-            if now_rev != entry.mod_revision or not gone:
-                raise Conflict()
-            for index, t in gone:  # its lease ended before our write: place the run elsewhere
-                self._dead_leases.add(t.lease)
-                rec.steps[index].worker = None
-        else:
-            raise Conflict()
-        for ended in (t.lease for i, t in entry.tasks.items() if after.get(i) != t):
-            self._outstanding[ended] = max(0, self._outstanding.get(ended, 0) - 1)
-        entry.record = rec
-        entry.tasks = after
-        entry.mod_revision = res.header.revision
+        try:
+            revision, unplaced = await writes.commit(entry, rec, tr, fence.token)
+        except LeadershipLost:
+            self._lost.set()
+            raise
+        entry.mod_revision = revision
         for at, timer in tr.timers:
             self._arm(at, rec.id, timer)
         for fo in tr.failovers:
             self._emit("failover", saga_id=rec.id, **fo)
-        for index, st in enumerate(rec.steps):
-            if (index not in after and self._active(st) and not rec.is_final) or (
-                index in after and after[index].lease in self._dead_leases
-            ):
-                # no live worker took the run (none left in its region, or it died
-                # as we wrote): the machine decides, as for any lost worker
-                kind = m.RUN if st.state == "dispatched" else m.COMPENSATE
-                self._spawn(rec.id, TaskGone(index, kind, st.run if kind == m.RUN else st.comp_run, st.worker or ""))
+        for gone in unplaced:
+            # no live worker took the run (none left in its region, or it died as we
+            # wrote): the machine decides, as for any lost worker
+            self._spawn(rec.id, gone)
         if rec.is_final:
             self._keep(entry)
             self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
-
-    @staticmethod
-    def _active(st: StepState) -> bool:
-        """A run is out (dispatched or compensating), not waiting out a delay or a region."""
-        return st.state in ("dispatched", "compensating") and st.retry_at is None and not st.waiting_region and st.region is not None
-
-    def _place_runs(self, entry: LeaderSaga, rec: SagaRecord, dispatched: Mapping[int, m.Dispatch]) -> list[str]:
-        """Choose the worker of each run that needs one: dispatched now, or active with
-        no live task (its worker died while nobody led, or as we wrote). The chosen are
-        counted as busier at once, so one batch spreads over the region's workers."""
-        picked: list[str] = []
-        if rec.is_final:
-            return picked
-        known = {t.key for t in entry.tasks.values()}
-        for index, st in enumerate(rec.steps):
-            if not self._active(st):
-                continue
-            assert st.region is not None
-            if index not in dispatched and st.worker is not None and st.worker not in self._dead_leases:
-                kind, attempt = (m.RUN, st.run) if st.state == "dispatched" else (m.COMPENSATE, st.comp_run)
-                if self.keys.task(st.region, st.worker, rec.id, index, kind, attempt) in known:
-                    continue
-            lease = self._workers.pick(st.region, self._outstanding, exclude=self._dead_leases)
-            st.worker = lease
-            if lease is not None:
-                self._outstanding[lease] = self._outstanding.get(lease, 0) + 1
-                picked.append(lease)
-        return picked
-
-    def _unpick(self, picked: list[str]) -> None:
-        for lease in picked:
-            self._outstanding[lease] = max(0, self._outstanding.get(lease, 0) - 1)
 
     async def _publish_latency(self) -> None:
         """Every few seconds, the measured and configured latencies from the home region
