@@ -21,8 +21,10 @@ import pytest
 import saga_apps as apps
 
 from whizorch import EtcdClient
+from whizorch.errors import OutcomeUnknownError
 from whizorch.etcd import TxnResult
 from whizorch.saga import Orchestrator, SagaClient, Worker
+from whizorch.testing import eventually_async
 
 TTL = 2
 NS_TAIL = "batches"
@@ -65,12 +67,17 @@ def runs(directory: Path) -> dict[tuple[str, str], int]:
     return out
 
 
+WORKERS: dict[str, list[Worker]] = {}
+
+
 async def roles(
     st: contextlib.AsyncExitStack, leader_client: EtcdClient, other: EtcdClient, ns: str, *, workers: int = 2
 ) -> Orchestrator:
     orch = await st.enter_async_context(Orchestrator(leader_client, apps.app, namespace=ns, lease_ttl_s=TTL))
-    for _ in range(workers):
+    WORKERS[ns] = [
         await st.enter_async_context(Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL))
+        for _ in range(workers)
+    ]
     await orch.wait_leader(10)
     return orch
 
@@ -198,6 +205,101 @@ async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: 
             await run_all(sagas, [f"m{i}" for i in range(count)], tmp_path)
         finally:
             await sagas.aclose()
-        batcher = orch._writes.batcher if orch._writes is not None else None
-        assert batcher is not None and batcher.items > batcher.batches
+        writes = orch._writes
+        assert writes is not None and writes.batcher.items > writes.batcher.batches
         assert 1 < widest[0] <= 64
+        # nothing is left behind once idle: no task counted on a worker, no run or mark
+        # in a worker (the marks of finished runs clear as their tasks' deletions arrive)
+        await eventually_async(
+            lambda: all(not w._done and not w._running for w in WORKERS[ns]) and not any(writes.outstanding.values()),
+            timeout=5,
+        )
+        assert sum(w.completed for w in WORKERS[ns]) == 4 * count
+
+
+def put_keys(ops: Any) -> list[bytes]:
+    """Every key a list of ops puts, nested txns included."""
+    out: list[bytes] = []
+    for op in ops:
+        pb = getattr(op, "_pb", op)
+        kind = pb.WhichOneof("request")
+        if kind == "request_put":
+            out.append(pb.request_put.key)
+        elif kind == "request_txn":
+            out += put_keys(pb.request_txn.success)
+    return out
+
+
+async def test_a_write_whose_answer_is_lost_but_committed(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
+    """The leader's write that dispatches step b commits, but its answer is lost
+    (OutcomeUnknownError). The leader re-reads the record and which tasks exist: b's
+    task is known, so the cancel that comes while b runs neither puts b on another
+    worker nor leaves it untracked. b runs once; the saga ends compensated."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        orch = await roles(st, hooked.client, other, ns)
+        lost: list[bytes] = []
+
+        async def lose(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            res = await call()
+            b_task = [k for k in put_keys(success) if b"/task/" in k and k.endswith(b"/lost/1/run-1")]
+            if not lost and b_task and res.succeeded:
+                lost.extend(b_task)
+                raise OutcomeUnknownError("the answer was lost (test)")
+            return res
+
+        hooked.hook = lose
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            handle = await sagas.submit(apps.trip, {"dir": str(tmp_path), "hold": {"b": 1}}, saga_id="lost")
+
+            def b_held() -> None:
+                assert any(r["step"] == "b" and r["phase"] == "held" for r in apps.read_runs(tmp_path))
+
+            await eventually_async(b_held, timeout=15)
+            await handle.cancel()
+            await asyncio.sleep(0.5)  # ok: give the cancel's write time to (wrongly) move b
+            apps.release(tmp_path, "lost", "b")
+            result = await handle.result(timeout_s=30, raise_on_failure=False)
+        finally:
+            await sagas.aclose()
+        assert lost, "the write dispatching b was not seen"
+        assert result.status == "compensated"
+        starts = [(r["step"], r["attempt"]) for r in apps.read_runs(tmp_path) if r["phase"] == "start" and r["kind"] == "run"]
+        assert starts == [("a", 1), ("b", 1)]
+        assert (await other.get(f"{ns}/task/", prefix=True, count_only=True)).count == 0
+        writes = orch._writes
+        assert writes is not None
+        await eventually_async(lambda: not any(writes.outstanding.values()), timeout=5)
+
+
+async def test_a_draining_workers_unfinished_run_moves_without_a_retry(
+    etcd_endpoints: list[str], prefix: str, tmp_path: Path
+) -> None:
+    """A worker closed (drain) while its step is still held: it marks itself draining,
+    waits out its drain timeout, leaves. Its run goes to the other worker under the same
+    attempt: no retry spent on a graceful leave (a crash would count one)."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        orch = await st.enter_async_context(Orchestrator(hooked.client, apps.app, namespace=ns, lease_ttl_s=TTL))
+        leaving = Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL, drain_timeout_s=0.5)
+        await leaving.start()
+        await orch.wait_leader(10)
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            handle = await sagas.submit(apps.trip, {"dir": str(tmp_path), "hold": {"b": 1}}, saga_id="drained")
+
+            def b_held() -> None:
+                assert any(r["step"] == "b" and r["phase"] == "held" for r in apps.read_runs(tmp_path))
+
+            await eventually_async(b_held, timeout=15)
+            await st.enter_async_context(Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL))
+            await leaving.aclose()  # b is held past the drain timeout: cancelled there
+            apps.release(tmp_path)
+            result = await handle.result(timeout_s=30)
+        finally:
+            await sagas.aclose()
+        starts = [(r["step"], r["attempt"]) for r in apps.read_runs(tmp_path) if r["phase"] == "start" and r["kind"] == "run"]
+        assert starts == [("a", 1), ("b", 1), ("b", 1), ("c", 1), ("d", 1)]
+        b = result.record.steps[1]
+        assert (b.run, b.failures) == (1, 0) and result.status == "completed"

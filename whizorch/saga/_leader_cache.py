@@ -98,6 +98,9 @@ class TaskGone:
     kind: str
     attempt: int
     lease: str
+    drained: bool = False
+    """The worker left by draining (not a crash): its unstarted runs are put on another
+    worker with the same attempt, no retry spent."""
 
 
 @attrs.frozen

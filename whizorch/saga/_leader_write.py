@@ -52,19 +52,24 @@ class LeaderWrites:
         """Every saga's write of this leadership goes through it (see ``etcd/_batch.py``)."""
         self.outstanding: dict[str, int] = {}
         """Tasks this leader has on each worker (lease hex): how it spreads the load."""
-        self.dead_leases: set[str] = set()
-        """Workers whose registration (so lease) ended while this node leads."""
+        self.dead_leases: dict[str, None] = {}
+        """Workers whose registration (so lease) ended while this node leads (the newest
+        few thousand: a lease id is never reused, and an old one has no task left)."""
 
     def track(self, task: Task) -> None:
-        """A task found in etcd (by the rebuild) counts on its worker."""
-        self.outstanding[task.lease] = self.outstanding.get(task.lease, 0) + 1
+        """A task found in etcd (rebuild, reload) counts on its worker."""
+        if task.lease not in self.dead_leases:
+            self.outstanding[task.lease] = self.outstanding.get(task.lease, 0) + 1
 
     def untrack(self, task: Task) -> None:
-        self.outstanding[task.lease] = max(0, self.outstanding.get(task.lease, 0) - 1)
+        if task.lease in self.outstanding:
+            self.outstanding[task.lease] = max(0, self.outstanding[task.lease] - 1)
 
     def worker_gone(self, lease: str) -> None:
         """A worker's registration was deleted: its lease, and every task on it, ended."""
-        self.dead_leases.add(lease)
+        self.dead_leases[lease] = None
+        while len(self.dead_leases) > 4096:
+            del self.dead_leases[next(iter(self.dead_leases))]
         self.outstanding.pop(lease, None)
 
     async def commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition, term: int) -> tuple[int, list[TaskGone]]:
@@ -120,7 +125,7 @@ class LeaderWrites:
             if now_rev != entry.mod_revision or not gone:
                 raise Conflict()
             for index, t in gone:  # its lease ended before our write: place the run elsewhere
-                self.dead_leases.add(t.lease)
+                self.worker_gone(t.lease)
                 rec.steps[index].worker = None
         else:
             raise Conflict()
@@ -153,7 +158,7 @@ class LeaderWrites:
                 kind, attempt = (m.RUN, st.run) if st.state == "dispatched" else (m.COMPENSATE, st.comp_run)
                 if self.keys.task(st.region, st.worker, rec.id, index, kind, attempt) in known:
                     continue
-            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases)
+            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases.keys())
             st.worker = lease
             if lease is not None:
                 self.outstanding[lease] = self.outstanding.get(lease, 0) + 1

@@ -33,7 +33,8 @@ from whizorch.errors import (
     ConfigError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, WatchEvent
+from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult, WatchEvent
+from whizorch.etcd._batch import BatchRefused
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
@@ -153,6 +154,9 @@ class Orchestrator:
         """The sagas in flight (and those being adopted once written)."""
         self._finished: dict[str, Finished] = {}
         """Final sagas, until retention purges them."""
+        self._early_cancels: dict[str, None] = {}
+        """Cancels seen before their saga's submission (separate watches): applied at
+        its adoption (bounded: the newest few thousand)."""
         self._workers = Workers()
         self._timers = Timers()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -286,6 +290,7 @@ class Orchestrator:
         self._fence = fence
         self._sagas.clear()
         self._finished.clear()
+        self._early_cancels.clear()
         self._workers.clear()
         self._timers.clear()
         self._lost = asyncio.Event()
@@ -387,6 +392,7 @@ class Orchestrator:
             recorded.add(sid)
             self._finished[sid] = done
         live: list[LeaderSaga] = []
+        untouched: set[str] = set()
         for kv, raw in snap.live:
             try:
                 sid = self.keys.saga_id(kv.key, "saga")
@@ -399,8 +405,9 @@ class Orchestrator:
                     SagaRecord.from_json(kv.value)  # raises, naming what is wrong
                 rec = SagaRecord.from_dict(raw)
             except NewerRecordError as exc:
-                # a newer whizorch's record: not ours to drive or to overwrite
+                # a newer whizorch's record: not ours to drive or to overwrite (its tasks too)
                 self._poison("saga", kv, f"{exc}; left untouched")
+                untouched.add(sid)
                 continue
             except ConfigError as exc:
                 self._poison("saga", kv, str(exc))
@@ -429,14 +436,23 @@ class Orchestrator:
             results = [kv for r in rec.regions for kv in found.get(self.keys.results(r, rec.id), [])]
             for rkv in results:
                 self._learn_output(entry, rkv)
-            if entry.definition is None:
-                await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
-                return
-            await self._resume(entry, results, rec.id in cancels, now)
+            try:
+                if entry.definition is None:
+                    await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
+                    return
+                await self._resume(entry, results, rec.id in cancels, now)
+            except ConfigError as exc:
+                # what retrying cannot fix (a write over etcd's limit) fails this saga,
+                # as its driver would, not the rebuild (every next leader would stop on it)
+                log.error("saga %s: cannot resume: %s; failing the saga", rec.id, exc)
+                self._spawn(rec.id, Fail(f"could not resume: {exc}"))
 
-        # concurrently (their writes share the leader's batches), a bounded number at once
+        # concurrently (their writes share the leader's batches), a bounded number at
+        # once; a transient error fails the rebuild (and the group: no resume left over)
         for i in range(0, len(live), 512):
-            await asyncio.gather(*(resume(e) for e in live[i : i + 512]))
+            async with asyncio.TaskGroup() as group:
+                for e in live[i : i + 512]:
+                    group.create_task(resume(e))
         adopt: list[bytes] = []
         for key in snap.submits:
             try:
@@ -447,13 +463,17 @@ class Orchestrator:
         for key, kvs in (await read_many(self.client, adopt, rev)).items():
             if kvs:
                 try:
-                    self._spawn(self.keys.saga_id(key, "submit"), submit=kvs[0])
+                    sid = self.keys.saga_id(key, "submit")
+                    if sid in cancels:
+                        self._early_cancel(sid)
+                    self._spawn(sid, submit=kvs[0])
                 except ConfigError as exc:
                     self._poison("submit", kvs[0], str(exc))
-        if tasks:
-            # tasks no active run owns (a final saga's, a superseded run's, a saga gone):
-            # withdrawn, so no worker runs them
-            await self._withdraw(list(tasks))
+        # tasks no active run owns (a final saga's, a superseded run's, a saga gone):
+        # withdrawn, so no worker runs them; each only as the snapshot saw it
+        orphans = [kv for key, kv in tasks.items() if self.keys.task_key(key)[2] not in untouched]
+        if orphans:
+            await self._withdraw(orphans)
         return rev
 
     def _keep(self, entry: LeaderSaga) -> None:
@@ -465,12 +485,17 @@ class Orchestrator:
         else:
             self._sagas[rec.id] = entry
 
-    async def _withdraw(self, keys: list[bytes]) -> None:
-        fence = self._fence
-        if fence is None:
+    async def _withdraw(self, orphans: list[KeyValue]) -> None:
+        writes = self._writes
+        if writes is None:
             raise LeadershipLost("not leading")
-        for i in range(0, len(keys), 100):
-            await self.client.txn([fence.compare()], [Op.delete(k) for k in keys[i : i + 100]], idempotent=True)
+        try:
+            await asyncio.gather(*(
+                writes.batcher.txn([Compare.mod_revision(kv.key, "==", kv.mod_revision)], [Op.delete(kv.key)])
+                for kv in orphans
+            ))  # fmt: skip
+        except BatchRefused as exc:
+            raise LeadershipLost("the leader fence refused a write") from exc
 
     @property
     def quarantined(self) -> dict[str, int]:
@@ -659,6 +684,11 @@ class Orchestrator:
             # a ConfigError here: quarantined by the watch
             self._spawn(sid, ResultArrived(self._result_event(ev.kv), ev.kv))
 
+    def _early_cancel(self, sid: str) -> None:
+        self._early_cancels[sid] = None
+        while len(self._early_cancels) > 4096:
+            del self._early_cancels[next(iter(self._early_cancels))]
+
     def _known(self, sid: str) -> bool:
         """A saga this leader drives, or is adopting: its mailbox then holds the
         adoption, and an event queued behind it is applied once the record exists (a
@@ -698,6 +728,11 @@ class Orchestrator:
         if task is not None:
             if self._writes is not None:
                 self._writes.untrack(task)
+        if gone.drained:
+            # a worker that drained left a run it never started (it was given it as it
+            # left): put it on another worker, same attempt (a new run by its token)
+            await self._place(entry)
+            return
         await self._apply(entry, m.ClaimLost(gone.step, gone.kind, gone.attempt))
 
     def _on_cancel_event(self, ev: WatchEvent) -> None:
@@ -705,20 +740,23 @@ class Orchestrator:
             sid = self.keys.saga_id(ev.kv.key, "cancel")
             if self._known(sid):
                 self._spawn(sid, m.Cancel())
+            elif sid not in self._finished:
+                self._early_cancel(sid)
 
     def _on_region_event(self, ev: WatchEvent) -> None:
         region = self.keys.region_of(ev.kv.key)
         before = frozenset(self.router.regions)
         if ev.type is EventType.DELETE:
+            lease = ev.kv.key.rpartition(b"/")[2].decode(errors="replace")
+            drained = bool(self._workers.workers(region).get(lease, {}).get("draining"))
             self._workers.delete(region, ev.kv.key)
             # its lease ended (or it was deleted): so did the tasks on that lease
-            lease = ev.kv.key.rpartition(b"/")[2].decode(errors="replace")
             if self._writes is not None:
                 self._writes.worker_gone(lease)
             for sid, entry in self._sagas.items():
                 for index, task in entry.tasks.items():
                     if task.lease == lease:
-                        self._spawn(sid, TaskGone(index, task.kind, task.attempt, lease))
+                        self._spawn(sid, TaskGone(index, task.kind, task.attempt, lease, drained))
         else:
             self._workers.put(region, ev.kv.key, ev.kv.value)
         self.router.update(self._workers.regions())
@@ -788,6 +826,9 @@ class Orchestrator:
         await run_guarded(self.middleware, ctx, final)
         entry = created[0]
         self._emit("adopted", saga_id=saga_id, saga=name)
+        if saga_id in self._early_cancels:
+            del self._early_cancels[saga_id]
+            self._spawn(saga_id, m.Cancel())  # asked before the leader saw the submission
         if entry.record.steps and entry.record.steps[0].waiting_region and self.router.regions:
             # the region view may have changed while this adoption was in flight (the
             # region watch can lag the submit watch), and RegionsChanged reaches only
@@ -858,13 +899,47 @@ class Orchestrator:
         raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)
 
     async def _reload(self, entry: LeaderSaga) -> None:
-        """Our cache is stale (or a write's outcome unknown): read the record again."""
-        cur = await self.client.get(self.keys.saga(entry.record.id))
-        if cur.kvs:
-            entry.record = SagaRecord.from_json(cur.kvs[0].value)
-            entry.mod_revision = cur.kvs[0].mod_revision
-        else:
-            entry.mod_revision = 0
+        """Our cache is stale (or a write's outcome unknown): read the record again, and
+        which of its tasks exist, at one revision.
+
+        A write whose answer was lost may have committed: the record then names the
+        workers it chose, and the cache must know their tasks, or the next write would
+        neither delete them (two live runs of a step) nor leave them be (the run put
+        again elsewhere). A task that is gone with its run's result there was deleted by
+        that result (its event follows): it counts as known, not as lost.
+        """
+        key = self.keys.saga(entry.record.id)
+        for _ in range(5):
+            cur = await self.client.get(key)
+            if cur.kvs:
+                entry.record = SagaRecord.from_json(cur.kvs[0].value)
+                entry.mod_revision = cur.kvs[0].mod_revision
+            else:
+                entry.mod_revision = 0
+            wanted = active_tasks(self.keys, entry.record) if entry.mod_revision else {}
+            old = list(entry.tasks.values())
+            reads = [Op.get(t.key, keys_only=True) for t in (*wanted.values(), *old)]
+            reads += [Op.get(self.keys.result(t.region, entry.record.id, i, t.kind, t.attempt), keys_only=True) for i, t in wanted.items()]
+            if not reads:
+                return
+            res = await self.client.txn([Compare.mod_revision(key, "==", entry.mod_revision)], reads)
+            if not res.succeeded:
+                continue  # the record moved between the two reads
+            found = [isinstance(got, RangeResult) and bool(got.kvs) for got in res.responses]
+            n = len(wanted)
+            exists = {t.key for t, there in zip((*wanted.values(), *old), found, strict=False) if there}
+            recorded = dict(zip(wanted, found[n + len(old) :], strict=True))
+            tasks = {i: t for i, t in entry.tasks.items() if t.key in exists}
+            tasks.update({i: t for i, t in wanted.items() if t.key in exists or recorded[i]})
+            writes = self._writes
+            if writes is not None:
+                for t in entry.tasks.values():
+                    writes.untrack(t)
+                for t in tasks.values():
+                    writes.track(t)
+            entry.tasks = tasks
+            return
+        raise WhizorchError("saga record keeps changing under the leader", saga_id=entry.record.id)  # retried
 
     async def _commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition) -> None:
         """Write a transition (``_leader_write.py``: fenced, batched, its runs placed on

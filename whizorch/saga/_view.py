@@ -9,7 +9,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from whizorch.errors import ConfigError
@@ -41,7 +41,7 @@ class Workers:
         """The region's live workers: lease (hex, the last part of the key) -> capabilities."""
         return {key.rpartition(b"/")[2].decode(): caps for key, caps in self._by_region.get(region, {}).items()}
 
-    def pick(self, region: str, outstanding: dict[str, int], exclude: set[str] | frozenset[str] = frozenset()) -> str | None:
+    def pick(self, region: str, outstanding: dict[str, int], exclude: Collection[str] = frozenset()) -> str | None:
         """The worker (lease hex) to put the region's next task on: the least loaded by
         the tasks this leader has put on it per unit of its concurrency, draining
         workers last; None when the region has no worker."""

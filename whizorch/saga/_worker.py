@@ -122,8 +122,9 @@ class Worker:
         self._crashed: asyncio.Future[None] | None = None
         self._background = BackgroundTasks(f"whizorch-worker-{region}")
         self._reported_load = -1.0
-        self._done: set[bytes] = set()
-        """Tasks this session has run (a re-read of the tasks does not run them again)."""
+        self._done: dict[bytes, int] = {}
+        """Tasks this session has run, by token, until their deletion is seen (a re-read
+        of the tasks does not run them again; a task put anew is a new run)."""
         self._results = TxnBatcher(client, idempotent=True)
         """Results of runs that end together go in one txn."""
         self.completed = 0
@@ -211,8 +212,8 @@ class Worker:
                     raise
                 log.warning("worker %s: %s; registering again", self.worker_id, exc)
             finally:
+                self._session = None  # first: a cancelled run's finally then starts no other
                 await self._cancel_running()
-                self._session = None
                 await end_session(session, self._background)
             if not self._draining.is_set():
                 await asyncio.sleep(backoff.next_s())  # ok: backoff before registering again
@@ -281,6 +282,7 @@ class Worker:
             while (ev := await watch.next_unless(stop)) is not None:
                 if ev.type is EventType.DELETE:
                     self._backlog.pop(ev.kv.key, None)  # withdrawn before it started
+                    self._done.pop(ev.kv.key, None)  # gone for good: the set stays small
                 else:
                     self._offer(ev.kv.key, ev.kv.value, ev.kv.create_revision)
                 self._start_backlog(session)
@@ -323,8 +325,8 @@ class Worker:
                     log.info("worker %s: could not report its load: %s", self.worker_id, exc)
 
     def _offer(self, key: bytes, value: bytes, token: int) -> None:
-        if key in self._done or key in self._running:
-            return
+        if self._done.get(key) == token:
+            return  # this run is here already (a re-read of the tasks)
         try:
             task = TaskPayload.from_json(value)
         except ConfigError as exc:
@@ -339,7 +341,12 @@ class Worker:
         for key in list(self._backlog):
             if len(self._running) >= self.concurrency:
                 return
+            if key in self._running:
+                continue  # the same key put anew: its new run starts when this one ends
             task, token = self._backlog.pop(key)
+            # marked before it runs: the deletion its own result txn makes may be seen
+            # before that txn's answer, and must find the mark to clear it
+            self._done[key] = token
             run = asyncio.get_running_loop().create_task(
                 self._run(session, key, task, token), name=f"whizorch-step-{task.saga_id}-{task.step}"
             )
@@ -358,6 +365,7 @@ class Worker:
             self._crashed.set_exception(exc)
 
     async def _cancel_running(self) -> None:
+        self._backlog.clear()
         running = list(self._running.values())
         for t in running:
             t.cancel()
@@ -365,6 +373,7 @@ class Worker:
             await asyncio.gather(*running, return_exceptions=True)
         self._running.clear()
         self._backlog.clear()
+        self._done.clear()  # the session's tasks went with its lease
 
     # -- one run ---------------------------------------------------------------------
 
@@ -384,7 +393,6 @@ class Worker:
                 data = self._failure_result(str(exc), started, token)
             result_key = self.keys.result(self.region, task.saga_id, task.step, task.kind, task.attempt)
             res = await self._record(session, key, token, result_key, data, started)
-            self._done.add(key)
             if res.succeeded:
                 self.completed += 1
             else:
@@ -457,10 +465,21 @@ class Worker:
         policy = step.compensation_retry if compensating else step.retry
         outputs = task.outputs
         if task.output_refs:
-            try:
-                outputs = {**outputs, **await self._read_outputs(task.output_refs)}
-            except ConfigError as exc:
-                return False, None, str(exc), "ConfigError", False
+            delay = 0.05
+            while True:
+                try:
+                    outputs = {**outputs, **await self._read_outputs(task.output_refs)}
+                    break
+                except ConfigError as exc:
+                    return False, None, str(exc), "ConfigError", False
+                except WhizorchError as exc:
+                    # etcd trouble: given up, the task would stay on a live lease and
+                    # strand the step; wait it out while the session lives
+                    if session.is_lost or not is_transient(exc):
+                        raise
+                    log.warning("worker %s: could not read earlier outputs yet: %s; retrying", self.worker_id, exc)
+                    await asyncio.sleep(delay)  # ok: back off before reading again
+                    delay = min(delay * 2, 1.0)
         ctx = StepContext(
             saga_id=task.saga_id,
             transaction_id=task.txid,
