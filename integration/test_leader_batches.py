@@ -82,10 +82,14 @@ async def roles(
     return orch
 
 
-async def run_all(sagas: SagaClient, ids: list[str], directory: Path) -> None:
-    results = await asyncio.gather(
-        *(sagas.execute(apps.trip, {"dir": str(directory)}, saga_id=sid, timeout_s=30) for sid in ids)
-    )
+async def run_all(client: EtcdClient, ns: str, ids: list[str], directory: Path) -> None:
+    """Run the sagas at once: each completed, every step's handler run once."""
+    async with contextlib.AsyncExitStack() as st:
+        sagas = SagaClient(client, namespace=ns)
+        st.push_async_callback(sagas.aclose)
+        results = await asyncio.gather(
+            *(sagas.execute(apps.trip, {"dir": str(directory)}, saga_id=sid, timeout_s=30) for sid in ids)
+        )
     assert [r.status for r in results] == ["completed"] * len(ids)
     assert runs(directory) == {(sid, step): 1 for sid in ids for step in "abcd"}
     for r in results:
@@ -120,11 +124,7 @@ async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[
             return await call()
 
         hooked.hook = interfere
-        sagas = SagaClient(other, namespace=ns)
-        try:
-            await run_all(sagas, [f"c{i}" for i in range(12)], tmp_path)
-        finally:
-            await sagas.aclose()
+        await run_all(other, ns, [f"c{i}" for i in range(12)], tmp_path)
         assert done, "no batch of 3+ saga updates happened"
         n, committed = done[0]
         assert committed == n - 1  # the one whose record moved; the rest committed with it
@@ -146,11 +146,7 @@ async def test_results_before_the_adoption_is_acknowledged(etcd_endpoints: list[
             return res
 
         hooked.hook = late
-        sagas = SagaClient(other, namespace=ns)
-        try:
-            await run_all(sagas, ["late-1", "late-2", "late-3"], tmp_path)
-        finally:
-            await sagas.aclose()
+        await run_all(other, ns, ["late-1", "late-2", "late-3"], tmp_path)
 
 
 async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(
@@ -177,11 +173,7 @@ async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(
             return res
 
         hooked.hook = die
-        sagas = SagaClient(other, namespace=ns)
-        try:
-            await run_all(sagas, [f"k{i}" for i in range(10)], tmp_path)
-        finally:
-            await sagas.aclose()
+        await run_all(other, ns, [f"k{i}" for i in range(10)], tmp_path)
         assert killed.is_set(), "no batch of 2+ saga updates happened"
         assert second.is_leader and not first.is_leader
 
@@ -200,11 +192,7 @@ async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: 
             return await call()
 
         hooked.hook = count_ops
-        sagas = SagaClient(other, namespace=ns)
-        try:
-            await run_all(sagas, [f"m{i}" for i in range(count)], tmp_path)
-        finally:
-            await sagas.aclose()
+        await run_all(other, ns, [f"m{i}" for i in range(count)], tmp_path)
         writes = orch._writes
         assert writes is not None and writes.batcher.items > writes.batcher.batches
         assert 1 < widest[0] <= 64
@@ -215,6 +203,15 @@ async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: 
             timeout=5,
         )
         assert sum(w.completed for w in WORKERS[ns]) == 4 * count
+
+
+async def b_held(directory: Path) -> None:
+    """Wait until step b runs and is held."""
+
+    def check() -> None:
+        assert any(r["step"] == "b" and r["phase"] == "held" for r in apps.read_runs(directory))
+
+    await eventually_async(check, timeout=15)
 
 
 def put_keys(ops: Any) -> list[bytes]:
@@ -253,10 +250,7 @@ async def test_a_write_whose_answer_is_lost_but_committed(etcd_endpoints: list[s
         try:
             handle = await sagas.submit(apps.trip, {"dir": str(tmp_path), "hold": {"b": 1}}, saga_id="lost")
 
-            def b_held() -> None:
-                assert any(r["step"] == "b" and r["phase"] == "held" for r in apps.read_runs(tmp_path))
-
-            await eventually_async(b_held, timeout=15)
+            await b_held(tmp_path)
             await handle.cancel()
             await asyncio.sleep(0.5)  # ok: give the cancel's write time to (wrongly) move b
             apps.release(tmp_path, "lost", "b")
@@ -289,10 +283,7 @@ async def test_a_draining_workers_unfinished_run_moves_without_a_retry(
         try:
             handle = await sagas.submit(apps.trip, {"dir": str(tmp_path), "hold": {"b": 1}}, saga_id="drained")
 
-            def b_held() -> None:
-                assert any(r["step"] == "b" and r["phase"] == "held" for r in apps.read_runs(tmp_path))
-
-            await eventually_async(b_held, timeout=15)
+            await b_held(tmp_path)
             await st.enter_async_context(Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL))
             await leaving.aclose()  # b is held past the drain timeout: cancelled there
             apps.release(tmp_path)

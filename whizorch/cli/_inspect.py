@@ -44,8 +44,8 @@ from whizorch.config import WhizorchConfig
 from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
 from whizorch.saga import SagaClient, SagaRecord
-from whizorch.saga._listing import Listing, scan_sagas
-from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys, decode_json
+from whizorch.saga._listing import Listing, scan_sagas, submitted
+from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys
 
 __all__ = ["render_list", "render_show", "render_status"]
 
@@ -165,20 +165,8 @@ async def _pending(
             sid = t.keys.saga_id(kv.key, "submit")
         except ConfigError:
             continue  # quarantined by the leader: listed by status
-        if sid in known:
-            continue
-        try:
-            sub = decode_json(kv.value, what="submission")
-        except ConfigError:
-            sub = {}
-        sub = sub if isinstance(sub, dict) else {}
-        submitted = sub.get("submitted")
-        out.append(
-            Pending(
-                saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
-                submitted=float(submitted) if isinstance(submitted, (int, float)) else None,
-            )
-        )  # fmt: skip
+        if sid not in known:
+            out.append(submitted(sid, kv))
     return out
 
 

@@ -159,16 +159,21 @@ async def _submissions(client: EtcdClient, keys: Keys, ids: list[str], revision:
     for sid, res in zip(ids, reads, strict=True):
         if not res.kvs:
             continue
-        kv = res.kvs[0]
-        sub: Any
-        try:
-            sub = decode_json(kv.value, what="submission")
-        except ConfigError:
-            sub = {}
-        sub = sub if isinstance(sub, dict) else {}
-        submitted = sub.get("submitted")
-        out[sid] = Submitted(
-            saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
-            submitted=float(submitted) if isinstance(submitted, (int, float)) else None,
-        )  # fmt: skip
+        out[sid] = submitted(sid, res.kvs[0])
     return out
+
+
+def submitted(sid: str, kv: KeyValue) -> Submitted:
+    """A pending submission as listed: its saga type and time, "?"/None where the
+    value does not say (the leader quarantines what does not parse)."""
+    sub: Any
+    try:
+        sub = decode_json(kv.value, what="submission")
+    except ConfigError:
+        sub = {}
+    sub = sub if isinstance(sub, dict) else {}
+    at = sub.get("submitted")
+    return Submitted(
+        saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
+        submitted=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+    )  # fmt: skip

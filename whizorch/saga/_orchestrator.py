@@ -383,23 +383,24 @@ class Orchestrator:
             except ConfigError as exc:
                 self._poison("task", kv, str(exc))
         recorded: set[str] = set()
-        for kv, done in snap.finished.values():
+
+        def record_id(kv: KeyValue) -> str | None:
             try:
                 sid = self.keys.saga_id(kv.key, "saga")
             except ConfigError as exc:
                 self._poison("saga", kv, str(exc))
-                continue
+                return None
             recorded.add(sid)
-            self._finished[sid] = done
+            return sid
+
+        for kv, done in snap.finished.values():
+            if (sid := record_id(kv)) is not None:
+                self._finished[sid] = done
         live: list[LeaderSaga] = []
         untouched: set[str] = set()
         for kv, raw in snap.live:
-            try:
-                sid = self.keys.saga_id(kv.key, "saga")
-            except ConfigError as exc:
-                self._poison("saga", kv, str(exc))
+            if (sid := record_id(kv)) is None:
                 continue
-            recorded.add(sid)
             try:
                 if raw is None:
                     SagaRecord.from_json(kv.value)  # raises, naming what is wrong
