@@ -36,6 +36,7 @@ from whizorch.testing._member import (
     describe_failure,
 )
 from whizorch.testing._process import free_ports
+from whizorch.testing._shape import LeaderWaits
 from whizorch.testing._tls import TLSFiles, generate_tls
 
 __all__ = ["LocalEtcdCluster"]
@@ -95,7 +96,7 @@ async def _shielded_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -
     return await asyncio.shield(task)
 
 
-class LocalEtcdCluster:
+class LocalEtcdCluster(LeaderWaits[EtcdMember]):
     """A 1- or 3-member (any size works) etcd cluster of local processes.
 
     ::
@@ -532,29 +533,8 @@ class LocalEtcdCluster:
             abort.set()
             raise
 
-    def leader(self) -> EtcdMember | None:
-        """The member that is Raft leader now, if one is (paused members excluded)."""
-        self._check_open()
-        for member in self._members:
-            if member.is_running and not member.is_paused and member.is_leader():
-                return member
-        return None
-
-    def wait_leader(self, timeout: float = 30.0) -> EtcdMember:
-        """Wait until a running member is leader, and return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.leader()
-            if found is not None:
-                return found
-            if time.monotonic() >= deadline:
-                raise ClusterUnhealthyError(f"no etcd leader within {timeout:.1f}s")
-            if self._closing.wait(_POLL_S):
-                raise ClosedError("the cluster was closed while waiting for a leader")
-
-    async def await_leader(self, timeout: float = 30.0) -> EtcdMember:  # noqa: ASYNC109
-        """`wait_leader` without blocking the event loop."""
-        return await asyncio.to_thread(self.wait_leader, timeout)
+    def _serving(self) -> list[EtcdMember]:
+        return [m for m in self._members if m.is_running and not m.is_paused]
 
     # -- etcdctl ----------------------------------------------------------------------
 

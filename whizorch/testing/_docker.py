@@ -40,10 +40,12 @@ from whizorch.testing._member import (
     LOOPBACK,
     ClusterUnhealthyError,
     LocalClusterError,
+    MemberURLs,
     http_get,
     is_healthy,
 )
 from whizorch.testing._process import free_ports
+from whizorch.testing._shape import LeaderWaits
 from whizorch.testing._tls import TLSFiles
 
 __all__ = [
@@ -122,7 +124,7 @@ def member_command(
     ]
 
 
-class DockerMember:
+class DockerMember(MemberURLs):
     """One etcd member in a container on the host network.
 
     The same control surface as a local `EtcdMember`, through the engine: `kill` is
@@ -160,26 +162,6 @@ class DockerMember:
     def host(self) -> str:
         """The address the member listens on."""
         return self._cluster.host
-
-    @property
-    def endpoint(self) -> str:
-        """The client endpoint without scheme, ``"127.0.0.1:PORT"``."""
-        return f"{self.host}:{self.client_port}"
-
-    @property
-    def client_url(self) -> str:
-        """The client URL, ``"http://127.0.0.1:PORT"``."""
-        return f"http://{self.endpoint}"
-
-    @property
-    def peer_url(self) -> str:
-        """The peer URL."""
-        return f"http://{self.host}:{self.peer_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """The metrics URL (``/health``, ``/metrics``)."""
-        return f"http://{self.host}:{self.metrics_port}"
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -405,7 +387,7 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-class DockerEtcdCluster:
+class DockerEtcdCluster(LeaderWaits[DockerMember]):
     """An etcd cluster of containers on the host network, members on 127.0.0.1.
 
     ::
@@ -629,29 +611,8 @@ class DockerEtcdCluster:
         """`wait_healthy` without blocking the event loop."""
         await asyncio.to_thread(self.wait_healthy, timeout)
 
-    def leader(self) -> DockerMember | None:
-        """The member that is Raft leader now, if one is (paused members excluded)."""
-        self._check_open()
-        for member in self._members:
-            if member._wanted and not member._paused and member.is_leader():
-                return member
-        return None
-
-    def wait_leader(self, timeout: float = 30.0) -> DockerMember:
-        """Wait until a running member is leader, and return it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.leader()
-            if found is not None:
-                return found
-            if time.monotonic() >= deadline:
-                raise ClusterUnhealthyError(f"no etcd leader within {timeout:.1f}s")
-            if self._closing.wait(_POLL_S):
-                raise ClosedError("the cluster was closed while waiting for a leader")
-
-    async def await_leader(self, timeout: float = 30.0) -> DockerMember:  # noqa: ASYNC109
-        """`wait_leader` without blocking the event loop."""
-        return await asyncio.to_thread(self.wait_leader, timeout)
+    def _serving(self) -> list[DockerMember]:
+        return [m for m in self._members if m._wanted and not m._paused]
 
     def etcdctl(
         self,

@@ -88,7 +88,44 @@ def _proc_state(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[0]
 
 
-class EtcdMember:
+class MemberURLs:
+    """A member's addresses from its host, scheme and ports."""
+
+    client_port: int
+    peer_port: int
+    metrics_port: int
+
+    @property
+    def host(self) -> str:  # pragma: no cover - each member says
+        raise NotImplementedError
+
+    @property
+    def scheme(self) -> str:
+        """The client URL's scheme (``http`` unless the member serves TLS)."""
+        return "http"
+
+    @property
+    def endpoint(self) -> str:
+        """The client endpoint without scheme, ``"HOST:PORT"``."""
+        return f"{self.host}:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        """The client URL with scheme."""
+        return f"{self.scheme}://{self.endpoint}"
+
+    @property
+    def peer_url(self) -> str:
+        """The peer URL (plain HTTP)."""
+        return f"http://{self.host}:{self.peer_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """The plain-HTTP metrics URL (``/health``, ``/metrics``), even with TLS."""
+        return f"http://{self.host}:{self.metrics_port}"
+
+
+class EtcdMember(MemberURLs):
     """One member of a `LocalEtcdCluster`, listening on 127.0.0.1 only.
 
     Ports and data directory stay the same across `stop`/`kill` and `restart`.
@@ -124,24 +161,14 @@ class EtcdMember:
     # -- addresses and files ----------------------------------------------------------
 
     @property
-    def endpoint(self) -> str:
-        """The client endpoint without scheme, ``"127.0.0.1:PORT"``."""
-        return f"{LOOPBACK}:{self.client_port}"
+    def host(self) -> str:
+        """The address the member listens on."""
+        return LOOPBACK
 
     @property
-    def client_url(self) -> str:
-        """The client URL with scheme (``https`` when the cluster uses TLS)."""
-        return f"{self._cluster.scheme}://{self.endpoint}"
-
-    @property
-    def peer_url(self) -> str:
-        """The peer URL (always plain HTTP on loopback)."""
-        return f"http://{LOOPBACK}:{self.peer_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        """The plain-HTTP metrics URL (``/health``, ``/metrics``), even with TLS."""
-        return f"http://{LOOPBACK}:{self.metrics_port}"
+    def scheme(self) -> str:
+        """``https`` when the cluster uses TLS."""
+        return self._cluster.scheme
 
     @property
     def data_dir(self) -> Path:
