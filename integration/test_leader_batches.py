@@ -294,3 +294,23 @@ async def test_a_draining_workers_unfinished_run_moves_without_a_retry(
         assert starts == [("a", 1), ("b", 1), ("b", 1), ("c", 1), ("d", 1)]
         b = result.record.steps[1]
         assert (b.run, b.failures) == (1, 0) and result.status == "completed"
+
+
+async def test_the_client_reads_outputs_at_the_records_revision(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
+    """The outcome's outputs are read at the final record's revision (serializable: no
+    quorum round); at a revision the member has not applied (or compacted) the client
+    falls back to a linearizable read, with the same outputs."""
+    async with stack(etcd_endpoints) as (hooked, other, st):
+        ns = prefix + NS_TAIL
+        await roles(st, hooked.client, other, ns)
+        sagas = SagaClient(other, namespace=ns)
+        try:
+            result = await sagas.execute(apps.trip, {"dir": str(tmp_path)}, saga_id="outs", timeout_s=30)
+            rec, revision = await sagas._get_at("outs")
+            assert rec is not None and revision > 0
+            future = await sagas._result(rec, revision + 10**9)  # not applied anywhere: falls back
+            current = await sagas._result(rec, revision)
+        finally:
+            await sagas.aclose()
+        assert set(result.outputs) == set("abcd")
+        assert future.outputs == current.outputs == result.outputs

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
-from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
+from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
@@ -150,7 +150,7 @@ class SagaClient:
         self.middleware = check_middleware(middleware)
         """Around every submission: ``async def mw(ctx: Submission, call_next)``."""
         # one watch on <ns>/saga/ serves every wait() of this client
-        self._waiters: dict[str, list[asyncio.Future[SagaRecord]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[tuple[SagaRecord, int]]]] = {}
         self._hub: asyncio.Task[None] | None = None
         self._hub_ready: asyncio.Future[None] | None = None
 
@@ -197,7 +197,7 @@ class SagaClient:
                             except ConfigError:
                                 continue
                             if rec.is_final:
-                                self._resolve(sid, rec)
+                                self._resolve(sid, rec, ev.kv.mod_revision)
             except asyncio.CancelledError:
                 raise
             except WhizorchError as exc:
@@ -207,16 +207,21 @@ class SagaClient:
                     return
                 await asyncio.sleep(0.1)  # ok: back off before re-creating the watch
 
-    def _resolve(self, saga_id: str, rec: SagaRecord) -> None:
+    def _resolve(self, saga_id: str, rec: SagaRecord, revision: int) -> None:
         for fut in self._waiters.pop(saga_id, []):
             if not fut.done():
-                fut.set_result(rec)
+                fut.set_result((rec, revision))
 
     async def _recheck_waiters(self) -> None:
         for sid in list(self._waiters):
-            rec = await self.get(sid)
+            rec, revision = await self._get_at(sid)
             if rec is not None and rec.is_final:
-                self._resolve(sid, rec)
+                self._resolve(sid, rec, revision)
+
+    async def _get_at(self, saga_id: str) -> tuple[SagaRecord | None, int]:
+        """The record and the revision it was written at."""
+        res = await self.client.get(self.keys.saga(saga_id))
+        return (SagaRecord.from_json(res.kvs[0].value), res.kvs[0].mod_revision) if res.kvs else (None, 0)
 
     async def submit(
         self,
@@ -298,14 +303,14 @@ class SagaClient:
         """Wait until the saga is final; watches the record (no polling)."""
         async with asyncio.timeout(timeout_s):
             await self._ensure_hub()
-            fut: asyncio.Future[SagaRecord] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[tuple[SagaRecord, int]] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(saga_id, []).append(fut)
             try:
                 # the hub's watch started before this read: a final write is either
                 # in the read or delivered by the watch
-                rec = await self.get(saga_id)
+                rec, revision = await self._get_at(saga_id)
                 if rec is None or not rec.is_final:
-                    rec = await fut
+                    rec, revision = await fut
             finally:
                 waiting = self._waiters.get(saga_id)
                 if waiting is not None and fut in waiting:
@@ -313,7 +318,7 @@ class SagaClient:
                     if not waiting:
                         del self._waiters[saga_id]
         assert rec is not None
-        result = await self._result(rec)
+        result = await self._result(rec, revision)
         if raise_on_failure and not result.ok:
             raise SagaFailedError(
                 f"saga {rec.saga!r} {saga_id!r} ended {rec.status}: {rec.error}",
@@ -321,12 +326,26 @@ class SagaClient:
             )
         return result
 
-    async def _result(self, rec: SagaRecord) -> SagaResult:
+    async def _read_results(self, keys: list[bytes], revision: int) -> TxnResult:
+        """The results a final record names. Every one was written before the record, so
+        read at the record's revision they are what it names; a serializable read there
+        needs no quorum round (one less round trip to etcd's leader, across a WAN) and is
+        exact on any member that has applied that revision. A member that has not (or a
+        compacted revision) is answered by a linearizable read instead."""
+        if revision:
+            try:
+                return await self.client.txn([], [Op.get(k, revision=revision, serializable=True) for k in keys])
+            except WhizorchError as exc:
+                if isinstance(exc, ClosedError):
+                    raise
+        return await self.client.txn([], [Op.get(k) for k in keys])
+
+    async def _result(self, rec: SagaRecord, revision: int = 0) -> SagaResult:
         outputs: dict[str, Any] = {}
         done = [st for st in rec.steps if st.result]
         for i in range(0, len(done), 64):  # within etcd's ops-per-txn limit
             chunk = done[i : i + 64]
-            res = await self.client.txn([], [Op.get(st.result.encode()) for st in chunk if st.result])
+            res = await self._read_results([st.result.encode() for st in chunk if st.result], revision)
             for st, got in zip(chunk, res.responses, strict=True):
                 if isinstance(got, RangeResult) and got.kvs:
                     outputs[st.name] = ResultPayload.from_json(got.kvs[0].value).output
