@@ -2,9 +2,10 @@
 
 Many writers (a leader's per-saga drivers, a worker's runs) each have one small txn to
 commit: ``compare -> success | failure``. Sent one by one, each costs a Raft round and
-a gRPC call. A :class:`TxnBatcher` sends the first at once (no added latency when
-idle) and, while that is in flight, gathers the others; when it returns they go
-together as ONE txn whose ops are the writers' own txns, nested (etcd 3.3+):
+a gRPC call. A :class:`TxnBatcher` sends them at once (no added latency when idle),
+up to ``max_in_flight`` txns at a time; while that many are in flight it gathers the
+others, and when one returns they go together as ONE txn whose ops are the writers'
+own txns, nested (etcd 3.3+):
 
     txn(outer_compare) -> [txn(c1 -> s1 | f1), txn(c2 -> s2 | f2), ...] | outer_failure
 

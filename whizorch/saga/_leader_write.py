@@ -48,7 +48,9 @@ class LeaderWrites:
     def __init__(self, client: EtcdClient, keys: Keys, fence: Fence, workers: Workers) -> None:
         self.keys = keys
         self.workers = workers
-        self.batcher = TxnBatcher(client, outer_compare=lambda: [fence.compare()], outer_failure=lambda: [Op.get(fence.key)])
+        self.batcher = TxnBatcher(
+            client, outer_compare=lambda: [fence.compare()], outer_failure=lambda: [Op.get(fence.key)], max_in_flight=4
+        )
         """Every saga's write of this leadership goes through it (see ``etcd/_batch.py``)."""
         self.outstanding: dict[str, int] = {}
         """Tasks this leader has on each worker (lease hex): how it spreads the load."""

@@ -125,7 +125,7 @@ class Worker:
         self._done: dict[bytes, int] = {}
         """Tasks this session has run, by token, until their deletion is seen (a re-read
         of the tasks does not run them again; a task put anew is a new run)."""
-        self._results = TxnBatcher(client, idempotent=True)
+        self._results = TxnBatcher(client, idempotent=True, max_in_flight=4)
         """Results of runs that end together go in one txn."""
         self.completed = 0
         """Runs this worker finished and recorded (for tests and metrics)."""
