@@ -102,7 +102,8 @@ def nested(success: Any) -> int:
 
 
 async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
-    """Inside the first batch of several sagas, another writer moves one saga's
+    """Inside the first batch of several saga updates (leader writes are slowed until
+    then, so batches form whatever the machine's speed), another writer moves one saga's
     record: that saga's nested compare fails and it is re-read and re-applied; the
     others in the batch commit as they were. Every saga completes, each step once."""
     async with stack(etcd_endpoints) as (hooked, other, st):
@@ -111,6 +112,10 @@ async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[
         done: list[tuple[int, int]] = []  # (sagas in the batch, of which committed)
 
         async def interfere(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            if not done:
+                # ok: until the interference happened, every leader write takes 0.2 s, so
+                # its in-flight slots stay full and the next transitions gather in a batch
+                await asyncio.sleep(0.2)
             if not done and nested(success) >= 3:
                 victim = next(
                     op._pb.request_txn.compare[0].key for op in success if op._pb.WhichOneof("request") == "request_txn"
