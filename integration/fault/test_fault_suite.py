@@ -28,4 +28,6 @@ async def test_seeded_faults_keep_every_invariant(seed: int, etcd_bin: str, tmp_
     money is conserved, no stale run's effect lands, and every role comes back."""
     opts = Options(seed=seed, duration_s=DURATION_S, sagas=settings.sagas())
     outcome = await run_seed(opts, workdir=tmp_path, etcd_bin=etcd_bin, log=main_log)
+    if outcome.void is not None:  # etcd's own published bug, found by comparing the members' KV hashes
+        pytest.skip(f"seed {seed}: {outcome.void}")
     assert outcome.ok, "\n" + outcome.report
