@@ -30,7 +30,7 @@ from whizorch.cli._views import (
     timeline_rows,
     workers_by_region,
 )
-from whizorch.etcd import KeyValue, Member, Status
+from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga import SagaRecord, StepState
 from whizorch.saga._model import Keys
 
@@ -178,6 +178,21 @@ def cluster() -> tuple[list[Member], Status]:
     return members, status
 
 
+def test_version_warning_names_only_the_etcd_versions_known_to_diverge() -> None:
+    """3.5.0-3.5.2 (any spelling Status uses) get a warning naming the bug and the fix;
+    3.5.3 on, 3.4 and unparsable strings get none."""
+    for v in ("3.5.0", "3.5.1", "v3.5.2", "3.5.1-dev"):
+        w = version_warning(v)
+        assert w is not None and "etcd-io/etcd#13766" in w and "3.5.3 or newer" in w
+    for v in ("3.5.3", "3.5.17", "3.4.23", "3.6.0", "", "unknown"):
+        assert version_warning(v) is None
+    members, status = cluster()
+    fine = Status("h:2379", "3.5.17", 4096, 0xB2, 0xA1, 99, 5, 80, ())
+    assert summarize_cluster(members, fine, {0xA1: fine})["warnings"] == []
+    # one member still on 3.5.1 is enough to warn
+    assert len(summarize_cluster(members, fine, {0xA1: fine, 0xB2: status})["warnings"]) == 1
+
+
 def test_cluster_names_the_raft_leader_and_each_members_reach() -> None:
     """The answering member's view (leader, term, revision, db size) and each member's own status."""
     members, status = cluster()
@@ -207,6 +222,7 @@ def test_status_document_and_its_tables() -> None:
     assert list(doc) == [
         "namespace", "revision", "leader", "candidates", "regions", "sagas", "quarantined", "latency", "etcd",
     ]
+    assert "warnings" in doc["etcd"]
     assert doc["quarantined"] == [
         {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}
     ]
@@ -216,6 +232,9 @@ def test_status_document_and_its_tables() -> None:
     assert "eu" in out and "healthy" in out and "gdpr" in out
     assert "us" in out and "down" in out
     assert "etcd1" in out and "raft term 5" in out
+    # the fixture's etcd is 3.5.1: the status says it is unfit for production, and why
+    assert doc["etcd"]["warnings"] == [version_warning("3.5.1")]
+    assert "warning: etcd 3.5.1 can diverge" in " ".join(out.split())
 
     doc["leader"], doc["candidates"] = None, 0
     assert "no leader" in text(render_status(doc))

@@ -21,23 +21,18 @@ import asyncio
 import json
 from dataclasses import dataclass
 
+from whizorch.etcd import version_warning
 from whizorch.testing import LocalEtcdCluster
 
-__all__ = ["KNOWN_INCONSISTENT", "Divergence", "check_members", "known_bug"]
-
-KNOWN_INCONSISTENT = {(3, 5, 0), (3, 5, 1), (3, 5, 2)}
-"""etcd versions with the published data-inconsistency-after-crash bug."""
+__all__ = ["Divergence", "check_members", "known_bug"]
 
 _ATTEMPTS = 5
 
 
 def known_bug(version: tuple[int, int, int]) -> str | None:
-    """Why this etcd version may diverge after a crash, or None when no such bug is known."""
-    if version in KNOWN_INCONSISTENT:
-        v = ".".join(map(str, version))
-        return (f"etcd {v} can diverge after a member is killed under load (data-inconsistency bug of "
-                f"3.5.0-3.5.2, etcd-io/etcd#13766, fixed in 3.5.3)")
-    return None
+    """Why this etcd version may diverge after a crash, or None when no such bug is known
+    (whizorch's own list: `whizorch.etcd.version_warning`)."""
+    return version_warning(".".join(map(str, version)))
 
 
 @dataclass(frozen=True)

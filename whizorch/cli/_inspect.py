@@ -253,7 +253,8 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
                    (input the leader could not parse and skipped; oldest first),
      "latency": {"from": region | null, "at": float, "measured_ms": {region: ms},
                  "configured_ms": {region: ms | null}} | null (the leader's latency monitor),
-     "etcd": {"endpoint": str, "version": str, "leader": member name | null,
+     "etcd": {"endpoint": str, "version": str, "warnings": [str] (versions unfit for
+              production, e.g. 3.5.0-3.5.2), "leader": member name | null,
               "leader_id": hex str | null, "raft_term": int, "revision": int, "db_size": int,
               "members": [{"id": hex str, "name": str, "client_urls": [str], "is_leader": bool,
                            "is_learner": bool, "reachable": bool | null, "version": str | null,
@@ -423,6 +424,8 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
             _t(role, "bold" if m["is_leader"] else ("red" if m["reachable"] is False else "")),
             _t(f"{m['db_size']:,}" if m["db_size"] is not None else None), _t(m["raft_index"]),
         )
+    if e.get("warnings"):
+        etcd.caption = Text("\n".join(f"warning: {w}" for w in e["warnings"]), style="bold red")
     parts: list[RenderableType] = [head, regions, sagas]
     lat = doc.get("latency")
     if lat and (lat.get("measured_ms") or lat.get("configured_ms")):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from whizorch.errors import ConfigError
-from whizorch.etcd import KeyValue, Member, Status
+from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga._listing import Submitted as Pending
 from whizorch.saga._model import (
     COMPENSATING,
@@ -245,9 +245,11 @@ def summarize_cluster(
                 "error": own if isinstance(own, str) else None,
             }
         )
+    versions = {status.version} | {s.version for s in member_status.values() if isinstance(s, Status)}
     return {
         "endpoint": status.endpoint,
         "version": status.version,
+        "warnings": sorted({w for v in versions if (w := version_warning(v)) is not None}),
         "leader": leader.name if leader is not None else None,
         "leader_id": f"{status.leader:x}" if status.leader else None,
         "raft_term": status.raft_term,

@@ -15,6 +15,7 @@ from whizorch.etcd._types import (
     WatchEvent,
     prefix_end,
 )
+from whizorch.etcd._versions import version_warning
 from whizorch.etcd._watch import Watch
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "WatchEvent",
     "parse_endpoints",
     "prefix_end",
+    "version_warning",
 ]
