@@ -9,7 +9,7 @@ from whizorch.testing import LocalEtcdCluster
 
 from .consistency import check_members, known_bug
 
-pytestmark = [pytest.mark.etcd_control]
+pytestmark = [pytest.mark.etcd_control, pytest.mark.etcd34]
 
 
 async def _writes(endpoints: list[str], values: list[str]) -> None:
