@@ -113,9 +113,9 @@ async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[
 
         async def interfere(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
             if not done:
-                # ok: until the interference happened, every leader write takes 0.2 s, so
-                # its in-flight slots stay full and the next transitions gather in a batch
-                await asyncio.sleep(0.2)
+                # until the interference happened, every leader write takes 0.2 s, so its
+                # in-flight slots stay full and the next transitions gather in a batch
+                await asyncio.sleep(0.2)  # ok: a deliberately slow write, not a wait for state
             if not done and nested(success) >= 3:
                 victim = next(
                     op._pb.request_txn.compare[0].key for op in success if op._pb.WhichOneof("request") == "request_txn"
