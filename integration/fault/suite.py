@@ -409,8 +409,6 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
         if violations:
             (workdir / "report.txt").write_text(report + "\n")
         log(report)
-        if void is not None:
-            log(f"[fault suite] seed {opts.seed}: verdict VOID: {void}")
         return Outcome(opts.seed, violations, report, timings, len(nemesis.faults), void)
 
 
