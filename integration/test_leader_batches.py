@@ -168,6 +168,9 @@ async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(
         killed = asyncio.Event()
 
         async def die(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
+            if not killed.is_set():
+                # as in the conflict test: slow writes keep the in-flight slots full, so a batch forms
+                await asyncio.sleep(0.2)  # ok: a deliberately slow write, not a wait for state
             res = await call()
             if not killed.is_set() and nested(success) >= 2 and res.succeeded:
                 killed.set()
