@@ -35,6 +35,9 @@ from whizorch.saga import App, Retry, Saga, StepContext
 __all__ = [
     "DIR_ENV",
     "app",
+    "app_both",
+    "app_v1",
+    "app_v2",
     "far",
     "geo",
     "intervals",
@@ -252,6 +255,13 @@ app = App([trip, geo, policy, far])
 
 leader_app = App([trip, geo, policy, far, orphan])
 """An orchestrator's app with a saga type no worker knows."""
+
+app_v1 = App([order_v1])
+"""A deployment's code before a change of ``order`` (rolling deploy: the start)."""
+app_both = App([order_v1, order_v2])
+"""The code that makes version 2 current and still runs version 1 (the rolling step)."""
+app_v2 = App([order_v2])
+"""The code once version 1 has drained."""
 
 
 # -- a user middleware -------------------------------------------------------------------

@@ -221,6 +221,54 @@ def count_sagas(records: Iterable[SagaRecord], pending: int = 0, *, total_record
     }  # fmt: skip
 
 
+def summarize_definitions(
+    records: Iterable[SagaRecord], workers: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """Per saga type and version: the sagas in flight pinned to it, the steps of those
+    waiting for a worker that has it, the live workers that can run it (by region), and
+    a warning when sagas are in flight on it and no live worker can run it (their next
+    step waits until one registers, up to ``no_worker_timeout_s``).
+
+    A worker that advertises no list (an older whizorch) runs any version: it counts
+    for every one, under ``any_version``."""
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def row(name: str, version: str) -> dict[str, Any]:
+        return table.setdefault(
+            (name, version), {"saga": name, "version": version, "in_flight": 0, "waiting": 0, "workers": {}}
+        )
+
+    for rec in records:
+        if not rec.is_final:
+            r = row(rec.saga, rec.version)
+            r["in_flight"] += 1
+            r["waiting"] += sum(1 for st in rec.steps if st.waiting_region and st.waiting_for == "worker")
+    any_version: dict[str, int] = {}
+    for region, caps in workers.items():
+        for c in caps:
+            if c.get("draining"):
+                continue
+            sagas = c.get("sagas")
+            if sagas is None:
+                any_version[region] = any_version.get(region, 0) + 1
+                continue
+            for name, versions in sagas.items():
+                for version in versions:
+                    w = row(str(name), str(version))["workers"]
+                    w[region] = w.get(region, 0) + 1
+    out = []
+    for (name, version), r in sorted(table.items()):
+        for region, n in any_version.items():
+            r["workers"][region] = r["workers"].get(region, 0) + n
+        r["warning"] = (
+            f"{r['in_flight']} saga(s) of {name} version {version or '(unversioned)'} in flight and no live worker "
+            "can run it: deploy a worker whose App holds it"
+            if r["in_flight"] and not r["workers"] and version else None
+        )
+        out.append(r)
+    return out
+
+
 def summarize_cluster(
     members: Sequence[Member], status: Status, member_status: Mapping[int, Status | str] | None = None
 ) -> dict[str, Any]:
@@ -282,6 +330,7 @@ def summarize_status(
         "candidates": len(candidates),
         "regions": summarize_regions(workers, tasks),
         "sagas": count_sagas(records, pending, total_records=total_records),
+        "definitions": summarize_definitions(records, workers),
         "quarantined": list(quarantined),
         "latency": latency,
         "etcd": cluster,
