@@ -94,7 +94,7 @@ def test_custom_scorer_replaces_formula() -> None:
     """A scorer gets (step, region, router); None disqualifies; compliance is still checked first."""
     seen: list[tuple[str, str]] = []
 
-    def scorer(step: Step, region: RegionInfo, r: Router) -> float | None:
+    def scorer(step: StepSpec, region: RegionInfo, r: Router) -> float | None:
         seen.append((step.name, region.name))
         return None if region.name == "bad" else region.workers
 

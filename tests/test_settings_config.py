@@ -23,7 +23,7 @@ from whizorch.config._load import env_vars
 from whizorch.coord import Session
 from whizorch.errors import ConfigError
 from whizorch.etcd import EtcdClient, EtcdConfig
-from whizorch.saga import RegionInfo, Router, Saga, Settings, Step
+from whizorch.saga import RegionInfo, Router, Saga, Settings
 
 DOC = pathlib.Path(__file__).parent.parent / "docs" / "configuration.md"
 FULL_TOML = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S).group(1)  # type: ignore[union-attr]

@@ -21,7 +21,6 @@ from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchE
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._definitions import publish
-from whizorch.saga._spec import SagaSpec
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
@@ -34,6 +33,7 @@ from whizorch.saga._model import (
     decode_json,
     encode_json,
 )
+from whizorch.saga._spec import SagaSpec
 
 __all__ = ["SagaClient", "SagaHandle", "SagaPage", "SagaResult", "SagaSummary"]
 
