@@ -225,3 +225,41 @@ async def test_live_updates_resume_after_the_console_s_etcd_member_is_killed(etc
             while (await http.get("/sagas?prefix=after-kill")).text.count('data-id="after-kill"') == 0:
                 rev = await _next_event(lines)  # each event is a change the page would fetch
             assert rev > 0
+
+
+@pytest.mark.slow
+async def test_demo_console_prints_its_url_and_serves_the_run(etcd_endpoints: list[str]) -> None:
+    """`whizorch demo --console` prints the console's URL, which shows the demo's namespace live; SIGTERM stops both."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "whizorch", "demo", "--etcd", ",".join(etcd_endpoints), "--duration", "30", "--plain",
+        "--console", "127.0.0.1:0", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    url = namespace = None
+    try:
+
+        async def find() -> None:
+            nonlocal url, namespace
+            assert proc.stdout is not None
+            while url is None:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the demo ended before printing the console's URL"
+                found = re.search(r"namespace (demo-\S+)", line)
+                namespace = found.group(1) if found else namespace
+                found = re.search(r"console: (http://127\.0\.0\.1:\d+/)", line)
+                url = found.group(1) if found else None
+
+        await asyncio.wait_for(find(), 120)
+        assert url is not None and namespace is not None
+        async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
+            page = await http.get("/")
+            assert page.status_code == 200 and namespace in page.text and "orch-" in page.text
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(15)
+        await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 128 + 15
+    async with httpx.AsyncClient(timeout=5) as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(url)  # the console stopped with the demo
