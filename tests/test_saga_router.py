@@ -7,18 +7,19 @@ from typing import Any
 import pytest
 
 from whizorch import ConfigError
-from whizorch.saga._definition import Saga, Step
+from whizorch.saga._definition import Saga
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._spec import StepSpec
 
 
-def make_step(*, region: str | None = None, compliance: tuple[str, ...] = ()) -> Step:
+def make_step(*, region: str | None = None, compliance: tuple[str, ...] = ()) -> StepSpec:
     saga = Saga("s")
 
     async def work(ctx: Any, value: Any) -> None:
         return None
 
-    step: Step = saga.step(work, region=region, compliance=compliance)
-    return step
+    saga.step(work, region=region, compliance=compliance)
+    return saga.spec.steps[0]
 
 
 def router(*infos: RegionInfo, **kw: Any) -> Router:

@@ -20,6 +20,8 @@ import attrs
 from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
+from whizorch.saga._definitions import publish
+from whizorch.saga._spec import SagaSpec
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
@@ -153,6 +155,8 @@ class SagaClient:
         self._waiters: dict[str, list[asyncio.Future[tuple[SagaRecord, int]]]] = {}
         self._hub: asyncio.Task[None] | None = None
         self._hub_ready: asyncio.Future[None] | None = None
+        self._published: set[tuple[str, str]] = set()
+        """Definitions this client has published (``submit`` with a Saga object)."""
 
     async def __aenter__(self) -> SagaClient:
         return self
@@ -232,7 +236,11 @@ class SagaClient:
         saga_id: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> SagaHandle:
-        """Submit a saga (idempotent per ``saga_id``); returns a handle at once."""
+        """Submit a saga (idempotent per ``saga_id``); returns a handle at once.
+
+        Given a :class:`Saga`, the saga is pinned to that definition's version (which
+        this call publishes); given a name, the leader pins it to the current version
+        of its App (see docs/design.md, "Saga definitions and versions")."""
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
             raise ConfigError("saga must be a Saga or its name", field="saga", value=saga)
@@ -242,19 +250,23 @@ class SagaClient:
                 "saga_id must be 1-200 characters of letters, digits, '_', '.', ':', '-'", field="saga_id", value=sid
             )
         ctx = Submission(saga_id=sid, saga=name, input=input, trace=dict(trace or {}))
+        spec = saga.spec if isinstance(saga, Saga) else None
 
         async def final() -> SagaHandle:
-            return await self._submit(ctx)
+            return await self._submit(ctx, spec)
 
         return await run_pipeline(self.middleware, ctx, final)
 
-    async def _submit(self, ctx: Submission) -> SagaHandle:
+    async def _submit(self, ctx: Submission, spec: SagaSpec | None) -> SagaHandle:
         sid, name = ctx.saga_id, ctx.saga
-        data = encode_json(
-            {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()},
-            what="saga input",
-            limit=self.max_payload_bytes,
-        )
+        submission: dict[str, Any] = {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()}
+        if spec is not None:
+            submission["version"] = spec.version
+        data = encode_json(submission, what="saga input", limit=self.max_payload_bytes)
+        if spec is not None and (spec.name, spec.version) not in self._published:
+            # the saga is pinned to this version: any leader can drive it once published
+            await publish(self.client, self.keys, spec)
+            self._published.add((spec.name, spec.version))
         key = self.keys.submit(sid)
         res = await self.client.txn(
             [Compare.create_revision(key, "==", 0)], [Op.put(key, data)], [Op.get(key)], idempotent=True

@@ -160,7 +160,8 @@ class LeaderWrites:
                 kind, attempt = (m.RUN, st.run) if st.state == "dispatched" else (m.COMPENSATE, st.comp_run)
                 if self.keys.task(st.region, st.worker, rec.id, index, kind, attempt) in known:
                     continue
-            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases.keys())
+            need = (entry.definition.name, entry.definition.version) if entry.definition is not None else None
+            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases.keys(), need=need)
             st.worker = lease
             if lease is not None:
                 self.outstanding[lease] = self.outstanding.get(lease, 0) + 1

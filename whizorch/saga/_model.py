@@ -33,10 +33,12 @@ FAILED = "failed"
 STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
 
-RECORD_VERSION = 2
-# v1 records (before tasks went on workers' leases) read as v2 with no worker: a
-# rebuild finds no task for their active runs and dispatches them again
-READABLE_VERSIONS = (1, 2)
+RECORD_VERSION = 3
+# v1 records (before tasks went on workers' leases) read with no worker: a rebuild
+# finds no task for their active runs and dispatches them again; v1 and v2 records
+# (before versioned definitions) read with version "": driven by the leader's current
+# definition of their saga type, as they were
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HISTORY = 200
 
 
@@ -72,6 +74,14 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.ns}/leader"
+
+    def definition(self, saga: str, version: str) -> bytes:
+        """A published saga definition (``_spec.py``), create-if-absent, immutable."""
+        return f"{self.ns}/def/{saga}/{version}".encode()
+
+    def definitions(self, saga: str) -> bytes:
+        """Prefix of every published version of ``saga``."""
+        return f"{self.ns}/def/{saga}/".encode()
 
     def prefix(self, kind: str) -> bytes:
         return f"{self.ns}/{kind}/".encode()
@@ -215,6 +225,10 @@ class StepState:
     dispatched_at: float | None = None
     retry_at: float | None = None
     waiting_region: bool = False
+    """The step cannot be dispatched now and waits (see ``waiting_for``)."""
+    waiting_for: str | None = None
+    """While waiting: ``"region"`` (no healthy, compliant region) or ``"worker"`` (no
+    live worker there has the saga's definition at its version)."""
     worker: str | None = None
     """The lease (hex) of the worker the active run's task was put on (its claim)."""
 
@@ -238,6 +252,9 @@ class SagaRecord:
     cancel_requested: bool = False
     trace: dict[str, str] = attrs.Factory(dict)
     leader_term: int = 0
+    version: str = ""
+    """The version of the saga's definition this saga is pinned to ("" in records
+    written before versions: driven by the leader's current definition)."""
     v: int = RECORD_VERSION
 
     @property
@@ -324,6 +341,8 @@ class TaskPayload:
     """Earlier outputs too large to carry here: step name -> result key (the worker
     reads them before running the step), so a task stays small however large the
     outputs grow."""
+    version: str = ""
+    """The version of the saga's definition to run ("": the worker's current one)."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="task", limit=limit)
@@ -361,13 +380,13 @@ _NUMBER = (int, float)
 _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "saga_id": (str,), "saga": (str,), "txid": (int,), "step": (int,), "step_name": (str,), "kind": (str,),
     "attempt": (int,), "region": (str,), "input": (object,), "outputs": (dict,), "timeout_s": (*_NUMBER, type(None)),
-    "trace": (dict,), "output_refs": (dict,),
+    "trace": (dict,), "output_refs": (dict,), "version": (str,),
 }
 _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "ok": (bool,), "output": (object,), "error": (str, type(None)), "error_type": (str, type(None)),
     "retryable": (bool,), "worker": (str,), "region": (str,), "started": _NUMBER, "ended": _NUMBER, "fence": (int,),
 }
-_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs"}
+_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs", "version"}
 _REQUIRED: dict[str, frozenset[str]] = {"task": _REQUIRED_TASK, "result": frozenset({"ok"})}
 
 

@@ -7,7 +7,8 @@ or write under a prefix of that region, so one etcd role per region confines the
 ``<ns>-worker-<region>``   READWRITE ``task/<region>/``, ``run/<region>/``,
                            ``region/<region>/``; READ ``run/``
 ``<ns>-orchestrator``      READWRITE ``<ns>/``
-``<ns>-client``            READWRITE ``submit/``, ``cancel/``; READ ``saga/``, ``run/``
+``<ns>-client``            READWRITE ``submit/``, ``cancel/``, ``def/``; READ ``saga/``,
+                           ``run/``
 ``<ns>-viewer``            READ ``<ns>/``
 ``<ns>-console``           READ ``<ns>/``; READWRITE ``submit/``, ``cancel/``
 =========================  ==========================================================
@@ -152,6 +153,8 @@ def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, 
             (
                 _prefix(PermType.READWRITE, ns, "submit"),
                 _prefix(PermType.READWRITE, ns, "cancel"),
+                # submitting a Saga object publishes its definition (create-if-absent)
+                _prefix(PermType.READWRITE, ns, "def"),
                 _prefix(PermType.READ, ns, "saga"),
                 _prefix(PermType.READ, ns, "run"),
             ),
