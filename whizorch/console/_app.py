@@ -231,8 +231,8 @@ class Console:
                     return RedirectResponse(f"/sagas/{sid}?note=cancel-requested", status_code=303)
                 raw = json.loads(detail.input.text) if detail.input is not None and not detail.input.cut else None
                 if detail.input is not None and detail.input.cut:
-                    sub = await self.hub.client.get(self.keys.submit(sid))
-                    raw = json.loads(sub.kvs[0].value).get("input") if sub.kvs else None
+                    got = await self.hub.client.get(self.keys.input(sid))
+                    raw = json.loads(got.kvs[0].value) if got.kvs else None
                 new_id = f"{sid[:180]}-re-{uuid.uuid4().hex[:8]}"
                 assert detail.saga_type is not None
                 await client.submit(detail.saga_type, raw, saga_id=new_id)

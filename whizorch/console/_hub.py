@@ -33,7 +33,7 @@ from whizorch.etcd import (
     parse_endpoints,
 )
 from whizorch.saga._model import Keys
-from whizorch.saga._rebuild import read_many
+from whizorch.saga._snapshot import read_many
 from whizorch.saga._status import (
     latency_doc,
     leaders_of,
