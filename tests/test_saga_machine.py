@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from whizorch.saga._definition import Retry, Saga
-from whizorch.saga._spec import StepSpec
 from whizorch.saga._machine import (
     COMPENSATE,
     RUN,
@@ -25,6 +24,7 @@ from whizorch.saga._machine import (
     apply,
 )
 from whizorch.saga._model import Keys, SagaRecord
+from whizorch.saga._spec import StepSpec
 
 T0 = 1_000.0
 TIMEOUT = 10.0
