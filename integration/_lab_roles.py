@@ -47,7 +47,7 @@ class LabRoles:
         return await self.start(region, name, ["worker", "--region", region], "worker_ready")
 
     async def orchestrator(self, region: str, name: str, *extra: str) -> Child:
-        argv = ["orchestrator", "--events", "--home-region", region, *(extra or ("--latency", str(self.dir / "latency.json")))]
+        argv = ["orchestrator", "--events", "--shards", "1", "--home-region", region, *(extra or ("--latency", str(self.dir / "latency.json")))]
         return await self.start(region, name, argv, "orchestrator_ready")
 
 

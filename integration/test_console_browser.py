@@ -34,6 +34,7 @@ from _children import Child, children
 
 from whizorch import EtcdClient
 from whizorch.saga import SagaClient
+from whizorch.saga._shards import shard_of
 from whizorch.testing import eventually_async
 
 CHROMIUM = os.environ.get("WHIZORCH_CHROMIUM", "/usr/bin/chromium")
@@ -43,6 +44,8 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 TTL = 2
 WAIT_MS = 30_000
+SHARDS = 4
+"""The namespace's shards (the orchestrators' default): each has a leader."""
 """How long a page may take to show what a test waits for (a slow day's deadline)."""
 HERE = Path(__file__).resolve().parent
 SHOTS = os.environ.get("WHIZORCH_CONSOLE_SCREENSHOTS")
@@ -201,10 +204,13 @@ async def _held(d: Deployment, sid: str) -> None:
 
 
 async def test_overview_shows_the_leader_and_three_regions(deployment: Deployment, page: Page) -> None:
-    """The overview names the orchestrator leader with its term and shows eu, us and ap healthy with a worker each."""
+    """The overview names each shard's leader (one of the two orchestrators) with its
+    term, and shows eu, us and ap healthy with a worker each."""
     await page.goto(deployment.read_only)
-    await expect(page.locator("#leader .node")).to_have_text(re.compile(r"^orch-[12]$"), timeout=WAIT_MS)
-    await expect(page.locator("#leader .term")).to_have_text(re.compile(r"term \d+"))
+    nodes, terms = page.locator("#leader .node"), page.locator("#leader .term")
+    await expect(nodes).to_have_count(SHARDS, timeout=WAIT_MS)
+    await expect(nodes).to_have_text([re.compile(r"^orch-[12]$")] * SHARDS, timeout=WAIT_MS)
+    await expect(terms).to_have_text([re.compile(r"term \d+")] * SHARDS)
     for region in ("eu", "us", "ap"):
         row = page.locator(f'#regions tr[data-region="{region}"]')
         await expect(row).to_contain_text("healthy", timeout=WAIT_MS)
@@ -323,7 +329,8 @@ async def test_timeline_lanes_and_a_failover_marker_after_sigkill(
     sid = f"tour-{uuid.uuid4().hex[:6]}"
     handle = await sagas.submit(capps.tour, {"hold": {"visit_us": "us"}}, saga_id=sid)
     await _held(deployment, sid)
-    leader = (await sagas.client.get(f"{deployment.ns}/leader/", prefix=True)).kvs
+    # the leader of the saga's shard
+    leader = (await sagas.client.get(f"{deployment.ns}/leader/{shard_of(sid, SHARDS)}/", prefix=True)).kvs
     node = min(leader, key=lambda kv: kv.create_revision).value.decode()
     os.kill(deployment.roles["us"].pid, signal.SIGKILL)
     os.kill(deployment.roles[node].pid, signal.SIGKILL)
@@ -355,7 +362,11 @@ async def test_timeline_lanes_and_a_failover_marker_after_sigkill(
     await shot(page, "console-saga.png")
     await page.goto(deployment.read_only)  # what the overview saw of it
     await expect(page.locator("#recent")).to_contain_text("region us down", timeout=WAIT_MS)
-    await expect(page.locator("#recent")).to_contain_text(f"{node} → ", timeout=WAIT_MS)
+    # the killed node's shards: gone with its lease, then led by the other node (a shard's
+    # next leader campaigns once the assignment gives it the shard)
+    other = ({"orch-1", "orch-2"} - {node}).pop()
+    await expect(page.locator("#recent")).to_contain_text(re.compile(f"leader ({node} gone|{node} → {other})"), timeout=WAIT_MS)
+    await expect(page.locator("#recent")).to_contain_text(f"→ {other}", timeout=WAIT_MS)
     await shot(page, "console-overview.png")
 
 

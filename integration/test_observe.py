@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from whizorch import EtcdClient
 from whizorch.observe import Metrics, Tracing, serve_metrics
 from whizorch.saga import App, Orchestrator, Retry, Router, Saga, SagaClient, StepContext, Worker
+from whizorch.saga._shards import shard_of
 from whizorch.testing import eventually_async
 
 pytestmark = pytest.mark.etcd34
@@ -156,7 +157,9 @@ async def test_one_saga_across_three_regions_is_one_trace(observed: Observed) ->
         assert s.parent is not None and s.parent.span_id == orchestrate.context.span_id
         assert attrs["transaction.id"] == result.txid and attrs["success"] is True and attrs["is.leader"] is False
     attrs = orchestrate.attributes or {}
-    assert attrs["is.leader"] is True and attrs["success"] is True and attrs["whizorch.term"] == orch.term
+    # the term of the leader of the saga's shard
+    assert attrs["is.leader"] is True and attrs["success"] is True
+    assert attrs["whizorch.term"] == orch.shards[shard_of("trip-1", orch.shard_count)]
     assert [e.name for e in orchestrate.events].count("step_done") == 3
     record = await observed.sagas.get("trip-1")
     assert record is not None and f"{orchestrate.context.span_id:016x}" in record.trace["traceparent"]
@@ -210,7 +213,7 @@ async def test_leader_change_mid_saga_keeps_one_trace(observed: Observed) -> Non
     lost, resumed = sorted((s for s in spans if s.name == "orchestrate tour"), key=lambda s: s.start_time or 0)
     assert (lost.attributes or {})["whizorch.leadership_lost"] is True
     assert (resumed.attributes or {})["whizorch.resumed"] is True
-    assert (resumed.attributes or {})["whizorch.term"] == second.term
+    assert (resumed.attributes or {})["whizorch.term"] == second.shards[shard_of("trip-3", second.shard_count)]
     assert resumed.parent is not None and resumed.parent.span_id == lost.context.span_id
     # steps hang under the first orchestrate span, whose context the record keeps
     assert all(s.parent is not None and s.parent.span_id == lost.context.span_id for s in spans if s.name.startswith("step "))
@@ -264,5 +267,7 @@ async def test_metrics_scraped_over_http_agree_with_what_happened(observed: Obse
     assert sample(samples, "whizorch_consensus_operation_duration_seconds_count", operation="Txn") > 10
     assert sample(samples, "whizorch_consensus_operation_duration_seconds_count", operation="LeaseKeepAlive") >= 0
     assert sample(samples, "whizorch_is_leader") == 1
-    assert sample(samples, "whizorch_leader_term") == orch.term
+    for shard, term in orch.shards.items():  # one orchestrator: it leads every shard
+        assert sample(samples, "whizorch_leader_term", shard=str(shard)) == term
+    assert sample(samples, "whizorch_shards_led") == orch.shard_count == len(orch.shards)
     assert ("whizorch_sagas_in_flight", (("status", "running"),)) in samples

@@ -74,7 +74,8 @@ class Roles:
     ) -> Child:
         """Start an orchestrator candidate (``--events``); return once it runs."""
         argv = [
-            "orchestrator", "--etcd", ",".join(endpoints or self.endpoints), "--app", "saga_apps:app",
+            # one shard: these tests are about the one leader's failover (integration/test_shards.py: many)
+            "orchestrator", "--shards", "1", "--etcd", ",".join(endpoints or self.endpoints), "--app", "saga_apps:app",
             "--namespace", NS, "--lease-ttl", str(TTL), "--id", ident, "--events",
         ]  # fmt: skip
         if latency is not None:
@@ -152,6 +153,14 @@ async def held(directory: Path, saga_id: str, step: str, attempt: int = 1) -> di
     found = find()
     assert found is not None
     return found
+
+
+async def back(client: EtcdClient) -> None:
+    """o1 is an orchestrator again and o2 still leads the shard."""
+    members = await client.get(f"{NS}/orch/", prefix=True)
+    assert sorted(json.loads(kv.value)["node"] for kv in members.kvs) == ["o1", "o2"]
+    res = await client.get(f"{NS}/leader/", prefix=True, sort_target="create", sort_order="ascend")
+    assert [kv.value for kv in res.kvs] == [b"o2"]
 
 
 def report(what: str, seconds: float) -> None:
@@ -315,7 +324,8 @@ async def test_paused_leader_is_replaced_and_its_late_writes_are_fenced(
 ) -> None:
     """The leader SIGSTOPped past its lease with sagas in flight: the other orchestrator
     takes over and every saga completes. Resumed, the old leader reports it lost and
-    campaigns again (queued behind the new one). In etcd's history, every saga record
+    rejoins as an orchestrator, leaving the shard to the new leader (a leader keeps its
+    shard: nothing moves back). In etcd's history, every saga record
     written after the old leader's key was deleted carries the new leader's term: no
     write of the old term landed after the new term began."""
     o1 = await roles.orchestrator("o1")
@@ -335,18 +345,14 @@ async def test_paused_leader_is_replaced_and_its_late_writes_are_fenced(
     took_at, took = await event(o2, "leader", TTL + 10)
     report("leader SIGSTOP -> next leader leads (rebuilt)", took_at - paused_at)
     ended = await deleted_at(cluster_client, old_key, first["term"])
-    assert first["term"] < took["term"] < ended
+    assert first["term"] < took["term"] and first["term"] < ended
     results = await asyncio.gather(*(sagas.wait(sid, timeout_s=60) for sid in ids))
     check_every_step_ran(roles.dir, ids, results)
 
     o1.send(signal.SIGCONT)
     await event(o1, "follower", 10, term=0)
 
-    async def queued_again() -> None:
-        res = await cluster_client.get(f"{NS}/leader/", prefix=True, sort_target="create", sort_order="ascend")
-        assert [kv.value for kv in res.kvs] == [b"o2", b"o1"]
-
-    await eventually_async(queued_again, timeout=15)
+    await eventually_async(lambda: back(cluster_client), timeout=15)
     assert len(o1.events("leader")) == 1, o1.describe()
     # etcd's own history: the old term wrote until its key went, the new term after
     writes = await record_writes(cluster_client, first["term"])
@@ -365,7 +371,7 @@ async def test_leader_cut_from_etcd_stops_before_its_lease_expires(etcd_cluster:
     (safe mode) before its lease can expire at the server, the other orchestrator takes
     over, and every saga completes. Once the member is back, whatever the old leader
     had sent it is refused by the fence: no write of the old term lands after its key
-    was deleted; the old leader campaigns again behind the new one."""
+    was deleted; the old leader rejoins and leaves the shard to the new one."""
     raft_leader = etcd_cluster.wait_leader()
     # cut a follower: pausing the Raft leader would elect another, and a new Raft leader
     # extends every lease, which would delay the takeover for reasons not tested here
@@ -402,11 +408,7 @@ async def test_leader_cut_from_etcd_stops_before_its_lease_expires(etcd_cluster:
 
         await asyncio.to_thread(cut.resume)
 
-        async def queued_again() -> None:
-            res = await client.get(f"{NS}/leader/", prefix=True, sort_target="create", sort_order="ascend")
-            assert [kv.value for kv in res.kvs] == [b"o2", b"o1"]
-
-        await eventually_async(queued_again, timeout=20)
+        await eventually_async(lambda: back(client), timeout=20)
         writes = await record_writes(client, first["term"])
         late = [(rev, rec.id) for rev, rec in writes if rev > ended and rec.leader_term != took["term"]]
         assert late == [], f"written after the old term ended ({ended}) by another term: {late}"

@@ -72,7 +72,7 @@ class Roles:
         return await self.start("worker", ident, "--region", region, ready="worker_ready")
 
     async def orchestrator(self, ident: str, *extra: str) -> Child:
-        return await self.start("orchestrator", ident, "--events", *extra, ready="orchestrator_ready")
+        return await self.start("orchestrator", ident, "--events", "--shards", "1", *extra, ready="orchestrator_ready")
 
 
 @pytest.fixture
@@ -310,6 +310,8 @@ async def test_poison_keys_are_quarantined_and_the_leader_leads_on(
     assert len(doc["quarantined"]) == len(POISON) - 1 and doc["leader"]["term"] == term
     assert [r["name"] for r in doc["regions"] if r["healthy"]] == ["eu"]
 
+    # a record from a newer whizorch for a saga in flight (indexed as such, in the one shard)
+    await client.put(f"{NS}/live/0/from-the-future", b'{"saga": "fenced", "version": ""}')
     o1.send(signal.SIGKILL)  # a new leader rebuilds over the same poison
     o2 = await roles.orchestrator("o2")
     await o2.next_event("leader", 20)
@@ -365,7 +367,7 @@ async def test_a_transition_etcd_refuses_for_good_fails_the_saga_with_the_reason
     async with (
         EtcdClient(etcd_cluster.endpoints, max_request_bytes=24 * 1024) as tight,
         EtcdClient(etcd_cluster.endpoints) as c,
-        Orchestrator(tight, app, namespace=NS, lease_ttl_s=TTL) as orch,
+        Orchestrator(tight, app, namespace=NS, lease_ttl_s=TTL, shards=1) as orch,
         SagaClient(c, namespace=NS) as s,
     ):
         async with Worker(c, app, region="eu", namespace=NS, lease_ttl_s=TTL):

@@ -15,6 +15,7 @@ with every role a real process placed in its region.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,9 +127,12 @@ async def test_leader_region_cut_off_stops_writing_within_750ms_and_the_majority
     lab.heal()
     await first_event(o_eu, "follower", 10)
     await eventually_async(lambda: not events(o_eu, "leader")[1:], timeout=1)  # never led again
-    async with asyncio.timeout(30):
-        while len((await direct.get(f"{NS}/leader/", prefix=True)).kvs) < 2:  # eu campaigns again
-            await asyncio.sleep(0.1)  # ok: polling etcd
+    async def rejoined() -> None:  # eu is an orchestrator again; us keeps the shard
+        members = await direct.get(f"{NS}/orch/", prefix=True)
+        assert sorted(json.loads(kv.value)["node"] for kv in members.kvs) == ["o-eu", "o-us"]
+        assert [kv.value for kv in (await direct.get(f"{NS}/leader/", prefix=True)).kvs] == [b"o-us"]
+
+    await eventually_async(rejoined, timeout=30)
     assert o_eu.running and o_us.running, o_eu.describe()
     assert (await sagas.execute(apps.trip, {}, saga_id="after", timeout_s=60)).status == "completed"
 

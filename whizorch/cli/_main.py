@@ -265,6 +265,10 @@ def worker(
     help="on winning, move etcd's Raft leadership to the home region's member (needs --home-region and its endpoints)",
 )
 @click.option(
+    "--shards", default=None, type=click.IntRange(1, 1024),
+    help="shards of a namespace this node creates (default: [consensus] shards, 4; an existing namespace keeps its own)",
+)
+@click.option(
     "--contact-deadline", "contact_deadline", default=None, type=float,
     help="safe mode after this long without quorum contact, s (default: [consensus] contact_deadline_s, 0.6; 0: off)",
 )
@@ -273,8 +277,8 @@ def worker(
 def orchestrator(
     config_path: str | None, endpoints: str | None, app_spec: str, namespace: str | None, node_id: str | None,
     lease_ttl: int | None, retention: float, latency_file: str | None, home_region: str | None,
-    failover_policy: str | None, events: bool, raft_leader_locality: bool, contact_deadline: float | None,
-    metrics_bind: str | None,
+    failover_policy: str | None, events: bool, raft_leader_locality: bool, shards: int | None,
+    contact_deadline: float | None, metrics_bind: str | None,
     tracing: bool | None, middleware: tuple[str, ...],
 ) -> None:
     """Run an orchestrator candidate until SIGINT/SIGTERM."""
@@ -301,6 +305,7 @@ def orchestrator(
                 middleware=obs.middleware, contact_deadline_s=deadline,
                 region_endpoints={r.name: r.endpoints for r in cfg.regions if r.endpoints},
                 raft_leader_locality=raft_leader_locality,
+                shards=shards if shards is not None else cfg.consensus.shards,
             )
             async with orch:
                 emit("orchestrator_ready", {"node": orch.node_id, **obs.fields()})

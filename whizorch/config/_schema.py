@@ -148,6 +148,10 @@ class ConsensusConfig:
     """Split-brain detection: an orchestrator leader whose quorum probes have not
     answered for this long pauses its writes (safe mode) until contact returns; 0
     turns it off. Set it above the longest gap between answers you expect."""
+    shards: int = 4
+    """How many shards a namespace is cut into when its first orchestrator creates it
+    (1-1024; fixed from then on: the namespace's ``<ns>/meta`` keeps it). Each shard
+    has its own leader; orchestrators share the shards evenly."""
 
     def __attrs_post_init__(self) -> None:
         ttl = whole("consensus.lease_ttl_s", self.lease_ttl_s, minimum=1, what="a whole number of seconds")
@@ -176,6 +180,9 @@ class ConsensusConfig:
         if 0 < contact < 0.05:
             fail("consensus.contact_deadline_s", contact, "must be 0 (off) or at least 0.05 s")
         _set(self, "contact_deadline_s", contact)
+        whole("consensus.shards", self.shards, minimum=1)
+        if self.shards > 1024:
+            fail("consensus.shards", self.shards, "must be at most 1024")
         beat = whole("consensus.etcd_heartbeat_ms", self.etcd_heartbeat_ms, minimum=1)
         election = whole("consensus.etcd_election_ms", self.etcd_election_ms, minimum=1)
         if election < 5 * beat:

@@ -230,6 +230,8 @@ def build_timeline(
         if end is not None:
             b.end, b.outcome = _num(end.get("at")), _END_EVENTS[(b.kind, str(end.get("event")))]  # type: ignore[assignment]
             b.error = str(end["error"]) if end.get("error") else None
+            if b.outcome == "failed" and b.error is not None and "lost its claim" in b.error:
+                b.outcome = "lost"  # its worker died (or lost its lease): no result, the run was lost
         elif nxt is not None:
             b.end, b.outcome = nxt.start, "lost"
         elif rec.is_final:

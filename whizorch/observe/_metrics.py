@@ -16,7 +16,8 @@ name                                           type       labels
 ``whizorch_consensus_operation_duration_seconds`` histogram operation
 ``whizorch_consensus_operation_errors_total``  counter    operation
 ``whizorch_is_leader``                         gauge      (none)
-``whizorch_leader_term``                       gauge      (none)
+``whizorch_leader_term``                       gauge      shard
+``whizorch_shards_led``                        gauge      (none)
 ``whizorch_sagas_in_flight``                   gauge      status
 ``whizorch_steps_waiting``                     gauge      waiting_for
 ``whizorch_region_preference_unmet_total``     counter    saga_type, wanted
@@ -112,11 +113,17 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         orchs = list(self.orchestrators)
         leading = [o for o in orchs if o.is_leader]
-        yield GaugeMetricFamily("whizorch_is_leader", "1 while an orchestrator in this process leads.", value=1 if leading else 0)
         yield GaugeMetricFamily(
-            "whizorch_leader_term", "Term (fencing token) of the leadership held here, 0 when not leading.",
-            value=max((o.term for o in leading), default=0),
+            "whizorch_is_leader", "1 while an orchestrator in this process leads a shard.", value=1 if leading else 0
         )
+        terms = GaugeMetricFamily(
+            "whizorch_leader_term", "Term (fencing token) of each shard led here.", labels=["shard"]
+        )
+        led = {k: t for o in leading for k, t in o.shards.items()}
+        for shard, term in sorted(led.items()):
+            terms.add_metric([str(shard)], term)
+        yield terms
+        yield GaugeMetricFamily("whizorch_shards_led", "Shards the orchestrators in this process lead.", value=len(led))
         in_flight = GaugeMetricFamily("whizorch_sagas_in_flight", "Sagas the leader drives, by status.", labels=["status"])
         counts: dict[str, int] = {"running": 0, "compensating": 0}
         for o in leading:

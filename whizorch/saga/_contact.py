@@ -15,8 +15,9 @@ does not, the session is lost and the node steps down as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from whizorch.errors import WhizorchError
 
@@ -41,6 +42,7 @@ class ContactMonitor:
         self.ok = asyncio.Event()
         self.ok.set()  # leadership was just won with quorum writes: contact holds
         self._last_ok = 0.0
+        self._excused = 0
         self.lost_at: float | None = None
         """Loop time safe mode began (None while in contact)."""
 
@@ -74,7 +76,20 @@ class ContactMonitor:
         self._last_ok = loop.time()
         self._judge(self._last_ok)
 
+    @contextlib.contextmanager
+    def excused(self) -> Iterator[None]:
+        """While this block runs, silence is expected (the orchestrator itself moves
+        etcd's Raft leader, which stalls every request for an election): no safe mode."""
+        self._excused += 1
+        try:
+            yield
+        finally:
+            self._excused -= 1
+            self._last_ok = asyncio.get_running_loop().time()
+
     def _judge(self, now: float) -> None:
+        if self._excused:
+            self._last_ok = now
         silent = now - self._last_ok
         if self.ok.is_set() and silent > self.deadline_s:
             self.ok.clear()

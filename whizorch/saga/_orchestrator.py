@@ -54,7 +54,7 @@ __all__ = ["Orchestrator"]
 log = logging.getLogger("whizorch.saga.orchestrator")
 
 _DEFAULT_SETTINGS = m.Settings()
-_KINDS = ("submit", "run", "cancel", "region", "orch")
+_KINDS = ("submit", "run", "cancel", "region", "orch", "leader")
 
 
 class _Contact:
@@ -318,6 +318,30 @@ class Orchestrator:
         regions = await client.get(keys.prefix("region"), prefix=True)
         rev = regions.header.revision
         orchs = await client.get(keys.prefix("orch"), prefix=True, revision=rev)
+        elections = await client.get(keys.prefix("leader"), prefix=True, revision=rev)
+        candidates: dict[int, dict[bytes, int]] = {}
+        """Each shard's candidate keys (key -> create revision): the lowest leads."""
+
+        def candidate(key: bytes, create_revision: int | None) -> None:
+            head, _, _ = key[len(keys.prefix("leader")) :].partition(b"/")
+            if not head.isdigit():
+                return  # not a shard election key
+            keys_of = candidates.setdefault(int(head), {})
+            if create_revision is None:
+                keys_of.pop(key, None)
+            else:
+                keys_of[key] = create_revision
+
+        for kv in elections.kvs:
+            candidate(kv.key, kv.create_revision)
+
+        def current() -> dict[int, str]:
+            """Each led shard's leader (its lease, hex)."""
+            out = {}
+            for k, found in candidates.items():
+                if found:
+                    out[k] = min(found, key=found.__getitem__).rpartition(b"/")[2].decode(errors="replace")
+            return out
         for kv in regions.kvs:
             with contextlib.suppress(ConfigError):  # a bad registration: quarantined by a term's takeover
                 workers.put(keys.region_of(kv.key), kv.key, kv.value)
@@ -327,7 +351,7 @@ class Orchestrator:
         fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def reconcile() -> None:
-            owners = assign(self.shard_count, members)
+            owners = assign(self.shard_count, members, current())
             self._mine = {k for k, owner in owners.items() if owner.lease == me}
             for k in sorted(self._mine - campaigns.keys()):
                 task = asyncio.get_running_loop().create_task(self._shard(env, session, k), name=f"whizorch-shard-{k}")
@@ -356,12 +380,19 @@ class Orchestrator:
         def on_region(ev: WatchEvent) -> None:
             self._on_region(env, ev)
 
+        def on_election(ev: WatchEvent) -> None:
+            before = current()
+            candidate(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.create_revision)
+            if current() != before:
+                reconcile()  # a shard was won or left: shares may settle differently
+
         handlers: dict[str, Callable[[WatchEvent], None]] = {
             "submit": lambda ev: self._to_shard("submit", ev),
             "run": lambda ev: self._to_shard("run", ev),
             "cancel": lambda ev: self._to_shard("cancel", ev),
             "region": on_region,
             "orch": on_member,
+            "leader": on_election,
         }
         watchers = [asyncio.ensure_future(self._watch(kind, rev, handlers[kind])) for kind in _KINDS]
         lost = asyncio.ensure_future(session.wait_lost())
@@ -404,9 +435,9 @@ class Orchestrator:
                 backoff.reset()
                 term = ShardLeader(env, shard, fence, election, on_ready=self._ready)
                 self._terms[shard] = term
-                self._contact_up()
                 if shard == 0:
                     helpers = await self._shard_zero(fence, term)
+                self._contact_up()
                 await term.run()
             except LeadershipLost as exc:
                 log.warning("orchestrator %s: shard %d: %s", self.node_id, shard, exc)
@@ -452,16 +483,19 @@ class Orchestrator:
         leader home (once per term, before any write of the term) and measure latencies."""
         home = self.region_endpoints.get(self.router.home_region or "", ())
         if self.raft_leader_locality and home:
-            # a move stalls writes in flight for as long as an etcd election would
-            locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
+            # a move stalls writes in flight for as long as an etcd election would: the
+            # split-brain probe (running if this node leads other shards) excuses it
+            monitor = self._contact.monitor
+            with monitor.excused() if monitor is not None else contextlib.nullcontext():
+                locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
             self._emit(
                 "raft_leader", node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
                 after=locality.leader_after, took_s=round(locality.took_s, 3),
             )
         if not self.region_endpoints:
             return []
-        monitor = LatencyMonitor(self.client, self.router, self.region_endpoints)
-        return [asyncio.ensure_future(monitor.run()), asyncio.ensure_future(self._publish_latency(fence, term))]
+        latency = LatencyMonitor(self.client, self.router, self.region_endpoints)
+        return [asyncio.ensure_future(latency.run()), asyncio.ensure_future(self._publish_latency(fence, term))]
 
     # -- input -----------------------------------------------------------------------
 

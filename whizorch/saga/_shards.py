@@ -47,18 +47,36 @@ def _rank(shard: int, member: Member) -> bytes:
     return hashlib.sha256(f"{shard}/{member.node}".encode()).digest()
 
 
-def assign(shards: int, members: Mapping[str, Member] | list[Member]) -> dict[int, Member]:
-    """Each shard's orchestrator among ``members``: rendezvous hashing on the node id
-    with bounded loads, so every member gets ``shards // len(members)`` shards or one
-    more (the first ``shards % len(members)`` by node id get one more), and a member
-    joining or leaving moves few shards. Same input, same answer, on every node."""
+def assign(
+    shards: int, members: Mapping[str, Member] | list[Member], current: Mapping[int, str] | None = None
+) -> dict[int, Member]:
+    """Each shard's orchestrator among ``members``: every member gets ``shards //
+    len(members)`` shards or one more; a shard stays with its current leader
+    (``current``: shard -> the leader's lease) while that leader is a member within its
+    share, so leadership never moves for nothing (an orchestrator that comes back does
+    not take its shards back); the rest go by rendezvous hashing on the node id, so a
+    join or a leave moves few shards. Same input, same answer, on every node."""
     people = sorted(members.values() if isinstance(members, Mapping) else members)
     if not people:
         return {}
+    by_lease = {m.lease: m for m in people}
+    held = {m: 0 for m in people}
+    for k, lease in (current or {}).items():
+        if lease in by_lease and 0 <= k < shards:
+            held[by_lease[lease]] += 1
     base, extra = divmod(shards, len(people))
-    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(people)}
+    # the larger shares go to those that hold the most already (fewer moves)
+    order = sorted(people, key=lambda m: (-held[m], m))
+    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
     out: dict[int, Member] = {}
+    for k in range(shards):
+        leader = by_lease.get((current or {}).get(k, ""))
+        if leader is not None and quota[leader] > 0:
+            quota[leader] -= 1
+            out[k] = leader
     for shard in range(shards):
+        if shard in out:
+            continue
         for m in sorted(people, key=lambda m: (_rank(shard, m), m), reverse=True):
             if quota[m] > 0:
                 quota[m] -= 1
