@@ -30,12 +30,13 @@ new task), runs what it was given, then leaves (up to ``drain_timeout_s``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from whizorch.coord import Session, session_options
@@ -160,7 +161,8 @@ class Worker:
         self._state = _State.CLOSED
         self._draining.set()
         if drain and self._task is not None and not self._task.done():
-            # it marks itself draining, runs what it was given, then leaves by itself
+            # it marks itself draining, runs what it was given, then leaves by itself;
+            # not registered (etcd does not answer), it leaves at once
             _, pending = await asyncio.wait({self._task}, timeout=self.drain_timeout_s)
             if pending:
                 log.warning(
@@ -197,9 +199,8 @@ class Worker:
         while not self._draining.is_set():
             session = Session(self.client, timing=self.session_options)
             try:
-                await session.open()
-                self._session = session
-                await self._register(session)
+                if not await self._unless_draining(self._open(session)):
+                    return  # closed before it could register: nothing to drain
                 backoff.reset()
                 if not registered.done():
                     registered.set_result(None)
@@ -216,7 +217,31 @@ class Worker:
                 await self._cancel_running()
                 await end_session(session, self._background)
             if not self._draining.is_set():
-                await asyncio.sleep(backoff.next_s())  # ok: backoff before registering again
+                await self._unless_draining(asyncio.sleep(backoff.next_s()))  # backoff before registering again
+
+    async def _open(self, session: Session) -> None:
+        await session.open()
+        self._session = session
+        await self._register(session)
+
+    async def _unless_draining(self, work: Awaitable[None]) -> bool:
+        """Await ``work`` unless the worker starts closing first (then cancel it and
+        return False): a worker that etcd does not answer yet closes at once."""
+        task = asyncio.ensure_future(work)
+        closing = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+        if task.cancelled() or not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()
+        return True
 
     async def _register(self, session: Session) -> None:
         await self.client.put(
