@@ -125,7 +125,7 @@ async def wait_for_etcd(config: EtcdConfig, probe: bytes, stop: StopSignal) -> N
         except WhizorchError as exc:
             if not is_transient(exc):
                 raise
-            log.warning("cannot reach etcd at %s yet (%s); retrying. To fix: %s", endpoints, _one_line(exc), ETCD_FIX)
+            log.warning("cannot reach etcd at %s yet (%s); retrying; to fix: %s", endpoints, _one_line(exc), ETCD_FIX)
         await until_stopped(stop, asyncio.sleep(delay))
         delay = min(delay * 2, 5.0)
 

@@ -1,14 +1,16 @@
 """SagaClient: submit sagas from any process, await outcomes, cancel, inspect.
 
 A submission is one create-if-absent txn on ``<ns>/submit/<id>``: submitting the same
-id twice (even from two processes at once) starts one saga, and both callers get its
-outcome. The key's create revision is the saga's global transaction id. The caller
+id twice with the same type and input (even from two processes at once) starts one
+saga, and both callers get its outcome; the same id with another type or input is a
+``SagaIdConflictError``. The key's create revision is the saga's global transaction id. The caller
 awaits the outcome by watching the saga record, never by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -17,7 +19,13 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
+from whizorch.errors import (
+    ClosedError,
+    ConfigError,
+    SagaFailedError,
+    SagaIdConflictError,
+    WhizorchError,
+)
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._listing import Submitted, scan_sagas
@@ -101,6 +109,33 @@ def _summary(entry: SagaRecord | Submitted) -> SagaSummary:
         saga_id=entry.id, saga=entry.saga, status=entry.status, txid=entry.txid, step=entry.step,
         regions=entry.regions, failovers=len(entry.failovers), updated=entry.updated, error=entry.error,
     )  # fmt: skip
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value as one text, so equal inputs compare equal whatever their key order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _conflict(message: str, saga_id: str, saga: str, existing: Any, txid: int) -> SagaIdConflictError:
+    exc = SagaIdConflictError(message, field="saga_id", saga_id=saga_id, saga=saga, existing=existing, txid=txid)
+    exc.args = (message,)  # the message names them all
+    return exc
+
+
+ERROR_SHOWN = 300
+"""Characters of a saga's error that SagaFailedError's message shows (all of it is on
+``exc.error`` and ``exc.result``)."""
+
+
+def _failed(rec: SagaRecord, result: SagaResult) -> SagaFailedError:
+    """One readable line: the saga, how it ended, why; the rest as attributes."""
+    error = " ".join((rec.error or "no error recorded").split())
+    if len(error) > ERROR_SHOWN:
+        error = error[:ERROR_SHOWN] + "..."
+    message = f"saga {rec.id!r} ({rec.saga}) ended {rec.status}: {error}"
+    exc = SagaFailedError(message, saga_id=rec.id, saga=rec.saga, status=rec.status, error=rec.error, result=result)
+    exc.args = (message,)  # the result's repr is kilobytes: never in the message
+    return exc
 
 
 class SagaHandle:
@@ -232,7 +267,12 @@ class SagaClient:
         saga_id: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> SagaHandle:
-        """Submit a saga (idempotent per ``saga_id``); returns a handle at once."""
+        """Submit a saga; returns a handle at once.
+
+        Idempotent per ``saga_id``: submitting an id again with the same type and input
+        returns the existing saga's handle (same ``txid``); with another type or input
+        it raises :class:`~whizorch.errors.SagaIdConflictError`.
+        """
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
             raise ConfigError("saga must be a Saga or its name", field="saga", value=saga)
@@ -265,9 +305,19 @@ class SagaClient:
         assert isinstance(existing, RangeResult) and existing.kvs
         kv = existing.kvs[0]
         prior = decode_json(kv.value, what="submission")
-        if prior.get("saga") != name:
-            raise ConfigError(
-                f"saga id {sid!r} is already used by a {prior.get('saga')!r} saga", field="saga_id", value=sid
+        first = prior.get("saga") if isinstance(prior, dict) else None
+        if first != name:
+            raise _conflict(
+                f"saga id {sid!r} is already used by a {first!r} saga (txid {kv.create_revision}): "
+                f"use another id for a new {name!r} saga",
+                sid, name, first, kv.create_revision,
+            )
+        if _canonical(prior.get("input")) != _canonical(decode_json(data, what="saga input")["input"]):
+            raise _conflict(
+                f"saga id {sid!r} was submitted before with a different input (txid {kv.create_revision}): "
+                "submitting an id again returns the existing saga only with the same input; use another id "
+                "for a new saga",
+                sid, name, first, kv.create_revision,
             )
         return SagaHandle(self, sid, kv.create_revision, name)
 
@@ -320,10 +370,7 @@ class SagaClient:
         assert rec is not None
         result = await self._result(rec, revision)
         if raise_on_failure and not result.ok:
-            raise SagaFailedError(
-                f"saga {rec.saga!r} {saga_id!r} ended {rec.status}: {rec.error}",
-                saga_id=saga_id, status=rec.status, error=rec.error, result=result,
-            )
+            raise _failed(rec, result)
         return result
 
     async def _read_results(self, keys: list[bytes], revision: int) -> TxnResult:

@@ -785,7 +785,10 @@ class Orchestrator:
         """The machine's event for a result key (ConfigError when it does not parse)."""
         payload = ResultPayload.from_json(kv.value)
         region, _sid, step, kind, attempt = self.keys.run_key(kv.key)
-        return m.Result(step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region)
+        return m.Result(
+            step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region,
+            payload.error_type, payload.traceback,
+        )
 
     # -- transitions ---------------------------------------------------------------------
 

@@ -30,14 +30,18 @@ new task), runs what it was given, then leaves (up to ``drain_timeout_s``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import logging
 import os
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Sequence
 from typing import Any
+
+import attrs
 
 from whizorch.coord import Session, session_options
 from whizorch.errors import (
@@ -65,6 +69,46 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
+
+
+TRACEBACK_LIMIT = 2000
+"""Characters of a handler's traceback kept with its result and in the saga record
+(its end: the innermost frames and the exception); the worker's log has all of it."""
+_ENGINE_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (os.path.dirname(os.path.abspath(__file__)), asyncio.__file__, concurrent.futures.__file__)
+)
+"""Where the frames that call a handler live: whizorch's package, asyncio, the thread pool."""
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What running a handler gave: its output, or why it failed."""
+
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = False
+    traceback: str | None = None
+
+    @classmethod
+    def failure(cls, error: str, error_type: str, retryable: bool = False, traceback: str | None = None) -> Outcome:
+        return cls(ok=False, error=error, error_type=error_type, retryable=retryable, traceback=traceback)
+
+
+def handler_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
+    """``exc``'s traceback from the first frame of the user's code (the engine's and
+    asyncio's frames that called the handler are left out), at most ``limit``
+    characters: the end is kept."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = list(te.stack)
+    first = next((i for i, f in enumerate(frames) if not f.filename.startswith(_ENGINE_DIRS)), 0)
+    te.stack = traceback.StackSummary.from_list(frames[first:])
+    text = "".join(te.format())
+    if len(text) > limit:
+        text = f"... ({len(text) - limit} characters cut)\n" + text[-limit:]
+    return text
 
 
 class Worker:
@@ -409,7 +453,8 @@ class Worker:
             if outcome is None:
                 return  # stopped: the session is lost, so the claim may be gone
             result = ResultPayload(
-                ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
+                ok=outcome.ok, output=outcome.output, error=outcome.error, error_type=outcome.error_type,
+                retryable=outcome.retryable, traceback=outcome.traceback,
                 worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=token,
             )
             try:
@@ -474,19 +519,20 @@ class Worker:
                 await asyncio.sleep(delay)  # ok: back off before trying again
                 delay = min(delay * 2, 1.0)
 
-    async def _execute(
-        self, session: Session, task: TaskPayload, task_key: bytes, token: int
-    ) -> tuple[bool, Any, str | None, str | None, bool] | None:
-        """(ok, output, error, error_type, retryable) of running the handler; None when
-        the run was stopped because the session is lost (nothing is recorded then)."""
+    async def _execute(self, session: Session, task: TaskPayload, task_key: bytes, token: int) -> Outcome | None:
+        """The outcome of running the handler; None when the run was stopped because the
+        session is lost (nothing is recorded then)."""
         saga = self.app.get(task.saga)
         if saga is None or not 0 <= task.step < len(saga.steps):
-            return False, None, f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}", "UnknownSaga", False
+            return Outcome.failure(
+                f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}",
+                "UnknownSaga",
+            )
         step = saga.steps[task.step]
         compensating = task.kind == "compensate"
         fn = step.compensation if compensating else step.fn
         if fn is None:
-            return True, None, None, None, False
+            return Outcome(ok=True)
         policy = step.compensation_retry if compensating else step.retry
         outputs = task.outputs
         if task.output_refs:
@@ -496,7 +542,7 @@ class Worker:
                     outputs = {**outputs, **await self._read_outputs(task.output_refs)}
                     break
                 except ConfigError as exc:
-                    return False, None, str(exc), "ConfigError", False
+                    return Outcome.failure(str(exc), "ConfigError")
                 except WhizorchError as exc:
                     # etcd trouble: given up, the task would stay on a live lease and
                     # strand the step; wait it out while the session lives
@@ -522,6 +568,7 @@ class Worker:
             fence_key=task_key,
             deadline=None if task.timeout_s is None else time.time() + task.timeout_s,
             claim_left=lambda: session.remaining_s,
+            etcd=self.client,
         )
         handler = fn
 
@@ -542,10 +589,18 @@ class Worker:
                 return None
             raise
         except TimeoutError as exc:
-            return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
+            return Outcome.failure(f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc))
         except Exception as exc:
-            return False, None, f"{type(exc).__name__}: {exc}", type(exc).__name__, policy.retryable(exc)
-        return True, output, None, None, False
+            retryable = policy.retryable(exc)
+            trace = handler_traceback(exc)
+            log.warning(
+                "worker %s: saga %s (%s) step %r %s #%d raised %s: %s (%s)\n%s",
+                self.worker_id, task.saga_id, task.saga, step.name, "compensation" if compensating else "run",
+                task.attempt, type(exc).__name__, exc, "retryable" if retryable else "not retried: give_up_on/retry_on",
+                trace.rstrip(),
+            )
+            return Outcome.failure(f"{type(exc).__name__}: {exc}", type(exc).__name__, retryable, trace)
+        return Outcome(ok=True, output=output)
 
     async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
         """Earlier steps' outputs the task carries by reference (their result keys)."""
