@@ -10,7 +10,7 @@ import attrs
 import pytest
 from rich.console import Console, RenderableType
 
-from whizorch.cli._inspect import render_list, render_show, render_status
+from whizorch.cli._inspect import PIPE_WIDTH, console, render_list, render_show, render_status
 from whizorch.cli._views import (
     Pending,
     SagaDetails,
@@ -377,3 +377,20 @@ def test_show_renders_steps_failovers_and_history_literally() -> None:
     assert "compensated_all" in out and "3.000" in out
     assert "[bold]not markup[/bold]" in out
     assert "no failovers" in text(render_show(running(), T0 + 1.0))
+
+
+def test_piped_tables_are_as_wide_as_their_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stdout not a terminal (a pipe, a file), the console is not squeezed to 80 columns: no header or cell is cut."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    c = console()
+    assert not c.is_terminal and c.width == PIPE_WIDTH
+    rows = list_rows([compensated_with_failover(), running()], now=T0 + 5.0)
+    c.print(render_list(rows))
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if "status" in line)
+    for col in ("id", "type", "status", "txid", "step", "regions", "failovers", "age", "duration", "error"):
+        assert f" {col} " in header, header
+    assert any("compensated" in line and "step 'b' failed: boom" in line for line in lines)
+    assert max(len(line) for line in lines) > 80

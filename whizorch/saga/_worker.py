@@ -72,8 +72,10 @@ class _State(enum.Enum):
 
 
 TRACEBACK_LIMIT = 2000
-"""Characters of a handler's traceback kept with its result and in the saga record
-(its end: the innermost frames and the exception); the worker's log has all of it."""
+"""Characters of a handler's traceback kept with its result, in the saga record and in
+the worker's log (the innermost frames and the exception are always kept)."""
+ERROR_LIMIT = 1000
+"""Characters of a handler's error message (``Type: message``) kept with its result."""
 _ENGINE_DIRS = tuple(
     os.path.dirname(os.path.abspath(path)) + os.sep
     for path in (os.path.dirname(os.path.abspath(__file__)), asyncio.__file__, concurrent.futures.__file__)
@@ -100,15 +102,29 @@ class Outcome:
 def handler_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
     """``exc``'s traceback from the first frame of the user's code (the engine's and
     asyncio's frames that called the handler are left out), at most ``limit``
-    characters: the end is kept."""
+    characters: each part (a frame, the exception's message) is cut to a fraction of
+    that, and past it the outer frames go first, so the innermost frames and the
+    exception always stay."""
     te = traceback.TracebackException.from_exception(exc)
     frames = list(te.stack)
     first = next((i for i, f in enumerate(frames) if not f.filename.startswith(_ENGINE_DIRS)), 0)
     te.stack = traceback.StackSummary.from_list(frames[first:])
-    text = "".join(te.format())
-    if len(text) > limit:
-        text = f"... ({len(text) - limit} characters cut)\n" + text[-limit:]
-    return text
+    part = max(80, limit // 4)
+    chunks = [c if len(c) <= part else f"{c[:part]}... ({len(c) - part} characters cut)\n" for c in te.format()]
+    if sum(map(len, chunks)) <= limit:
+        return "".join(chunks)
+    kept: list[str] = []
+    budget = limit - len(chunks[0]) - 40
+    for chunk in reversed(chunks[1:]):
+        if len(chunk) > budget:
+            break
+        kept.insert(0, chunk)
+        budget -= len(chunk)
+    return f"{chunks[0]}  ... ({len(chunks) - 1 - len(kept)} parts cut)\n{''.join(kept)}"
+
+
+def _bounded(text: str, limit: int = ERROR_LIMIT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} characters cut)"
 
 
 class Worker:
@@ -593,13 +609,14 @@ class Worker:
         except Exception as exc:
             retryable = policy.retryable(exc)
             trace = handler_traceback(exc)
+            error = _bounded(f"{type(exc).__name__}: {exc}")
             log.warning(
-                "worker %s: saga %s (%s) step %r %s #%d raised %s: %s (%s)\n%s",
+                "worker %s: saga %s (%s) step %r %s #%d raised %s (%s)\n%s",
                 self.worker_id, task.saga_id, task.saga, step.name, "compensation" if compensating else "run",
-                task.attempt, type(exc).__name__, exc, "retryable" if retryable else "not retried: give_up_on/retry_on",
+                task.attempt, _bounded(error, 300), "retryable" if retryable else "not retried: give_up_on/retry_on",
                 trace.rstrip(),
             )
-            return Outcome.failure(f"{type(exc).__name__}: {exc}", type(exc).__name__, retryable, trace)
+            return Outcome.failure(error, type(exc).__name__, retryable, trace)
         return Outcome(ok=True, output=output)
 
     async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
