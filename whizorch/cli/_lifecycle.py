@@ -140,9 +140,10 @@ async def open_client(config: EtcdConfig, stop: StopSignal) -> EtcdClient:
         raise
 
 
-async def serve_role(stop: StopSignal, role: Worker | Orchestrator) -> None:
-    """Wait for a signal; a role that stops by itself (only a fatal error does) ends the
-    command with that error, so a process never runs on doing nothing."""
+async def serve_role(stop: StopSignal, role: Worker | Orchestrator, stopping: Callable[[], str]) -> None:
+    """Wait for a signal, then log ``stopping()`` (what the role does now); a role that
+    stops by itself (only a fatal error does) ends the command with that error, so a
+    process never runs on doing nothing."""
     stopped = asyncio.ensure_future(stop.requested.wait())
     joined = asyncio.ensure_future(role.join())
     try:
@@ -155,7 +156,7 @@ async def serve_role(stop: StopSignal, role: Worker | Orchestrator) -> None:
     if joined.done() and not joined.cancelled():
         joined.result()  # raises what stopped the role
         raise RuntimeError("the role stopped without an error")  # join() only returns on close
-    log.info("%s: stopping", stop.name)
+    log.warning("%s: %s", stop.name, stopping())
 
 
 async def close_role(stop: StopSignal, closing: Awaitable[None], *, limit_s: float, name: str) -> None:

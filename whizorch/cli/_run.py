@@ -105,7 +105,10 @@ def worker(
                 raise
             try:
                 emit("worker_ready", {"region": region, "worker": w.worker_id, **obs.fields()})
-                await serve_role(stop, w)
+                await serve_role(stop, w, lambda: (
+                    f"draining: no new step; {w.running} running handler{'' if w.running == 1 else 's'} may take up "
+                    f"to {drain_timeout:g}s to finish (a second signal stops at once)"
+                ))
             finally:
                 limit = drain_timeout + w.lease_ttl_s
                 await close_role(stop, w.aclose(), limit_s=limit, name=f"worker {w.worker_id}")
@@ -185,7 +188,7 @@ def orchestrator(
             await orch.start()
             try:
                 emit("orchestrator_ready", {"node": orch.node_id, **obs.fields()})
-                await serve_role(stop, orch)
+                await serve_role(stop, orch, lambda: "stopping: " + ("resigning" if orch.is_leader else "leaving the election"))
             finally:
                 await close_role(stop, orch.aclose(), limit_s=orch.lease_ttl_s, name=f"orchestrator {orch.node_id}")
         finally:
