@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import re
+import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -49,3 +52,20 @@ async def test_without_auto_mode_the_plugin_names_the_setting(etcd_endpoints: li
         "'strict' mode: set asyncio_mode = \"auto\" under [tool.pytest.ini_options]"
     ) in out
     assert "not natively supported" not in out
+
+
+def test_the_install_pages_wheel_builds(tmp_path: pathlib.Path) -> None:
+    """`pip wheel --no-deps -w dist .` builds the wheel the install page names, with the command and the pytest plugin."""
+    install = (ROOT / "docs" / "guide" / "install.md").read_text()
+    (named,) = set(re.findall(r"whizorch-[\w.]+-py3-none-any\.whl", install))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in tmp_path.glob("*.whl")] == [named]
+    with zipfile.ZipFile(tmp_path / named) as wheel:
+        names = wheel.namelist()
+        text = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "whizorch/py.typed" in names and "whizorch/cli/_run.py" in names
+    assert "whizorch = whizorch.cli:main" in text and "whizorch = whizorch.testing.pytest_plugin" in text

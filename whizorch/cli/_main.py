@@ -38,13 +38,21 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 """Every command's help: -h and --help, wrapped at 100 columns."""
 
 
+def _said(message: str, **fields: Any) -> ConfigError:
+    """A ConfigError whose message says it all (no ``(field=...)`` tail); the fields
+    stay attributes."""
+    exc = ConfigError(message, **fields)
+    exc.args = (message,)
+    return exc
+
+
 def import_object(spec: str, *, field: str, app_dir: str | None = None) -> Any:
     """Import ``module:object``, naming ``field`` in the error. ``app_dir`` (a path) is
     put first on ``sys.path``, as uvicorn's ``--app-dir`` does, so a module in the
     directory the command runs from is found."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"--{field} must look like module:object (for example shop.sagas:app)", field=field, value=spec)
+        raise _said(f"--{field} {spec!r} must look like module:object (for example shop.sagas:app)", field=field, value=spec)
     if app_dir is not None:
         path = os.path.abspath(app_dir)
         if path not in sys.path:
@@ -55,9 +63,10 @@ def import_object(spec: str, *, field: str, app_dir: str | None = None) -> Any:
         if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise  # the module itself was found; an import inside it failed: its traceback says where
         where = f" nor in {os.path.abspath(app_dir)}" if app_dir is not None else ""
-        raise ConfigError(
-            f"cannot import {module_name!r}: no module {exc.name!r} among the installed packages{where}; "
-            "run the command from the directory that holds it, pass --app-dir, or install your package",
+        raise _said(
+            f"--{field} {spec}: cannot import {module_name!r}: no module {exc.name!r} among the installed "
+            f"packages{where}; run the command from the directory that holds it, pass --app-dir, or install your "
+            "package",
             field=field, value=spec,
         ) from exc
     try:
@@ -65,7 +74,7 @@ def import_object(spec: str, *, field: str, app_dir: str | None = None) -> Any:
     except AttributeError as exc:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, (App, Saga)))
         hint = f" (it has: {', '.join(names)})" if names else ""
-        raise ConfigError(f"{module_name!r} has no attribute {attr!r}{hint}", field=field, value=spec) from exc
+        raise _said(f"--{field} {spec}: {module_name!r} has no attribute {attr!r}{hint}", field=field, value=spec) from exc
 
 
 def load_app(spec: str, *, app_dir: str | None = ".") -> App:
@@ -80,8 +89,8 @@ def load_app(spec: str, *, app_dir: str | None = ".") -> App:
         return App([obj])
     if isinstance(obj, (list, tuple)) and all(isinstance(s, Saga) for s in obj):
         return App(obj)
-    raise ConfigError(
-        f"--app must name an App, a Saga or a list of Sagas, not a {type(obj).__name__}", field="app", value=spec
+    raise _said(
+        f"--app {spec} must name an App, a Saga or a list of Sagas, not a {type(obj).__name__}", field="app", value=spec
     )
 
 

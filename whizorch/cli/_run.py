@@ -108,7 +108,7 @@ def worker(
                 await serve_role(stop, w, lambda: (
                     f"draining: no new step; {w.running} running handler{'' if w.running == 1 else 's'} may take up "
                     f"to {drain_timeout:g}s to finish (a second signal stops at once)"
-                ))
+                ) if w.running else "draining: no step runs here; leaving")
             finally:
                 limit = drain_timeout + w.lease_ttl_s
                 await close_role(stop, w.aclose(), limit_s=limit, name=f"worker {w.worker_id}")
