@@ -64,11 +64,11 @@ async def deployment(etcd_endpoints: list[str]) -> AsyncIterator[Deployment]:
     async with EtcdClient(etcd_endpoints, timeout_s=3.0) as client:
         try:
             async with contextlib.AsyncExitStack() as stack:
-                orch = await stack.enter_async_context(Orchestrator(client, app, namespace=ns, lease_ttl_s=2))
                 for region in ("eu", "us"):
                     await stack.enter_async_context(
                         Worker(client, app, region=region, namespace=ns, lease_ttl_s=2, drain_timeout_s=1.0)
                     )
+                orch = await stack.enter_async_context(Orchestrator(client, app, namespace=ns, lease_ttl_s=2))
                 await orch.wait_leader(10)
                 sagas = await stack.enter_async_context(SagaClient(client, namespace=ns))
                 yield Deployment(list(etcd_endpoints), ns, sagas)

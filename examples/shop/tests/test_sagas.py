@@ -19,15 +19,17 @@ ORDER = {"sku": "book", "qty": 1, "account": "alice", "amount": 30, "country": "
 
 @pytest.fixture
 async def sagas(etcd_endpoints: list[str], tmp_path, monkeypatch) -> AsyncIterator[SagaClient]:
-    """An orchestrator and a worker per region in this process, on the plugin's etcd,
+    """A worker per region and an orchestrator in this process, on the plugin's etcd,
     in a namespace of this test's own; a SagaClient to submit with."""
     monkeypatch.setenv("SHOP_DB", str(tmp_path / "shop.db"))
     ns = f"shop-test-{uuid.uuid4().hex[:8]}"
     async with EtcdClient(etcd_endpoints) as etcd:
         async with (
-            Orchestrator(etcd, app, namespace=ns, lease_ttl_s=2) as leader,
+            # workers first: the leader then sees both regions from its start (region= is a
+            # preference: a step whose region has no worker yet would run in the other)
             Worker(etcd, app, region="eu", namespace=ns, lease_ttl_s=2),
             Worker(etcd, app, region="us", namespace=ns, lease_ttl_s=2),
+            Orchestrator(etcd, app, namespace=ns, lease_ttl_s=2) as leader,
             SagaClient(etcd, namespace=ns) as client,
         ):
             await leader.wait_leader(timeout_s=10)
