@@ -128,6 +128,10 @@ async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deplo
     assert doc["namespace"] == deployment.ns
     assert (doc["leader"]["node"], doc["leader"]["term"]) == (orch.node_id, orch.term)
     assert doc["candidates"] == 1
+    # one orchestrator leads every shard; the held saga is in flight on its shard
+    assert [(sh["shard"], sh["node"], sh["term"]) for sh in doc["shards"]] == [(k, orch.node_id, t) for k, t in orch.shards.items()]
+    assert sum(sh["in_flight"] for sh in doc["shards"]) == 1
+    assert doc["orchestrators"] == [{"node": orch.node_id, "lease": doc["leader"]["lease"], "leads": sorted(orch.shards)}]
     regions = {r["name"]: r for r in doc["regions"]}
     assert sorted(regions) == ["ap", "eu", "us"]
     assert all(r["healthy"] for r in regions.values())
@@ -151,10 +155,12 @@ async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deplo
 
 
 async def test_status_human_output_shows_leader_regions_and_members(deployment: Deployment) -> None:
-    """status (tables): the leader's node id and term, each region, the etcd leader member."""
+    """status (tables): the shards led and by whom, each shard's term, each region, the
+    etcd leader member."""
     out = await cli_ok(deployment, "status")
     orch = deployment.orchestrator
-    assert f"leader {orch.node_id}" in out and f"term {orch.term}" in out
+    assert f"{len(orch.shards)} of {len(orch.shards)} shards led" in out and f"{orch.node_id}: {len(orch.shards)}" in out
+    assert all(str(term) in out for term in orch.shards.values())
     for region in WORKERS:
         assert region in out
     assert "healthy" in out and "down" not in out

@@ -52,8 +52,8 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def test_layers_import_one_way() -> None:
-    """etcd <- coord <- saga <- config <- observe <- cli, demo: no layer imports a higher one; testing/ uses the adapter only."""
-    upper = ("whizorch.cli", "whizorch.demo", "whizorch.testing")
+    """etcd <- coord <- saga <- config <- observe <- cli, console, demo: no layer imports a higher one; testing/ uses the adapter only."""
+    upper = ("whizorch.cli", "whizorch.console", "whizorch.demo", "whizorch.testing")
     forbidden = {
         "etcd": ("whizorch.coord", "whizorch.saga", "whizorch.observe", "whizorch.config", *upper),
         "coord": ("whizorch.saga", "whizorch.observe", "whizorch.config", *upper),
@@ -61,6 +61,7 @@ def test_layers_import_one_way() -> None:
         "observe": upper,
         "config": ("whizorch.observe", *upper),
         "testing": ("whizorch.coord", "whizorch.saga", "whizorch.observe", "whizorch.config", "whizorch.cli"),
+        "console": ("whizorch.cli", "whizorch.demo", "whizorch.testing"),
     }
     for layer, banned in forbidden.items():
         for path in (PKG / layer).rglob("*.py"):

@@ -1,9 +1,11 @@
 """SagaClient: submit sagas from any process, await outcomes, cancel, inspect.
 
-A submission is one create-if-absent txn on ``<ns>/submit/<id>``: submitting the same
-id twice with the same type and input (even from two processes at once) starts one
-saga, and both callers get its outcome; the same id with another type or input is a
-``SagaIdConflictError``. The key's create revision is the saga's global transaction id. The caller
+A submission is one txn that puts ``<ns>/submit/<id>`` while neither it nor the saga's
+record exists (the leader's adoption turns the submission into the record):
+submitting the same id twice with the same type and input (even from two processes at
+once) starts one saga, and both callers get its outcome; the same id with another type
+or input is a ``SagaIdConflictError``. The submission's create revision is the saga's
+global transaction id. The caller
 awaits the outcome by watching the saga record, never by polling.
 """
 
@@ -28,6 +30,7 @@ from whizorch.errors import (
 )
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
+from whizorch.saga._definitions import publish
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
@@ -40,6 +43,7 @@ from whizorch.saga._model import (
     decode_json,
     encode_json,
 )
+from whizorch.saga._spec import SagaSpec
 
 __all__ = ["SagaClient", "SagaHandle", "SagaPage", "SagaResult", "SagaSummary"]
 
@@ -111,9 +115,14 @@ def _summary(entry: SagaRecord | Submitted) -> SagaSummary:
     )  # fmt: skip
 
 
+_GONE = object()
+"""The input of a saga whose input key retention already removed: nothing to compare."""
+
+
 def _canonical(value: Any) -> str:
-    """A JSON value as one text, so equal inputs compare equal whatever their key order."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """A JSON value as one text, so equal inputs compare equal whatever their key order
+    (tuples as lists, as JSON has them)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _conflict(message: str, saga_id: str, saga: str, existing: Any, txid: int) -> SagaIdConflictError:
@@ -188,6 +197,8 @@ class SagaClient:
         self._waiters: dict[str, list[asyncio.Future[tuple[SagaRecord, int]]]] = {}
         self._hub: asyncio.Task[None] | None = None
         self._hub_ready: asyncio.Future[None] | None = None
+        self._published: set[tuple[str, str]] = set()
+        """Definitions this client has published (``submit`` with a Saga object)."""
 
     async def __aenter__(self) -> SagaClient:
         return self
@@ -272,7 +283,10 @@ class SagaClient:
         Idempotent per ``saga_id``: submitting an id again with the same type and input
         returns the existing saga's handle (same ``txid``); with another type or input
         it raises :class:`~whizorch.errors.SagaIdConflictError`.
-        """
+
+        Given a :class:`Saga`, the saga is pinned to that definition's version (which
+        this call publishes); given a name, the leader pins it to the current version
+        of its App (see docs/design.md, "Saga definitions and versions")."""
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
             raise ConfigError("saga must be a Saga or its name", field="saga", value=saga)
@@ -282,44 +296,55 @@ class SagaClient:
                 "saga_id must be 1-200 characters of letters, digits, '_', '.', ':', '-'", field="saga_id", value=sid
             )
         ctx = Submission(saga_id=sid, saga=name, input=input, trace=dict(trace or {}))
+        spec = saga.spec if isinstance(saga, Saga) else None
 
         async def final() -> SagaHandle:
-            return await self._submit(ctx)
+            return await self._submit(ctx, spec)
 
         return await run_pipeline(self.middleware, ctx, final)
 
-    async def _submit(self, ctx: Submission) -> SagaHandle:
+    async def _submit(self, ctx: Submission, spec: SagaSpec | None) -> SagaHandle:
         sid, name = ctx.saga_id, ctx.saga
-        data = encode_json(
-            {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()},
-            what="saga input",
-            limit=self.max_payload_bytes,
-        )
-        key = self.keys.submit(sid)
+        submission: dict[str, Any] = {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()}
+        if spec is not None:
+            submission["version"] = spec.version
+        data = encode_json(submission, what="saga input", limit=self.max_payload_bytes)
+        if spec is not None and (spec.name, spec.version) not in self._published:
+            # the saga is pinned to this version: any leader can drive it once published
+            await publish(self.client, self.keys, spec)
+            self._published.add((spec.name, spec.version))
+        key, record = self.keys.submit(sid), self.keys.saga(sid)
+        # a submission lives until the leader adopts it (then the record stands for it)
         res = await self.client.txn(
-            [Compare.create_revision(key, "==", 0)], [Op.put(key, data)], [Op.get(key)], idempotent=True
+            [Compare.create_revision(key, "==", 0), Compare.create_revision(record, "==", 0)],
+            [Op.put(key, data)], [Op.get(key), Op.get(record)], idempotent=True,
         )
         if res.succeeded:
             return SagaHandle(self, sid, res.header.revision, name)
-        existing = res.responses[0]
-        assert isinstance(existing, RangeResult) and existing.kvs
-        kv = existing.kvs[0]
-        prior = decode_json(kv.value, what="submission")
-        first = prior.get("saga") if isinstance(prior, dict) else None
-        if first != name:
+        pending, adopted = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in res.responses)
+        if pending is not None:
+            prior = decode_json(pending.value, what="submission")
+            kind, txid = prior.get("saga") if isinstance(prior, dict) else None, pending.create_revision
+            first_input = prior.get("input") if isinstance(prior, dict) else None
+        else:
+            assert adopted is not None
+            rec = SagaRecord.from_json(adopted.value)
+            kind, txid = rec.saga, rec.txid
+            # the adoption moved the input from the submission to its own key
+            stored = await self.client.get(self.keys.input(sid))
+            first_input = decode_json(stored.kvs[0].value, what="saga input") if stored.kvs else _GONE
+        if kind != name:
             raise _conflict(
-                f"saga id {sid!r} is already used by a {first!r} saga (txid {kv.create_revision}): "
-                f"use another id for a new {name!r} saga",
-                sid, name, first, kv.create_revision,
+                f"saga id {sid!r} is already used by a {kind!r} saga (txid {txid}): use another id for a new {name!r} saga",
+                sid, name, kind, txid,
             )
-        if _canonical(prior.get("input")) != _canonical(decode_json(data, what="saga input")["input"]):
+        if first_input is not _GONE and _canonical(first_input) != _canonical(decode_json(data, what="saga input")["input"]):
             raise _conflict(
-                f"saga id {sid!r} was submitted before with a different input (txid {kv.create_revision}): "
-                "submitting an id again returns the existing saga only with the same input; use another id "
-                "for a new saga",
-                sid, name, first, kv.create_revision,
+                f"saga id {sid!r} was submitted before with a different input (txid {txid}): submitting an id "
+                "again returns the existing saga only with the same input; use another id for a new saga",
+                sid, name, kind, txid,
             )
-        return SagaHandle(self, sid, kv.create_revision, name)
+        return SagaHandle(self, sid, txid, name)
 
     async def execute(
         self,

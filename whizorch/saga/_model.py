@@ -34,10 +34,12 @@ FAILED = "failed"
 STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
 
-RECORD_VERSION = 2
-# v1 records (before tasks went on workers' leases) read as v2 with no worker: a
-# rebuild finds no task for their active runs and dispatches them again
-READABLE_VERSIONS = (1, 2)
+RECORD_VERSION = 3
+# v1 records (before tasks went on workers' leases) read with no worker: a rebuild
+# finds no task for their active runs and dispatches them again; v1 and v2 records
+# (before versioned definitions) read with version "": driven by the leader's current
+# definition of their saga type, as they were
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HISTORY = 200
 
 
@@ -72,7 +74,50 @@ class Keys:
 
     @property
     def leader(self) -> str:
+        """Prefix of every shard's election (``<ns>/leader/<shard>/<lease hex>``)."""
         return f"{self.ns}/leader"
+
+    def shard_leader(self, shard: int) -> str:
+        """The election of one shard (``etcdctl elect -l <ns>/leader/<shard>`` follows it)."""
+        return f"{self.ns}/leader/{shard}"
+
+    @property
+    def meta(self) -> bytes:
+        """The namespace's fixed settings (``{"schema": 3, "shards": N}``), written once."""
+        return f"{self.ns}/meta".encode()
+
+    def orchestrator(self, lease: int) -> bytes:
+        """A live orchestrator's membership key, on its session's lease."""
+        return f"{self.ns}/orch/{lease:x}".encode()
+
+    def input(self, saga_id: str) -> bytes:
+        """The saga's input, moved from its submission by the adoption."""
+        return f"{self.ns}/input/{saga_id}".encode()
+
+    def live(self, shard: int, saga_id: str) -> bytes:
+        """The in-flight index entry of a saga (created by the adoption, deleted by the
+        write that makes the saga final)."""
+        return f"{self.ns}/live/{shard}/{saga_id}".encode()
+
+    def live_shard(self, shard: int) -> bytes:
+        """Prefix of one shard's sagas in flight."""
+        return f"{self.ns}/live/{shard}/".encode()
+
+    def done(self, shard: int, finished_ms: int, saga_id: str) -> bytes:
+        """The retention index entry of a finished saga, ordered by its end time."""
+        return f"{self.ns}/done/{shard}/{finished_ms:015d}/{saga_id}".encode()
+
+    def done_shard(self, shard: int) -> bytes:
+        """Prefix of one shard's finished sagas, oldest first."""
+        return f"{self.ns}/done/{shard}/".encode()
+
+    def definition(self, saga: str, version: str) -> bytes:
+        """A published saga definition (``_spec.py``), create-if-absent, immutable."""
+        return f"{self.ns}/def/{saga}/{version}".encode()
+
+    def definitions(self, saga: str) -> bytes:
+        """Prefix of every published version of ``saga``."""
+        return f"{self.ns}/def/{saga}/".encode()
 
     def prefix(self, kind: str) -> bytes:
         return f"{self.ns}/{kind}/".encode()
@@ -216,6 +261,10 @@ class StepState:
     dispatched_at: float | None = None
     retry_at: float | None = None
     waiting_region: bool = False
+    """The step cannot be dispatched now and waits (see ``waiting_for``)."""
+    waiting_for: str | None = None
+    """While waiting: ``"region"`` (no healthy, compliant region) or ``"worker"`` (no
+    live worker there has the saga's definition at its version)."""
     worker: str | None = None
     """The lease (hex) of the worker the active run's task was put on (its claim)."""
     error_type: str | None = None
@@ -252,6 +301,9 @@ class SagaRecord:
     cancel_requested: bool = False
     trace: dict[str, str] = attrs.Factory(dict)
     leader_term: int = 0
+    version: str = ""
+    """The version of the saga's definition this saga is pinned to ("" in records
+    written before versions: driven by the leader's current definition)."""
     v: int = RECORD_VERSION
 
     @property
@@ -343,6 +395,8 @@ class TaskPayload:
     """Earlier outputs too large to carry here: step name -> result key (the worker
     reads them before running the step), so a task stays small however large the
     outputs grow."""
+    version: str = ""
+    """The version of the saga's definition to run ("": the worker's current one)."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="task", limit=limit)
@@ -386,14 +440,14 @@ _NUMBER = (int, float)
 _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "saga_id": (str,), "saga": (str,), "txid": (int,), "step": (int,), "step_name": (str,), "kind": (str,),
     "attempt": (int,), "region": (str,), "input": (object,), "outputs": (dict,), "timeout_s": (*_NUMBER, type(None)),
-    "trace": (dict,), "output_refs": (dict,),
+    "trace": (dict,), "output_refs": (dict,), "version": (str,),
 }
 _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "ok": (bool,), "output": (object,), "error": (str, type(None)), "error_type": (str, type(None)),
     "retryable": (bool,), "worker": (str,), "region": (str,), "started": _NUMBER, "ended": _NUMBER, "fence": (int,),
     "traceback": (str, type(None)),
 }
-_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs"}
+_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs", "version"}
 _REQUIRED: dict[str, frozenset[str]] = {"task": _REQUIRED_TASK, "result": frozenset({"ok"})}
 
 

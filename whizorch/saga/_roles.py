@@ -7,9 +7,15 @@ or write under a prefix of that region, so one etcd role per region confines the
 ``<ns>-worker-<region>``   READWRITE ``task/<region>/``, ``run/<region>/``,
                            ``region/<region>/``; READ ``run/``
 ``<ns>-orchestrator``      READWRITE ``<ns>/``
-``<ns>-client``            READWRITE ``submit/``, ``cancel/``; READ ``saga/``, ``run/``
+``<ns>-client``            READWRITE ``submit/``, ``cancel/``, ``def/``; READ ``saga/``,
+                           ``run/``
 ``<ns>-viewer``            READ ``<ns>/``
+``<ns>-console``           READ ``<ns>/``; READWRITE ``submit/``, ``cancel/``
 =========================  ==========================================================
+
+The viewer role is what a read-only ``whizorch console`` needs (its reads and its one
+watch on ``<ns>/``); the console role adds the two writes of its actions (cancel a
+saga, resubmit a finished one as a new submission).
 
 Why each worker permission (every prefix is ``<ns>/...`` and ends with ``/``, so region
 ``eu`` never reaches ``eu-west``):
@@ -63,6 +69,7 @@ class RoleKind(enum.Enum):
     ORCHESTRATOR = "orchestrator"
     CLIENT = "client"
     VIEWER = "viewer"
+    CONSOLE = "console"
 
 
 @attrs.frozen
@@ -126,8 +133,8 @@ def _worker(namespace: str, region: str) -> tuple[Permission, ...]:
 
 
 def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, ...]:
-    """The roles of a deployment: the orchestrator's, the client's, the viewer's, and
-    one worker role per region (in the order given; a region named twice is an error)."""
+    """The roles of a deployment: the orchestrator's, the client's, the viewer's, the
+    console's (with actions), and one worker role per region (in the order given; a region named twice is an error)."""
     ns = check_namespace(namespace)
     listed: list[str] = [check_region(r) for r in regions]
     if not listed:
@@ -146,11 +153,23 @@ def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, 
             (
                 _prefix(PermType.READWRITE, ns, "submit"),
                 _prefix(PermType.READWRITE, ns, "cancel"),
+                # submitting a Saga object publishes its definition (create-if-absent)
+                _prefix(PermType.READWRITE, ns, "def"),
                 _prefix(PermType.READ, ns, "saga"),
                 _prefix(PermType.READ, ns, "run"),
             ),
         ),
         RoleSpec(role_name(ns, RoleKind.VIEWER), RoleKind.VIEWER, None, (_prefix(PermType.READ, ns),)),
+        RoleSpec(
+            role_name(ns, RoleKind.CONSOLE),
+            RoleKind.CONSOLE,
+            None,
+            (
+                _prefix(PermType.READ, ns),
+                _prefix(PermType.READWRITE, ns, "submit"),
+                _prefix(PermType.READWRITE, ns, "cancel"),
+            ),
+        ),
     ]
     specs += [RoleSpec(role_name(ns, RoleKind.WORKER, r), RoleKind.WORKER, r, _worker(ns, r)) for r in listed]
     return tuple(specs)

@@ -1,6 +1,6 @@
-"""The leader's cache of the sagas it drives, and what it builds from it.
+"""A shard leader's cache of the sagas it drives, and what it builds from it.
 
-Internal to the orchestrator: the cached saga, its mailbox items, the task payload
+Internal to the leader: the cached saga, its mailbox items, the task payload
 of a dispatch (earlier outputs inline while small, by reference beyond), the failed
 record written for input that cannot become a saga.
 """
@@ -12,13 +12,14 @@ from typing import Any
 
 import attrs
 
-from whizorch.etcd import KeyValue, Op
+from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
-from whizorch.saga._definition import Saga
 from whizorch.saga._model import FAILED, Keys, SagaRecord, TaskPayload
+from whizorch.saga._spec import SagaSpec
 
 __all__ = [
     "EVENT_NAMES",
+    "NO_INPUT",
     "Conflict",
     "Fail",
     "Item",
@@ -28,7 +29,6 @@ __all__ = [
     "Task",
     "TaskGone",
     "active_tasks",
-    "deletes",
     "describe",
     "failed_record",
     "task_payload",
@@ -36,6 +36,9 @@ __all__ = [
 
 # earlier outputs a task carries inline, in all; the rest go by reference (result keys)
 INLINE_OUTPUTS_BYTES = 16 * 1024
+
+NO_INPUT: Any = object()
+"""``LeaderSaga.input`` of a saga whose submission could not be decoded: none is stored."""
 
 
 class LeadershipLost(Exception):
@@ -48,7 +51,8 @@ class LeaderSaga:
 
     record: SagaRecord
     mod_revision: int
-    definition: Saga | None
+    definition: SagaSpec | None
+    """The definition the saga is pinned to (None: unknown, the saga is failed)."""
     input: Any = None
     outputs: dict[str, Any] = attrs.Factory(dict)
     output_sizes: dict[str, int] = attrs.Factory(dict)
@@ -56,6 +60,9 @@ class LeaderSaga:
     tasks: dict[int, Task] = attrs.Factory(dict)
     """The task of each step's active run as etcd has it (put by this leader, or found
     by its rebuild): what the next commit diffs against."""
+    live: bool = False
+    """The saga has its entry in the shard's in-flight index (``<ns>/live/``): the
+    write that makes it final deletes it."""
 
 
 @attrs.frozen
@@ -156,6 +163,7 @@ def task_payload(entry: LeaderSaga, d: m.Dispatch) -> TaskPayload:
         timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
         trace=dict(rec.trace),
         output_refs=refs,
+        version=definition.version,
     )
 
 
@@ -183,11 +191,6 @@ def describe(event: m.Event | Fail | TaskGone | ResultArrived | None) -> str:
 
 class Conflict(Exception):
     """Internal: the record's mod_revision moved (or the outcome is unknown): reload."""
-
-
-def deletes(op: Op, key: bytes) -> bool:
-    pb = op._pb
-    return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
 
 
 def failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:
