@@ -126,7 +126,7 @@ async def wait_for_etcd(config: EtcdConfig, probe: bytes, stop: StopSignal) -> N
             if not is_transient(exc):
                 raise
             log.warning("cannot reach etcd at %s yet (%s); retrying; to fix: %s", endpoints, _one_line(exc), ETCD_FIX)
-        await until_stopped(stop, asyncio.sleep(delay))
+        await until_stopped(stop, asyncio.sleep(delay))  # ok: backoff before asking etcd again
         delay = min(delay * 2, 5.0)
 
 

@@ -277,7 +277,7 @@ class Worker:
                 await self._cancel_running()
                 await end_session(session, self._background)
             if not self._draining.is_set():
-                await self._unless_draining(asyncio.sleep(backoff.next_s()))  # backoff before registering again
+                await self._unless_draining(asyncio.sleep(backoff.next_s()))  # ok: backoff before registering again
 
     async def _open(self, session: Session) -> None:
         await session.open()

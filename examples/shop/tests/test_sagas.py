@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-
 from whizorch import EtcdClient
 from whizorch.errors import FencedError
 from whizorch.saga import Orchestrator, SagaClient, StepContext, Worker
