@@ -144,6 +144,16 @@ def test_worker_refuses_to_start_with_the_problems(project: pathlib.Path) -> Non
     assert "does not fit the configuration (2 problems" in result.output and "region='ap'" in result.output
 
 
+def test_orchestrator_refuses_to_start_with_the_problems(project: pathlib.Path) -> None:
+    """`whizorch orchestrator` with a misfit App exits 2 before reaching for etcd, printing the problems."""
+    result = CliRunner().invoke(
+        main, ["orchestrator", "--app", "mistakes:app", "--config", "whizorch.toml", "--etcd", "127.0.0.1:1"],
+        prog_name="whizorch",
+    )
+    assert result.exit_code == 2
+    assert "does not fit the configuration (2 problems" in result.output and "compliance=['pci']" in result.output
+
+
 def test_app_is_found_in_the_current_directory(project: pathlib.Path) -> None:
     """`--app mistakes:app` imports mistakes.py from the current directory, as uvicorn and celery do."""
     assert isinstance(load_app("mistakes:app"), App)
