@@ -22,7 +22,7 @@ test: setup
 	VENV=$(VENV) bash scripts/test.sh
 
 lint: setup
-	$(BIN)/ruff check whizorch tests integration bench
+	$(BIN)/ruff check whizorch tests integration bench scripts examples
 	$(BIN)/mypy
 
 bench: setup

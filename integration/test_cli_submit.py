@@ -66,8 +66,19 @@ async def test_submit_and_wait_prints_the_outcome(deployment: Deployment) -> Non
     doc = json.loads(out)
     assert (doc["saga_id"], doc["saga"], doc["status"], doc["regions"]) == ("cli-1", "geo", "completed", ["eu"])
     assert set(doc["outputs"]) == {"a", "b", "c", "d"}
-    code, out, _ = await deployment.cli("sagas", "submit", "geo", "--id", "cli-1", "--json")
+    code, out, _ = await deployment.cli("sagas", "submit", "geo", "--input", "{}", "--id", "cli-1", "--json")
     assert code == 0 and json.loads(out)["txid"] == doc["txid"]
+
+
+async def test_submit_of_an_id_with_another_input_exits_2_naming_the_conflict(deployment: Deployment) -> None:
+    """The same --id with a different --input is refused (exit 2) with a line that says so; the first saga is untouched."""
+    code, out, err = await deployment.cli("sagas", "submit", "geo", "--input", '{"a": 1}', "--id", "cli-3", "--json")
+    assert code == 0, err
+    txid = json.loads(out)["txid"]
+    code, out, err = await deployment.cli("sagas", "submit", "geo", "--input", '{"a": 2}', "--id", "cli-3")
+    assert code == 2 and out == ""
+    assert "saga id 'cli-3' was submitted before with a different input" in err and f"txid {txid}" in err
+    assert "use another id for a new saga" in err and len(err.strip().splitlines()) == 1
 
 
 async def test_submit_of_a_failing_saga_exits_1_with_the_error(deployment: Deployment, tmp_path: Path) -> None:

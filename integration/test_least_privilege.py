@@ -20,6 +20,7 @@ import attrs
 import pytest
 
 from whizorch import AuthError, EtcdClient
+from whizorch.errors import SagaIdConflictError
 from whizorch.etcd import AuthConfig, Compare, Op
 from whizorch.etcd._auth_admin import (
     Permission,
@@ -275,5 +276,9 @@ async def test_a_two_region_saga_completes_with_every_process_under_its_own_role
         SagaClient(client_c, namespace=NS) as sagas,
     ):
         await orch.wait_leader(10)
-        result = await sagas.execute(two_regions, {"x": 1}, timeout_s=15)
+        result = await sagas.execute(two_regions, {"x": 1}, saga_id="lp-1", timeout_s=15)
         assert result.outputs == {"first": {"ran": "eu"}, "second": {"ran": "us"}}
+        # the client may compare an id submitted again with the adopted saga's input
+        assert (await sagas.submit(two_regions, {"x": 1}, saga_id="lp-1")).txid == result.txid
+        with pytest.raises(SagaIdConflictError):
+            await sagas.submit(two_regions, {"x": 2}, saga_id="lp-1")

@@ -17,7 +17,7 @@ step() { printf '\n==== %s ====\n' "$*"; }
 # lint and types run first but do not stop the tests: their verdict is given at the end
 step "lint and types"
 LINT_OK=1
-"$VENV/bin/ruff" check whizorch tests integration bench scripts || LINT_OK=0
+"$VENV/bin/ruff" check whizorch tests integration bench scripts examples || LINT_OK=0
 "$PY" -m mypy || LINT_OK=0
 
 # the console's browser tests drive Debian's chromium (Playwright; no browser download)

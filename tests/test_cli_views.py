@@ -10,9 +10,10 @@ import attrs
 import pytest
 from rich.console import Console, RenderableType
 
-from whizorch.cli._inspect import render_list, render_show, render_status
+from whizorch.cli._inspect import PIPE_WIDTH, console, render_list, render_show, render_status
 from whizorch.cli._views import (
     Pending,
+    SagaDetails,
     count_sagas,
     failover_rows,
     fmt_duration,
@@ -33,7 +34,7 @@ from whizorch.cli._views import (
 )
 from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga import SagaRecord, StepState
-from whizorch.saga._model import Keys
+from whizorch.saga._model import OPTIONAL_STEP_FIELDS, Keys
 
 T0 = 1_700_000_000.0
 
@@ -332,17 +333,73 @@ def test_timeline_is_time_ordered_relative_to_creation() -> None:
 
 
 def test_record_document_adds_durations() -> None:
-    """--json of show is the stored record plus duration_s on the saga and each step."""
+    """--json of show is the stored record plus duration_s and compensation on the saga's steps, every step field present."""
     rec = compensated_with_failover()
     doc = record_document(rec)
     assert [s["duration_s"] for s in doc["steps"]] == [0.5, 2.0]
+    assert [s["compensation"] for s in doc["steps"]] == ["compensated", None]
     assert doc["duration_s"] == 3.0
+    assert "input" not in doc and "outputs" not in doc  # only with details
     doc.pop("duration_s")
     for s in doc["steps"]:
         s.pop("duration_s")
-    assert doc == rec.to_dict()
+        s.pop("compensation")
+        for name in OPTIONAL_STEP_FIELDS:
+            assert s.pop(name) is None
+    stored = rec.to_dict()
+    assert all(name not in step for step in stored["steps"] for name in OPTIONAL_STEP_FIELDS)
+    assert doc == stored
     assert record_document(running())["duration_s"] is None
     json.dumps(record_document(rec))
+
+
+def nothing_to_undo() -> SagaRecord:
+    """Step a (no compensation) done, then b failed with a traceback: the saga compensated."""
+    rec = compensated_with_failover()
+    rec.steps[0] = StepState(name="a", state="compensated", region="eu", run=1, started=T0, ended=T0 + 0.5, regions=["eu"])
+    rec.steps[1].error, rec.steps[1].error_type = "KeyError: 'sku'", "KeyError"
+    rec.steps[1].traceback = 'Traceback (most recent call last):\n  File "shop.py", line 9, in b\nKeyError: \'sku\''
+    return rec
+
+
+def test_a_step_without_compensation_is_not_shown_compensated() -> None:
+    """A step the saga "compensated" with no compensation run reads as not compensated, in rows, JSON and the table."""
+    rec = nothing_to_undo()
+    a, _ = step_rows(rec)
+    assert a["state"] == "done, not compensated" and a["compensation"].startswith("none: the step has no compensation")
+    assert record_document(rec)["steps"][0]["compensation"] == "none"
+    out = text(render_show(rec, T0 + 5.0))
+    assert "done, not compensated" in out and "compensated (" not in out
+
+
+def test_show_prints_input_outputs_and_the_traceback() -> None:
+    """show prints the saga's input, each completed step's output and a failed step's traceback; --json carries them."""
+    rec = nothing_to_undo()
+    details = SagaDetails(input={"sku": None, "qty": 2}, has_input=True, outputs={"a": {"reserved": "r-1"}})
+    out = text(render_show(rec, T0 + 5.0, details))
+    assert 'input: {"sku": null, "qty": 2}' in out
+    assert '{"reserved": "r-1"}' in out
+    assert "traceback of step 'b' (run, its last failure):" in out and 'File "shop.py", line 9, in b' in out
+    doc = record_document(rec, details)
+    assert doc["input"] == {"sku": None, "qty": 2} and doc["outputs"] == {"a": {"reserved": "r-1"}}
+    assert doc["steps"][1]["error_type"] == "KeyError" and "shop.py" in doc["steps"][1]["traceback"]
+    gone = text(render_show(rec, T0 + 5.0, SagaDetails(has_input=False)))
+    assert "input: - (its submission is gone)" in gone
+    assert record_document(rec, SagaDetails())["input"] is None
+
+
+def test_show_cuts_a_long_input_and_says_so() -> None:
+    """A large input is cut in the table view, naming its size and --json."""
+    out = text(render_show(running(), T0 + 1.0, SagaDetails(input="x" * 5000, has_input=True)))
+    assert "5,002 characters; --json shows all" in out
+
+
+def test_record_fields_added_later_are_written_only_when_set() -> None:
+    """A step's error_type/traceback are in the stored JSON only when set, and a record without them decodes."""
+    rec = nothing_to_undo()
+    again = SagaRecord.from_json(rec.to_json())
+    assert again.steps[1].traceback == rec.steps[1].traceback and again.steps[0].traceback is None
+    assert b"comp_traceback" not in rec.to_json() and b'"traceback"' in rec.to_json()
 
 
 def test_show_renders_steps_failovers_and_history_literally() -> None:
@@ -356,3 +413,20 @@ def test_show_renders_steps_failovers_and_history_literally() -> None:
     assert "compensated_all" in out and "3.000" in out
     assert "[bold]not markup[/bold]" in out
     assert "no failovers" in text(render_show(running(), T0 + 1.0))
+
+
+def test_piped_tables_are_as_wide_as_their_content(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With stdout not a terminal (a pipe, a file), the console is not squeezed to 80 columns: no header or cell is cut."""
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    c = console()
+    assert not c.is_terminal and c.width == PIPE_WIDTH
+    rows = list_rows([compensated_with_failover(), running()], now=T0 + 5.0)
+    c.print(render_list(rows))
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if "status" in line)
+    for col in ("id", "type", "status", "txid", "step", "regions", "failovers", "age", "duration", "error"):
+        assert f" {col} " in header, header
+    assert any("compensated" in line and "step 'b' failed: boom" in line for line in lines)
+    assert max(len(line) for line in lines) > 80

@@ -564,3 +564,47 @@ def test_unknown_step_state_is_a_config_error() -> None:
     assert b'"paused"' in data
     with pytest.raises(ConfigError, match="unknown step state 'paused'"):
         SagaRecord.from_json(data)
+
+
+def test_a_context_built_without_a_client_says_so_when_asked_for_etcd() -> None:
+    """ctx.etcd of a StepContext built by hand without etcd= is a ConfigError naming the fix (a worker always gives its client)."""
+    ctx = StepContext(
+        saga_id="s", transaction_id=1, saga="t", step="a", step_index=0, attempt=1, region="eu",
+        compensating=False, idempotency_key="s:a", outputs={},
+    )
+    with pytest.raises(ConfigError, match="pass etcd= when you build one by hand"):
+        _ = ctx.etcd
+    assert "etcd" not in repr(ctx)
+
+
+def test_a_handler_traceback_starts_at_the_users_code_and_is_bounded() -> None:
+    """The traceback kept on a result shows the handler's frames and keeps the end of a long one (integration: without the engine's frames)."""
+    from whizorch.saga._worker import TRACEBACK_LIMIT, handler_traceback
+
+    def handler(ctx: Any, cmd: dict[str, Any]) -> Any:
+        return cmd["sku"]
+
+    async def run() -> BaseException:
+        try:
+            await call_handler(handler, None, {})  # type: ignore[arg-type]
+        except KeyError as exc:
+            return exc
+        raise AssertionError("no KeyError")
+
+    text = handler_traceback(asyncio.run(run()))
+    assert text.startswith("Traceback (most recent call last):\n") and text.rstrip().endswith("KeyError: 'sku'")
+    assert "in handler" in text and 'return cmd["sku"]' in text
+
+    def deep(n: int) -> None:
+        if n == 0:
+            raise ValueError("y" * 10 * TRACEBACK_LIMIT)
+        deep(n - 1)
+
+    try:
+        deep(3)
+    except ValueError as exc:
+        text = handler_traceback(exc, limit=500)
+    assert len(text) <= 500 and "parts cut)" in text
+    assert text.startswith("Traceback (most recent call last):\n")
+    assert "ValueError: yyy" in text and "characters cut)" in text  # the exception stays, its message cut
+    assert 'raise ValueError("y" * 10 * TRACEBACK_LIMIT)' in text  # and the innermost frame

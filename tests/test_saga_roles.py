@@ -91,6 +91,7 @@ CLIENT = [
     ("ws/cancel/s1", "rw"),
     ("ws/saga/s1", "r"),
     ("ws/run/eu/s1/0/step-1", "r"),
+    ("ws/input/s1", "r"),
     ("ws/task/eu/x/s1/0/step-1", ""),
     ("ws/region/eu/1", ""),
     ("ws/leader/1", ""),
@@ -100,7 +101,7 @@ CLIENT = [
 
 @pytest.mark.parametrize(("key", "may"), CLIENT)
 def test_client_submits_cancels_and_reads_outcomes(key: str, may: str) -> None:
-    """The client role writes submissions and cancels, reads records and results, nothing else."""
+    """The client role writes submissions and cancels, reads records, results and adopted inputs, nothing else."""
     client = _roles()["ws-client"]
     assert (_can(client, key, write=False), _can(client, key, write=True)) == ("r" in may, "w" in may)
 

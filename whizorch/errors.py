@@ -4,7 +4,8 @@
 
     WhizorchError
     ├── ConfigError (ValueError)              bad argument or configuration
-    │   └── RequestTooLargeError              value/request past etcd's request limit
+    │   ├── RequestTooLargeError              value/request past etcd's request limit
+    │   └── SagaIdConflictError               a saga id reused with another type or input
     ├── ClosedError (RuntimeError)            object used before open or after close
     ├── EtcdError                             anything etcd or the transport reported
     │   ├── EtcdUnavailableError              no endpoint answered, or no etcd leader
@@ -48,6 +49,7 @@ __all__ = [
     "QuorumError",
     "RequestTooLargeError",
     "SagaFailedError",
+    "SagaIdConflictError",
     "SessionLostError",
     "WhizorchError",
 ]
@@ -95,6 +97,14 @@ class ConfigError(WhizorchError, ValueError):
 
 class RequestTooLargeError(ConfigError):
     """The request is larger than etcd accepts (``--max-request-bytes``, 1.5 MiB)."""
+
+
+class SagaIdConflictError(ConfigError):
+    """A submission reused a saga id that names a saga of another type, or with
+    another input: submitting an id again is idempotent only with the same type and
+    input (then it returns the existing saga's handle). ``saga_id``, ``saga`` (the type
+    submitted now), ``existing`` (the type submitted first) and ``txid`` (the first
+    submission's) are attributes."""
 
 
 class ClosedError(WhizorchError, RuntimeError):

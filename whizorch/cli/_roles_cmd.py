@@ -50,7 +50,7 @@ def _regions(target: WhizorchConfig, regions: str | None) -> list[str]:
         named = [r.name for r in target.regions]
         if not named:
             raise ConfigError(
-                "name the regions with --regions eu,us,... (the configuration has no [[regions]])", field="regions"
+                "name the regions with --regions eu,us,... (the configuration has no [regions.<name>] table)", field="regions"
             )
         return named
     # every comma-separated part is checked, so "eu,,us" names the empty region
@@ -162,7 +162,7 @@ def roles() -> None:
     """etcd roles per process: a worker's reaches only its region's keys (docs/security.md)."""
 
 
-_REGIONS_HELP = "regions, comma-separated (default: the configuration's [[regions]])"
+_REGIONS_HELP = "regions, comma-separated (default: the names of the configuration's [regions.<name>] tables)"
 
 
 @roles.command("show")

@@ -33,8 +33,11 @@ def _input(text: str) -> Any:
 
 @sagas.command("submit")
 @click.argument("saga_type")
-@click.option("--input", "input_text", default="null", show_default=True, help="the saga's input: JSON, or @file")
-@click.option("--id", "saga_id", default=None, help="saga id (default: generated); submitting an id twice starts one saga")
+@click.option("--input", "input_text", default="null", show_default=True, help="the saga's input: JSON, or @FILE holding JSON")
+@click.option(
+    "--id", "saga_id", default=None,
+    help="saga id (default: generated); the same id with the same input again is the same saga, with another input an error",
+)
 @click.option("--wait/--no-wait", default=False, help="wait for the outcome (exit 1 unless it completed)")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(min=0.1),
               help="with --wait: seconds to wait")
@@ -44,7 +47,8 @@ def submit(
     saga_type: str, input_text: str, saga_id: str | None, wait: bool, timeout_s: float, target: WhizorchConfig,
     as_json: bool,
 ) -> None:
-    """Submit a saga of SAGA_TYPE; print its id and transaction id (and, with --wait, the outcome).
+    """Submit a saga of SAGA_TYPE; print its id and transaction id (and, with --wait, the
+    outcome and the completed steps' outputs).
 
     \b
     --json prints {"saga_id", "saga", "txid"} and, with --wait,
@@ -80,6 +84,8 @@ def submit(
             click.echo(f"{doc['status']}: regions {route}, {len(doc['failovers'])} failovers" + (
                 f"; {doc['error']}" if doc["error"] else ""
             ))
+            if doc["outputs"]:
+                click.echo(f"outputs: {json.dumps(doc['outputs'], ensure_ascii=False, default=str)}")
     if wait and doc["status"] != "completed":
         sys.exit(1)
 

@@ -11,11 +11,14 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from whizorch.etcd import KeyValue
 from whizorch.saga._listing import Submitted as Pending
 from whizorch.saga._model import (
     COMPENSATING,
     FINAL_STATUSES,
+    OPTIONAL_STEP_FIELDS,
     RUNNING,
     STATUSES,
     Keys,
@@ -39,6 +42,8 @@ from whizorch.saga._status import (
 
 __all__ = [
     "Pending",
+    "SagaDetails",
+    "compensation_state",
     "count_sagas",
     "failover_rows",
     "fmt_duration",
@@ -47,6 +52,7 @@ __all__ = [
     "latency_doc",
     "leader_summary",
     "list_rows",
+    "no_compensation",
     "quarantine_notes",
     "record_document",
     "step_rows",
@@ -224,14 +230,29 @@ def list_rows(
 # -- sagas show ----------------------------------------------------------------------------
 
 
+def no_compensation(st: StepState) -> bool:
+    """True for a step the saga "compensated" without running anything: it has no
+    compensation (the record says ``compensated`` with no compensation run)."""
+    return st.state == "compensated" and st.comp_run == 0
+
+
+def compensation_state(st: StepState) -> str | None:
+    """The truth about a step's compensation: ``none`` (the step has none: nothing was
+    undone), ``compensated``, ``gave up``, ``compensating``; None when none was needed."""
+    if no_compensation(st):
+        return "none"
+    return {"compensated": "compensated", "comp_failed": "gave up", COMPENSATING: "compensating"}.get(st.state)
+
+
 def _compensation(st: StepState) -> str:
+    if no_compensation(st):
+        return "none: the step has no compensation, nothing was undone"
     if st.comp_run == 0:
         return "compensating (waiting for a region)" if st.state == COMPENSATING else "-"
     runs = f"{st.comp_run} run{'s' if st.comp_run != 1 else ''}"
     if st.comp_failures:
         runs += f", {st.comp_failures} failed"
-    what = {"compensated": "compensated", "comp_failed": "gave up", COMPENSATING: "compensating"}.get(st.state, "-")
-    return f"{what} ({runs})"
+    return f"{compensation_state(st) or '-'} ({runs})"
 
 
 def step_rows(rec: SagaRecord, now: float | None = None) -> list[dict[str, Any]]:
@@ -242,7 +263,7 @@ def step_rows(rec: SagaRecord, now: float | None = None) -> list[dict[str, Any]]
     """
     rows = []
     for index, st in enumerate(rec.steps):
-        state: str = st.state
+        state: str = "done, not compensated" if no_compensation(st) else st.state
         if st.waiting_region:
             state += " (waiting for a region)"
         elif st.retry_at is not None:
@@ -257,6 +278,7 @@ def step_rows(rec: SagaRecord, now: float | None = None) -> list[dict[str, Any]]
                 "started": st.started, "ended": st.ended, "duration_s": _span(st.started, st.ended),
                 "running_s": running, "comp_runs": st.comp_run, "comp_failures": st.comp_failures,
                 "compensation": _compensation(st), "error": st.error, "comp_error": st.comp_error,
+                "traceback": st.traceback, "comp_traceback": st.comp_traceback,
             }
         )  # fmt: skip
     return rows
@@ -298,11 +320,31 @@ def failover_rows(rec: SagaRecord) -> list[dict[str, Any]]:
     return rows
 
 
-def record_document(rec: SagaRecord) -> dict[str, Any]:
-    """``SagaRecord.to_dict()`` plus ``duration_s`` on the saga and on each step."""
+@attrs.frozen(kw_only=True)
+class SagaDetails:
+    """What ``sagas show`` reads beside the record: the saga's input and the outputs of
+    its completed steps."""
+
+    input: Any = None
+    has_input: bool = False
+    """False when the submission (which holds the input) is gone."""
+    outputs: dict[str, Any] = attrs.Factory(dict)
+    """Output by step name, for the steps that completed."""
+
+
+def record_document(rec: SagaRecord, details: SagaDetails | None = None) -> dict[str, Any]:
+    """``SagaRecord.to_dict()`` with every step field present, ``duration_s`` on the saga
+    and on each step, ``compensation`` on each step (see compensation_state), and with
+    ``details`` the saga's ``input`` (null when its submission is gone) and ``outputs``."""
     doc = rec.to_dict()
     doc["duration_s"] = _span(rec.created, rec.finished)
-    for step in doc["steps"]:
+    for st, step in zip(rec.steps, doc["steps"], strict=True):
+        for name in OPTIONAL_STEP_FIELDS:
+            step.setdefault(name, None)
         step["duration_s"] = _span(step["started"], step["ended"])
+        step["compensation"] = compensation_state(st)
+    if details is not None:
+        doc["input"] = details.input if details.has_input else None
+        doc["outputs"] = dict(details.outputs)
     return doc
 

@@ -2,15 +2,17 @@
 
 A submission is one txn that puts ``<ns>/submit/<id>`` while neither it nor the saga's
 record exists (the leader's adoption turns the submission into the record):
-submitting the same id twice (even from two processes at once) starts one saga, and
-both callers get its outcome. The submission's create revision is the saga's global
-transaction id. The caller
+submitting the same id twice with the same type and input (even from two processes at
+once) starts one saga, and both callers get its outcome; the same id with another type
+or input is a ``SagaIdConflictError``. The submission's create revision is the saga's
+global transaction id. The caller
 awaits the outcome by watching the saga record, never by polling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -19,7 +21,13 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
+from whizorch.errors import (
+    ClosedError,
+    ConfigError,
+    SagaFailedError,
+    SagaIdConflictError,
+    WhizorchError,
+)
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._definitions import publish
@@ -105,6 +113,38 @@ def _summary(entry: SagaRecord | Submitted) -> SagaSummary:
         saga_id=entry.id, saga=entry.saga, status=entry.status, txid=entry.txid, step=entry.step,
         regions=entry.regions, failovers=len(entry.failovers), updated=entry.updated, error=entry.error,
     )  # fmt: skip
+
+
+_GONE = object()
+"""The input of a saga whose input key retention already removed: nothing to compare."""
+
+
+def _canonical(value: Any) -> str:
+    """A JSON value as one text, so equal inputs compare equal whatever their key order
+    (tuples as lists, as JSON has them)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _conflict(message: str, saga_id: str, saga: str, existing: Any, txid: int) -> SagaIdConflictError:
+    exc = SagaIdConflictError(message, field="saga_id", saga_id=saga_id, saga=saga, existing=existing, txid=txid)
+    exc.args = (message,)  # the message names them all
+    return exc
+
+
+ERROR_SHOWN = 300
+"""Characters of a saga's error that SagaFailedError's message shows (all of it is on
+``exc.error`` and ``exc.result``)."""
+
+
+def _failed(rec: SagaRecord, result: SagaResult) -> SagaFailedError:
+    """One readable line: the saga, how it ended, why; the rest as attributes."""
+    error = " ".join((rec.error or "no error recorded").split())
+    if len(error) > ERROR_SHOWN:
+        error = error[:ERROR_SHOWN] + "..."
+    message = f"saga {rec.id!r} ({rec.saga}) ended {rec.status}: {error}"
+    exc = SagaFailedError(message, saga_id=rec.id, saga=rec.saga, status=rec.status, error=rec.error, result=result)
+    exc.args = (message,)  # the result's repr is kilobytes: never in the message
+    return exc
 
 
 class SagaHandle:
@@ -238,7 +278,11 @@ class SagaClient:
         saga_id: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> SagaHandle:
-        """Submit a saga (idempotent per ``saga_id``); returns a handle at once.
+        """Submit a saga; returns a handle at once.
+
+        Idempotent per ``saga_id``: submitting an id again with the same type and input
+        returns the existing saga's handle (same ``txid``); with another type or input
+        it raises :class:`~whizorch.errors.SagaIdConflictError`.
 
         Given a :class:`Saga`, the saga is pinned to that definition's version (which
         this call publishes); given a name, the leader pins it to the current version
@@ -281,12 +325,25 @@ class SagaClient:
         if pending is not None:
             prior = decode_json(pending.value, what="submission")
             kind, txid = prior.get("saga") if isinstance(prior, dict) else None, pending.create_revision
+            first_input = prior.get("input") if isinstance(prior, dict) else None
         else:
             assert adopted is not None
             rec = SagaRecord.from_json(adopted.value)
             kind, txid = rec.saga, rec.txid
+            # the adoption moved the input from the submission to its own key
+            stored = await self.client.get(self.keys.input(sid))
+            first_input = decode_json(stored.kvs[0].value, what="saga input") if stored.kvs else _GONE
         if kind != name:
-            raise ConfigError(f"saga id {sid!r} is already used by a {kind!r} saga", field="saga_id", value=sid)
+            raise _conflict(
+                f"saga id {sid!r} is already used by a {kind!r} saga (txid {txid}): use another id for a new {name!r} saga",
+                sid, name, kind, txid,
+            )
+        if first_input is not _GONE and _canonical(first_input) != _canonical(decode_json(data, what="saga input")["input"]):
+            raise _conflict(
+                f"saga id {sid!r} was submitted before with a different input (txid {txid}): submitting an id "
+                "again returns the existing saga only with the same input; use another id for a new saga",
+                sid, name, kind, txid,
+            )
         return SagaHandle(self, sid, txid, name)
 
     async def execute(
@@ -338,10 +395,7 @@ class SagaClient:
         assert rec is not None
         result = await self._result(rec, revision)
         if raise_on_failure and not result.ok:
-            raise SagaFailedError(
-                f"saga {rec.saga!r} {saga_id!r} ended {rec.status}: {rec.error}",
-                saga_id=saga_id, status=rec.status, error=rec.error, result=result,
-            )
+            raise _failed(rec, result)
         return result
 
     async def _read_results(self, keys: list[bytes], revision: int) -> TxnResult:

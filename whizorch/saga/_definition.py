@@ -31,6 +31,7 @@ import attrs
 
 from whizorch.coord import Fence
 from whizorch.errors import ConfigError, FencedError
+from whizorch.etcd import EtcdClient
 from whizorch.saga._spec import RetryTiming, SagaSpec, StepSpec, fingerprint
 
 __all__ = ["App", "Retry", "Saga", "Step", "StepContext"]
@@ -179,6 +180,18 @@ class StepContext:
     """Wall-clock time (``time.time()``) at which the step's timeout cancels this run;
     None when the step has no timeout."""
     _claim_left: Callable[[], float] = attrs.field(default=lambda: math.inf, repr=False, alias="claim_left")
+    _etcd: EtcdClient | None = attrs.field(default=None, repr=False, alias="etcd")
+
+    @property
+    def etcd(self) -> EtcdClient:
+        """The open etcd client of the worker running this step: for fenced writes
+        (``fenced_txn(ctx.etcd, ctx, ...)``) and reads, with no client of your own."""
+        if self._etcd is None:
+            raise ConfigError(
+                "this StepContext has no etcd client: a worker gives its own; pass etcd= when you build one by hand",
+                field="etcd",
+            )
+        return self._etcd
 
     @property
     def fence(self) -> Fence:

@@ -62,6 +62,8 @@ class Result:
     error: str | None = None
     retryable: bool = False
     region: str = ""
+    error_type: str | None = None
+    traceback: str | None = None
 
 
 @attrs.frozen
@@ -373,7 +375,7 @@ def _on_result(
             st.state = "done"
             st.result = ev.key
             st.ended = now
-            st.error = None
+            st.error = st.error_type = st.traceback = None
             st.retry_at = None  # a superseded run's success may land in a retry delay
             st.waiting_region = False
             st.waiting_for = None
@@ -383,7 +385,10 @@ def _on_result(
             rec.note(now, "step_done", step=ev.step, region=ev.region or st.region, attempt=ev.attempt)
             _advance(rec, saga, ev.step, now, route, settings, tr)
             return
-        _on_failure(rec, saga, ev.step, RUN, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr)
+        _on_failure(
+            rec, saga, ev.step, RUN, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr,
+            error_type=ev.error_type, traceback=ev.traceback,
+        )
     else:
         if st.state != "compensating":
             return
@@ -393,7 +398,7 @@ def _on_result(
             if st.region:
                 tr.delete_tasks.append((st.region, ev.step))
             st.state = "compensated"
-            st.comp_error = None
+            st.comp_error = st.comp_error_type = st.comp_traceback = None
             # a superseded run's success may land while a retry waits (for its delay
             # or for a region): that wait is over, and its timers must not fail the step
             st.retry_at = None
@@ -403,7 +408,10 @@ def _on_result(
             rec.note(now, "compensated", step=ev.step, attempt=ev.attempt)
             _continue_compensation(rec, saga, now, route, settings, tr)
             return
-        _on_failure(rec, saga, ev.step, COMPENSATE, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr)
+        _on_failure(
+            rec, saga, ev.step, COMPENSATE, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr,
+            error_type=ev.error_type, traceback=ev.traceback,
+        )
 
 
 def _advance(rec: SagaRecord, saga: SagaSpec, done: int, now: float, route: Route, settings: Settings, tr: Transition) -> None:
@@ -421,6 +429,7 @@ def _advance(rec: SagaRecord, saga: SagaSpec, done: int, now: float, route: Rout
 def _on_failure(
     rec: SagaRecord, saga: SagaSpec, index: int, kind: str, attempt: int, error: str, retryable: bool,
     now: float, route: Route, settings: Settings, tr: Transition,
+    *, error_type: str | None = None, traceback: str | None = None,
 ) -> None:
     st = rec.steps[index]
     step = saga.steps[index]
@@ -433,11 +442,11 @@ def _on_failure(
     policy = step.retry if kind == RUN else step.compensation_retry
     if kind == RUN:
         st.failures += 1
-        st.error = error
+        st.error, st.error_type, st.traceback = error, error_type, traceback
         failures = st.failures
     else:
         st.comp_failures += 1
-        st.comp_error = error
+        st.comp_error, st.comp_error_type, st.comp_traceback = error, error_type, traceback
         failures = st.comp_failures
     rec.note(now, "run_failed" if kind == RUN else "compensation_failed", step=index, attempt=attempt, error=error[:500])
     if retryable and failures < policy.attempts and not (kind == RUN and rec.cancel_requested):

@@ -15,6 +15,7 @@ from whizorch.errors import ConfigError
 
 __all__ = [
     "FINAL_STATUSES",
+    "OPTIONAL_STEP_FIELDS",
     "Keys",
     "NewerRecordError",
     "ResultPayload",
@@ -266,6 +267,19 @@ class StepState:
     live worker there has the saga's definition at its version)."""
     worker: str | None = None
     """The lease (hex) of the worker the active run's task was put on (its claim)."""
+    error_type: str | None = None
+    """The class name of the exception behind ``error``, when a handler raised one."""
+    traceback: str | None = None
+    """The handler's traceback behind ``error`` (bounded: its last frames), when it raised."""
+    comp_error_type: str | None = None
+    """As ``error_type``, for ``comp_error``."""
+    comp_traceback: str | None = None
+    """As ``traceback``, for ``comp_error``."""
+
+
+OPTIONAL_STEP_FIELDS = ("error_type", "traceback", "comp_error_type", "comp_traceback")
+"""StepState fields a record holds only when set (added after v2 records were first
+written, so a record without them reads in an older whizorch)."""
 
 
 @attrs.define
@@ -314,9 +328,14 @@ class SagaRecord:
             del self.history[: len(self.history) - MAX_HISTORY]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (history and failover entries are shared, never mutated)."""
+        """Plain data (history and failover entries are shared, never mutated). A step's
+        error details are there only when set, so a record without them reads in a
+        whizorch older than they are."""
         d = {f.name: getattr(self, f.name) for f in _RECORD_FIELDS}
-        d["steps"] = [{f.name: getattr(st, f.name) for f in _STEP_FIELDS} for st in self.steps]
+        d["steps"] = [
+            {f.name: v for f in _STEP_FIELDS if (v := getattr(st, f.name)) is not None or f.name not in OPTIONAL_STEP_FIELDS}
+            for st in self.steps
+        ]
         return d
 
     def to_json(self) -> bytes:
@@ -402,9 +421,15 @@ class ResultPayload:
     ended: float = 0.0
     fence: int = 0
     """The run's fencing token (its task's create revision)."""
+    traceback: str | None = None
+    """The handler's traceback when it raised (bounded: its last frames); only in the
+    JSON when set, so a result without one reads in a whizorch older than this field."""
 
     def to_json(self, limit: int | None = None) -> bytes:
-        return encode_json(attrs.asdict(self), what="step output", limit=limit)
+        doc = attrs.asdict(self)
+        if doc["traceback"] is None:
+            del doc["traceback"]
+        return encode_json(doc, what="step output", limit=limit)
 
     @classmethod
     def from_json(cls, data: bytes) -> ResultPayload:
@@ -420,6 +445,7 @@ _TASK_TYPES: dict[str, tuple[type, ...]] = {
 _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "ok": (bool,), "output": (object,), "error": (str, type(None)), "error_type": (str, type(None)),
     "retryable": (bool,), "worker": (str,), "region": (str,), "started": _NUMBER, "ended": _NUMBER, "fence": (int,),
+    "traceback": (str, type(None)),
 }
 _REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs", "version"}
 _REQUIRED: dict[str, frozenset[str]] = {"task": _REQUIRED_TASK, "result": frozenset({"ok"})}
@@ -449,3 +475,4 @@ def _typed(raw: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str,
 
 _RECORD_FIELDS = attrs.fields(SagaRecord)
 _STEP_FIELDS = attrs.fields(StepState)
+"""Step fields written only when set (added after v2 records were first written)."""

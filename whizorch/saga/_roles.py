@@ -157,6 +157,8 @@ def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, 
                 _prefix(PermType.READWRITE, ns, "def"),
                 _prefix(PermType.READ, ns, "saga"),
                 _prefix(PermType.READ, ns, "run"),
+                # an id submitted again: its input, once adopted, is compared with the new one
+                _prefix(PermType.READ, ns, "input"),
             ),
         ),
         RoleSpec(role_name(ns, RoleKind.VIEWER), RoleKind.VIEWER, None, (_prefix(PermType.READ, ns),)),

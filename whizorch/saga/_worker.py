@@ -30,13 +30,18 @@ new task), runs what it was given, then leaves (up to ``drain_timeout_s``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import enum
 import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Awaitable, Sequence
 from typing import Any
+
+import attrs
 
 from whizorch.coord import Session, session_options
 from whizorch.errors import (
@@ -64,6 +69,62 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
+
+
+TRACEBACK_LIMIT = 2000
+"""Characters of a handler's traceback kept with its result, in the saga record and in
+the worker's log (the innermost frames and the exception are always kept)."""
+ERROR_LIMIT = 1000
+"""Characters of a handler's error message (``Type: message``) kept with its result."""
+_ENGINE_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (os.path.dirname(os.path.abspath(__file__)), asyncio.__file__, concurrent.futures.__file__)
+)
+"""Where the frames that call a handler live: whizorch's package, asyncio, the thread pool."""
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """What running a handler gave: its output, or why it failed."""
+
+    ok: bool
+    output: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    retryable: bool = False
+    traceback: str | None = None
+
+    @classmethod
+    def failure(cls, error: str, error_type: str, retryable: bool = False, traceback: str | None = None) -> Outcome:
+        return cls(ok=False, error=error, error_type=error_type, retryable=retryable, traceback=traceback)
+
+
+def handler_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
+    """``exc``'s traceback from the first frame of the user's code (the engine's and
+    asyncio's frames that called the handler are left out), at most ``limit``
+    characters: each part (a frame, the exception's message) is cut to a fraction of
+    that, and past it the outer frames go first, so the innermost frames and the
+    exception always stay."""
+    te = traceback.TracebackException.from_exception(exc)
+    frames = list(te.stack)
+    first = next((i for i, f in enumerate(frames) if not f.filename.startswith(_ENGINE_DIRS)), 0)
+    te.stack = traceback.StackSummary.from_list(frames[first:])
+    part = max(80, limit // 4)
+    chunks = [c if len(c) <= part else f"{c[:part]}... ({len(c) - part} characters cut)\n" for c in te.format()]
+    if sum(map(len, chunks)) <= limit:
+        return "".join(chunks)
+    kept: list[str] = []
+    budget = limit - len(chunks[0]) - 40
+    for chunk in reversed(chunks[1:]):
+        if len(chunk) > budget:
+            break
+        kept.insert(0, chunk)
+        budget -= len(chunk)
+    return f"{chunks[0]}  ... ({len(chunks) - 1 - len(kept)} parts cut)\n{''.join(kept)}"
+
+
+def _bounded(text: str, limit: int = ERROR_LIMIT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} characters cut)"
 
 
 class Worker:
@@ -160,7 +221,8 @@ class Worker:
         self._state = _State.CLOSED
         self._draining.set()
         if drain and self._task is not None and not self._task.done():
-            # it marks itself draining, runs what it was given, then leaves by itself
+            # it marks itself draining, runs what it was given, then leaves by itself;
+            # not registered (etcd does not answer), it leaves at once
             _, pending = await asyncio.wait({self._task}, timeout=self.drain_timeout_s)
             if pending:
                 log.warning(
@@ -197,9 +259,8 @@ class Worker:
         while not self._draining.is_set():
             session = Session(self.client, timing=self.session_options)
             try:
-                await session.open()
-                self._session = session
-                await self._register(session)
+                if not await self._unless_draining(self._open(session)):
+                    return  # closed before it could register: nothing to drain
                 backoff.reset()
                 if not registered.done():
                     registered.set_result(None)
@@ -216,7 +277,31 @@ class Worker:
                 await self._cancel_running()
                 await end_session(session, self._background)
             if not self._draining.is_set():
-                await asyncio.sleep(backoff.next_s())  # ok: backoff before registering again
+                await self._unless_draining(asyncio.sleep(backoff.next_s()))  # ok: backoff before registering again
+
+    async def _open(self, session: Session) -> None:
+        await session.open()
+        self._session = session
+        await self._register(session)
+
+    async def _unless_draining(self, work: Awaitable[None]) -> bool:
+        """Await ``work`` unless the worker starts closing first (then cancel it and
+        return False): a worker that etcd does not answer yet closes at once."""
+        task = asyncio.ensure_future(work)
+        closing = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+        if task.cancelled() or not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return False
+        task.result()
+        return True
 
     async def _register(self, session: Session) -> None:
         await self.client.put(
@@ -385,7 +470,8 @@ class Worker:
             if outcome is None:
                 return  # stopped: the session is lost, so the claim may be gone
             result = ResultPayload(
-                ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
+                ok=outcome.ok, output=outcome.output, error=outcome.error, error_type=outcome.error_type,
+                retryable=outcome.retryable, traceback=outcome.traceback,
                 worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=token,
             )
             try:
@@ -450,25 +536,22 @@ class Worker:
                 await asyncio.sleep(delay)  # ok: back off before trying again
                 delay = min(delay * 2, 1.0)
 
-    async def _execute(
-        self, session: Session, task: TaskPayload, task_key: bytes, token: int
-    ) -> tuple[bool, Any, str | None, str | None, bool] | None:
-        """(ok, output, error, error_type, retryable) of running the handler; None when
-        the run was stopped because the session is lost (nothing is recorded then)."""
+    async def _execute(self, session: Session, task: TaskPayload, task_key: bytes, token: int) -> Outcome | None:
+        """The outcome of running the handler; None when the run was stopped because the
+        session is lost (nothing is recorded then)."""
         saga = self.app.get(task.saga, task.version or None)
         if saga is None or not 0 <= task.step < len(saga.steps):
             # the leader gives a run only to a worker that advertises its definition
-            return (
-                False, None,
+            return Outcome.failure(
                 f"worker {self.worker_id} in region {self.region} does not have saga {task.saga!r} "
                 f"version {task.version!r} step {task.step} (its App has: {self.app.served()})",
-                "UnknownSaga", False,
+                "UnknownSaga",
             )
         step = saga.steps[task.step]
         compensating = task.kind == "compensate"
         fn = step.compensation if compensating else step.fn
         if fn is None:
-            return True, None, None, None, False
+            return Outcome(ok=True)
         policy = step.compensation_retry if compensating else step.retry
         outputs = task.outputs
         if task.output_refs:
@@ -478,7 +561,7 @@ class Worker:
                     outputs = {**outputs, **await self._read_outputs(task.output_refs)}
                     break
                 except ConfigError as exc:
-                    return False, None, str(exc), "ConfigError", False
+                    return Outcome.failure(str(exc), "ConfigError")
                 except WhizorchError as exc:
                     # etcd trouble: given up, the task would stay on a live lease and
                     # strand the step; wait it out while the session lives
@@ -505,6 +588,7 @@ class Worker:
             fence_key=task_key,
             deadline=None if task.timeout_s is None else time.time() + task.timeout_s,
             claim_left=lambda: session.remaining_s,
+            etcd=self.client,
         )
         handler = fn
 
@@ -525,10 +609,19 @@ class Worker:
                 return None
             raise
         except TimeoutError as exc:
-            return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
+            return Outcome.failure(f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc))
         except Exception as exc:
-            return False, None, f"{type(exc).__name__}: {exc}", type(exc).__name__, policy.retryable(exc)
-        return True, output, None, None, False
+            retryable = policy.retryable(exc)
+            trace = handler_traceback(exc)
+            error = _bounded(f"{type(exc).__name__}: {exc}")
+            log.warning(
+                "worker %s: saga %s (%s) step %r %s #%d raised %s (%s)\n%s",
+                self.worker_id, task.saga_id, task.saga, step.name, "compensation" if compensating else "run",
+                task.attempt, _bounded(error, 300), "retryable" if retryable else "not retried: give_up_on/retry_on",
+                trace.rstrip(),
+            )
+            return Outcome.failure(error, type(exc).__name__, retryable, trace)
+        return Outcome(ok=True, output=output)
 
     async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
         """Earlier steps' outputs the task carries by reference (their result keys)."""

@@ -52,6 +52,7 @@ or pid): it is skipped unless the backend is local. Mark it
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -264,7 +265,31 @@ def _netns_unavailable() -> str | None:
     return None if reason is None else f"needs the region lab's network namespaces: {reason}"
 
 
+def _async_not_run(item: pytest.Item) -> str | None:
+    """Why pytest would not run this ``async def`` test that uses these fixtures (no
+    pytest-asyncio, or its strict mode without a mark), said before etcd starts."""
+    if not inspect.iscoroutinefunction(getattr(item, "obj", None)):
+        return None
+    if not set(__all__) & set(getattr(item, "fixturenames", ())):
+        return None
+    if any(item.get_closest_marker(m) is not None for m in ("asyncio", "anyio", "trio")):
+        return None
+    try:
+        mode = item.config.getini("asyncio_mode")
+    except ValueError:
+        return f"{item.name} is `async def`, and pytest-asyncio is not installed: pip install pytest-asyncio"
+    if mode == "auto":
+        return None
+    return (
+        f"{item.name} is `async def`, and pytest-asyncio runs only marked tests in {mode!r} mode: set "
+        'asyncio_mode = "auto" under [tool.pytest.ini_options] (or mark the test @pytest.mark.asyncio)'
+    )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = _async_not_run(item)
+    if reason is not None:
+        pytest.fail(reason, pytrace=False)
     settings = item.config.stash[_SETTINGS]
     if item.get_closest_marker("etcd_control") is not None and not settings.can_control:
         pytest.skip(_control_reason(settings, "this test"))

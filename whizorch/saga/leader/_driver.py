@@ -196,7 +196,10 @@ class Driver:
         """The machine's event for a result key (ConfigError when it does not parse)."""
         payload = ResultPayload.from_json(kv.value)
         region, _sid, step, kind, attempt = self.env.keys.run_key(kv.key)
-        return m.Result(step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region)
+        return m.Result(
+            step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region,
+            payload.error_type, payload.traceback,
+        )
 
     def learn_output(self, entry: LeaderSaga, kv: KeyValue) -> None:
         try:

@@ -1,0 +1,1 @@
+"""A small shop whose orders are whizorch sagas (see sagas.py)."""
