@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import saga_apps as apps
 
-from whizorch import ConfigError, EtcdClient
+from whizorch import ConfigError, EtcdClient, RequestTooLargeError
 from whizorch.errors import SagaFailedError
 from whizorch.saga import App, Orchestrator, SagaClient, SagaRecord, Settings, Worker
 from whizorch.testing import LocalEtcdCluster, eventually_async
@@ -227,14 +227,14 @@ async def test_same_saga_id_from_two_clients_at_once_is_one_saga(
 
 @pytest.mark.etcd34
 async def test_oversized_input_is_refused_and_nothing_written(engine: Engine) -> None:
-    """An input over ``max_payload_bytes`` raises ConfigError naming its size and the
-    limit; no submission (nor anything else) is written."""
-    with pytest.raises(ConfigError, match=r"saga input is \d+ bytes, over the limit of 65536 bytes") as info:
+    """An input over ``max_payload_bytes`` raises RequestTooLargeError naming its size
+    and the limit; no submission (nor anything else) is written."""
+    with pytest.raises(RequestTooLargeError, match=r"saga input is \d+ bytes, over the limit of 65536 bytes") as info:
         await engine.sagas.submit(apps.trip, {"blob": "x" * 70_000}, saga_id="too-big")
-    assert info.value.size > 70_000  # type: ignore[attr-defined]
+    assert info.value.size is not None and info.value.size > 70_000
     assert await engine.keys() == []
     small = SagaClient(engine.client, namespace=engine.ns, max_payload_bytes=100)
-    with pytest.raises(ConfigError, match="over the limit of 100 bytes"):
+    with pytest.raises(RequestTooLargeError, match="over the limit of 100 bytes"):
         await small.submit(apps.trip, {"blob": "x" * 100})
     assert await engine.keys() == []
 

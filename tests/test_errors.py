@@ -11,6 +11,7 @@ from whizorch import (
     ClosedError,
     CompactedError,
     ConfigError,
+    DecodeError,
     EtcdClient,
     EtcdUnavailableError,
     LeaseNotFoundError,
@@ -19,6 +20,7 @@ from whizorch import (
     RequestTooLargeError,
     WhizorchError,
 )
+from whizorch.errors import FencedError, SagaFailedError
 from whizorch.etcd._errors import endpoint_failed, is_safe_to_retry, is_token_expired, translate
 
 
@@ -126,3 +128,31 @@ async def test_unreachable_endpoint_is_unavailable_within_the_deadline() -> None
     async with EtcdClient("127.0.0.1:1", connect_timeout_s=0.2, retry_deadline_s=0.5, timeout_s=0.3) as client:
         with pytest.raises(EtcdUnavailableError):
             await client.get("k")
+
+
+# -- the tree and its declared fields -------------------------------------------------------
+
+
+def test_three_permanent_errors_are_told_apart() -> None:
+    """Misuse, a value over a size limit and undecodable data in etcd are three types:
+    neither of the other two is a ConfigError (all three stay ValueErrors)."""
+    for cls in (RequestTooLargeError, DecodeError):
+        assert not issubclass(cls, ConfigError) and issubclass(cls, ValueError)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_declared_fields_are_attributes_and_the_rest_only_context() -> None:
+    """Fields a class declares become attributes (None when not given); other context
+    is in the message and in ``fields`` but is no attribute, so a typo cannot pass."""
+    err = FencedError("refused", key="k", token=7, current_token=9, attempt=3)
+    assert (err.key, err.token, err.current_token, err.saga_id) == ("k", 7, 9, None)
+    assert err.fields == {"key": "k", "token": 7, "current_token": 9, "attempt": 3}
+    assert "attempt=3" in str(err)
+    assert not hasattr(err, "attempt")
+    assert not hasattr(ConfigError("bad", field="x"), "current_token")
+
+
+def test_saga_failed_error_carries_its_status() -> None:
+    """SagaFailedError declares status, error and result."""
+    err = SagaFailedError("ended compensated", saga_id="s", status="compensated", error="boom")
+    assert (err.saga_id, err.status, err.error, err.result) == ("s", "compensated", "boom", None)

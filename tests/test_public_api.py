@@ -16,7 +16,7 @@ def test_top_level_all_is_pinned_and_sorted() -> None:
     """whizorch.__all__ is sorted, complete and every name resolves."""
     expected = [
         "AuthConfig", "AuthError", "ClosedError", "CompactedError", "Compare", "ConfigError",
-        "ConflictError", "CoordinationError", "Election", "EtcdClient", "EtcdConfig",
+        "ConflictError", "CoordinationError", "DecodeError", "Election", "EtcdClient", "EtcdConfig",
         "EtcdError", "EtcdUnavailableError", "EventType", "Fence", "FencedError", "GlobalIds",
         "KeyValue", "LeaderInfo", "LeaseNotFoundError", "Lock", "LockTimeoutError",
         "NoSpaceError", "NotOwnerError", "Op", "OutcomeUnknownError", "QuorumError",

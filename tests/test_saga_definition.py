@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from whizorch import ConfigError
+from whizorch import ConfigError, DecodeError, RequestTooLargeError
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext, call_handler
 from whizorch.saga._model import (
     MAX_HISTORY,
@@ -413,8 +413,8 @@ def test_record_clone_is_independent() -> None:
     ],
 )
 def test_record_from_json_rejects_garbage(data: bytes) -> None:
-    """Garbage, non-objects, a wrong version or wrong fields are a ConfigError naming 'saga record'."""
-    with pytest.raises(ConfigError) as info:
+    """Garbage, non-objects, a wrong version or wrong fields are a DecodeError naming 'saga record'."""
+    with pytest.raises(DecodeError) as info:
         SagaRecord.from_json(data)
     assert info.value.field == "saga record"
     assert "saga record" in str(info.value)
@@ -422,11 +422,11 @@ def test_record_from_json_rejects_garbage(data: bytes) -> None:
 
 def test_record_wrong_version_says_so() -> None:
     """A record of a newer schema raises NewerRecordError naming both versions; an
-    unknown older one a plain ConfigError naming the version it found."""
+    unknown older one a plain DecodeError naming the version it found."""
     data = record().to_json().replace(b'"v":2', b'"v":3')
     with pytest.raises(NewerRecordError, match="schema v3, newer than this whizorch's v2"):
         SagaRecord.from_json(data)
-    with pytest.raises(ConfigError, match="version 0") as info:
+    with pytest.raises(DecodeError, match="version 0") as info:
         SagaRecord.from_json(record().to_json().replace(b'"v":2', b'"v":0'))
     assert not isinstance(info.value, NewerRecordError)
 
@@ -464,8 +464,8 @@ def test_record_is_final_and_regions() -> None:
 
 
 def test_encode_json_limit_names_the_size() -> None:
-    """A value over the limit is a ConfigError giving its size and the limit."""
-    with pytest.raises(ConfigError) as info:
+    """A value over the limit is a RequestTooLargeError (not misuse) giving its size and the limit."""
+    with pytest.raises(RequestTooLargeError) as info:
         encode_json({"x": "y" * 100}, what="step output", limit=50)
     size = len(encode_json({"x": "y" * 100}, what="step output"))
     assert info.value.size == size and info.value.field == "step output"
@@ -481,7 +481,7 @@ def test_encode_json_rejects_non_json(value: Any) -> None:
 
 
 def test_task_and_result_payload_round_trip() -> None:
-    """Task and result payloads survive their codecs; junk fields are a ConfigError."""
+    """Task and result payloads survive their codecs; junk fields are a DecodeError."""
     task = TaskPayload(
         saga_id="t-1", saga="transfer", txid=7, step=1, step_name="b", kind="run", attempt=2, region="eu",
         input={"amount": 5}, outputs={"a": [1]}, timeout_s=3.0, trace={"traceparent": "x"},
@@ -489,11 +489,11 @@ def test_task_and_result_payload_round_trip() -> None:
     assert TaskPayload.from_json(task.to_json()) == task
     res = ResultPayload(ok=False, error="E", error_type="ValueError", retryable=True, worker="w", region="eu")
     assert ResultPayload.from_json(res.to_json()) == res
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         TaskPayload.from_json(b'{"saga_id": "t-1"}')
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         ResultPayload.from_json(b'{"ok": true, "extra": 1}')
-    with pytest.raises(ConfigError, match="step output"):
+    with pytest.raises(RequestTooLargeError, match="step output"):
         ResultPayload(ok=True, output="x" * 100).to_json(limit=20)
 
 
@@ -557,9 +557,9 @@ def test_keys_bad_namespace(ns: Any) -> None:
 
 
 
-def test_unknown_step_state_is_a_config_error() -> None:
+def test_unknown_step_state_is_a_decode_error() -> None:
     """Step states are a closed set (``StepStateName``): a record with another is refused, naming it."""
     data = record().to_json().replace(b'"state":"done"', b'"state":"paused"', 1)
     assert b'"paused"' in data
-    with pytest.raises(ConfigError, match="unknown step state 'paused'"):
+    with pytest.raises(DecodeError, match="unknown step state 'paused'"):
         SagaRecord.from_json(data)

@@ -41,7 +41,13 @@ from whizorch.cli._views import (
     workers_by_region,
 )
 from whizorch.config import WhizorchConfig
-from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
+from whizorch.errors import (
+    ConfigError,
+    DecodeError,
+    EtcdUnavailableError,
+    RequestTooLargeError,
+    WhizorchError,
+)
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
 from whizorch.saga import SagaClient, SagaRecord
 from whizorch.saga._listing import Listing, scan_sagas, submitted
@@ -120,7 +126,7 @@ def _run(cfg: WhizorchConfig, body: Callable[[Target], Awaitable[T]]) -> T:
     except WhizorchError as exc:
         endpoints = ",".join(cfg.etcd.endpoints)
         detail = " ".join(str(exc).split())
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, (ConfigError, RequestTooLargeError, DecodeError)):
             line = f"whizorch: {detail}"
         elif isinstance(exc, EtcdUnavailableError):
             line = f"whizorch: cannot reach etcd at {endpoints}: {detail}"
@@ -145,7 +151,7 @@ async def _records(t: Target, revision: int = 0) -> tuple[list[SagaRecord], int]
     res = await t.client.get(t.keys.prefix("saga"), prefix=True, revision=revision)
     out = []
     for kv in res.kvs:
-        with contextlib.suppress(ConfigError):  # skipped as SagaClient.list skips it
+        with contextlib.suppress(DecodeError):  # skipped as SagaClient.list skips it
             out.append(SagaRecord.from_json(kv.value))
     return out, res.header.revision
 
@@ -163,7 +169,7 @@ async def _pending(
     for kv in res.kvs:
         try:
             sid = t.keys.saga_id(kv.key, "submit")
-        except ConfigError:
+        except DecodeError:
             continue  # quarantined by the leader: listed by status
         if sid not in known:
             out.append(submitted(sid, kv))
@@ -200,7 +206,7 @@ async def _saga_counts(t: Target, rev: int) -> tuple[list[SagaRecord], int, int 
     first = await c.get(k.prefix("saga"), prefix=True, revision=rev, limit=STATUS_READ)
     records = []
     for kv in first.kvs:
-        with contextlib.suppress(ConfigError):
+        with contextlib.suppress(DecodeError):
             records.append(SagaRecord.from_json(kv.value))
     return records, max(0, n_submits.count - n_records.count), n_records.count
 
@@ -335,7 +341,7 @@ def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
         async with SagaClient(t.client, namespace=t.keys.ns) as client:
             try:
                 rec = await client.get(saga_id)
-            except ConfigError as exc:  # a record this whizorch cannot read
+            except DecodeError as exc:  # a record this whizorch cannot read
                 notes = await t.client.get(t.keys.prefix("quarantine"), prefix=True)
                 key = t.keys.saga(saga_id).decode()
                 note = next((n for n in quarantine_notes(notes.kvs) if n["key"] == key), None)

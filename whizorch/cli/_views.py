@@ -11,7 +11,7 @@ import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from whizorch.errors import ConfigError
+from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga._listing import Submitted as Pending
 from whizorch.saga._model import (
@@ -123,7 +123,7 @@ def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dic
         try:
             # as the leader's router reads them: a registration it quarantines is skipped
             out.setdefault(keys.region_of(kv.key), []).append(capabilities(kv.value))
-        except ConfigError:
+        except DecodeError:
             continue
     return out
 
@@ -134,7 +134,7 @@ def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
     for kv in kvs:
         try:
             region = keys.split(kv.key, "task")[0]
-        except ConfigError:
+        except DecodeError:
             continue  # not a task key whizorch wrote
         out[region] = out.get(region, 0) + 1
     return out
@@ -146,7 +146,7 @@ def latency_doc(value: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         doc = decode_json(value, what="latency")
-    except ConfigError:
+    except DecodeError:
         return None
     if not isinstance(doc, dict):
         return None
@@ -159,7 +159,7 @@ def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
     for kv in kvs:
         try:
             note = decode_json(kv.value, what="quarantine note")
-        except ConfigError:
+        except DecodeError:
             continue
         if isinstance(note, dict):
             notes.append({k: note.get(k) for k in ("kind", "key", "reason", "revision", "at")})

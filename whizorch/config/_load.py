@@ -65,11 +65,10 @@ def load_config(
         top = {"namespace": raw["namespace"]} if "namespace" in raw else {}
         return WhizorchConfig(**top, regions=regions, **sections)
     except ConfigError as exc:
-        reason = getattr(exc, "reason", None)
-        if reason is None or getattr(exc, "source", None) is not None:
+        if exc.reason is None or exc.source is not None or exc.field is None:
             raise
         # the same error, now saying where the value came from; chaining would repeat it
-        raise config_error(exc.field, exc.value, reason, source=_source(exc.field, sources)) from None
+        raise config_error(exc.field, exc.value, exc.reason, source=_source(exc.field, sources)) from None
 
 
 def _read(name: str, via: str) -> dict[str, Any]:

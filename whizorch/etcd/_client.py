@@ -757,7 +757,8 @@ class EtcdClient:
             raise ConfigError(
                 f"cannot move etcd's leadership to {target_member_id:x}: it {what} of the cluster "
                 f"(members: {listed})",
-                target=target_member_id,
+                field="target_member_id",
+                value=target_member_id,
             )
         method = METHODS["MoveLeader"]
         request = rpc_pb2.MoveLeaderRequest(targetID=target_member_id)

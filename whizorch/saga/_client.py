@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ClosedError, ConfigError, SagaFailedError, WhizorchError
+from whizorch.errors import ClosedError, ConfigError, DecodeError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._listing import Submitted, scan_sagas
@@ -194,7 +194,7 @@ class SagaClient:
                         if sid in self._waiters and ev.kv.value:
                             try:
                                 rec = SagaRecord.from_json(ev.kv.value)
-                            except ConfigError:
+                            except DecodeError:
                                 continue
                             if rec.is_final:
                                 self._resolve(sid, rec, ev.kv.mod_revision)
@@ -395,7 +395,7 @@ class SagaClient:
         for kv in records.kvs:
             try:
                 rec = SagaRecord.from_json(kv.value)
-            except ConfigError:
+            except DecodeError:
                 continue
             seen.add(rec.id)
             if (status is None or rec.status == status) and (saga_type is None or rec.saga == saga_type):
@@ -413,7 +413,7 @@ class SagaClient:
                     continue
                 try:
                     name = decode_json(kv.value, what="submission").get("saga", "?")
-                except ConfigError:
+                except DecodeError:
                     name = "?"
                 if saga_type is None or name == saga_type:
                     out.append(

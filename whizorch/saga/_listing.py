@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import EtcdClient, KeyValue, prefix_end
 from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, decode_json
 
@@ -64,7 +64,7 @@ def check_page_args(limit: int, after: str | None, status: str | None, max_scan:
 def _id_of(keys: Keys, kv: KeyValue, kind: str) -> str | None:
     try:
         return keys.saga_id(kv.key, kind)
-    except ConfigError:
+    except DecodeError:
         return None  # not a key whizorch wrote (the leader quarantines it)
 
 
@@ -131,7 +131,7 @@ async def scan_sagas(
             elif values:
                 try:
                     entry = SagaRecord.from_json(found.value)
-                except ConfigError:
+                except DecodeError:
                     entry = None  # skipped, as the leader quarantines it
             else:
                 entry = None  # status "pending": an adopted saga never matches
@@ -169,7 +169,7 @@ def submitted(sid: str, kv: KeyValue) -> Submitted:
     sub: Any
     try:
         sub = decode_json(kv.value, what="submission")
-    except ConfigError:
+    except DecodeError:
         sub = {}
     sub = sub if isinstance(sub, dict) else {}
     at = sub.get("submitted")

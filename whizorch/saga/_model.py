@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch.errors import ConfigError, DecodeError, RequestTooLargeError
 
 __all__ = [
     "FINAL_STATUSES",
@@ -41,22 +41,25 @@ MAX_HISTORY = 200
 
 
 def encode_json(value: Any, *, what: str, limit: int | None = None) -> bytes:
-    """Compact JSON; a clear ConfigError when the value is not JSON or too large."""
+    """Compact JSON; a ConfigError when the value is not JSON, a RequestTooLargeError
+    when it is over ``limit`` bytes."""
     try:
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
     if limit is not None and len(data) > limit:
-        raise ConfigError(f"{what} is {len(data)} bytes, over the limit of {limit} bytes", field=what, size=len(data))
+        raise RequestTooLargeError(
+            f"{what} is {len(data)} bytes, over the limit of {limit} bytes", field=what, size=len(data)
+        )
     return data
 
 
 def decode_json(data: bytes, *, what: str) -> Any:
-    """Parse JSON, naming what failed to parse."""
+    """Parse JSON read from etcd; a DecodeError naming what failed to parse."""
     try:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}", field=what) from exc
+        raise DecodeError(f"{what} is not valid JSON: {exc}", field=what) from exc
 
 
 @attrs.frozen
@@ -121,26 +124,26 @@ class Keys:
         """The region of a ``region/<region>/<lease>`` key."""
         parts = self.split(key, "region")
         if len(parts) != 2 or not parts[0]:
-            raise ConfigError(f"{key!r} is not a region/<region>/<lease> key", field="key", value=key)
+            raise DecodeError(f"{key!r} is not a region/<region>/<lease> key", field="key", value=key)
         return parts[0]
 
     def split(self, key: bytes, kind: str) -> list[str]:
-        """The parts of a key after ``<ns>/<kind>/`` (a ConfigError for a key that is
+        """The parts of a key after ``<ns>/<kind>/`` (a DecodeError for a key that is
         not UTF-8 or not of that kind: such keys are quarantined, never fatal)."""
         try:
             text = key.decode()
         except UnicodeDecodeError:
-            raise ConfigError(f"key {key!r} is not UTF-8", field="key", value=key) from None
+            raise DecodeError(f"key {key!r} is not UTF-8", field="key", value=key) from None
         head = f"{self.ns}/{kind}/"
         if not text.startswith(head):
-            raise ConfigError(f"{text!r} is not a {kind} key", field="key", value=key)
+            raise DecodeError(f"{text!r} is not a {kind} key", field="key", value=key)
         return text[len(head) :].split("/")
 
     def saga_id(self, key: bytes, kind: str) -> str:
         """The saga id of a ``<kind>/<saga id>`` key, checked like SagaClient checks it."""
         parts = self.split(key, kind)
         if len(parts) != 1 or not _SAGA_ID.fullmatch(parts[0]):
-            raise ConfigError(f"{key!r} does not name a valid saga id", field="key", value=key)
+            raise DecodeError(f"{key!r} does not name a valid saga id", field="key", value=key)
         return parts[0]
 
     def run_key(self, key: bytes) -> tuple[str, str, int, str, int]:
@@ -148,7 +151,7 @@ class Keys:
         ``run/<region>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "run")
         if len(parts) != 4 or not parts[0]:
-            raise ConfigError(f"{key!r} is not a run/<region>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key)
+            raise DecodeError(f"{key!r} is not a run/<region>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key)
         region, sid, step, tag = parts
         return (region, sid, *self._run_parts(key, sid, step, tag))
 
@@ -157,7 +160,7 @@ class Keys:
         ``task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "task")
         if len(parts) != 5 or not parts[0] or not _HEX.fullmatch(parts[1]):
-            raise ConfigError(
+            raise DecodeError(
                 f"{key!r} is not a task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key
             )
         region, worker, sid, step, tag = parts
@@ -170,7 +173,7 @@ class Keys:
             not _SAGA_ID.fullmatch(sid) or not (step.isascii() and step.isdigit())
             or kind not in ("run", "compensate") or not (attempt.isascii() and attempt.isdigit())
         ):
-            raise ConfigError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
+            raise DecodeError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
         return int(step), kind, int(attempt)
 
 
@@ -179,7 +182,7 @@ _SAGA_ID = re.compile(SAGA_ID)
 _HEX = re.compile(r"^[0-9a-f]{1,16}$")
 
 
-class NewerRecordError(ConfigError):
+class NewerRecordError(DecodeError):
     """A saga record written by a newer whizorch (a schema this one does not know):
     left untouched, never overwritten."""
 
@@ -299,7 +302,7 @@ class SagaRecord:
                     raise ValueError(f"unknown step state {st.state!r}")
             return cls(steps=steps, **raw)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            raise ConfigError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc
+            raise DecodeError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc
 
 
 @attrs.frozen(kw_only=True)
@@ -375,21 +378,21 @@ def _typed(raw: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str,
     """Check a decoded payload's shape: a JSON object with known fields of the right
     types (a bool is not an int here), every required field present."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{what} is not a JSON object", field=what, value=type(raw).__name__)
+        raise DecodeError(f"{what} is not a JSON object", field=what, value=type(raw).__name__)
     for name, value in raw.items():
         allowed = types.get(name)
         if allowed is None:
-            raise ConfigError(f"{what} has an unknown field {name!r}", field=f"{what}.{name}")
+            raise DecodeError(f"{what} has an unknown field {name!r}", field=f"{what}.{name}")
         if object not in allowed and (
             not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
         ):
-            raise ConfigError(
+            raise DecodeError(
                 f"{what}.{name} must be {' or '.join(t.__name__ for t in allowed)}, not {type(value).__name__}",
                 field=f"{what}.{name}", value=value,
             )
     missing = _REQUIRED[what] - raw.keys()
     if missing:
-        raise ConfigError(f"{what} lacks {', '.join(sorted(missing))}", field=what)
+        raise DecodeError(f"{what} lacks {', '.join(sorted(missing))}", field=what)
     return raw
 
 

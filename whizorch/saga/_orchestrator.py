@@ -31,6 +31,7 @@ from whizorch.coord import Election, Fence, Session, session_options
 from whizorch.errors import (
     ClosedError,
     ConfigError,
+    DecodeError,
     WhizorchError,
 )
 from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult, WatchEvent
@@ -73,7 +74,14 @@ from whizorch.saga._model import (
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._rebuild import Finished, read_many, read_snapshot
 from whizorch.saga._router import Router
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
+from whizorch.saga._supervise import (
+    PERMANENT,
+    BackgroundTasks,
+    Backoff,
+    end_session,
+    is_transient,
+    stop_role,
+)
 from whizorch.saga._view import Timers, Workers
 
 __all__ = ["Orchestrator"]
@@ -372,7 +380,7 @@ class Orchestrator:
         for kv in snap.regions:
             try:
                 self._workers.put(self.keys.region_of(kv.key), kv.key, kv.value)
-            except ConfigError as exc:
+            except DecodeError as exc:
                 self._poison("region", kv, str(exc))
         self.router.update(self._workers.regions())
         tasks: dict[bytes, KeyValue] = {}
@@ -380,14 +388,14 @@ class Orchestrator:
             try:
                 self.keys.task_key(kv.key)
                 tasks[kv.key] = kv
-            except ConfigError as exc:
+            except DecodeError as exc:
                 self._poison("task", kv, str(exc))
         recorded: set[str] = set()
 
         def record_id(kv: KeyValue) -> str | None:
             try:
                 sid = self.keys.saga_id(kv.key, "saga")
-            except ConfigError as exc:
+            except DecodeError as exc:
                 self._poison("saga", kv, str(exc))
                 return None
             recorded.add(sid)
@@ -410,7 +418,7 @@ class Orchestrator:
                 self._poison("saga", kv, f"{exc}; left untouched")
                 untouched.add(sid)
                 continue
-            except ConfigError as exc:
+            except DecodeError as exc:
                 self._poison("saga", kv, str(exc))
                 await self._replace_undecodable(sid, kv, str(exc))
                 continue
@@ -432,7 +440,7 @@ class Orchestrator:
             rec = entry.record
             sub = inputs.get(self.keys.submit(rec.id)) or []
             if sub:
-                with contextlib.suppress(ConfigError, AttributeError):
+                with contextlib.suppress(DecodeError, AttributeError):
                     entry.input = decode_json(sub[0].value, what="submission").get("input")
             results = [kv for r in rec.regions for kv in found.get(self.keys.results(r, rec.id), [])]
             for rkv in results:
@@ -442,7 +450,7 @@ class Orchestrator:
                     await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
                     return
                 await self._resume(entry, results, rec.id in cancels, now)
-            except ConfigError as exc:
+            except PERMANENT as exc:
                 # what retrying cannot fix (a write over etcd's limit) fails this saga,
                 # as its driver would, not the rebuild (every next leader would stop on it)
                 log.error("saga %s: cannot resume: %s; failing the saga", rec.id, exc)
@@ -459,7 +467,7 @@ class Orchestrator:
             try:
                 if self.keys.saga_id(key, "submit") not in recorded:
                     adopt.append(key)
-            except ConfigError:
+            except DecodeError:
                 adopt.append(key)  # read below, and quarantined by the adoption
         for key, kvs in (await read_many(self.client, adopt, rev)).items():
             if kvs:
@@ -468,7 +476,7 @@ class Orchestrator:
                     if sid in cancels:
                         self._early_cancel(sid)
                     self._spawn(sid, submit=kvs[0])
-                except ConfigError as exc:
+                except DecodeError as exc:
                     self._poison("submit", kvs[0], str(exc))
         # tasks no active run owns (a final saga's, a superseded run's, a saga gone):
         # withdrawn, so no worker runs them; each only as the snapshot saw it
@@ -525,7 +533,7 @@ class Orchestrator:
         for rkv in sorted(results, key=lambda kv: kv.mod_revision):
             try:
                 ev = self._result_event(rkv)
-            except ConfigError as exc:
+            except DecodeError as exc:
                 self._poison("run", rkv, str(exc))
                 continue
             await self._result_arrived(entry, ResultArrived(ev, rkv))
@@ -589,7 +597,7 @@ class Orchestrator:
             async for ev in w:
                 try:
                     handler(ev)
-                except ConfigError as exc:  # input that does not parse: quarantined, never fatal
+                except DecodeError as exc:  # input that does not parse: quarantined, never fatal
                     self._poison(kind, ev.kv, str(exc))
 
     def _spawn(
@@ -626,7 +634,7 @@ class Orchestrator:
                         log.warning("saga %s: could not apply %r yet: %s; retrying", saga_id, event or "adoption", exc)
                         await asyncio.sleep(backoff.next_s())  # ok: backoff before applying the same event again
                         continue
-                    if isinstance(exc, ConfigError) and not isinstance(event, Fail):
+                    if isinstance(exc, PERMANENT) and not isinstance(event, Fail):
                         # retrying cannot fix it (a write over etcd's limit, a value that is
                         # not JSON): the saga stops here, failed, with the reason
                         log.error("saga %s: cannot apply %r: %s; failing the saga", saga_id, event or "adoption", exc)
@@ -682,7 +690,7 @@ class Orchestrator:
             return
         sid = self.keys.run_key(ev.kv.key)[1]
         if self._known(sid):
-            # a ConfigError here: quarantined by the watch
+            # a DecodeError here: quarantined by the watch
             self._spawn(sid, ResultArrived(self._result_event(ev.kv), ev.kv))
 
     def _early_cancel(self, sid: str) -> None:
@@ -773,7 +781,7 @@ class Orchestrator:
         try:
             payload = ResultPayload.from_json(kv.value)
             _region, _sid, index, kind, _attempt = self.keys.run_key(kv.key)
-        except ConfigError:
+        except DecodeError:
             return
         if payload.ok and kind == m.RUN and entry.definition is not None:
             if 0 <= index < len(entry.definition.steps):
@@ -782,7 +790,7 @@ class Orchestrator:
                 entry.output_sizes[name] = len(kv.value)
 
     def _result_event(self, kv: KeyValue) -> m.Result:
-        """The machine's event for a result key (ConfigError when it does not parse)."""
+        """The machine's event for a result key (DecodeError when it does not parse)."""
         payload = ResultPayload.from_json(kv.value)
         region, _sid, step, kind, attempt = self.keys.run_key(kv.key)
         return m.Result(step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region)
@@ -793,13 +801,13 @@ class Orchestrator:
         try:
             sub = decode_json(kv.value, what="submission")
             if not isinstance(sub, dict):
-                raise ConfigError("submission is not a JSON object", field="submission")
+                raise DecodeError("submission is not a JSON object", field="submission")
             name, value, trace = sub.get("saga"), sub.get("input"), sub.get("trace") or {}
             if not isinstance(name, str):
-                raise ConfigError(f"submission.saga must be a string, not {type(name).__name__}", field="submission.saga")
+                raise DecodeError(f"submission.saga must be a string, not {type(name).__name__}", field="submission.saga")
             if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
-                raise ConfigError("submission.trace must map strings to strings", field="submission.trace")
-        except ConfigError as exc:
+                raise DecodeError("submission.trace must map strings to strings", field="submission.trace")
+        except DecodeError as exc:
             self._poison("submit", kv, str(exc))
             rec = failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
             await self._create_failed(LeaderSaga(rec, 0, None))
@@ -1117,6 +1125,6 @@ class Orchestrator:
 def _parses(keys: Keys, key: bytes, kind: str) -> bool:
     try:
         keys.saga_id(key, kind)
-    except ConfigError:
+    except DecodeError:
         return False
     return True

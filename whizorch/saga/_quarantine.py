@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from whizorch.errors import ConfigError
+from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue
 from whizorch.saga._model import Keys, decode_json, encode_json
 
@@ -43,7 +43,7 @@ class Quarantine:
 
     def learn(self, note: KeyValue) -> None:
         """A note read while rebuilding: its key is not reported again."""
-        with contextlib.suppress(ConfigError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+        with contextlib.suppress(DecodeError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
             self._seen.add(str(decode_json(note.value, what="quarantine note")["raw_key"]).encode("latin-1"))
 
     def note(self, kind: str, kv: KeyValue, reason: str) -> tuple[bytes, bytes] | None:

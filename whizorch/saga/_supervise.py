@@ -17,20 +17,32 @@ import random
 from collections.abc import Awaitable, Callable
 
 from whizorch.coord import Session
-from whizorch.errors import AuthError, ClosedError, ConfigError, WhizorchError
+from whizorch.errors import (
+    AuthError,
+    ClosedError,
+    ConfigError,
+    DecodeError,
+    RequestTooLargeError,
+    WhizorchError,
+)
 
-__all__ = ["BackgroundTasks", "Backoff", "end_session", "is_transient", "stop_role"]
+__all__ = ["PERMANENT", "BackgroundTasks", "Backoff", "end_session", "is_transient", "stop_role"]
 
 log = logging.getLogger("whizorch.saga.supervise")
+
+
+PERMANENT: tuple[type[WhizorchError], ...] = (ConfigError, RequestTooLargeError, DecodeError)
+"""What retrying cannot fix in one saga's work: misuse, a value over a size limit, data
+in etcd that does not decode. The leader fails the saga such an error stops."""
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for the faults a role waits out: etcd or network trouble, a lost lease.
 
-    Bad configuration, refused credentials and a closed client are not: retrying
+    The ``PERMANENT`` errors, refused credentials and a closed client are not: retrying
     cannot fix them. Neither is any exception outside whizorch's tree (a bug).
     """
-    if isinstance(exc, (ConfigError, AuthError, ClosedError)):
+    if isinstance(exc, (*PERMANENT, AuthError, ClosedError)):
         return False
     return isinstance(exc, (WhizorchError, TimeoutError))
 

@@ -43,6 +43,7 @@ from whizorch.errors import (
     ClosedError,
     CompactedError,
     ConfigError,
+    DecodeError,
     FencedError,
     RequestTooLargeError,
     WhizorchError,
@@ -329,7 +330,7 @@ class Worker:
             return  # this run is here already (a re-read of the tasks)
         try:
             task = TaskPayload.from_json(value)
-        except ConfigError as exc:
+        except DecodeError as exc:
             log.error("worker %s: undecodable task %r: %s", self.worker_id, key, exc)
             return
         self._backlog[key] = (task, token)
@@ -389,8 +390,8 @@ class Worker:
             )
             try:
                 data = result.to_json(self.max_payload_bytes)
-            except ConfigError as exc:
-                data = self._failure_result(str(exc), started, token)
+            except (ConfigError, RequestTooLargeError) as exc:  # not JSON, or over the limit
+                data = self._failure_result(str(exc), type(exc).__name__, started, token)
             result_key = self.keys.result(self.region, task.saga_id, task.step, task.kind, task.attempt)
             res = await self._record(session, key, token, result_key, data, started)
             if res.succeeded:
@@ -412,10 +413,10 @@ class Worker:
             if self._session is session:
                 self._start_backlog(session)
 
-    def _failure_result(self, error: str, started: float, fence: int) -> bytes:
+    def _failure_result(self, error: str, error_type: str, started: float, fence: int) -> bytes:
         """A small, final failure result (the real one could not be recorded)."""
         return ResultPayload(
-            ok=False, error=error, error_type="ConfigError", retryable=False,
+            ok=False, error=error, error_type=error_type, retryable=False,
             worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=fence,
         ).to_json()
 
@@ -437,10 +438,12 @@ class Worker:
                     [Compare.create_revision(task_key, "==", token), Compare.create_revision(result_key, "==", 0)],
                     [Op.put(result_key, data), Op.delete(task_key)],
                 )
-            except ConfigError as exc:
-                if b'"ok":false' in data[:12] or not isinstance(exc, RequestTooLargeError):
+            except RequestTooLargeError as exc:
+                if b'"ok":false' in data[:12]:
                     raise
-                data = self._failure_result(f"the step's result could not be recorded: {exc}", started, token)
+                data = self._failure_result(
+                    f"the step's result could not be recorded: {exc}", type(exc).__name__, started, token
+                )
                 continue
             except WhizorchError as exc:
                 if session.is_lost or not is_transient(exc):
@@ -470,8 +473,8 @@ class Worker:
                 try:
                     outputs = {**outputs, **await self._read_outputs(task.output_refs)}
                     break
-                except ConfigError as exc:
-                    return False, None, str(exc), "ConfigError", False
+                except DecodeError as exc:
+                    return False, None, str(exc), "DecodeError", False
                 except WhizorchError as exc:
                     # etcd trouble: given up, the task would stay on a live lease and
                     # strand the step; wait it out while the session lives
@@ -531,6 +534,6 @@ class Worker:
             res = await self.client.txn([], [Op.get(refs[n].encode()) for n in chunk])
             for name, got in zip(chunk, res.responses, strict=True):
                 if not (isinstance(got, RangeResult) and got.kvs):
-                    raise ConfigError(f"the output of step {name!r} is gone ({refs[name]})", field="output_refs")
+                    raise DecodeError(f"the output of step {name!r} is gone ({refs[name]})", field="output_refs")
                 outputs[name] = ResultPayload.from_json(got.kvs[0].value).output
         return outputs
