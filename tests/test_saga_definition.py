@@ -18,6 +18,7 @@ from whizorch.saga._model import (
     ResultPayload,
     SagaRecord,
     StepState,
+    SubmissionPayload,
     TaskPayload,
     encode_json,
 )
@@ -495,6 +496,50 @@ def test_task_and_result_payload_round_trip() -> None:
         ResultPayload.from_json(b'{"ok": true, "extra": 1}')
     with pytest.raises(RequestTooLargeError, match="step output"):
         ResultPayload(ok=True, output="x" * 100).to_json(limit=20)
+
+
+def test_submission_codec_round_trips() -> None:
+    """A submission survives its codec, strict and lenient alike."""
+    sub = SubmissionPayload(saga="order", input={"sku": "x1"}, trace={"traceparent": "t"}, submitted=12.5)
+    assert SubmissionPayload.from_json(sub.to_json()) == sub
+    assert SubmissionPayload.from_json_lenient(sub.to_json()) == sub
+    assert json.loads(sub.to_json()) == {"saga": "order", "input": {"sku": "x1"}, "trace": {"traceparent": "t"}, "submitted": 12.5}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"\xff", "submission"),
+        (b"[1]", "submission"),
+        (b'{"saga": 5}', "submission.saga"),
+        (b'{"input": 1}', "submission.saga"),
+        (b'{"saga": "order", "trace": {"a": 1}}', "submission.trace"),
+        (b'{"saga": "order", "trace": ["x"]}', "submission.trace"),
+    ],
+)
+def test_submission_strict_decode_names_the_bad_field(data: bytes, field: str) -> None:
+    """The leader's decode refuses a submission it cannot adopt, naming the field; a
+    viewer's lenient read of the same bytes shows what it can, never raising."""
+    with pytest.raises(DecodeError) as info:
+        SubmissionPayload.from_json(data)
+    assert info.value.field == field
+    assert SubmissionPayload.from_json_lenient(data).trace == {}
+
+
+def test_submission_lenient_read_keeps_what_the_value_says() -> None:
+    """A lenient read takes the saga type, input and time where they are well formed,
+    "?" and None where not; the strict decode ignores unknown fields and a bad time."""
+    odd = b'{"saga": "order", "input": 3, "trace": {"a": 1}, "submitted": 7}'
+    assert SubmissionPayload.from_json_lenient(odd) == SubmissionPayload(saga="order", input=3, submitted=7.0)
+    assert SubmissionPayload.from_json_lenient(b'{"saga": 1, "submitted": true}') == SubmissionPayload(saga="?")
+    extra = SubmissionPayload.from_json(b'{"saga": "order", "later": 1, "submitted": "noon"}')
+    assert extra == SubmissionPayload(saga="order")
+
+
+def test_submission_over_the_limit_is_request_too_large() -> None:
+    """An input past ``max_payload_bytes`` is a RequestTooLargeError naming "saga input"."""
+    with pytest.raises(RequestTooLargeError, match="saga input is"):
+        SubmissionPayload(saga="order", input="x" * 100).to_json(50)
 
 
 # -- keys ----------------------------------------------------------------------------------

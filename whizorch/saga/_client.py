@@ -29,7 +29,7 @@ from whizorch.saga._model import (
     Keys,
     ResultPayload,
     SagaRecord,
-    decode_json,
+    SubmissionPayload,
     encode_json,
 )
 
@@ -250,10 +250,8 @@ class SagaClient:
 
     async def _submit(self, ctx: Submission) -> SagaHandle:
         sid, name = ctx.saga_id, ctx.saga
-        data = encode_json(
-            {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()},
-            what="saga input",
-            limit=self.max_payload_bytes,
+        data = SubmissionPayload(saga=name, input=ctx.input, trace=dict(ctx.trace), submitted=time.time()).to_json(
+            self.max_payload_bytes
         )
         key = self.keys.submit(sid)
         res = await self.client.txn(
@@ -264,11 +262,9 @@ class SagaClient:
         existing = res.responses[0]
         assert isinstance(existing, RangeResult) and existing.kvs
         kv = existing.kvs[0]
-        prior = decode_json(kv.value, what="submission")
-        if prior.get("saga") != name:
-            raise ConfigError(
-                f"saga id {sid!r} is already used by a {prior.get('saga')!r} saga", field="saga_id", value=sid
-            )
+        prior = SubmissionPayload.from_json(kv.value)
+        if prior.saga != name:
+            raise ConfigError(f"saga id {sid!r} is already used by a {prior.saga!r} saga", field="saga_id", value=sid)
         return SagaHandle(self, sid, kv.create_revision, name)
 
     async def execute(
@@ -411,10 +407,7 @@ class SagaClient:
                 sid = self.keys.split(kv.key, "submit")[0]
                 if sid in seen:
                     continue
-                try:
-                    name = decode_json(kv.value, what="submission").get("saga", "?")
-                except DecodeError:
-                    name = "?"
+                name = SubmissionPayload.from_json_lenient(kv.value).saga
                 if saga_type is None or name == saga_type:
                     out.append(
                         SagaSummary(

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import attrs
 
 from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import EtcdClient, KeyValue, prefix_end
-from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, decode_json
+from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, SubmissionPayload
 
 __all__ = ["Listing", "Submitted", "scan_sagas"]
 
@@ -166,14 +165,5 @@ async def _submissions(client: EtcdClient, keys: Keys, ids: list[str], revision:
 def submitted(sid: str, kv: KeyValue) -> Submitted:
     """A pending submission as listed: its saga type and time, "?"/None where the
     value does not say (the leader quarantines what does not parse)."""
-    sub: Any
-    try:
-        sub = decode_json(kv.value, what="submission")
-    except DecodeError:
-        sub = {}
-    sub = sub if isinstance(sub, dict) else {}
-    at = sub.get("submitted")
-    return Submitted(
-        saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
-        submitted=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
-    )  # fmt: skip
+    sub = SubmissionPayload.from_json_lenient(kv.value)
+    return Submitted(saga_id=sid, saga=sub.saga, txid=kv.create_revision, submitted=sub.submitted)

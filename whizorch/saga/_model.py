@@ -20,6 +20,7 @@ __all__ = [
     "ResultPayload",
     "SagaRecord",
     "StepState",
+    "SubmissionPayload",
     "TaskPayload",
     "decode_json",
     "encode_json",
@@ -358,6 +359,66 @@ class ResultPayload:
     @classmethod
     def from_json(cls, data: bytes) -> ResultPayload:
         return cls(**_typed(decode_json(data, what="result"), _RESULT_TYPES, "result"))
+
+
+@attrs.frozen(kw_only=True)
+class SubmissionPayload:
+    """A submission (key ``<ns>/submit/<saga id>``): the saga type, its input, the W3C
+    trace carrier and when it was submitted. Every reader uses this codec: the leader
+    adopts with the strict :meth:`from_json`; listings and views use
+    :meth:`from_json_lenient`, which reads what it can of a value the leader would
+    quarantine."""
+
+    saga: str
+    input: Any = None
+    trace: dict[str, str] = attrs.Factory(dict)
+    submitted: float | None = None
+    """Seconds since the epoch, as the submitting client's clock read it."""
+
+    def to_json(self, limit: int | None = None) -> bytes:
+        """The stored form (a RequestTooLargeError naming "saga input" over ``limit``)."""
+        doc: dict[str, Any] = {"saga": self.saga, "input": self.input, "trace": dict(self.trace)}
+        if self.submitted is not None:
+            doc["submitted"] = self.submitted
+        return encode_json(doc, what="saga input", limit=limit)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SubmissionPayload:
+        """Decode strictly: a DecodeError names what is wrong (not JSON, not an object,
+        ``saga`` not a string, ``trace`` not strings to strings). Fields it does not
+        know are ignored; a ``submitted`` that is not a number reads as None."""
+        raw = decode_json(data, what="submission")
+        if not isinstance(raw, dict):
+            raise DecodeError("submission is not a JSON object", field="submission")
+        saga, trace = raw.get("saga"), raw.get("trace") or {}
+        if not isinstance(saga, str):
+            raise DecodeError(f"submission.saga must be a string, not {type(saga).__name__}", field="submission.saga")
+        if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
+            raise DecodeError("submission.trace must map strings to strings", field="submission.trace")
+        return cls(saga=saga, input=raw.get("input"), trace=trace, submitted=_seconds(raw.get("submitted")))
+
+    @classmethod
+    def from_json_lenient(cls, data: bytes) -> SubmissionPayload:
+        """What a viewer can show of any value: the strict decode where it succeeds,
+        else saga ``"?"``, no input, no trace and no time, as far as the value does not
+        say (never raises)."""
+        try:
+            return cls.from_json(data)
+        except DecodeError:
+            pass
+        try:
+            raw = decode_json(data, what="submission")
+        except DecodeError:
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        saga = raw.get("saga")
+        return cls(
+            saga=saga if isinstance(saga, str) else "?", input=raw.get("input"), submitted=_seconds(raw.get("submitted"))
+        )
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 _NUMBER = (int, float)

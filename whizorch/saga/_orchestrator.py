@@ -68,7 +68,7 @@ from whizorch.saga._model import (
     NewerRecordError,
     ResultPayload,
     SagaRecord,
-    decode_json,
+    SubmissionPayload,
     encode_json,
 )
 from whizorch.saga._quarantine import Quarantine
@@ -439,9 +439,8 @@ class Orchestrator:
         async def resume(entry: LeaderSaga) -> None:
             rec = entry.record
             sub = inputs.get(self.keys.submit(rec.id)) or []
-            if sub:
-                with contextlib.suppress(DecodeError, AttributeError):
-                    entry.input = decode_json(sub[0].value, what="submission").get("input")
+            if sub:  # adopted, so it decoded once: read what it holds
+                entry.input = SubmissionPayload.from_json_lenient(sub[0].value).input
             results = [kv for r in rec.regions for kv in found.get(self.keys.results(r, rec.id), [])]
             for rkv in results:
                 self._learn_output(entry, rkv)
@@ -799,14 +798,8 @@ class Orchestrator:
 
     async def _adopt(self, saga_id: str, kv: KeyValue) -> None:
         try:
-            sub = decode_json(kv.value, what="submission")
-            if not isinstance(sub, dict):
-                raise DecodeError("submission is not a JSON object", field="submission")
-            name, value, trace = sub.get("saga"), sub.get("input"), sub.get("trace") or {}
-            if not isinstance(name, str):
-                raise DecodeError(f"submission.saga must be a string, not {type(name).__name__}", field="submission.saga")
-            if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
-                raise DecodeError("submission.trace must map strings to strings", field="submission.trace")
+            sub = SubmissionPayload.from_json(kv.value)
+            name, value, trace = sub.saga, sub.input, sub.trace
         except DecodeError as exc:
             self._poison("submit", kv, str(exc))
             rec = failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
