@@ -243,7 +243,7 @@ def test_bad_results_are_decode_errors(value: bytes, match: str) -> None:
 
 
 def test_bad_tasks_are_decode_errors() -> None:
-    """A task with a wrong type or a missing field names it."""
+    """A task with a wrong type, a missing field or a kind that is no StepKind names it."""
     good = TaskPayload(
         saga_id="s", saga="t", txid=1, step=0, step_name="a", kind="run", attempt=1, region="eu", input=None,
         outputs={}, timeout_s=None,
@@ -254,6 +254,8 @@ def test_bad_tasks_are_decode_errors() -> None:
         TaskPayload.from_json(json.dumps({**raw, "step": "0"}).encode())
     with pytest.raises(DecodeError, match="lacks attempt"):
         TaskPayload.from_json(json.dumps({k: v for k, v in raw.items() if k != "attempt"}).encode())
+    with pytest.raises(DecodeError, match="task.kind must be one of run, compensate"):
+        TaskPayload.from_json(json.dumps({**raw, "kind": "undo"}).encode())
 
 
 def test_newer_records_are_told_apart_from_broken_ones() -> None:

@@ -15,7 +15,7 @@ import attrs
 from whizorch.etcd import KeyValue, Op
 from whizorch.saga import _machine as m
 from whizorch.saga._definition import Saga
-from whizorch.saga._model import FAILED, Keys, SagaRecord, TaskPayload
+from whizorch.saga._model import FAILED, Keys, SagaRecord, StepKind, TaskPayload
 
 __all__ = [
     "EVENT_NAMES",
@@ -65,7 +65,7 @@ class Task:
     key: bytes
     region: str
     lease: str
-    kind: str
+    kind: StepKind
     attempt: int
 
 
@@ -95,7 +95,7 @@ class TaskGone:
     ended), or no worker could take it; ``lease`` "" when none was found."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     lease: str
     drained: bool = False

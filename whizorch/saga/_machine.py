@@ -7,22 +7,27 @@ between transitions loses nothing, and a new leader resumes from the last record
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import attrs
 
 from whizorch.saga._definition import Saga, Step
 from whizorch.saga._model import (
+    COMPENSATE,
     COMPENSATED,
     COMPENSATING,
     COMPLETED,
     FAILED,
+    RUN,
     RUNNING,
     SagaRecord,
+    StepKind,
     StepState,
 )
 
 __all__ = [
+    "COMPENSATE",
+    "RUN",
     "Cancel",
     "ClaimLost",
     "Dispatch",
@@ -36,8 +41,6 @@ __all__ = [
     "apply",
 ]
 
-RUN: Final = "run"
-COMPENSATE: Final = "compensate"
 TimerReason = Literal["retry", "deadline", "no_region"]
 """Why a saga timer fires: a retry is due, a run's deadline passed, no region came."""
 
@@ -50,7 +53,7 @@ class Result:
     """A worker recorded the outcome of one run."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     ok: bool
     key: str
@@ -64,7 +67,7 @@ class ClaimLost:
     """A claim vanished without a result: the worker died or lost its lease."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
 
 
@@ -85,7 +88,7 @@ class Timer:
     """A timer set by an earlier transition fired (retry due, or dispatch deadline)."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     reason: TimerReason
 
@@ -101,7 +104,7 @@ class Dispatch:
     """Put a task for (step, kind, attempt) in ``region``."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     region: str
 
@@ -299,7 +302,7 @@ def _dispatch_compensation(
 
 
 def _wait_for_region(
-    rec: SagaRecord, st: StepState, index: int, kind: str, run: int, now: float, settings: Settings, tr: Transition
+    rec: SagaRecord, st: StepState, index: int, kind: StepKind, run: int, now: float, settings: Settings, tr: Transition
 ) -> None:
     if not st.waiting_region:
         st.waiting_region = True
@@ -309,7 +312,7 @@ def _wait_for_region(
         tr.timers.append((now + settings.no_region_timeout_s, Timer(index, kind, run, "no_region")))
 
 
-def _current_run(st: StepState, kind: str) -> int:
+def _current_run(st: StepState, kind: StepKind) -> int:
     return st.run if kind == RUN else st.comp_run
 
 
@@ -373,7 +376,7 @@ def _advance(rec: SagaRecord, saga: Saga, done: int, now: float, route: Route, s
 
 
 def _on_failure(
-    rec: SagaRecord, saga: Saga, index: int, kind: str, attempt: int, error: str, retryable: bool,
+    rec: SagaRecord, saga: Saga, index: int, kind: StepKind, attempt: int, error: str, retryable: bool,
     now: float, route: Route, settings: Settings, tr: Transition,
 ) -> None:
     st = rec.steps[index]

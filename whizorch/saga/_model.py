@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import attrs
 
@@ -19,6 +19,7 @@ __all__ = [
     "NewerRecordError",
     "ResultPayload",
     "SagaRecord",
+    "StepKind",
     "StepState",
     "SubmissionPayload",
     "TaskPayload",
@@ -33,6 +34,12 @@ COMPENSATED = "compensated"
 FAILED = "failed"
 STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
+
+StepKind = Literal["run", "compensate"]
+"""What a run of a step does: the step's handler, or its compensation."""
+RUN: Final[StepKind] = "run"
+COMPENSATE: Final[StepKind] = "compensate"
+STEP_KINDS: tuple[StepKind, ...] = get_args(StepKind)
 
 RECORD_VERSION = 2
 # v1 records (before tasks went on workers' leases) read as v2 with no worker: a
@@ -89,7 +96,7 @@ class Keys:
     def cancel(self, saga_id: str) -> bytes:
         return f"{self.ns}/cancel/{saga_id}".encode()
 
-    def task(self, region: str, worker: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+    def task(self, region: str, worker: str, saga_id: str, step: int, kind: StepKind, attempt: int) -> bytes:
         """A run put on the chosen worker's lease (``worker``: the lease in hex): the
         task is the claim, and its create revision the run's fencing token."""
         return f"{self.ns}/task/{region}/{worker}/{saga_id}/{step}/{kind}-{attempt}".encode()
@@ -101,7 +108,7 @@ class Keys:
         """Prefix of the tasks put on one worker's lease (what that worker watches)."""
         return f"{self.ns}/task/{region}/{lease:x}/".encode()
 
-    def result(self, region: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+    def result(self, region: str, saga_id: str, step: int, kind: StepKind, attempt: int) -> bytes:
         return f"{self.ns}/run/{region}/{saga_id}/{step}/{kind}-{attempt}".encode()
 
     def results(self, region: str, saga_id: str) -> bytes:
@@ -147,7 +154,7 @@ class Keys:
             raise DecodeError(f"{key!r} does not name a valid saga id", field="key", value=key)
         return parts[0]
 
-    def run_key(self, key: bytes) -> tuple[str, str, int, str, int]:
+    def run_key(self, key: bytes) -> tuple[str, str, int, StepKind, int]:
         """(region, saga id, step index, kind, attempt) of a result key
         ``run/<region>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "run")
@@ -156,7 +163,7 @@ class Keys:
         region, sid, step, tag = parts
         return (region, sid, *self._run_parts(key, sid, step, tag))
 
-    def task_key(self, key: bytes) -> tuple[str, str, str, int, str, int]:
+    def task_key(self, key: bytes) -> tuple[str, str, str, int, StepKind, int]:
         """(region, worker lease hex, saga id, step index, kind, attempt) of a task key
         ``task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "task")
@@ -168,14 +175,24 @@ class Keys:
         return (region, worker, sid, *self._run_parts(key, sid, step, tag))
 
     @staticmethod
-    def _run_parts(key: bytes, sid: str, step: str, tag: str) -> tuple[int, str, int]:
-        kind, _, attempt = tag.rpartition("-")
+    def _run_parts(key: bytes, sid: str, step: str, tag: str) -> tuple[int, StepKind, int]:
+        text, _, attempt = tag.rpartition("-")
+        kind = _step_kind(text)
         if (
             not _SAGA_ID.fullmatch(sid) or not (step.isascii() and step.isdigit())
-            or kind not in ("run", "compensate") or not (attempt.isascii() and attempt.isdigit())
+            or kind is None or not (attempt.isascii() and attempt.isdigit())
         ):
             raise DecodeError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
         return int(step), kind, int(attempt)
+
+
+def _step_kind(text: object) -> StepKind | None:
+    """``text`` as a StepKind, or None when it is not one."""
+    if text == RUN:
+        return RUN
+    if text == COMPENSATE:
+        return COMPENSATE
+    return None
 
 
 SAGA_ID = r"^[A-Za-z0-9_.:\-]{1,200}$"
@@ -316,8 +333,7 @@ class TaskPayload:
     txid: int
     step: int
     step_name: str
-    kind: str
-    """``run`` or ``compensate``."""
+    kind: StepKind
     attempt: int
     region: str
     input: Any
@@ -334,7 +350,10 @@ class TaskPayload:
 
     @classmethod
     def from_json(cls, data: bytes) -> TaskPayload:
-        return cls(**_typed(decode_json(data, what="task"), _TASK_TYPES, "task"))
+        raw = _typed(decode_json(data, what="task"), _TASK_TYPES, "task")
+        if _step_kind(raw["kind"]) is None:
+            raise DecodeError(f"task.kind must be one of {', '.join(STEP_KINDS)}", field="task.kind", value=raw["kind"])
+        return cls(**raw)
 
 
 @attrs.frozen(kw_only=True)

@@ -38,6 +38,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 from whizorch.coord import Session, session_options
 from whizorch.errors import (
     ClosedError,
@@ -53,7 +55,7 @@ from whizorch.etcd._batch import TxnBatcher
 from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
-from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
+from whizorch.saga._model import COMPENSATE, Keys, ResultPayload, TaskPayload, encode_json
 from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
 
 __all__ = ["Worker"]
@@ -65,6 +67,28 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
+
+
+@attrs.frozen(kw_only=True)
+class RunOutcome:
+    """How one run of a handler ended: what the worker records as its result."""
+
+    ok: bool
+    output: Any = None
+    """The handler's return value (JSON), when ``ok``."""
+    error: str | None = None
+    error_type: str | None = None
+    """The exception's class name (``TimeoutError``, ``UnknownSaga`` ...), when not ``ok``."""
+    retryable: bool = False
+    """Whether the step's retry policy lets a failure run again."""
+
+    @classmethod
+    def success(cls, output: Any = None) -> RunOutcome:
+        return cls(ok=True, output=output)
+
+    @classmethod
+    def failure(cls, error: str, error_type: str, *, retryable: bool = False) -> RunOutcome:
+        return cls(ok=False, error=error, error_type=error_type, retryable=retryable)
 
 
 class Worker:
@@ -385,8 +409,9 @@ class Worker:
             if outcome is None:
                 return  # stopped: the session is lost, so the claim may be gone
             result = ResultPayload(
-                ok=outcome[0], output=outcome[1], error=outcome[2], error_type=outcome[3], retryable=outcome[4],
-                worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=token,
+                ok=outcome.ok, output=outcome.output, error=outcome.error, error_type=outcome.error_type,
+                retryable=outcome.retryable, worker=self.worker_id, region=self.region, started=started,
+                ended=time.time(), fence=token,
             )
             try:
                 data = result.to_json(self.max_payload_bytes)
@@ -454,17 +479,20 @@ class Worker:
 
     async def _execute(
         self, session: Session, task: TaskPayload, task_key: bytes, token: int
-    ) -> tuple[bool, Any, str | None, str | None, bool] | None:
-        """(ok, output, error, error_type, retryable) of running the handler; None when
-        the run was stopped because the session is lost (nothing is recorded then)."""
+    ) -> RunOutcome | None:
+        """How running the handler ended; None when the run was stopped because the
+        session is lost (nothing is recorded then)."""
         saga = self.app.get(task.saga)
         if saga is None or not 0 <= task.step < len(saga.steps):
-            return False, None, f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}", "UnknownSaga", False
+            return RunOutcome.failure(
+                f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}",
+                "UnknownSaga",
+            )
         step = saga.steps[task.step]
-        compensating = task.kind == "compensate"
+        compensating = task.kind == COMPENSATE
         fn = step.compensation if compensating else step.fn
         if fn is None:
-            return True, None, None, None, False
+            return RunOutcome.success()
         policy = step.compensation_retry if compensating else step.retry
         outputs = task.outputs
         if task.output_refs:
@@ -474,7 +502,7 @@ class Worker:
                     outputs = {**outputs, **await self._read_outputs(task.output_refs)}
                     break
                 except DecodeError as exc:
-                    return False, None, str(exc), "DecodeError", False
+                    return RunOutcome.failure(str(exc), type(exc).__name__)
                 except WhizorchError as exc:
                     # etcd trouble: given up, the task would stay on a live lease and
                     # strand the step; wait it out while the session lives
@@ -520,10 +548,10 @@ class Worker:
                 return None
             raise
         except TimeoutError as exc:
-            return False, None, f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc)
+            return RunOutcome.failure(f"timed out after {task.timeout_s}s", "TimeoutError", retryable=policy.retryable(exc))
         except Exception as exc:
-            return False, None, f"{type(exc).__name__}: {exc}", type(exc).__name__, policy.retryable(exc)
-        return True, output, None, None, False
+            return RunOutcome.failure(f"{type(exc).__name__}: {exc}", type(exc).__name__, retryable=policy.retryable(exc))
+        return RunOutcome.success(output)
 
     async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
         """Earlier steps' outputs the task carries by reference (their result keys)."""
