@@ -20,7 +20,7 @@ from whizorch.config import WhizorchConfig, load_config
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.etcd import EtcdClient
 from whizorch.observe import Metrics, MetricsServer, Tracing, serve_metrics
-from whizorch.saga import App, Orchestrator, Router, Saga, Worker
+from whizorch.saga import App, Orchestrator, OrchestratorEvent, Router, Saga, Worker
 
 ENDPOINTS_HELP = "etcd endpoints, comma-separated (default: the config's, env WHIZORCH_ETCD_ENDPOINTS)"
 CONFIG_HELP = "a whizorch TOML file (env WHIZORCH_CONFIG); see docs/configuration.md"
@@ -179,6 +179,11 @@ def emit(kind: str, fields: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def emit_event(event: OrchestratorEvent) -> None:
+    """An orchestrator's event as one JSON line (``--events``)."""
+    emit(event.kind, event.fields())
+
+
 @click.group()
 @click.option("-v", "--verbose", count=True, help="more logging (-vv: debug)")
 def main(verbose: int) -> None:
@@ -297,7 +302,7 @@ def orchestrator(
         async with EtcdClient(cfg.etcd_config()) as client:
             orch = Orchestrator(
                 client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
-                retention_s=retention, settings=cfg.settings(), on_event=emit if events else None,
+                retention_s=retention, settings=cfg.settings(), on_event=emit_event if events else None,
                 middleware=obs.middleware, contact_deadline_s=deadline,
                 region_endpoints={r.name: r.endpoints for r in cfg.regions if r.endpoints},
                 raft_leader_locality=raft_leader_locality,

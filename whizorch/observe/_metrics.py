@@ -45,8 +45,15 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from whizorch.errors import ConfigError
 from whizorch.etcd import EtcdClient
-from whizorch.saga import Orchestrator, SagaEvent, StepContext, Submission, Worker
-from whizorch.saga._middleware import CallNext
+from whizorch.saga import (
+    CallNext,
+    MiddlewareContext,
+    Orchestrator,
+    SagaEvent,
+    SagaRecord,
+    StepContext,
+    Worker,
+)
 
 __all__ = ["Metrics"]
 
@@ -188,13 +195,13 @@ class Metrics:
 
     # -- hooks -------------------------------------------------------------------------
 
-    def attach(self, owner: object) -> None:
+    def attach(self, owner: Orchestrator | Worker) -> None:
         """Called by an Orchestrator or Worker as it starts: time its etcd calls, read its state."""
         if isinstance(owner, Orchestrator):
             self._m.state.orchestrators.add(owner)
-        elif isinstance(owner, Worker):
+        else:
             self._m.state.workers.add(owner)
-        self.observe_client(getattr(owner, "client", None))
+        self.observe_client(owner.client)
 
     def observe_client(self, client: EtcdClient | None) -> None:
         """Time every call of ``client`` (once per client, however often attached)."""
@@ -213,16 +220,16 @@ class Metrics:
 
     # -- the middleware ----------------------------------------------------------------
 
-    async def __call__(self, ctx: Any, call_next: CallNext) -> Any:
+    async def __call__(self, ctx: MiddlewareContext, call_next: CallNext) -> object:
         if isinstance(ctx, StepContext):
             return await self._step(ctx, call_next)
         if isinstance(ctx, SagaEvent):
             after = await call_next()
-            self._saga_event(ctx, after)
+            if isinstance(after, SagaRecord):
+                self._saga_event(ctx, after)
             return after
         result = await call_next()
-        if isinstance(ctx, Submission):
-            self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
+        self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
         return result
 
     def _step_children(self, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
@@ -243,7 +250,7 @@ class Metrics:
                 self._step_cache[key] = found
         return found
 
-    async def _step(self, ctx: StepContext, call_next: CallNext) -> Any:
+    async def _step(self, ctx: StepContext, call_next: CallNext) -> object:
         duration, attempts = self._step_children(ctx)
         started = time.perf_counter()
         outcome = "error"
@@ -261,9 +268,7 @@ class Metrics:
             duration.observe(time.perf_counter() - started)
             attempts[outcome].inc()
 
-    def _saga_event(self, ctx: SagaEvent, after: Any) -> None:
-        if after is None:
-            return
+    def _saga_event(self, ctx: SagaEvent, after: SagaRecord) -> None:
         before = ctx.before
         for fo in after.failovers[len(before.failovers) if before is not None else 0 :]:
             self._m.failovers.labels(

@@ -2,10 +2,32 @@
 
 from whizorch.saga._client import SagaClient, SagaHandle, SagaPage, SagaResult, SagaSummary
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext
+from whizorch.saga._events import (
+    ContactRestored,
+    EventKind,
+    InputQuarantined,
+    LeadershipChanged,
+    OrchestratorEvent,
+    RaftLeaderMoved,
+    RegionsHealthy,
+    SafeModeEntered,
+    SagaAdopted,
+    SagaFinished,
+    SagaPurged,
+    StepFailedOver,
+)
 from whizorch.saga._fencing import fenced_txn
 from whizorch.saga._machine import Settings
-from whizorch.saga._middleware import CallNext, Middleware, SagaEvent, Submission
-from whizorch.saga._model import SagaRecord, StepState
+from whizorch.saga._middleware import (
+    CallNext,
+    LeadershipObserver,
+    Middleware,
+    MiddlewareContext,
+    RoleObserver,
+    SagaEvent,
+    Submission,
+)
+from whizorch.saga._model import SagaRecord, StepKind, StepState
 from whizorch.saga._orchestrator import Orchestrator
 from whizorch.saga._router import RegionInfo, Router, Weights
 from whizorch.saga._worker import Worker
@@ -13,22 +35,38 @@ from whizorch.saga._worker import Worker
 __all__ = [
     "App",
     "CallNext",
+    "ContactRestored",
+    "EventKind",
+    "InputQuarantined",
+    "LeadershipChanged",
+    "LeadershipObserver",
     "Middleware",
+    "MiddlewareContext",
     "Orchestrator",
+    "OrchestratorEvent",
+    "RaftLeaderMoved",
     "RegionInfo",
+    "RegionsHealthy",
     "Retry",
+    "RoleObserver",
     "Router",
+    "SafeModeEntered",
     "Saga",
+    "SagaAdopted",
     "SagaClient",
     "SagaEvent",
+    "SagaFinished",
     "SagaHandle",
     "SagaPage",
+    "SagaPurged",
     "SagaRecord",
     "SagaResult",
     "SagaSummary",
     "Settings",
     "Step",
     "StepContext",
+    "StepFailedOver",
+    "StepKind",
     "StepState",
     "Submission",
     "Weights",

@@ -39,6 +39,18 @@ from whizorch.etcd._batch import BatchRefused
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
+from whizorch.saga._events import (
+    ContactRestored,
+    LeadershipChanged,
+    OrchestratorEvent,
+    RaftLeaderMoved,
+    RegionsHealthy,
+    SafeModeEntered,
+    SagaAdopted,
+    SagaFinished,
+    SagaPurged,
+    StepFailedOver,
+)
 from whizorch.saga._latency import LatencyMonitor
 from whizorch.saga._leader_cache import (
     EVENT_NAMES,
@@ -60,6 +72,7 @@ from whizorch.saga._middleware import (
     SagaEvent,
     attach_middleware,
     check_middleware,
+    leadership_changed,
     run_guarded,
 )
 from whizorch.saga._model import (
@@ -110,7 +123,7 @@ class Orchestrator:
         step_down_margin_s: float | None = None,
         retention_s: float = 3600.0,
         settings: m.Settings = _DEFAULT_SETTINGS,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Callable[[OrchestratorEvent], None] | None = None,
         middleware: Sequence[Middleware] = (),
         contact_deadline_s: float | None = 0.6,
         region_endpoints: Mapping[str, Sequence[str]] | None = None,
@@ -222,11 +235,10 @@ class Orchestrator:
                 self.leader_changed.clear()
                 await self.leader_changed.wait()
 
-    def _emit(self, kind: str, **fields: Any) -> None:
+    def _emit(self, event: OrchestratorEvent) -> None:
         if self.on_event is not None:
-            fields.setdefault("at", round(time.time(), 4))  # when it happened, not when it was read
             try:
-                self.on_event(kind, fields)
+                self.on_event(event)
             except Exception:  # an observer's bug must not stop the driver
                 log.exception("on_event callback failed")
 
@@ -265,14 +277,8 @@ class Orchestrator:
         self.is_leader = leading
         self.term = term
         self.leader_changed.set()
-        self._emit("leader" if leading else "follower", node=self.node_id, term=term)
-        for mw in self.middleware:
-            hook = getattr(mw, "leadership_changed", None)
-            if hook is not None:
-                try:
-                    hook(leading, term, self.node_id)
-                except Exception:  # an observer's bug must not stop the driver
-                    log.exception("middleware leadership_changed hook failed")
+        self._emit(LeadershipChanged(leading=leading, node=self.node_id, term=term))
+        leadership_changed(self.middleware, leading, term, self.node_id)
 
     def in_flight(self) -> dict[str, int]:
         """Sagas this leader drives that are not final, by status (empty when not leading)."""
@@ -284,7 +290,8 @@ class Orchestrator:
         return counts
 
     def _event(
-        self, saga_id: str, saga: str, txid: int, event: str, detail: Any, before: SagaRecord | None, trace: dict[str, str]
+        self, saga_id: str, saga: str, txid: int, event: str, detail: m.Event | None, before: SagaRecord | None,
+        trace: dict[str, str],
     ) -> SagaEvent:
         return SagaEvent(
             saga_id=saga_id, saga=saga, transaction_id=txid, event=event, detail=detail, before=before,
@@ -317,10 +324,10 @@ class Orchestrator:
                 # once per leadership, before any write of ours: a move stalls writes in
                 # flight for as long as an etcd election would
                 locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
-                self._emit(
-                    "raft_leader", node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
+                self._emit(RaftLeaderMoved(
+                    node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
                     after=locality.leader_after, took_s=round(locality.took_s, 3),
-                )
+                ))  # fmt: skip
             revision = await self._rebuild()
             self._set_leader(True, fence.token)
             watchers = [
@@ -771,7 +778,7 @@ class Orchestrator:
         after = frozenset(self.router.regions)  # (a bad registration raised above: quarantined)
         if after != before:
             log.info("healthy regions: %s", sorted(after))
-            self._emit("regions", healthy=sorted(after))
+            self._emit(RegionsHealthy(healthy=tuple(sorted(after))))
             for sid, entry in self._sagas.items():
                 if not entry.record.is_final:
                     self._spawn(sid, m.RegionsChanged(after))
@@ -827,7 +834,7 @@ class Orchestrator:
 
         await run_guarded(self.middleware, ctx, final)
         entry = created[0]
-        self._emit("adopted", saga_id=saga_id, saga=name)
+        self._emit(SagaAdopted(saga_id=saga_id, saga=name))
         if saga_id in self._early_cancels:
             del self._early_cancels[saga_id]
             self._spawn(saga_id, m.Cancel())  # asked before the leader saw the submission
@@ -962,14 +969,16 @@ class Orchestrator:
         for at, timer in tr.timers:
             self._arm(at, rec.id, timer)
         for fo in tr.failovers:
-            self._emit("failover", saga_id=rec.id, **fo)
+            self._emit(StepFailedOver(
+                saga_id=rec.id, step=fo["step"], from_region=fo["from"], to_region=fo["to"], reason=fo["reason"], at=fo["at"]
+            ))  # fmt: skip
         for gone in unplaced:
             # no live worker took the run (none left in its region, or it died as we
             # wrote): the machine decides, as for any lost worker
             self._spawn(rec.id, gone)
         if rec.is_final:
             self._keep(entry)
-            self._emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+            self._emit(SagaFinished(saga_id=rec.id, saga=rec.saga, status=rec.status))
 
     async def _publish_latency(self) -> None:
         """Every few seconds, the measured and configured latencies from the home region
@@ -1002,9 +1011,9 @@ class Orchestrator:
 
     def _contact_changed(self, ok: bool, seconds: float) -> None:
         if ok:
-            self._emit("contact_restored", node=self.node_id, term=self.term, paused_s=round(seconds, 4))
+            self._emit(ContactRestored(node=self.node_id, term=self.term, paused_s=round(seconds, 4)))
         else:
-            self._emit("safe_mode", node=self.node_id, term=self.term, silent_s=round(seconds, 4))
+            self._emit(SafeModeEntered(node=self.node_id, term=self.term, silent_s=round(seconds, 4)))
 
     async def _await_contact(self) -> None:
         """Before a write: wait while in safe mode (until contact returns, or the
@@ -1110,7 +1119,7 @@ class Orchestrator:
         )
         if res.succeeded:
             self._finished.pop(sid, None)
-            self._emit("purged", saga_id=sid)
+            self._emit(SagaPurged(saga_id=sid))
 
 
 
