@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import grpc.aio
 import pytest
@@ -21,7 +23,14 @@ from whizorch import (
     WhizorchError,
 )
 from whizorch.errors import FencedError, SagaFailedError
-from whizorch.etcd._errors import endpoint_failed, is_safe_to_retry, is_token_expired, translate
+from whizorch.etcd import CallTiming
+from whizorch.etcd._errors import (
+    endpoint_failed,
+    is_safe_to_retry,
+    is_token_expired,
+    mapped,
+    translate,
+)
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.RpcError:
@@ -156,3 +165,42 @@ def test_saga_failed_error_carries_its_status() -> None:
     """SagaFailedError declares status, error and result."""
     err = SagaFailedError("ended compensated", saga_id="s", status="compensated", error="boom")
     assert (err.saga_id, err.status, err.error, err.result) == ("s", "compensated", "boom", None)
+
+
+# -- one mapping for every call and stream, one place that times calls ----------------------
+
+
+async def test_mapped_translates_every_failure_of_a_call() -> None:
+    """Inside ``mapped`` an RpcError and a broken call's InvalidStateError both come out
+    as whizorch errors raised from them; a whizorch error passes through unchanged."""
+    with pytest.raises(OutcomeUnknownError) as info:
+        with mapped(endpoint="e:1", method="/etcdserverpb.KV/Put", write=True):
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert isinstance(info.value.__cause__, grpc.RpcError) and info.value.endpoint == "e:1"
+    with pytest.raises(EtcdUnavailableError) as broken:
+        with mapped(endpoint="e:1", method="/etcdserverpb.Watch/Watch", write=False):
+            raise asyncio.InvalidStateError("RPC already finished.")
+    assert endpoint_failed(broken.value)
+    mine = LeaseNotFoundError("gone")
+    with pytest.raises(LeaseNotFoundError) as same:
+        with mapped(endpoint="e:1", method="/m", write=False):
+            raise mine
+    assert same.value is mine
+
+
+async def test_every_call_is_timed_once_for_the_observers() -> None:
+    """An observer gets one CallTiming per call, failed ones too (retries inside one
+    call are one timing); an observer that raises is logged, not the call's error."""
+    seen: list[CallTiming] = []
+
+    def broken(call: CallTiming) -> None:
+        raise RuntimeError("observer bug")
+
+    async with EtcdClient("127.0.0.1:1", connect_timeout_s=0.1, retry_deadline_s=0.3, timeout_s=0.2) as client:
+        client.observers += [broken, seen.append]
+        with pytest.raises(EtcdUnavailableError):
+            await client.get("k")
+        with pytest.raises(EtcdUnavailableError):
+            await client.status("127.0.0.1:1", timeout_s=0.2)
+    assert [(c.operation, c.ok) for c in seen] == [("Range", False), ("Status", False)]
+    assert all(c.seconds > 0 for c in seen)

@@ -1,6 +1,14 @@
 """Layer 1: the thin asyncio etcd v3 adapter (grpc.aio). Knows nothing of sagas."""
 
-from whizorch.etcd._client import EtcdClient, LeaseInfo, Member, Page, Status
+from whizorch.etcd._client import (
+    CallObserver,
+    CallTiming,
+    EtcdClient,
+    LeaseInfo,
+    Member,
+    Page,
+    Status,
+)
 from whizorch.etcd._config import AuthConfig, EtcdConfig, TLSConfig, parse_endpoints
 from whizorch.etcd._types import (
     Compare,
@@ -20,6 +28,8 @@ from whizorch.etcd._watch import Watch
 
 __all__ = [
     "AuthConfig",
+    "CallObserver",
+    "CallTiming",
     "Compare",
     "DeleteResult",
     "EtcdClient",

@@ -284,7 +284,7 @@ class Watcher:
         method = METHODS["Watch"]
         stream = method.bind(ch)
         self._stream_token = self._client._token
-        call = stream(metadata=self._client.metadata(stream=True))
+        call = stream(metadata=self._client.metadata())
         outbox = self._outbox
         self._serving = True
         self._pump()
@@ -316,20 +316,14 @@ class Watcher:
         sender = loop.create_task(send(), name="whizorch-etcd-watch-send")
         dog = loop.create_task(watchdog(), name="whizorch-etcd-watch-dog")
         try:
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise _errors.unavailable("watch stream closed by etcd", endpoint=endpoint)
-                self._handle(resp, endpoint)
-                if sender.done():
-                    sender.result()
-        except grpc.RpcError as exc:
-            raise _errors.stream_error(exc, endpoint=endpoint, method=method.path) from exc
-        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
-            if broken is None:
-                raise
-            raise broken from exc
+            with _errors.mapped(endpoint=endpoint, method=method.path, write=False):
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise _errors.unavailable("watch stream closed by etcd", endpoint=endpoint)
+                    self._handle(resp, endpoint)
+                    if sender.done():
+                        sender.result()
         finally:
             self._serving = False
             sender.cancel()

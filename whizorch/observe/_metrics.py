@@ -44,7 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from whizorch.errors import ConfigError
-from whizorch.etcd import EtcdClient
+from whizorch.etcd import CallTiming, EtcdClient
 from whizorch.saga import (
     CallNext,
     MiddlewareContext,
@@ -209,13 +209,13 @@ class Metrics:
             self._clients.add(client)
             client.observers.append(self._on_call)
 
-    def _on_call(self, operation: str, seconds: float, ok: bool) -> None:
-        children = self._op_cache.get(operation)
+    def _on_call(self, call: CallTiming) -> None:
+        children = self._op_cache.get(call.operation)
         if children is None:
-            op = self._label("operation", operation)
-            children = self._op_cache[operation] = (self._m.consensus.labels(op), self._m.consensus_errors.labels(op))
-        children[0].observe(seconds)
-        if not ok:
+            op = self._label("operation", call.operation)
+            children = self._op_cache[call.operation] = (self._m.consensus.labels(op), self._m.consensus_errors.labels(op))
+        children[0].observe(call.seconds)
+        if not call.ok:
             children[1].inc()
 
     # -- the middleware ----------------------------------------------------------------
