@@ -17,6 +17,7 @@ import attrs
 import click
 
 from whizorch.config import WhizorchConfig, load_config
+from whizorch.coord import LeaseTiming
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.etcd import EtcdClient
 from whizorch.observe import Metrics, MetricsServer, Tracing, serve_metrics
@@ -66,17 +67,10 @@ def load_settings(config_path: str | None, *, endpoints: str | None = None, name
     return cfg
 
 
-def role_timing(cfg: WhizorchConfig, lease_ttl: int | None) -> dict[str, Any]:
+def role_timing(cfg: WhizorchConfig, lease_ttl: int | None) -> LeaseTiming:
     """A role's lease timing: ``--lease-ttl`` (with default keepalive and margin), else
-    ``[consensus]``; keyword arguments of Worker and Orchestrator."""
-    if lease_ttl is not None:
-        return {"lease_ttl_s": lease_ttl}
-    c = cfg.consensus
-    return {
-        "lease_ttl_s": c.lease_ttl_s,
-        "keepalive_interval_s": c.keepalive_interval_s,
-        "step_down_margin_s": c.step_down_margin_s,
-    }
+    ``[consensus]``'s, checked when the config was read."""
+    return cfg.consensus.lease if lease_ttl is None else LeaseTiming.of(lease_ttl)
 
 
 class Observability:
@@ -242,7 +236,7 @@ def worker(
             w = Worker(
                 client, app, region=region, namespace=cfg.namespace, worker_id=worker_id, concurrency=concurrency,
                 compliance=tags, cost=cost if cost is not None else (home.cost if home else 0.0),
-                middleware=obs.middleware, **timing,
+                middleware=obs.middleware, lease=timing,
             )
             async with w:
                 emit("worker_ready", {"region": region, "worker": w.worker_id, **obs.fields()})
@@ -301,7 +295,7 @@ def orchestrator(
     async def body(stop: asyncio.Event) -> None:
         async with EtcdClient(cfg.etcd_config()) as client:
             orch = Orchestrator(
-                client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
+                client, app, namespace=cfg.namespace, node_id=node_id, router=router, lease=timing,
                 retention_s=retention, settings=cfg.settings(), on_event=emit_event if events else None,
                 middleware=obs.middleware, contact_deadline_s=deadline,
                 region_endpoints={r.name: r.endpoints for r in cfg.regions if r.endpoints},

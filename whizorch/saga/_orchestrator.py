@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from whizorch.coord import Election, Fence, Session, session_options
+from whizorch.coord import Election, Fence, LeaseTiming, Session
 from whizorch.errors import (
     ClosedError,
     ConfigError,
@@ -93,6 +93,7 @@ from whizorch.saga._supervise import (
     Backoff,
     end_session,
     is_transient,
+    role_lease,
     stop_role,
 )
 from whizorch.saga._view import Timers, Workers
@@ -118,7 +119,8 @@ class Orchestrator:
         namespace: str = "whizorch",
         node_id: str | None = None,
         router: Router | None = None,
-        lease_ttl_s: int = 5,
+        lease: LeaseTiming | None = None,
+        lease_ttl_s: int | None = None,
         keepalive_interval_s: float | None = None,
         step_down_margin_s: float | None = None,
         retention_s: float = 3600.0,
@@ -146,11 +148,11 @@ class Orchestrator:
         self.keys = Keys(namespace)
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.router = router or Router()
-        self.lease_ttl_s = lease_ttl_s
-        self.session_options = session_options(
-            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        self.lease = role_lease(
+            lease, ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
         )
-        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        """How the lease behind this role's liveness is kept (see whizorch.coord.LeaseTiming)."""
+        self.lease_ttl_s = self.lease.ttl_s
         self.retention_s = float(retention_s)
         self.settings = settings
         self.on_event = on_event
@@ -245,7 +247,7 @@ class Orchestrator:
     async def _main(self) -> None:
         backoff = Backoff()
         while not self._closed:
-            session = Session(self.client, timing=self.session_options)
+            session = Session(self.client, timing=self.lease)
             try:
                 await session.open()
                 election = Election(session, self.keys.leader)

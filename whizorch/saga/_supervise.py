@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from whizorch.coord import Session
+from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import (
     AuthError,
     ClosedError,
@@ -26,7 +26,10 @@ from whizorch.errors import (
     WhizorchError,
 )
 
-__all__ = ["PERMANENT", "BackgroundTasks", "Backoff", "end_session", "is_transient", "stop_role"]
+__all__ = ["PERMANENT", "BackgroundTasks", "Backoff", "end_session", "is_transient", "role_lease", "stop_role"]
+
+DEFAULT_LEASE_TTL_S = 5
+"""A role's lease TTL when neither ``lease`` nor ``lease_ttl_s`` is given."""
 
 log = logging.getLogger("whizorch.saga.supervise")
 
@@ -45,6 +48,32 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (*PERMANENT, AuthError, ClosedError)):
         return False
     return isinstance(exc, (WhizorchError, TimeoutError))
+
+
+def role_lease(
+    lease: LeaseTiming | None,
+    *,
+    ttl_s: int | None,
+    keepalive_interval_s: float | None,
+    step_down_margin_s: float | None,
+) -> LeaseTiming:
+    """A role's lease timing: ``lease`` as given (from the configuration), or built
+    from the role's ``lease_ttl_s``/``keepalive_interval_s``/``step_down_margin_s``
+    (one or the other: both is a ConfigError)."""
+    parts = {"lease_ttl_s": ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s}
+    if lease is None:
+        return LeaseTiming.of(
+            DEFAULT_LEASE_TTL_S if ttl_s is None else ttl_s,
+            keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s,
+        )
+    if not isinstance(lease, LeaseTiming):
+        raise ConfigError("lease must be a LeaseTiming (see LeaseTiming.of)", field="lease", value=lease)
+    given = [name for name, value in parts.items() if value is not None]
+    if given:
+        raise ConfigError(
+            f"pass the lease timing once: lease, or {', '.join(given)} (not both)", field=given[0], value=parts[given[0]]
+        )
+    return lease
 
 
 class Backoff:

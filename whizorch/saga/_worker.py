@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.coord import Session, session_options
+from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import (
     ClosedError,
     CompactedError,
@@ -56,7 +56,14 @@ from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import COMPENSATE, Keys, ResultPayload, TaskPayload, encode_json
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
+from whizorch.saga._supervise import (
+    BackgroundTasks,
+    Backoff,
+    end_session,
+    is_transient,
+    role_lease,
+    stop_role,
+)
 
 __all__ = ["Worker"]
 
@@ -106,7 +113,8 @@ class Worker:
         concurrency: int = 16,
         compliance: tuple[str, ...] | list[str] | frozenset[str] = (),
         cost: float = 0.0,
-        lease_ttl_s: int = 5,
+        lease: LeaseTiming | None = None,
+        lease_ttl_s: int | None = None,
         keepalive_interval_s: float | None = None,
         step_down_margin_s: float | None = None,
         max_payload_bytes: int = 64 * 1024,
@@ -129,11 +137,11 @@ class Worker:
         self.concurrency = concurrency
         self.compliance = sorted(set(compliance))
         self.cost = float(cost)
-        self.lease_ttl_s = lease_ttl_s
-        self.session_options = session_options(
-            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        self.lease = role_lease(
+            lease, ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
         )
-        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        """How the lease behind this role's liveness is kept (see whizorch.coord.LeaseTiming)."""
+        self.lease_ttl_s = self.lease.ttl_s
         self.max_payload_bytes = max_payload_bytes
         self.drain_timeout_s = drain_timeout_s
         self.middleware = check_middleware(middleware)
@@ -220,7 +228,7 @@ class Worker:
     async def _main(self, registered: asyncio.Future[None]) -> None:
         backoff = Backoff()
         while not self._draining.is_set():
-            session = Session(self.client, timing=self.session_options)
+            session = Session(self.client, timing=self.lease)
             try:
                 await session.open()
                 self._session = session
