@@ -21,7 +21,7 @@ import pytest
 
 from whizorch import AuthError, EtcdClient
 from whizorch.etcd import AuthConfig, Compare, Op
-from whizorch.etcd._auth_admin import (
+from whizorch.etcd.auth import (
     Permission,
     PermType,
     auth_enable,
@@ -34,7 +34,7 @@ from whizorch.etcd._auth_admin import (
     user_grant_role,
 )
 from whizorch.saga import App, Orchestrator, Saga, SagaClient, StepContext, Worker
-from whizorch.saga._roles import deployment_roles
+from whizorch.saga.roles import deployment_roles
 from whizorch.testing import LocalEtcdCluster
 
 MakeCluster = Callable[..., LocalEtcdCluster]

@@ -204,3 +204,21 @@ async def test_every_call_is_timed_once_for_the_observers() -> None:
             await client.status("127.0.0.1:1", timeout_s=0.2)
     assert [(c.operation, c.ok) for c in seen] == [("Range", False), ("Status", False)]
     assert all(c.seconds > 0 for c in seen)
+
+
+async def test_saga_client_refuses_use_after_close() -> None:
+    """A closed SagaClient raises ClosedError on every call (a wait() never starts a new
+    watch), and on ``async with``; closing twice is fine."""
+    from whizorch.saga import SagaClient
+
+    async with EtcdClient("127.0.0.1:1") as etcd:
+        sagas = SagaClient(etcd)
+        await sagas.aclose()
+        await sagas.aclose()
+        for call in (sagas.wait("s"), sagas.get("s"), sagas.cancel("s"), sagas.submit("order"), sagas.list()):
+            with pytest.raises(ClosedError, match="SagaClient is closed"):
+                await call
+        with pytest.raises(ClosedError):
+            async with sagas:
+                pass
+        assert sagas._hub is None

@@ -22,8 +22,7 @@ from types import FrameType
 from typing import Any, Literal, TextIO
 
 from whizorch.errors import ConfigError, WhizorchError
-from whizorch.testing import RegionLab
-from whizorch.testing._lab_model import parse_pairs
+from whizorch.testing import RegionLab, parse_pairs
 
 __all__ = ["main"]
 

@@ -49,9 +49,16 @@ from whizorch.errors import (
     WhizorchError,
 )
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
-from whizorch.saga import SagaClient, SagaRecord
-from whizorch.saga._listing import Listing, scan_sagas, submitted
-from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys
+from whizorch.saga import (
+    SAGA_ID,
+    STATUSES,
+    Keys,
+    Listing,
+    SagaClient,
+    SagaRecord,
+    Submitted,
+    scan_sagas,
+)
 
 __all__ = ["render_list", "render_show", "render_status"]
 
@@ -70,7 +77,7 @@ LIST_SCAN = 5_000
 (``--scan``), so a filter that matches little still answers at once, with a cursor."""
 
 STYLES = {
-    "pending": "dim", RUNNING: "cyan", COMPENSATING: "yellow", "completed": "green", "compensated": "magenta",
+    "pending": "dim", "running": "cyan", "compensating": "yellow", "completed": "green", "compensated": "magenta",
     "failed": "bold red", "done": "green", "dispatched": "cyan", "comp_failed": "bold red", "skipped": "dim",
 }
 
@@ -172,7 +179,7 @@ async def _pending(
         except DecodeError:
             continue  # quarantined by the leader: listed by status
         if sid not in known:
-            out.append(submitted(sid, kv))
+            out.append(Submitted.from_kv(sid, kv))
     return out
 
 

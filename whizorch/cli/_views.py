@@ -8,23 +8,14 @@ them with rich.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue, Member, Status, version_warning
-from whizorch.saga._listing import Submitted as Pending
-from whizorch.saga._model import (
-    COMPENSATING,
-    FINAL_STATUSES,
-    RUNNING,
-    STATUSES,
-    Keys,
-    SagaRecord,
-    StepState,
-    decode_json,
-)
-from whizorch.saga._view import capabilities
+from whizorch.saga import FINAL_STATUSES, STATUSES, Keys, SagaRecord, StepState, capabilities
+from whizorch.saga import Submitted as Pending
 
 __all__ = [
     "Pending",
@@ -47,7 +38,7 @@ __all__ = [
     "workers_by_region",
 ]
 
-IN_FLIGHT = (RUNNING, COMPENSATING)
+IN_FLIGHT = tuple(s for s in STATUSES if s not in FINAL_STATUSES)
 FINAL = tuple(s for s in STATUSES if s in FINAL_STATUSES)
 
 
@@ -144,11 +135,8 @@ def latency_doc(value: bytes | None) -> dict[str, Any] | None:
     """The leader's published latencies (``<ns>/latency``), or None."""
     if value is None:
         return None
-    try:
-        doc = decode_json(value, what="latency")
-    except DecodeError:
-        return None
-    if not isinstance(doc, dict):
+    doc = _json_object(value)
+    if doc is None:
         return None
     return {k: doc.get(k) for k in ("from", "at", "measured_ms", "configured_ms")}
 
@@ -157,11 +145,8 @@ def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
     """The leader's notes on quarantined input (``<ns>/quarantine/``), oldest first."""
     notes = []
     for kv in kvs:
-        try:
-            note = decode_json(kv.value, what="quarantine note")
-        except DecodeError:
-            continue
-        if isinstance(note, dict):
+        note = _json_object(kv.value)
+        if note is not None:
             notes.append({k: note.get(k) for k in ("kind", "key", "reason", "revision", "at")})
     return sorted(notes, key=lambda n: n["revision"] if isinstance(n["revision"], int) else 0)
 
@@ -337,11 +322,11 @@ def list_rows(
 
 def _compensation(st: StepState) -> str:
     if st.comp_run == 0:
-        return "compensating (waiting for a region)" if st.state == COMPENSATING else "-"
+        return "compensating (waiting for a region)" if st.state == "compensating" else "-"
     runs = f"{st.comp_run} run{'s' if st.comp_run != 1 else ''}"
     if st.comp_failures:
         runs += f", {st.comp_failures} failed"
-    what = {"compensated": "compensated", "comp_failed": "gave up", COMPENSATING: "compensating"}.get(st.state, "-")
+    what = {"compensated": "compensated", "comp_failed": "gave up", "compensating": "compensating"}.get(st.state, "-")
     return f"{what} ({runs})"
 
 
@@ -417,3 +402,13 @@ def record_document(rec: SagaRecord) -> dict[str, Any]:
         step["duration_s"] = _span(step["started"], step["ended"])
     return doc
 
+
+
+def _json_object(value: bytes) -> dict[str, Any] | None:
+    """A JSON object the leader wrote (latency, quarantine notes), or None when the
+    value is not one: a view shows what it can."""
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

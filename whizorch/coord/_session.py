@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import enum
 import logging
-import math
 from collections.abc import Callable
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.errors import (
     ClosedError,
     ConfigError,
@@ -47,10 +47,6 @@ def _refuse(field: str, value: object, reason: str) -> ConfigError:
     return ConfigError(f"{field} {reason}", field=field, value=value, reason=reason)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @attrs.frozen
 class LeaseTiming:
     """A session's lease timing, checked once when built (here, and only here), then
@@ -69,11 +65,11 @@ class LeaseTiming:
 
     def __attrs_post_init__(self) -> None:
         ttl, margin, interval = self.ttl_s, self.step_down_margin_s, self.keepalive_interval_s
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1:
+        if not is_int(ttl, minimum=1):
             raise _refuse("ttl_s", ttl, "must be a whole number of seconds >= 1")
-        if not _is_number(margin) or not 0 <= margin < ttl:
+        if not is_number(margin) or not 0 <= margin < ttl:
             raise _refuse("step_down_margin_s", margin, f"must be in [0, TTL) = [0, {ttl})")
-        if not _is_number(interval) or not 0 < interval < ttl - margin:
+        if not is_number(interval) or not 0 < interval < ttl - margin:
             raise _refuse(
                 "keepalive_interval_s", interval,
                 f"must be positive and shorter than TTL - step_down_margin_s = {ttl - margin:g}",
@@ -86,7 +82,7 @@ class LeaseTiming:
         """The timing for ``ttl_s`` with the defaults filled in: a margin of TTL/5, a
         keepalive every TTL/3. A margin that leaves no room for the default keepalive
         is refused as the margin's fault."""
-        ttl_ok = isinstance(ttl_s, int) and not isinstance(ttl_s, bool) and ttl_s >= 1
+        ttl_ok = is_int(ttl_s, minimum=1)
         margin = step_down_margin_s if step_down_margin_s is not None else (ttl_s / 5 if ttl_ok else 0.0)
         interval = keepalive_interval_s if keepalive_interval_s is not None else (ttl_s / 3 if ttl_ok else 0.0)
         try:

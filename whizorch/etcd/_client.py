@@ -22,6 +22,7 @@ import grpc
 import grpc.aio
 import tenacity
 
+from whizorch._check import is_int
 from whizorch.errors import (
     ClosedError,
     CompactedError,
@@ -485,7 +486,7 @@ class EtcdClient:
         :class:`~whizorch.errors.CompactedError`: read again from the start. A single
         key (neither ``prefix`` nor ``range_end``) is one page.
         """
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0:
+        if not is_int(page_size, minimum=1):
             raise ConfigError("page_size must be a positive int", field="page_size", value=page_size)
         start = to_bytes(key, "key")
         if prefix:
@@ -572,7 +573,7 @@ class EtcdClient:
 
         Retried: a grant whose answer was lost leaves an unused lease that expires.
         """
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
+        if not is_int(ttl_s, minimum=1):
             raise ConfigError("a lease TTL must be a positive whole number of seconds", field="ttl_s", value=ttl_s)
         req = rpc_pb2.LeaseGrantRequest(TTL=ttl_s, ID=lease_id)
         resp = await self._call(METHODS["LeaseGrant"], req, write=False, timeout_s=timeout_s)
@@ -749,7 +750,7 @@ class EtcdClient:
         Writes proposed while the transfer runs may be refused; do it rarely.
         """
         self._check_open()
-        if isinstance(target_member_id, bool) or not isinstance(target_member_id, int) or target_member_id <= 0:
+        if not is_int(target_member_id, minimum=1):
             raise ConfigError("a member id is a positive integer", field="target_member_id", value=target_member_id)
         deadline = time.monotonic() + self._timeout(timeout_s)
         members = await self.member_list(timeout_s=self._left(deadline))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from whizorch._check import is_int
 from whizorch.errors import (
     AuthError,
     ClosedError,
@@ -59,7 +60,7 @@ class Watch:
         prev_kv: bool,
         progress_notify: bool,
     ) -> None:
-        if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 0:
+        if not is_int(start_revision, minimum=0):
             raise ConfigError(
                 "start_revision must be a non-negative int", field="start_revision", value=start_revision
             )

@@ -43,6 +43,7 @@ import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from whizorch._check import is_int
 from whizorch.errors import ConfigError
 from whizorch.etcd import CallTiming, EtcdClient
 from whizorch.saga import (
@@ -184,7 +185,7 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, max_label_values: int = 100) -> None:
-        if isinstance(max_label_values, bool) or not isinstance(max_label_values, int) or max_label_values < 1:
+        if not is_int(max_label_values, minimum=1):
             raise ConfigError("max_label_values must be an int >= 1", field="max_label_values", value=max_label_values)
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
         self._m = _collectors(self.registry)

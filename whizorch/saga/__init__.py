@@ -17,6 +17,7 @@ from whizorch.saga._events import (
     StepFailedOver,
 )
 from whizorch.saga._fencing import fenced_txn
+from whizorch.saga._listing import Listing, Submitted, scan_sagas
 from whizorch.saga._machine import Settings
 from whizorch.saga._middleware import (
     CallNext,
@@ -27,19 +28,33 @@ from whizorch.saga._middleware import (
     SagaEvent,
     Submission,
 )
-from whizorch.saga._model import SagaRecord, StepKind, StepState
+from whizorch.saga._model import (
+    FINAL_STATUSES,
+    SAGA_ID,
+    STATUSES,
+    Keys,
+    SagaRecord,
+    StepKind,
+    StepState,
+)
 from whizorch.saga._orchestrator import Orchestrator
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._view import capabilities
 from whizorch.saga._worker import Worker
 
 __all__ = [
+    "FINAL_STATUSES",
+    "SAGA_ID",
+    "STATUSES",
     "App",
     "CallNext",
     "ContactRestored",
     "EventKind",
     "InputQuarantined",
+    "Keys",
     "LeadershipChanged",
     "LeadershipObserver",
+    "Listing",
     "Middleware",
     "MiddlewareContext",
     "Orchestrator",
@@ -69,7 +84,10 @@ __all__ = [
     "StepKind",
     "StepState",
     "Submission",
+    "Submitted",
     "Weights",
     "Worker",
+    "capabilities",
     "fenced_txn",
+    "scan_sagas",
 ]

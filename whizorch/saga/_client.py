@@ -131,7 +131,11 @@ class SagaHandle:
 
 
 class SagaClient:
-    """Submit and inspect sagas. ``SagaClient(etcd_client, namespace="whizorch")``."""
+    """Submit and inspect sagas. ``SagaClient(etcd_client, namespace="whizorch")``.
+
+    Usable as soon as it is made (``async with`` closes it at the end); after
+    :meth:`aclose` every call raises :class:`~whizorch.errors.ClosedError`.
+    """
 
     def __init__(
         self,
@@ -153,15 +157,23 @@ class SagaClient:
         self._waiters: dict[str, list[asyncio.Future[tuple[SagaRecord, int]]]] = {}
         self._hub: asyncio.Task[None] | None = None
         self._hub_ready: asyncio.Future[None] | None = None
+        self._closed = False
 
     async def __aenter__(self) -> SagaClient:
+        self._check_open()
         return self
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the SagaClient is closed; make a new one")
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the shared outcome watch (waiters get ClosedError). Idempotent."""
+        """Stop the shared outcome watch (waiters get ClosedError); the client is
+        closed for good. Idempotent."""
+        self._closed = True
         hub, self._hub = self._hub, None
         if hub is not None:
             hub.cancel()
@@ -173,6 +185,7 @@ class SagaClient:
         self._waiters.clear()
 
     async def _ensure_hub(self) -> None:
+        self._check_open()
         if self._hub is None or self._hub.done():
             self._hub_ready = asyncio.get_running_loop().create_future()
             self._hub = asyncio.get_running_loop().create_task(self._run_hub(self._hub_ready), name="whizorch-saga-outcomes")
@@ -233,6 +246,7 @@ class SagaClient:
         trace: dict[str, str] | None = None,
     ) -> SagaHandle:
         """Submit a saga (idempotent per ``saga_id``); returns a handle at once."""
+        self._check_open()
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
             raise ConfigError("saga must be a Saga or its name", field="saga", value=saga)
@@ -284,6 +298,7 @@ class SagaClient:
 
     async def cancel(self, saga_id: str) -> None:
         """Request cancellation (create-if-absent; cancelling twice is fine)."""
+        self._check_open()
         key = self.keys.cancel(saga_id)
         await self.client.txn(
             [Compare.create_revision(key, "==", 0)], [Op.put(key, encode_json({"at": time.time()}, what="cancel"))],
@@ -292,11 +307,13 @@ class SagaClient:
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga record (None while pending or after retention removed it)."""
+        self._check_open()
         res = await self.client.get(self.keys.saga(saga_id))
         return SagaRecord.from_json(res.kvs[0].value) if res.kvs else None
 
     async def wait(self, saga_id: str, *, timeout_s: float | None = None, raise_on_failure: bool = True) -> SagaResult:
         """Wait until the saga is final; watches the record (no polling)."""
+        self._check_open()
         async with asyncio.timeout(timeout_s):
             await self._ensure_hub()
             fut: asyncio.Future[tuple[SagaRecord, int]] = asyncio.get_running_loop().create_future()
@@ -367,6 +384,7 @@ class SagaClient:
         (None: no bound). Pass ``page.next_after`` as ``after`` for the next page; it is
         None at the end. Every read of one page is at one revision.
         """
+        self._check_open()
         listing = await scan_sagas(
             self.client, self.keys, limit=limit, after=after, status=status, saga_type=saga_type, max_scan=max_scan
         )
@@ -383,6 +401,7 @@ class SagaClient:
         ``status="failed"`` is the dead-letter view: sagas whose compensation gave up,
         kept (not purged by retention) until an operator deals with them.
         """
+        self._check_open()
         if status is not None and status not in (*STATUSES, "pending"):
             raise ConfigError(f"status must be one of {', '.join((*STATUSES, 'pending'))}", field="status", value=status)
         out: list[SagaSummary] = []

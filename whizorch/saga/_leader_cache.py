@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from whizorch.etcd import KeyValue, Op
+from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
 from whizorch.saga._definition import Saga
 from whizorch.saga._model import FAILED, Keys, SagaRecord, StepKind, TaskPayload
@@ -28,7 +28,6 @@ __all__ = [
     "Task",
     "TaskGone",
     "active_tasks",
-    "deletes",
     "describe",
     "failed_record",
     "task_payload",
@@ -183,11 +182,6 @@ def describe(event: m.Event | Fail | TaskGone | ResultArrived | None) -> str:
 
 class Conflict(Exception):
     """Internal: the record's mod_revision moved (or the outcome is unknown): reload."""
-
-
-def deletes(op: Op, key: bytes) -> bool:
-    pb = op._pb
-    return bool(pb.WhichOneof("request") == "request_delete_range" and pb.request_delete_range.key == key)
 
 
 def failed_record(saga_id: str, saga: str, txid: int, reason: str, now: float) -> SagaRecord:

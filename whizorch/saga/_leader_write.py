@@ -19,8 +19,7 @@ from collections.abc import Mapping
 
 from whizorch.coord import Fence
 from whizorch.errors import OutcomeUnknownError
-from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
-from whizorch.etcd._batch import BatchRefused, TxnBatcher
+from whizorch.etcd import BatchRefused, Compare, EtcdClient, Op, RangeResult, TxnBatcher
 from whizorch.saga import _machine as m
 from whizorch.saga._leader_cache import (
     Conflict,

@@ -16,6 +16,7 @@ import re
 
 import attrs
 
+from whizorch._check import is_int
 from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import EtcdClient, KeyValue, prefix_end
 from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, SubmissionPayload
@@ -34,6 +35,13 @@ class Submitted:
     txid: int
     submitted: float | None = None
 
+    @classmethod
+    def from_kv(cls, saga_id: str, kv: KeyValue) -> Submitted:
+        """A pending submission as listed: its saga type and time, "?"/None where the
+        value does not say (the leader quarantines what does not parse)."""
+        sub = SubmissionPayload.from_json_lenient(kv.value)
+        return cls(saga_id=saga_id, saga=sub.saga, txid=kv.create_revision, submitted=sub.submitted)
+
 
 @attrs.frozen(kw_only=True)
 class Listing:
@@ -48,9 +56,9 @@ class Listing:
 
 def check_page_args(limit: int, after: str | None, status: str | None, max_scan: int | None) -> None:
     """Refuse bad paging arguments with an error naming the argument."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not is_int(limit, minimum=1):
         raise ConfigError(f"limit must be a positive int, not {limit!r}", field="limit", value=limit)
-    if max_scan is not None and (isinstance(max_scan, bool) or not isinstance(max_scan, int) or max_scan < 1):
+    if max_scan is not None and (not is_int(max_scan, minimum=1)):
         raise ConfigError(f"max_scan must be a positive int or None, not {max_scan!r}", field="max_scan", value=max_scan)
     if after is not None and (not isinstance(after, str) or not _ID.match(after)):
         raise ConfigError(
@@ -158,12 +166,5 @@ async def _submissions(client: EtcdClient, keys: Keys, ids: list[str], revision:
     for sid, res in zip(ids, reads, strict=True):
         if not res.kvs:
             continue
-        out[sid] = submitted(sid, res.kvs[0])
+        out[sid] = Submitted.from_kv(sid, res.kvs[0])
     return out
-
-
-def submitted(sid: str, kv: KeyValue) -> Submitted:
-    """A pending submission as listed: its saga type and time, "?"/None where the
-    value does not say (the leader quarantines what does not parse)."""
-    sub = SubmissionPayload.from_json_lenient(kv.value)
-    return Submitted(saga_id=sid, saga=sub.saga, txid=kv.create_revision, submitted=sub.submitted)

@@ -11,6 +11,7 @@ from typing import Any, Final, Literal, get_args
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.errors import ConfigError, DecodeError, RequestTooLargeError
 
 __all__ = [
@@ -84,6 +85,11 @@ class Keys:
     def leader(self) -> str:
         return f"{self.ns}/leader"
 
+    @property
+    def root(self) -> bytes:
+        """The prefix of every key of the namespace (``<ns>/``)."""
+        return f"{self.ns}/".encode()
+
     def prefix(self, kind: str) -> bytes:
         return f"{self.ns}/{kind}/".encode()
 
@@ -120,6 +126,10 @@ class Keys:
 
     def region(self, region: str, lease: int) -> bytes:
         return f"{self.ns}/region/{region}/{lease:x}".encode()
+
+    def region_workers(self, region: str) -> bytes:
+        """Prefix of the registrations of a region's workers."""
+        return f"{self.ns}/region/{region}/".encode()
 
     @property
     def latency(self) -> bytes:
@@ -306,7 +316,7 @@ class SagaRecord:
     def from_dict(cls, raw: Any) -> SagaRecord:
         """A record from its decoded JSON (which it takes over: do not reuse ``raw``)."""
         v = raw.get("v") if isinstance(raw, dict) else None
-        if isinstance(v, int) and not isinstance(v, bool) and v > RECORD_VERSION:
+        if is_int(v) and v > RECORD_VERSION:
             raise NewerRecordError(
                 f"saga record has schema v{v}, newer than this whizorch's v{RECORD_VERSION}", field="saga record", value=v
             )
@@ -437,7 +447,7 @@ class SubmissionPayload:
 
 
 def _seconds(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 _NUMBER = (int, float)

@@ -34,8 +34,16 @@ from whizorch.errors import (
     DecodeError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, KeyValue, Op, RangeResult, WatchEvent
-from whizorch.etcd._batch import BatchRefused
+from whizorch.etcd import (
+    BatchRefused,
+    Compare,
+    EtcdClient,
+    EventType,
+    KeyValue,
+    Op,
+    RangeResult,
+    WatchEvent,
+)
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
@@ -182,7 +190,6 @@ class Orchestrator:
         its adoption (bounded: the newest few thousand)."""
         self._workers = Workers()
         self._timers = Timers()
-        self._inflight: set[asyncio.Task[None]] = set()
         self._mailboxes: dict[str, collections.deque[Item]] = {}
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._fatal: asyncio.Future[None] | None = None
@@ -367,11 +374,10 @@ class Orchestrator:
             self._contact = None
             for fut in everything:
                 fut.cancel()
-            pending = [*self._inflight, *self._drivers.values()]
+            pending = list(self._drivers.values())
             for t in pending:
                 t.cancel()
             await asyncio.gather(*everything, *pending, return_exceptions=True)
-            self._inflight.clear()
             self._drivers.clear()
             self._mailboxes.clear()
             self._sagas.clear()

@@ -40,6 +40,7 @@ from typing import Any
 
 import attrs
 
+from whizorch._check import is_int
 from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import (
     ClosedError,
@@ -50,8 +51,7 @@ from whizorch.errors import (
     RequestTooLargeError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
-from whizorch.etcd._batch import TxnBatcher
+from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult, TxnBatcher
 from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
@@ -127,7 +127,7 @@ class Worker:
             raise ConfigError("region must be a non-empty name without '/'", field="region", value=region)
         if isinstance(compliance, str) or not all(isinstance(t, str) and t for t in compliance):
             raise ConfigError("compliance must be a collection of tag strings", field="compliance", value=compliance)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        if not is_int(concurrency, minimum=1):
             raise ConfigError("concurrency must be an int >= 1", field="concurrency", value=concurrency)
         self.client = client
         self.app = app
