@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from _engine import Engine, engine_on
 
 from whizorch import EtcdClient
 
@@ -34,3 +36,11 @@ async def other(etcd_endpoints: list[str]) -> AsyncIterator[EtcdClient]:
     """A second client on the shared cluster (an observer, or someone else acting)."""
     async with EtcdClient(list(reversed(etcd_endpoints)), timeout_s=3.0, retry_deadline_s=5.0) as c:
         yield c
+
+
+@pytest.fixture
+async def engine(client: EtcdClient, prefix: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """Orchestrators, workers and a SagaClient in this test's event loop, on the shared
+    cluster, in the test's own namespace (``_engine.py``)."""
+    async with engine_on(client, prefix.rstrip("/"), tmp_path) as eng:
+        yield eng

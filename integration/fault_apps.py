@@ -108,7 +108,7 @@ app = App([fenced, bulky])
 class BrokenApp(App):
     """An App whose lookup has a bug (for the test that a bug ends the worker)."""
 
-    def get(self, name: str) -> Saga | None:
+    def get(self, name: str, version: str | None = None) -> Saga | None:
         raise KeyError(f"bug in the app's lookup of {name!r}")
 
 

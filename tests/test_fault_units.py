@@ -261,7 +261,7 @@ def test_bad_tasks_are_decode_errors() -> None:
 def test_newer_records_are_told_apart_from_broken_ones() -> None:
     """A higher schema version is NewerRecordError (left untouched by the leader)."""
     with pytest.raises(NewerRecordError):
-        SagaRecord.from_json(b'{"v": 3, "id": "x"}')
+        SagaRecord.from_json(b'{"v": 4, "id": "x"}')
     with pytest.raises(DecodeError) as info:
         SagaRecord.from_json(b'{"v": 2, "id": "x"}')
     assert not isinstance(info.value, NewerRecordError)

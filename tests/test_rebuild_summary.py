@@ -66,5 +66,5 @@ def test_other_formatting_is_decoded_in_full() -> None:
     rec = SagaRecord(id="x", saga="s", txid=1, status="completed", steps=[], created=1.0, updated=2.0, finished=2.0)
     spaced = json.dumps(rec.to_dict()).encode()
     assert _summary(spaced, 1) is None and _finished(json.loads(spaced), 1) is not None
-    newer = rec.to_json().replace(b'"v":2}', b'"v":3}')
+    newer = rec.to_json().replace(b'"v":3}', b'"v":4}')
     assert _summary(newer, 1) is None and _finished(json.loads(newer), 1) is None

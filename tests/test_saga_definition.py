@@ -424,24 +424,25 @@ def test_record_from_json_rejects_garbage(data: bytes) -> None:
 def test_record_wrong_version_says_so() -> None:
     """A record of a newer schema raises NewerRecordError naming both versions; an
     unknown older one a plain DecodeError naming the version it found."""
-    data = record().to_json().replace(b'"v":2', b'"v":3')
-    with pytest.raises(NewerRecordError, match="schema v3, newer than this whizorch's v2"):
+    data = record().to_json().replace(b'"v":3', b'"v":4')
+    with pytest.raises(NewerRecordError, match="schema v4, newer than this whizorch's v3"):
         SagaRecord.from_json(data)
     with pytest.raises(DecodeError, match="version 0") as info:
-        SagaRecord.from_json(record().to_json().replace(b'"v":2', b'"v":0'))
+        SagaRecord.from_json(record().to_json().replace(b'"v":3', b'"v":0'))
     assert not isinstance(info.value, NewerRecordError)
 
 
-def test_v1_record_reads_as_v2_with_no_worker() -> None:
+def test_v1_record_reads_as_v3_with_no_worker() -> None:
     """A record from before tasks went on workers' leases (v1: its steps name no
-    worker) reads as v2, each step's worker None: the leader places those runs anew."""
+    worker) reads as v3, each step's worker None and no version: the leader places those
+    runs anew, with its current definition."""
     raw = json.loads(record().to_json())
     raw["v"] = 1
     for st in raw["steps"]:
         del st["worker"]
     rec = SagaRecord.from_json(json.dumps(raw).encode())
-    assert rec.v == 2 and all(st.worker is None for st in rec.steps)
-    assert json.loads(rec.to_json())["v"] == 2
+    assert rec.v == 3 and rec.version == "" and all(st.worker is None for st in rec.steps)
+    assert json.loads(rec.to_json())["v"] == 3
 
 
 def test_history_is_bounded() -> None:

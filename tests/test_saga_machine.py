@@ -108,7 +108,7 @@ class Harness:
         self.settings = settings
         self.now = T0
         self.rec, self.tr = adopt(
-            saga, saga_id=SID, txid=7, now=T0, route=route, settings=settings, trace={"traceparent": "x"}, term=3
+            saga.spec, saga_id=SID, txid=7, now=T0, route=route, settings=settings, trace={"traceparent": "x"}, term=3
         )
         self.armed = list(self.tr.timers)
         self.check()
@@ -120,7 +120,7 @@ class Harness:
     def apply(self, event: Any, *, at: float | None = None) -> Transition:
         if at is not None:
             self.now = at
-        self.tr = apply(self.rec, self.saga, event, now=self.now, route=self.route, settings=self.settings)
+        self.tr = apply(self.rec, self.saga.spec, event, now=self.now, route=self.route, settings=self.settings)
         self.armed.extend(self.tr.timers)
         self.check()
         return self.tr

@@ -232,7 +232,7 @@ class SagaMachineModel(RuleBasedStateMachine):
         assert self.rec is not None
         before = self.rec.clone()
         before_json = self.rec.to_json()
-        tr = apply(self.rec, self.saga, event, now=self.now, route=self.router, settings=self.cfg)
+        tr = apply(self.rec, self.saga.spec, event, now=self.now, route=self.router, settings=self.cfg)
         self.after_final += before.is_final
         self._record(event, before, before_json, tr)
 
@@ -257,7 +257,7 @@ class SagaMachineModel(RuleBasedStateMachine):
         self.run_failovers = 0
         self.after_final = 0
         self.rec, tr = adopt(
-            self.saga, saga_id=SID, txid=7, now=self.now, route=self.router, settings=self.cfg,
+            self.saga.spec, saga_id=SID, txid=7, now=self.now, route=self.router, settings=self.cfg,
             trace={}, term=1,
         )
         self._record(None, None, b"", tr)
@@ -499,7 +499,7 @@ class SagaMachineModel(RuleBasedStateMachine):
         max_failovers (compensations may always move, docs/sagas.md)."""
         if self.rec is None:
             return
-        assert self.run_failovers <= self.cfg.failover_limit(self.saga)
+        assert self.run_failovers <= self.cfg.failover_limit(self.saga.spec)
 
     @check
     def stale_or_misdirected_events_are_noops(self) -> None:
@@ -588,7 +588,7 @@ class SagaMachineModel(RuleBasedStateMachine):
             return
         for at, timer in reversed(self.armed):
             probe = rec.clone()
-            tr = apply(probe, self.saga, timer, now=max(self.now, at), route=self.router, settings=self.cfg)
+            tr = apply(probe, self.saga.spec, timer, now=max(self.now, at), route=self.router, settings=self.cfg)
             if tr.changed or tr.dispatch:
                 return
         raise AssertionError(f"stuck: {[(s.name, s.state, s.retry_at, s.waiting_region) for s in rec.steps]}")

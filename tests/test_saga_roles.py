@@ -37,6 +37,7 @@ def test_names_and_kinds() -> None:
         ("ws-orchestrator", RoleKind.ORCHESTRATOR, None),
         ("ws-client", RoleKind.CLIENT, None),
         ("ws-viewer", RoleKind.VIEWER, None),
+        ("ws-console", RoleKind.CONSOLE, None),
         ("ws-worker-eu", RoleKind.WORKER, "eu"),
         ("ws-worker-us", RoleKind.WORKER, "us"),
         ("ws-worker-ap", RoleKind.WORKER, "ap"),
@@ -113,6 +114,17 @@ def test_orchestrator_and_viewer_span_the_namespace_only() -> None:
         assert _can(viewer, key, write=False) and not _can(viewer, key, write=True)
     for key in ("ws", "wsx/saga/s1", "other/x"):
         assert not _can(orch, key, write=False) and not _can(viewer, key, write=False)
+
+
+def test_console_reads_the_namespace_and_writes_only_submissions_and_cancels() -> None:
+    """The console role reads the whole namespace and writes only submit/ and cancel/ (its two actions)."""
+    console = _roles()["ws-console"]
+    for key in ("ws/saga/s1", "ws/leader/1", "ws/task/us/1/s/0/step-1", "ws/run/eu/s1/0/run-1", "ws/submitx"):
+        assert _can(console, key, write=False) and not _can(console, key, write=True)
+    for key in ("ws/submit/s2", "ws/cancel/s1"):
+        assert _can(console, key, write=False) and _can(console, key, write=True)
+    for key in ("ws", "wsx/saga/s1", "other/x"):
+        assert not _can(console, key, write=False) and not _can(console, key, write=True)
 
 
 def test_the_current_key_layout_falls_inside_the_worker_role() -> None:

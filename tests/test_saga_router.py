@@ -7,18 +7,19 @@ from typing import Any
 import pytest
 
 from whizorch import ConfigError
-from whizorch.saga._definition import Saga, Step
+from whizorch.saga._definition import Saga
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._spec import StepSpec
 
 
-def make_step(*, region: str | None = None, compliance: tuple[str, ...] = ()) -> Step:
+def make_step(*, region: str | None = None, compliance: tuple[str, ...] = ()) -> StepSpec:
     saga = Saga("s")
 
     async def work(ctx: Any, value: Any) -> None:
         return None
 
-    step: Step = saga.step(work, region=region, compliance=compliance)
-    return step
+    saga.step(work, region=region, compliance=compliance)
+    return saga.spec.steps[0]
 
 
 def router(*infos: RegionInfo, **kw: Any) -> Router:
@@ -93,7 +94,7 @@ def test_custom_scorer_replaces_formula() -> None:
     """A scorer gets (step, region, router); None disqualifies; compliance is still checked first."""
     seen: list[tuple[str, str]] = []
 
-    def scorer(step: Step, region: RegionInfo, r: Router) -> float | None:
+    def scorer(step: StepSpec, region: RegionInfo, r: Router) -> float | None:
         seen.append((step.name, region.name))
         return None if region.name == "bad" else region.workers
 

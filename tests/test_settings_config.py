@@ -23,7 +23,7 @@ from whizorch.config._load import env_vars
 from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import ConfigError
 from whizorch.etcd import EtcdClient, EtcdConfig
-from whizorch.saga import RegionInfo, Router, Saga, Settings, Step
+from whizorch.saga import RegionInfo, Router, Saga, Settings
 
 DOC = pathlib.Path(__file__).parent.parent / "docs" / "configuration.md"
 FULL_TOML = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S).group(1)  # type: ignore[union-attr]
@@ -421,7 +421,9 @@ def test_closest_failover_uses_the_configured_latencies(tmp_path: pathlib.Path) 
     async def debit(ctx: Any, value: Any) -> None:
         return None
 
-    step: Step = Saga("transfer").step(debit)
+    saga = Saga("transfer")
+    saga.step(debit)
+    step = saga.spec.steps[0]
     router = load_config(write(tmp_path, FULL_TOML), env={}).router()
     router.update({name: RegionInfo(name=name) for name in ("us", "ap")})
     assert router.failover(step, failed="eu") == "us"

@@ -29,11 +29,16 @@ from whizorch.cli._main import main
 @click.option("--wan", is_flag=True,
               help="regions apart: a region lab (round trips eu-us 80, us-ap 150, eu-ap 200 ms), each process in its "
                    "region; as root network namespaces, else the lab's approximation")
+@click.option("--console", "console", is_flag=False, flag_value="127.0.0.1:8470", default=None, metavar="[HOST:PORT]",
+              help="serve the web console beside the demo (default 127.0.0.1:8470) and print its URL; "
+                   "needs pip install 'whizorch[console]'")
+@click.option("--demo-namespace", default=None, hidden=True, help="(internal) the namespace the --wan run picked")
 @click.option("--wan-lab", default=None, hidden=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="(internal) the placement a --wan run hands to the demo it places in the lab")
 def demo(
     endpoints: str | None, duration: float, ttl: int, rate: float, max_in_flight: int, seed: int, plain: bool,
-    json_summary: Path | None, primitives: bool, wan: bool, wan_lab: Path | None,
+    json_summary: Path | None, primitives: bool, wan: bool, wan_lab: Path | None, console: str | None,
+    demo_namespace: str | None,
 ) -> None:
     """Sagas across 3 regions with a region and the leader killed mid-run.
 
@@ -47,6 +52,8 @@ def demo(
     With --wan the same demo runs on a region lab: one etcd member per region, every
     byte between regions delayed, each role placed in its region; the summary adds the
     spec's performance table from the run, next to the floors of the round-trip matrix.
+
+    With --console the web console serves the run live (its URL is printed first).
     """
     if wan and (endpoints or primitives):
         raise click.UsageError("--wan runs the saga demo on a region lab it starts: it takes neither --etcd nor --primitives")
@@ -59,5 +66,6 @@ def demo(
     options = DemoOptions(
         etcd=endpoints, duration_s=duration, ttl_s=ttl, rate=rate, max_in_flight=max_in_flight, seed=seed,
         plain=plain, json_summary=json_summary, wan=wan or wan_lab is not None, wan_lab=wan_lab,
+        console=console, namespace=demo_namespace,
     )
     sys.exit(run(options))

@@ -262,6 +262,10 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
                "exact": bool, "scanned": int}
               (over 2,000 records, in_flight and final count the first "scanned" records
               by id only, "exact" is false, and pending is submissions less records),
+     "definitions": [{"saga": str, "version": str, "in_flight": int, "waiting": int (steps
+                      waiting for a worker with this version), "workers": {region: int},
+                      "warning": str | null}] (per saga type and version: what is in flight
+                     on it and which live workers can run it),
      "quarantined": [{"kind": str, "key": str, "reason": str, "revision": int, "at": float}]
                    (input the leader could not parse and skipped; oldest first),
      "latency": {"from": region | null, "at": float, "measured_ms": {region: ms},
@@ -440,6 +444,20 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
     if e.get("warnings"):
         etcd.caption = Text("\n".join(f"warning: {w}" for w in e["warnings"]), style="bold red")
     parts: list[RenderableType] = [head, regions, sagas]
+    if doc.get("definitions"):
+        defs = Table(title="saga definitions", title_justify="left")
+        for col in ("saga", "version", "in flight", "waiting", "workers"):
+            defs.add_column(col)
+        for d in doc["definitions"]:
+            workers = ", ".join(f"{region} {n}" for region, n in sorted(d["workers"].items()))
+            defs.add_row(
+                _t(d["saga"]), _t(d["version"] or "-"), _t(d["in_flight"]), _t(d["waiting"], "yellow" if d["waiting"] else ""),
+                _t(workers or "none", "" if workers else "bold red" if d["in_flight"] else "dim"),
+            )
+        warnings = [d["warning"] for d in doc["definitions"] if d.get("warning")]
+        if warnings:
+            defs.caption = Text("\n".join(f"warning: {w}" for w in warnings), style="bold red")
+        parts.append(defs)
     lat = doc.get("latency")
     if lat and (lat.get("measured_ms") or lat.get("configured_ms")):
         table = Table(title=f"latency from {lat.get('from') or 'the leader'} (ms)", title_justify="left")

@@ -173,7 +173,7 @@ def show_roles(target: WhizorchConfig, regions: str | None, as_json: bool) -> No
     """Print the roles and permissions ``apply`` would create (no etcd needed).
 
     \b
-    --json prints [{"role": str, "kind": "orchestrator"|"client"|"viewer"|"worker",
+    --json prints [{"role": str, "kind": "orchestrator"|"client"|"viewer"|"console"|"worker",
                     "region": str | null,
                     "permissions": [{"type": "READ"|"WRITE"|"READWRITE",
                                      "prefix": str} | {"type": ..., "key": str}]}]

@@ -12,9 +12,23 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from whizorch.errors import DecodeError
-from whizorch.etcd import KeyValue, Member, Status, version_warning
-from whizorch.saga import FINAL_STATUSES, STATUSES, Keys, SagaRecord, StepState, capabilities
+from whizorch.etcd import KeyValue
+from whizorch.saga import (
+    FINAL_STATUSES,
+    STATUSES,
+    SagaRecord,
+    StepState,
+    latency_doc,
+    leader_summary,
+    quarantine_notes,
+    summarize_cluster,
+    summarize_definitions,
+    summarize_regions,
+    tasks_by_region,
+    workers_by_region,
+)
+
+# the status reads moved to the saga layer (the console shares them); named here too
 from whizorch.saga import Submitted as Pending
 
 __all__ = [
@@ -31,6 +45,7 @@ __all__ = [
     "record_document",
     "step_rows",
     "summarize_cluster",
+    "summarize_definitions",
     "summarize_regions",
     "summarize_status",
     "tasks_by_region",
@@ -91,98 +106,6 @@ def _since(rec: SagaRecord, at: Any) -> float:
 # -- status ------------------------------------------------------------------------------
 
 
-def leader_summary(candidates: Sequence[KeyValue]) -> dict[str, Any] | None:
-    """The election's leader: the candidate key with the lowest create revision.
-
-    Its value is the node id the orchestrator proclaimed, its create revision the term.
-    """
-    if not candidates:
-        return None
-    kv = min(candidates, key=lambda c: c.create_revision)
-    return {
-        "node": kv.value.decode(errors="replace"),
-        "term": kv.create_revision,
-        "lease": f"{kv.lease:x}",
-        "key": kv.key.decode(errors="replace"),
-    }
-
-
-def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dict[str, Any]]]:
-    """Each live worker's capabilities (``<ns>/region/<region>/<lease>``), by region."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for kv in kvs:
-        try:
-            # as the leader's router reads them: a registration it quarantines is skipped
-            out.setdefault(keys.region_of(kv.key), []).append(capabilities(kv.value))
-        except DecodeError:
-            continue
-    return out
-
-
-def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
-    """How many steps are dispatched to each region (``<ns>/task/<region>/...`` keys)."""
-    out: dict[str, int] = {}
-    for kv in kvs:
-        try:
-            region = keys.split(kv.key, "task")[0]
-        except DecodeError:
-            continue  # not a task key whizorch wrote
-        out[region] = out.get(region, 0) + 1
-    return out
-
-
-def latency_doc(value: bytes | None) -> dict[str, Any] | None:
-    """The leader's published latencies (``<ns>/latency``), or None."""
-    if value is None:
-        return None
-    doc = _json_object(value)
-    if doc is None:
-        return None
-    return {k: doc.get(k) for k in ("from", "at", "measured_ms", "configured_ms")}
-
-
-def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
-    """The leader's notes on quarantined input (``<ns>/quarantine/``), oldest first."""
-    notes = []
-    for kv in kvs:
-        note = _json_object(kv.value)
-        if note is not None:
-            notes.append({k: note.get(k) for k in ("kind", "key", "reason", "revision", "at")})
-    return sorted(notes, key=lambda n: n["revision"] if isinstance(n["revision"], int) else 0)
-
-
-def summarize_regions(
-    workers: Mapping[str, Sequence[Mapping[str, Any]]], tasks: Mapping[str, int] | None = None
-) -> list[dict[str, Any]]:
-    """One entry per region, by name, from the workers' capabilities (as the router sees
-    them): healthy with at least one worker; load weighted by capacity (concurrency);
-    compliance tags every worker has; the lowest cost. ``tasks`` counts dispatched steps
-    per region, so a region with work and no worker shows up unhealthy."""
-    tasks = tasks or {}
-    out = []
-    for name in sorted(set(workers) | set(tasks)):
-        caps = list(workers.get(name, ()))
-        capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
-        busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
-        tags: frozenset[str] = (
-            frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps)) if caps else frozenset()
-        )
-        out.append(
-            {
-                "name": name,
-                "healthy": bool(caps),
-                "workers": len(caps),
-                "worker_ids": sorted(str(c.get("worker", "?")) for c in caps),
-                "capacity": capacity,
-                "load": round(busy / capacity, 3) if capacity else 0.0,
-                "compliance": sorted(tags),
-                "cost": min(float(c.get("cost", 0.0)) for c in caps) if caps else None,
-                "tasks": int(tasks.get(name, 0)),
-            }
-        )
-    return out
-
-
 def count_sagas(records: Iterable[SagaRecord], pending: int = 0, *, total_records: int | None = None) -> dict[str, Any]:
     """Sagas in flight by status, totals by final status, submissions not yet adopted.
 
@@ -204,44 +127,6 @@ def count_sagas(records: Iterable[SagaRecord], pending: int = 0, *, total_record
     return {
         "pending": pending, "in_flight": in_flight, "final": final, "total": total, "exact": exact, "scanned": scanned,
     }  # fmt: skip
-
-
-def summarize_cluster(
-    members: Sequence[Member], status: Status, member_status: Mapping[int, Status | str] | None = None
-) -> dict[str, Any]:
-    """The etcd cluster as the answering member (``status``) reports it, with each
-    member's own status where it answered (``member_status``: a Status or an error)."""
-    member_status = member_status or {}
-    leader = next((m for m in members if m.id == status.leader), None)
-    rows = []
-    for m in members:
-        own = member_status.get(m.id)
-        rows.append(
-            {
-                "id": f"{m.id:x}",
-                "name": m.name,
-                "client_urls": list(m.client_urls),
-                "is_leader": m.id == status.leader,
-                "is_learner": m.is_learner,
-                "reachable": None if own is None else isinstance(own, Status),
-                "version": own.version if isinstance(own, Status) else None,
-                "db_size": own.db_size if isinstance(own, Status) else None,
-                "raft_index": own.raft_index if isinstance(own, Status) else None,
-                "error": own if isinstance(own, str) else None,
-            }
-        )
-    versions = {status.version} | {s.version for s in member_status.values() if isinstance(s, Status)}
-    return {
-        "endpoint": status.endpoint,
-        "version": status.version,
-        "warnings": sorted({w for v in versions if (w := version_warning(v)) is not None}),
-        "leader": leader.name if leader is not None else None,
-        "leader_id": f"{status.leader:x}" if status.leader else None,
-        "raft_term": status.raft_term,
-        "revision": status.revision,
-        "db_size": status.db_size,
-        "members": rows,
-    }
 
 
 def summarize_status(
@@ -267,6 +152,7 @@ def summarize_status(
         "candidates": len(candidates),
         "regions": summarize_regions(workers, tasks),
         "sagas": count_sagas(records, pending, total_records=total_records),
+        "definitions": summarize_definitions(records, workers),
         "quarantined": list(quarantined),
         "latency": latency,
         "etcd": cluster,

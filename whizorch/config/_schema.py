@@ -198,6 +198,10 @@ class FailoverConfig:
     own ``max_failovers`` (when set, the lower of the two applies)."""
     no_region_timeout_s: float = 30.0
     """How long a step waits for a healthy, compliant region before failing."""
+    no_worker_timeout_s: float = 600.0
+    """How long a step waits for a live worker that has its saga's definition (the
+    version the saga is pinned to) before the saga fails naming it (a rolling deploy
+    must bring such a worker up within it)."""
 
     def __attrs_post_init__(self) -> None:
         if self.policy not in ("closest", "score"):
@@ -205,15 +209,21 @@ class FailoverConfig:
         if self.max_retries is not None:
             whole("failover.max_retries", self.max_retries, minimum=0)
         _set(self, "no_region_timeout_s", number("failover.no_region_timeout_s", self.no_region_timeout_s))
+        _set(self, "no_worker_timeout_s", number("failover.no_worker_timeout_s", self.no_worker_timeout_s))
 
     def router(self, regions: Sequence[RegionConfig] = (), *, home_region: str | None = None) -> Router:
         """A `whizorch.saga.Router` with the regions' latency matrix and this policy."""
         latency = {r.name: dict(r.latency_ms) for r in regions if r.latency_ms}
-        return Router(latency_ms=latency, home_region=home_region, failover_policy=self.policy)
+        return Router(
+            latency_ms=latency, home_region=home_region, failover_policy=self.policy, regions={r.name for r in regions}
+        )
 
     def settings(self) -> Settings:
         """The saga machine's `whizorch.saga.Settings`."""
-        return Settings(no_region_timeout_s=self.no_region_timeout_s, max_failovers=self.max_retries)
+        return Settings(
+            no_region_timeout_s=self.no_region_timeout_s, no_worker_timeout_s=self.no_worker_timeout_s,
+            max_failovers=self.max_retries,
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from whizorch.demo import apps
+from whizorch.demo._console import ConsoleProcess
 from whizorch.demo._display import Display, LiveDisplay, PlainDisplay
 from whizorch.demo._report import Kill, Tally, summarise
 from whizorch.demo._roles import Role, RoleFailed
@@ -78,11 +79,21 @@ class DemoOptions:
     wan_lab: Path | None = None
     """Set for the demo the ``--wan`` run places in the lab: where the lab put everything
     (a `WanPlacement` as JSON)."""
+    console: str | None = None
+    """Serve the web console beside the demo, bound here (host:port); None: no console."""
+    namespace: str | None = None
+    """The saga namespace (default: ``demo-<time>-<pid>``); the ``--wan`` run picks it
+    for the demo it places, so the console it serves reads the same one."""
 
     @property
     def drain_s(self) -> float:
         """How long the sagas in flight may take to finish once the stream stops."""
         return max(30.0, 10.0 * self.ttl_s)
+
+
+def demo_namespace() -> str:
+    """A fresh namespace for one run."""
+    return f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 class SagaDemo:
@@ -96,7 +107,7 @@ class SagaDemo:
         """Where the region lab put everything (``--wan``); None on one loopback."""
         self.roles: list[Role] = []
         self.workdir: Path | None = None
-        self.t.namespace = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.t.namespace = options.namespace or demo_namespace()
         self.t.drain_s = options.drain_s
         self._quiet_failovers = 0
         self._loud_failovers = 0
@@ -123,6 +134,11 @@ class SagaDemo:
                 stack.push_async_callback(self._delete_namespace, client)
             stack.push_async_callback(self._stop_roles)
             await self._start_roles(endpoints, workdir)
+            if self.opts.console is not None and self.wan is None:  # with --wan, the outer run serves it
+                console = ConsoleProcess(endpoints, self.t.namespace, self.opts.console, workdir)
+                stack.callback(console.stop)
+                url = console.start()  # blocks a moment: the roles are processes, nothing here waits
+                self.log(f"console: {url} (read-only; live from etcd)", style="bold")
             sagas = await stack.enter_async_context(SagaClient(client, namespace=self.t.namespace))
             await self._stream(sagas)
             await self._audit(sagas)

@@ -150,6 +150,8 @@ def inner_argv(options: DemoOptions, placement_file: Path, ttl_s: int) -> list[s
         argv.append("--plain")
     if options.json_summary is not None:
         argv += ["--json-summary", str(options.json_summary.resolve())]
+    if options.namespace is not None:
+        argv += ["--demo-namespace", options.namespace]
     return argv
 
 
@@ -168,6 +170,7 @@ def run_wan(options: DemoOptions) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in _SIGNALS}
     workdir = Path(tempfile.mkdtemp(prefix="whizorch-demo-wan-"))
+    consoles: list[Any] = []
     lab: RegionLab | None = None
     try:
         try:
@@ -199,6 +202,16 @@ def run_wan(options: DemoOptions) -> int:
                 f"(asked {options.ttl_s}s)")
         path = workdir / "placement.json"
         path.write_text(placement.to_json())
+        bind = options.console
+        if bind is not None:
+            from whizorch.demo._console import ConsoleProcess
+            from whizorch.demo._saga_demo import demo_namespace
+
+            options = attrs.evolve(options, namespace=options.namespace or demo_namespace())
+            assert options.namespace is not None
+            console = ConsoleProcess(",".join(lab.cluster.endpoints), options.namespace, bind, workdir)
+            consoles.append(console)
+            say(f"console: {console.start()} (on the host, reading the lab's members undelayed; read-only)")
         placed = "placed in its region" if lab.mode == "netns" else "given its region's endpoints"
         say(f"the demo runs in {DEMO_REGION} (it submits the sagas from there); workers in "
             f"{', '.join(placement.regions)} and both orchestrator candidates in {DEMO_REGION}, each {placed}")
@@ -210,6 +223,8 @@ def run_wan(options: DemoOptions) -> int:
         code = proc.wait()
         return 128 + caught[0] if caught else code
     finally:
+        for c in consoles:
+            c.stop()
         if lab is not None:
             try:
                 made = lab.is_open

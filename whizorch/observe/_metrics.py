@@ -18,9 +18,15 @@ name                                           type       labels
 ``whizorch_is_leader``                         gauge      (none)
 ``whizorch_leader_term``                       gauge      (none)
 ``whizorch_sagas_in_flight``                   gauge      status
+``whizorch_steps_waiting``                     gauge      waiting_for
+``whizorch_region_preference_unmet_total``     counter    saga_type, wanted
 ``whizorch_worker_running_steps``              gauge      region
 =============================================  =========  ==================================
 
+A step *waits* when no healthy, compliant region can take it (``waiting_for="region"``)
+or no live worker has the saga's definition at its pinned version (``"worker"``, e.g.
+during a rolling deploy); a step that prefers a region (``region=``) and runs elsewhere
+counts in ``whizorch_region_preference_unmet_total`` (the reason is in its history).
 Saga outcomes are ``completed``, ``compensated`` and ``failed`` (counted once, by the
 leader that finishes the saga); ``region`` of a saga is the region of its first step.
 Step outcomes are ``ok``, ``error``, ``timeout``, ``cancelled``; kinds ``run`` and
@@ -93,6 +99,10 @@ class _Collectors:
             "whizorch_consensus_operation_duration_seconds", "etcd call round trip (retries included).",
             ["operation"], buckets=_FAST, registry=r,
         )
+        self.unmet = prometheus_client.Counter(
+            "whizorch_region_preference_unmet", "Steps that ran outside the region they prefer (region=).",
+            ["saga_type", "wanted"], registry=r,
+        )
         self.consensus_errors = prometheus_client.Counter(
             "whizorch_consensus_operation_errors", "etcd calls that failed.", ["operation"], registry=r
         )
@@ -123,6 +133,16 @@ class _StateCollector(Collector):
         for status, n in sorted(counts.items()):
             in_flight.add_metric([status], n)
         yield in_flight
+        waiting = GaugeMetricFamily(
+            "whizorch_steps_waiting", "Steps that cannot be dispatched now, by what they wait for.", labels=["waiting_for"]
+        )
+        per_cause: dict[str, int] = {"region": 0, "worker": 0}
+        for o in leading:
+            for cause, n in o.waiting().items():
+                per_cause[cause] = per_cause.get(cause, 0) + n
+        for cause, n in sorted(per_cause.items()):
+            waiting.add_metric([cause], n)
+        yield waiting
         quarantined = CounterMetricFamily(
             "whizorch_quarantined", "Keys under the namespace the leader could not parse and skipped, by kind.",
             labels=["kind"],
@@ -271,6 +291,11 @@ class Metrics:
 
     def _saga_event(self, ctx: SagaEvent, after: SagaRecord) -> None:
         before = ctx.before
+        at = round(after.updated, 4)
+        if before is None or round(before.updated, 4) != at:
+            for h in after.history:  # entries of this transition carry its time
+                if h.get("event") == "region_preference_unmet" and h.get("at") == at:
+                    self._m.unmet.labels(self._label("saga_type", after.saga), self._label("region", h.get("wanted"))).inc()
         for fo in after.failovers[len(before.failovers) if before is not None else 0 :]:
             self._m.failovers.labels(
                 self._label("region", fo.get("from")), self._label("region", fo.get("to")),

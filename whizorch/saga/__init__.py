@@ -9,6 +9,7 @@ from whizorch.saga._events import (
     LeadershipChanged,
     OrchestratorEvent,
     RaftLeaderMoved,
+    RegionPreferenceUnmet,
     RegionsHealthy,
     SafeModeEntered,
     SagaAdopted,
@@ -36,9 +37,22 @@ from whizorch.saga._model import (
     SagaRecord,
     StepKind,
     StepState,
+    SubmissionPayload,
 )
 from whizorch.saga._orchestrator import Orchestrator
+from whizorch.saga._rebuild import read_many
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._status import (
+    latency_doc,
+    leader_summary,
+    leaders_of,
+    quarantine_notes,
+    summarize_cluster,
+    summarize_definitions,
+    summarize_regions,
+    tasks_by_region,
+    workers_by_region,
+)
 from whizorch.saga._view import capabilities
 from whizorch.saga._worker import Worker
 
@@ -61,6 +75,7 @@ __all__ = [
     "OrchestratorEvent",
     "RaftLeaderMoved",
     "RegionInfo",
+    "RegionPreferenceUnmet",
     "RegionsHealthy",
     "Retry",
     "RoleObserver",
@@ -84,10 +99,21 @@ __all__ = [
     "StepKind",
     "StepState",
     "Submission",
+    "SubmissionPayload",
     "Submitted",
     "Weights",
     "Worker",
     "capabilities",
     "fenced_txn",
+    "latency_doc",
+    "leader_summary",
+    "leaders_of",
+    "quarantine_notes",
+    "read_many",
     "scan_sagas",
+    "summarize_cluster",
+    "summarize_definitions",
+    "summarize_regions",
+    "tasks_by_region",
+    "workers_by_region",
 ]

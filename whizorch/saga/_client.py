@@ -20,6 +20,7 @@ import attrs
 from whizorch.errors import ClosedError, ConfigError, DecodeError, SagaFailedError, WhizorchError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
+from whizorch.saga._definitions import publish
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
@@ -32,6 +33,7 @@ from whizorch.saga._model import (
     SubmissionPayload,
     encode_json,
 )
+from whizorch.saga._spec import SagaSpec
 
 __all__ = ["SagaClient", "SagaHandle", "SagaPage", "SagaResult", "SagaSummary"]
 
@@ -157,6 +159,8 @@ class SagaClient:
         self._waiters: dict[str, list[asyncio.Future[tuple[SagaRecord, int]]]] = {}
         self._hub: asyncio.Task[None] | None = None
         self._hub_ready: asyncio.Future[None] | None = None
+        self._published: set[tuple[str, str]] = set()
+        """Definitions this client has published (``submit`` with a Saga object)."""
         self._closed = False
 
     async def __aenter__(self) -> SagaClient:
@@ -245,7 +249,11 @@ class SagaClient:
         saga_id: str | None = None,
         trace: dict[str, str] | None = None,
     ) -> SagaHandle:
-        """Submit a saga (idempotent per ``saga_id``); returns a handle at once."""
+        """Submit a saga (idempotent per ``saga_id``); returns a handle at once.
+
+        Given a :class:`Saga`, the saga is pinned to that definition's version (which
+        this call publishes); given a name, the leader pins it to the current version
+        of its App (see docs/design.md, "Saga definitions and versions")."""
         self._check_open()
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
@@ -256,17 +264,23 @@ class SagaClient:
                 "saga_id must be 1-200 characters of letters, digits, '_', '.', ':', '-'", field="saga_id", value=sid
             )
         ctx = Submission(saga_id=sid, saga=name, input=input, trace=dict(trace or {}))
+        spec = saga.spec if isinstance(saga, Saga) else None
 
         async def final() -> SagaHandle:
-            return await self._submit(ctx)
+            return await self._submit(ctx, spec)
 
         return await run_pipeline(self.middleware, ctx, final)
 
-    async def _submit(self, ctx: Submission) -> SagaHandle:
+    async def _submit(self, ctx: Submission, spec: SagaSpec | None) -> SagaHandle:
         sid, name = ctx.saga_id, ctx.saga
-        data = SubmissionPayload(saga=name, input=ctx.input, trace=dict(ctx.trace), submitted=time.time()).to_json(
-            self.max_payload_bytes
-        )
+        data = SubmissionPayload(
+            saga=name, input=ctx.input, trace=dict(ctx.trace), submitted=time.time(),
+            version=spec.version if spec is not None else None,
+        ).to_json(self.max_payload_bytes)
+        if spec is not None and (spec.name, spec.version) not in self._published:
+            # the saga is pinned to this version: any leader can drive it once published
+            await publish(self.client, self.keys, spec)
+            self._published.add((spec.name, spec.version))
         key = self.keys.submit(sid)
         res = await self.client.txn(
             [Compare.create_revision(key, "==", 0)], [Op.put(key, data)], [Op.get(key)], idempotent=True

@@ -22,7 +22,6 @@ import asyncio
 import functools
 import inspect
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +32,7 @@ import attrs
 from whizorch._check import is_int, is_number
 from whizorch.coord import Fence
 from whizorch.errors import ConfigError, FencedError
+from whizorch.saga._spec import RetryTiming, SagaSpec, StepSpec, fingerprint
 
 __all__ = ["App", "Retry", "Saga", "Step", "StepContext"]
 
@@ -116,13 +116,17 @@ class Retry:
             # frozen: normalise in place once, so a list or a bare class works in retryable()
             object.__setattr__(self, name, _exception_classes(getattr(self, name), f"retry.{name}"))
 
+    @property
+    def timing(self) -> RetryTiming:
+        """When runs are retried, as data (what the leader needs; no exception classes)."""
+        return RetryTiming(
+            attempts=self.attempts, backoff_s=self.backoff_s, multiplier=self.multiplier,
+            max_delay_s=self.max_delay_s, jitter=self.jitter,
+        )
+
     def delay_s(self, attempt: int) -> float:
         """Seconds to wait before run ``attempt + 1``."""
-        try:
-            base = min(self.max_delay_s, self.backoff_s * self.multiplier ** max(0, attempt - 1))
-        except OverflowError:  # multiplier**n past float range (attempts in the thousands)
-            base = self.max_delay_s
-        return random.uniform(base / 2, base) if self.jitter else base
+        return self.timing.delay_s(attempt)
 
     def retryable(self, exc: BaseException) -> bool:
         """True when ``exc`` may be retried under this policy."""
@@ -140,6 +144,8 @@ class StepContext:
     """The global transaction id: an etcd revision, unique and monotonic."""
     saga: str
     """The saga type's name."""
+    version: str = ""
+    """The version of the saga's definition this saga is pinned to (see ``Saga``)."""
     step: str
     """This step's name."""
     step_index: int
@@ -265,6 +271,7 @@ class Step:
             if self.compensation is not None:
                 raise ConfigError("this step already has a compensation", field="compensate", value=self.name)
             self.compensation = f
+            self.saga._changed()
             if retry is not None:
                 self.compensation_retry = retry
             if timeout_s is not None:
@@ -277,8 +284,24 @@ class Step:
         """Run the step's handler (sync handlers in a thread)."""
         return await call_handler(self.fn, ctx, value)
 
+    def spec(self, version: str) -> StepSpec:
+        """This step as data (see ``_spec.py``)."""
+        return StepSpec(
+            saga=self.saga.name, version=version, name=self.name, index=self.index, retry=self.retry.timing,
+            timeout_s=self.timeout_s, region=self.region, compliance=self.compliance, size_bytes=self.size_bytes,
+            compensable=self.compensation is not None, compensation_retry=self.compensation_retry.timing,
+            compensation_timeout_s=self.compensation_timeout_s,
+            retry_on=_class_names(self.retry.retry_on), give_up_on=_class_names(self.retry.give_up_on),
+        )
+
     def __repr__(self) -> str:
         return f"<Step {self.saga.name}.{self.name} #{self.index}>"
+
+
+def _class_names(classes: tuple[type[BaseException], ...]) -> tuple[str, ...]:
+    # without the module: a class must fingerprint alike whether its module runs as
+    # __main__ or is imported by name (a worker's --app and a test script differ so)
+    return tuple(c.__qualname__ for c in classes)
 
 
 async def call_handler(fn: Handler, ctx: StepContext, value: Any) -> Any:
@@ -292,14 +315,46 @@ async def call_handler(fn: Handler, ctx: StepContext, value: Any) -> Any:
 
 
 class Saga:
-    """A saga type: a name and its ordered steps."""
+    """A saga type: a name, a version and its ordered steps.
 
-    def __init__(self, name: str, /, *, max_failovers: int = 3) -> None:
+    ``version`` names this definition (letters, digits, '_', '.', '-'); by default it is
+    a fingerprint of the steps and their options (``f`` + 10 hex digits), so changing a
+    step's name, order or options makes a new version and changing a handler's body does
+    not. Each saga is pinned to the version it started with (see docs/design.md).
+    """
+
+    def __init__(self, name: str, /, *, version: str | None = None, max_failovers: int = 3) -> None:
         self.name = _check_name(name, "saga name")
+        if version is not None:
+            _check_name(version, "saga version")
         if not is_int(max_failovers, minimum=0):
             raise ConfigError("max_failovers must be an int >= 0", field="max_failovers", value=max_failovers)
         self.max_failovers = max_failovers
         self.steps: list[Step] = []
+        self._version = version
+        self._spec: SagaSpec | None = None
+
+    def _changed(self) -> None:
+        self._spec = None
+
+    @property
+    def spec(self) -> SagaSpec:
+        """This definition as data: what a leader needs to drive it (see ``_spec.py``)."""
+        if self._spec is None:
+            draft = SagaSpec(
+                name=self.name, version="", max_failovers=self.max_failovers, steps=tuple(s.spec("") for s in self.steps)
+            )
+            version = self._version or fingerprint(draft)
+            self._spec = SagaSpec(
+                name=self.name, version=version, max_failovers=self.max_failovers,
+                steps=tuple(s.spec(version) for s in self.steps),
+            )
+        return self._spec
+
+    @property
+    def version(self) -> str:
+        """The version sagas started from this definition are pinned to."""
+        return self.spec.version
 
     @overload
     def step(self, fn: Handler, /) -> Step: ...
@@ -362,34 +417,66 @@ class Saga:
                 size_bytes=size_bytes,
             )
             self.steps.append(st)
+            self._changed()
             return st
 
         return register(fn) if fn is not None else register
 
     def __repr__(self) -> str:
-        return f"<Saga {self.name} steps={[s.name for s in self.steps]}>"
+        return f"<Saga {self.name} version={self.version} steps={[s.name for s in self.steps]}>"
 
 
 class App:
-    """The sagas a deployment knows; orchestrators and workers load the same App."""
+    """The sagas a deployment knows; orchestrators and workers load an App.
+
+    An App may hold several versions of a saga type (``App([order_v1, order_v2])``): the
+    last one of a name is its *current* version, which new sagas start on; earlier ones
+    are there to finish the sagas pinned to them during a rolling deploy.
+    """
 
     def __init__(self, sagas: Iterable[Saga] = (), /) -> None:
         self.sagas: dict[str, Saga] = {}
+        """The current version of each saga type, by name."""
+        self._versions: dict[tuple[str, str], Saga] = {}
         for s in sagas:
             self.add(s)
 
     def add(self, saga: Saga) -> Saga:
-        """Register a saga type (names are unique)."""
+        """Register a saga type, or another version of one (it becomes the current one)."""
         if not isinstance(saga, Saga):
             raise ConfigError("App.add takes a Saga", field="saga", value=type(saga).__name__)
-        if saga.name in self.sagas and self.sagas[saga.name] is not saga:
-            raise ConfigError(f"a saga named {saga.name!r} is already registered", field="saga", value=saga.name)
         if not saga.steps:
-            raise ConfigError(f"saga {saga.name!r} has no steps", field="saga", value=saga.name)
+            raise ConfigError(f"saga {saga.name!r} has no steps: add one with @{saga.name}.step", field="saga", value=saga.name)
+        key = (saga.name, saga.version)
+        known = self._versions.get(key)
+        if known is not None and known is not saga:
+            raise ConfigError(
+                f"a saga named {saga.name!r} at version {saga.version!r} is already registered: "
+                "give one of them another name, or another version (Saga(..., version=...))",
+                field="saga", value=saga.name,
+            )
+        self._versions.pop(key, None)  # re-added: it becomes the current one again
+        self._versions[key] = saga
         self.sagas[saga.name] = saga
         return saga
 
-    def get(self, name: str) -> Saga | None:
-        """The saga type called ``name``, or None."""
-        return self.sagas.get(name)
+    def get(self, name: str, version: str | None = None) -> Saga | None:
+        """The saga type called ``name`` at ``version`` (its current one when None), or None."""
+        if version is None:
+            return self.sagas.get(name)
+        return self._versions.get((name, version))
 
+    def versions(self, name: str) -> list[str]:
+        """The versions of ``name`` this App holds, oldest first (the last is current)."""
+        return [v for (n, v) in self._versions if n == name]
+
+    def definitions(self) -> list[Saga]:
+        """Every saga and version this App holds."""
+        return list(self._versions.values())
+
+    def served(self) -> dict[str, list[str]]:
+        """What a worker with this App can run: saga type -> versions."""
+        out: dict[str, list[str]] = {}
+        for name, version in self._versions:
+            out.setdefault(name, []).append(version)
+        return out

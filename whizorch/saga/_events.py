@@ -14,6 +14,7 @@ kind                   record                         fields besides ``at``
 ``regions``            :class:`RegionsHealthy`        healthy
 ``adopted``            :class:`SagaAdopted`           saga_id, saga
 ``failover``           :class:`StepFailedOver`        saga_id, step, from, to, reason
+``region_preference_unmet`` :class:`RegionPreferenceUnmet` saga_id, saga, step, wanted, to, reason
 ``finished``           :class:`SagaFinished`          saga_id, saga, status
 ``safe_mode``          :class:`SafeModeEntered`       node, term, silent_s
 ``contact_restored``   :class:`ContactRestored`       node, term, paused_s
@@ -38,6 +39,7 @@ __all__ = [
     "LeadershipChanged",
     "OrchestratorEvent",
     "RaftLeaderMoved",
+    "RegionPreferenceUnmet",
     "RegionsHealthy",
     "SafeModeEntered",
     "SagaAdopted",
@@ -47,8 +49,8 @@ __all__ = [
 ]
 
 EventKind = Literal[
-    "leader", "follower", "raft_leader", "regions", "adopted", "failover", "finished", "safe_mode",
-    "contact_restored", "purged", "quarantined",
+    "leader", "follower", "raft_leader", "regions", "adopted", "failover", "region_preference_unmet", "finished",
+    "safe_mode", "contact_restored", "purged", "quarantined",
 ]
 
 
@@ -141,6 +143,26 @@ class StepFailedOver(_Event):
 
 
 @attrs.frozen(kw_only=True)
+class RegionPreferenceUnmet(_Event):
+    """A step with a preferred region ran elsewhere (``wanted`` -> ``to``; ``reason``:
+    why the router could not use the preferred one)."""
+
+    KIND = "region_preference_unmet"
+    saga_id: str
+    saga: str
+    step: int
+    wanted: str | None
+    to_region: str
+    reason: str
+
+    def fields(self) -> dict[str, object]:
+        return {
+            "saga_id": self.saga_id, "saga": self.saga, "step": self.step, "wanted": self.wanted, "to": self.to_region,
+            "reason": self.reason, "at": self.at,
+        }  # fmt: skip
+
+
+@attrs.frozen(kw_only=True)
 class SagaFinished(_Event):
     """A saga reached its final status (completed, compensated or failed)."""
 
@@ -189,7 +211,7 @@ class InputQuarantined(_Event):
 
 
 OrchestratorEvent = (
-    LeadershipChanged | RaftLeaderMoved | RegionsHealthy | SagaAdopted | StepFailedOver | SagaFinished
-    | SafeModeEntered | ContactRestored | SagaPurged | InputQuarantined
+    LeadershipChanged | RaftLeaderMoved | RegionsHealthy | SagaAdopted | StepFailedOver | RegionPreferenceUnmet
+    | SagaFinished | SafeModeEntered | ContactRestored | SagaPurged | InputQuarantined
 )
 """Everything ``on_event`` receives."""

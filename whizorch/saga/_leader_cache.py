@@ -14,8 +14,8 @@ import attrs
 
 from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
-from whizorch.saga._definition import Saga
 from whizorch.saga._model import FAILED, Keys, SagaRecord, StepKind, TaskPayload
+from whizorch.saga._spec import SagaSpec
 
 __all__ = [
     "EVENT_NAMES",
@@ -47,7 +47,8 @@ class LeaderSaga:
 
     record: SagaRecord
     mod_revision: int
-    definition: Saga | None
+    definition: SagaSpec | None
+    """The definition the saga is pinned to (None: unknown, the saga is failed)."""
     input: Any = None
     outputs: dict[str, Any] = attrs.Factory(dict)
     output_sizes: dict[str, int] = attrs.Factory(dict)
@@ -155,6 +156,7 @@ def task_payload(entry: LeaderSaga, d: m.Dispatch) -> TaskPayload:
         timeout_s=step.timeout_s if d.kind == m.RUN else step.compensation_timeout_s,
         trace=dict(rec.trace),
         output_refs=refs,
+        version=definition.version,
     )
 
 

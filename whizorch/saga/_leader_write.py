@@ -5,7 +5,7 @@ A write compares the record's mod_revision, puts the record, puts each active ru
 task on the lease of the worker chosen for it (with a compare that the worker's
 registration, on that same lease, still exists: a put on an ended lease would make
 etcd refuse the whole batch) and deletes the tasks of runs that ended or moved.
-The :class:`~whizorch.etcd._batch.TxnBatcher` nests it with the writes of other
+The :class:`~whizorch.etcd.TxnBatcher` nests it with the writes of other
 sagas under one compare of the leader's fence.
 
 Choosing a worker: the least loaded of the run's region by the tasks this leader has
@@ -159,7 +159,8 @@ class LeaderWrites:
                 kind, attempt = (m.RUN, st.run) if st.state == "dispatched" else (m.COMPENSATE, st.comp_run)
                 if self.keys.task(st.region, st.worker, rec.id, index, kind, attempt) in known:
                     continue
-            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases.keys())
+            need = (entry.definition.name, entry.definition.version) if entry.definition is not None else None
+            lease = self.workers.pick(st.region, self.outstanding, exclude=self.dead_leases.keys(), need=need)
             st.worker = lease
             if lease is not None:
                 self.outstanding[lease] = self.outstanding.get(lease, 0) + 1

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import attrs
 
-from whizorch.saga._definition import Saga, Step
 from whizorch.saga._model import (
     COMPENSATE,
     COMPENSATED,
@@ -24,6 +23,7 @@ from whizorch.saga._model import (
     StepKind,
     StepState,
 )
+from whizorch.saga._spec import SagaSpec, StepSpec
 
 __all__ = [
     "COMPENSATE",
@@ -37,12 +37,17 @@ __all__ = [
     "Settings",
     "Timer",
     "Transition",
+    "WaitFor",
     "adopt",
     "apply",
 ]
 
 TimerReason = Literal["retry", "deadline", "no_region"]
-"""Why a saga timer fires: a retry is due, a run's deadline passed, no region came."""
+"""Why a saga timer fires: a retry is due, a run's deadline passed, no region (or no
+worker with the saga's definition) came."""
+WaitFor = Literal["region", "worker"]
+"""What a step that cannot be dispatched waits for: a healthy region that is
+compliant, or a live worker there that has the saga's definition (its version)."""
 
 
 # -- events -----------------------------------------------------------------------------
@@ -119,19 +124,30 @@ class Transition:
     """(region, step) task keys to delete."""
     timers: list[tuple[float, Timer]] = attrs.Factory(list)
     failovers: list[dict[str, Any]] = attrs.Factory(list)
+    unmet: list[dict[str, Any]] = attrs.Factory(list)
+    """Steps dispatched away from the region they prefer (``step.region``): where they
+    went and why the preferred region could not take them."""
 
 
 class Route:
     """Routing decisions the machine needs (implemented by the Router)."""
 
-    def pick(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> str | None:  # pragma: no cover
+    def pick(self, step: StepSpec, *, exclude: frozenset[str] = frozenset()) -> str | None:  # pragma: no cover
         raise NotImplementedError
 
-    def failover(self, step: Step, *, failed: str) -> str | None:  # pragma: no cover
+    def failover(self, step: StepSpec, *, failed: str) -> str | None:  # pragma: no cover
         raise NotImplementedError
 
     def healthy(self, region: str) -> bool:  # pragma: no cover
         raise NotImplementedError
+
+    def why_not(self, step: StepSpec) -> tuple[WaitFor, str]:
+        """Why no region can take ``step`` now (after ``pick`` found none)."""
+        return "region", "no healthy region can run this step (compliance/health)"
+
+    def why_elsewhere(self, step: StepSpec) -> str:
+        """Why the region ``step`` prefers (``step.region``) cannot take it now."""
+        return f"region {step.region!r} cannot run this step now"
 
 
 @attrs.frozen(kw_only=True)
@@ -142,11 +158,15 @@ class Settings:
     """Extra time past a step's timeout before a run with no result counts as failed."""
     no_region_timeout_s: float = 30.0
     """How long a step waits for a healthy, compliant region before failing."""
+    no_worker_timeout_s: float = 600.0
+    """How long a step waits for a live worker that has its saga's definition (the
+    version the saga is pinned to) before the saga fails naming it: long enough for a
+    rolling deploy to bring such workers up."""
     max_failovers: int | None = None
     """Deployment-wide cap on region failovers per saga (the lower of this and the
     saga type's own ``max_failovers`` applies); None: the saga type's alone."""
 
-    def failover_limit(self, saga: Saga) -> int:
+    def failover_limit(self, saga: SagaSpec) -> int:
         """How many failovers a saga of this type may have."""
         if self.max_failovers is None:
             return saga.max_failovers
@@ -157,12 +177,13 @@ class Settings:
 
 
 def adopt(
-    saga: Saga, *, saga_id: str, txid: int, now: float, route: Route, settings: Settings, trace: dict[str, str], term: int
+    saga: SagaSpec, *, saga_id: str, txid: int, now: float, route: Route, settings: Settings, trace: dict[str, str], term: int
 ) -> tuple[SagaRecord, Transition]:
     """A new record for a submission, with its first step dispatched."""
     rec = SagaRecord(
         id=saga_id,
         saga=saga.name,
+        version=saga.version,
         txid=txid,
         status=RUNNING,
         steps=[StepState(name=s.name) for s in saga.steps],
@@ -171,14 +192,14 @@ def adopt(
         trace=dict(trace),
         leader_term=term,
     )
-    rec.note(now, "adopted", txid=txid)
+    rec.note(now, "adopted", txid=txid, version=saga.version)
     tr = Transition(changed=True)
     _dispatch_run(rec, saga, 0, now, route, settings, tr)
     return rec, tr
 
 
 def apply(
-    rec: SagaRecord, saga: Saga, event: Event, *, now: float, route: Route, settings: Settings
+    rec: SagaRecord, saga: SagaSpec, event: Event, *, now: float, route: Route, settings: Settings
 ) -> Transition:
     """Apply ``event`` to ``rec`` in place; return the effects."""
     tr = Transition()
@@ -212,6 +233,7 @@ def apply(
                         st.ended = now
                         st.retry_at = None
                         st.waiting_region = False
+                        st.waiting_for = None
                         rec.note(now, "retry_cancelled", step=index)
                 _start_compensation(rec, saga, "cancelled", now, route, settings, tr)
     elif isinstance(event, RegionsChanged):
@@ -229,7 +251,7 @@ def _run_in_flight(rec: SagaRecord) -> bool:
 
 
 def _dispatch_run(
-    rec: SagaRecord, saga: Saga, index: int, now: float, route: Route, settings: Settings, tr: Transition,
+    rec: SagaRecord, saga: SagaSpec, index: int, now: float, route: Route, settings: Settings, tr: Transition,
     *, region: str | None = None,
 ) -> None:
     st = rec.steps[index]
@@ -253,8 +275,10 @@ def _dispatch_run(
                 _record_failover(rec, index, st.region, target, "region down", now, tr)
     elif target is None:
         target = route.pick(step)
+        if target is not None and step.region is not None and target != step.region:
+            _note_unmet(rec, step, target, route.why_elsewhere(step), now, tr)
     if target is None:
-        _wait_for_region(rec, st, index, RUN, st.run, now, settings, tr)
+        _wait_for_region(rec, st, step, RUN, st.run, now, route, settings, tr)
         return
     st.run += 1
     st.state = "dispatched"
@@ -263,6 +287,7 @@ def _dispatch_run(
     st.dispatched_at = now
     st.retry_at = None
     st.waiting_region = False
+    st.waiting_for = None
     if st.started is None:
         st.started = now
     tr.changed = True
@@ -273,7 +298,7 @@ def _dispatch_run(
 
 
 def _dispatch_compensation(
-    rec: SagaRecord, saga: Saga, index: int, now: float, route: Route, settings: Settings, tr: Transition
+    rec: SagaRecord, saga: SagaSpec, index: int, now: float, route: Route, settings: Settings, tr: Transition
 ) -> None:
     st = rec.steps[index]
     step = saga.steps[index]
@@ -283,7 +308,7 @@ def _dispatch_compensation(
         if target is not None and st.region is not None:
             _record_failover(rec, index, st.region, target, "region down (compensation)", now, tr)
     if target is None:
-        _wait_for_region(rec, st, index, COMPENSATE, st.comp_run, now, settings, tr)
+        _wait_for_region(rec, st, step, COMPENSATE, st.comp_run, now, route, settings, tr)
         return
     st.comp_run += 1
     st.state = "compensating"
@@ -293,6 +318,7 @@ def _dispatch_compensation(
     st.dispatched_at = now
     st.retry_at = None
     st.waiting_region = False
+    st.waiting_for = None
     tr.changed = True
     tr.dispatch.append(Dispatch(index, COMPENSATE, st.comp_run, target))
     rec.note(now, "compensation_dispatched", step=index, region=target, attempt=st.comp_run)
@@ -302,14 +328,28 @@ def _dispatch_compensation(
 
 
 def _wait_for_region(
-    rec: SagaRecord, st: StepState, index: int, kind: StepKind, run: int, now: float, settings: Settings, tr: Transition
+    rec: SagaRecord, st: StepState, step: StepSpec, kind: StepKind, run: int, now: float, route: Route,
+    settings: Settings, tr: Transition,
 ) -> None:
     if not st.waiting_region:
+        why, reason = route.why_not(step)
         st.waiting_region = True
+        st.waiting_for = why
         st.dispatched_at = now
-        rec.note(now, "waiting_for_region", step=index, kind=kind)
+        rec.note(now, f"waiting_for_{why}", step=step.index, kind=kind, reason=reason)
         tr.changed = True
-        tr.timers.append((now + settings.no_region_timeout_s, Timer(index, kind, run, "no_region")))
+        tr.timers.append((now + wait_limit_s(st, settings), Timer(step.index, kind, run, "no_region")))
+
+
+def wait_limit_s(st: StepState, settings: Settings) -> float:
+    """How long a step waiting for a region (or a worker) may wait in all."""
+    return settings.no_worker_timeout_s if st.waiting_for == "worker" else settings.no_region_timeout_s
+
+
+def _note_unmet(rec: SagaRecord, step: StepSpec, target: str, reason: str, now: float, tr: Transition) -> None:
+    entry = {"step": step.index, "wanted": step.region, "to": target, "reason": reason}
+    rec.note(now, "region_preference_unmet", **entry)
+    tr.unmet.append(entry)
 
 
 def _current_run(st: StepState, kind: StepKind) -> int:
@@ -317,7 +357,7 @@ def _current_run(st: StepState, kind: StepKind) -> int:
 
 
 def _on_result(
-    rec: SagaRecord, saga: Saga, ev: Result, now: float, route: Route, settings: Settings, tr: Transition
+    rec: SagaRecord, saga: SagaSpec, ev: Result, now: float, route: Route, settings: Settings, tr: Transition
 ) -> None:
     st = rec.steps[ev.step]
     if ev.kind == RUN:
@@ -335,6 +375,7 @@ def _on_result(
             st.error = None
             st.retry_at = None  # a superseded run's success may land in a retry delay
             st.waiting_region = False
+            st.waiting_for = None
             if ev.region and ev.region != st.region:
                 st.region = ev.region
             tr.changed = True
@@ -356,6 +397,7 @@ def _on_result(
             # or for a region): that wait is over, and its timers must not fail the step
             st.retry_at = None
             st.waiting_region = False
+            st.waiting_for = None
             tr.changed = True
             rec.note(now, "compensated", step=ev.step, attempt=ev.attempt)
             _continue_compensation(rec, saga, now, route, settings, tr)
@@ -363,7 +405,7 @@ def _on_result(
         _on_failure(rec, saga, ev.step, COMPENSATE, ev.attempt, ev.error or "failed", ev.retryable, now, route, settings, tr)
 
 
-def _advance(rec: SagaRecord, saga: Saga, done: int, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+def _advance(rec: SagaRecord, saga: SagaSpec, done: int, now: float, route: Route, settings: Settings, tr: Transition) -> None:
     if rec.cancel_requested:
         _start_compensation(rec, saga, "cancelled", now, route, settings, tr)
         return
@@ -376,7 +418,7 @@ def _advance(rec: SagaRecord, saga: Saga, done: int, now: float, route: Route, s
 
 
 def _on_failure(
-    rec: SagaRecord, saga: Saga, index: int, kind: StepKind, attempt: int, error: str, retryable: bool,
+    rec: SagaRecord, saga: SagaSpec, index: int, kind: StepKind, attempt: int, error: str, retryable: bool,
     now: float, route: Route, settings: Settings, tr: Transition,
 ) -> None:
     st = rec.steps[index]
@@ -416,7 +458,7 @@ def _on_failure(
 
 
 def _start_compensation(
-    rec: SagaRecord, saga: Saga, reason: str, now: float, route: Route, settings: Settings, tr: Transition
+    rec: SagaRecord, saga: SagaSpec, reason: str, now: float, route: Route, settings: Settings, tr: Transition
 ) -> None:
     rec.status = COMPENSATING
     rec.error = reason
@@ -426,10 +468,11 @@ def _start_compensation(
         if st.state == "pending":
             st.state = "skipped"
             st.waiting_region = False  # its no_region timer must not fail it later
+            st.waiting_for = None
     _continue_compensation(rec, saga, now, route, settings, tr)
 
 
-def _continue_compensation(rec: SagaRecord, saga: Saga, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+def _continue_compensation(rec: SagaRecord, saga: SagaSpec, now: float, route: Route, settings: Settings, tr: Transition) -> None:
     """Compensate the next completed step, last first; finish when none is left."""
     if any(s.state == "compensating" for s in rec.steps):
         return
@@ -437,7 +480,7 @@ def _continue_compensation(rec: SagaRecord, saga: Saga, now: float, route: Route
         st = rec.steps[index]
         if st.state != "done":
             continue
-        if saga.steps[index].compensation is None:
+        if not saga.steps[index].compensable:
             st.state = "compensated"  # nothing to undo
             rec.note(now, "nothing_to_compensate", step=index)
             continue
@@ -455,7 +498,7 @@ def _continue_compensation(rec: SagaRecord, saga: Saga, now: float, route: Route
         rec.note(now, "compensated_all")
 
 
-def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, settings: Settings, tr: Transition) -> None:
+def _on_timer(rec: SagaRecord, saga: SagaSpec, ev: Timer, now: float, route: Route, settings: Settings, tr: Transition) -> None:
     st = rec.steps[ev.step]
     if ev.reason == "retry":
         if st.retry_at is None or now < st.retry_at - 1e-6 or ev.attempt != _current_run(st, ev.kind):
@@ -475,7 +518,8 @@ def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, 
         if not st.waiting_region or ev.kind != waiting_for or ev.attempt != _current_run(st, ev.kind):
             return  # the wait this timer guarded is over (a later wait has its own timer)
         st.waiting_region = False
-        message = "no healthy region can run this step (compliance/health)"
+        st.waiting_for = None
+        message = route.why_not(saga.steps[ev.step])[1]
         if ev.kind == RUN:
             rec.note(now, "no_region", step=ev.step)
             _give_up_run(rec, saga, ev.step, message, now, route, settings, tr)
@@ -488,7 +532,7 @@ def _on_timer(rec: SagaRecord, saga: Saga, ev: Timer, now: float, route: Route, 
 
 
 def _give_up_run(
-    rec: SagaRecord, saga: Saga, index: int, error: str, now: float, route: Route, settings: Settings, tr: Transition
+    rec: SagaRecord, saga: SagaSpec, index: int, error: str, now: float, route: Route, settings: Settings, tr: Transition
 ) -> None:
     """The step failed for good: compensate the steps before it."""
     st = rec.steps[index]
@@ -499,6 +543,7 @@ def _give_up_run(
     st.ended = now
     st.retry_at = None
     st.waiting_region = False
+    st.waiting_for = None
     tr.changed = True
     reason = f"step {st.name!r} failed: {error}"
     _start_compensation(rec, saga, f"cancelled; {reason}" if rec.cancel_requested else reason, now, route, settings, tr)
@@ -512,7 +557,7 @@ def _record_failover(rec: SagaRecord, index: int, src: str, dst: str, reason: st
 
 
 def _on_regions(
-    rec: SagaRecord, saga: Saga, ev: RegionsChanged, now: float, route: Route, settings: Settings, tr: Transition
+    rec: SagaRecord, saga: SagaSpec, ev: RegionsChanged, now: float, route: Route, settings: Settings, tr: Transition
 ) -> None:
     for index, st in enumerate(rec.steps):
         step = saga.steps[index]

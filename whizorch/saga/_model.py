@@ -42,10 +42,12 @@ RUN: Final[StepKind] = "run"
 COMPENSATE: Final[StepKind] = "compensate"
 STEP_KINDS: tuple[StepKind, ...] = get_args(StepKind)
 
-RECORD_VERSION = 2
-# v1 records (before tasks went on workers' leases) read as v2 with no worker: a
-# rebuild finds no task for their active runs and dispatches them again
-READABLE_VERSIONS = (1, 2)
+RECORD_VERSION = 3
+# v1 records (before tasks went on workers' leases) read with no worker: a rebuild
+# finds no task for their active runs and dispatches them again; v1 and v2 records
+# (before versioned definitions) read with version "": driven by the leader's current
+# definition of their saga type, as they were
+READABLE_VERSIONS = (1, 2, 3)
 MAX_HISTORY = 200
 
 
@@ -89,6 +91,14 @@ class Keys:
     def root(self) -> bytes:
         """The prefix of every key of the namespace (``<ns>/``)."""
         return f"{self.ns}/".encode()
+
+    def definition(self, saga: str, version: str) -> bytes:
+        """A published saga definition (``_spec.py``), create-if-absent, immutable."""
+        return f"{self.ns}/def/{saga}/{version}".encode()
+
+    def definitions(self, saga: str) -> bytes:
+        """Prefix of every published version of ``saga``."""
+        return f"{self.ns}/def/{saga}/".encode()
 
     def prefix(self, kind: str) -> bytes:
         return f"{self.ns}/{kind}/".encode()
@@ -246,6 +256,10 @@ class StepState:
     dispatched_at: float | None = None
     retry_at: float | None = None
     waiting_region: bool = False
+    """The step cannot be dispatched now and waits (see ``waiting_for``)."""
+    waiting_for: str | None = None
+    """While waiting: ``"region"`` (no healthy, compliant region) or ``"worker"`` (no
+    live worker there has the saga's definition at its version)."""
     worker: str | None = None
     """The lease (hex) of the worker the active run's task was put on (its claim)."""
 
@@ -269,6 +283,9 @@ class SagaRecord:
     cancel_requested: bool = False
     trace: dict[str, str] = attrs.Factory(dict)
     leader_term: int = 0
+    version: str = ""
+    """The version of the saga's definition this saga is pinned to ("" in records
+    written before versions: driven by the leader's current definition)."""
     v: int = RECORD_VERSION
 
     @property
@@ -354,6 +371,8 @@ class TaskPayload:
     """Earlier outputs too large to carry here: step name -> result key (the worker
     reads them before running the step), so a task stays small however large the
     outputs grow."""
+    version: str = ""
+    """The version of the saga's definition to run ("": the worker's current one)."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         return encode_json(attrs.asdict(self), what="task", limit=limit)
@@ -393,7 +412,8 @@ class ResultPayload:
 @attrs.frozen(kw_only=True)
 class SubmissionPayload:
     """A submission (key ``<ns>/submit/<saga id>``): the saga type, its input, the W3C
-    trace carrier and when it was submitted. Every reader uses this codec: the leader
+    trace carrier, when it was submitted, and the definition version it is pinned to
+    (None: the leader pins it to its current version). Every reader uses this codec: the leader
     adopts with the strict :meth:`from_json`; listings and views use
     :meth:`from_json_lenient`, which reads what it can of a value the leader would
     quarantine."""
@@ -403,19 +423,24 @@ class SubmissionPayload:
     trace: dict[str, str] = attrs.Factory(dict)
     submitted: float | None = None
     """Seconds since the epoch, as the submitting client's clock read it."""
+    version: str | None = None
+    """The saga definition's version the saga is pinned to, when the client chose it."""
 
     def to_json(self, limit: int | None = None) -> bytes:
         """The stored form (a RequestTooLargeError naming "saga input" over ``limit``)."""
         doc: dict[str, Any] = {"saga": self.saga, "input": self.input, "trace": dict(self.trace)}
         if self.submitted is not None:
             doc["submitted"] = self.submitted
+        if self.version is not None:
+            doc["version"] = self.version
         return encode_json(doc, what="saga input", limit=limit)
 
     @classmethod
     def from_json(cls, data: bytes) -> SubmissionPayload:
         """Decode strictly: a DecodeError names what is wrong (not JSON, not an object,
         ``saga`` not a string, ``trace`` not strings to strings). Fields it does not
-        know are ignored; a ``submitted`` that is not a number reads as None."""
+        know are ignored; a ``submitted`` that is not a number reads as None; a
+        ``version`` must be a string."""
         raw = decode_json(data, what="submission")
         if not isinstance(raw, dict):
             raise DecodeError("submission is not a JSON object", field="submission")
@@ -424,7 +449,12 @@ class SubmissionPayload:
             raise DecodeError(f"submission.saga must be a string, not {type(saga).__name__}", field="submission.saga")
         if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
             raise DecodeError("submission.trace must map strings to strings", field="submission.trace")
-        return cls(saga=saga, input=raw.get("input"), trace=trace, submitted=_seconds(raw.get("submitted")))
+        version = raw.get("version")
+        if version is not None and not isinstance(version, str):
+            raise DecodeError("submission.version must be a string", field="submission.version")
+        return cls(
+            saga=saga, input=raw.get("input"), trace=trace, submitted=_seconds(raw.get("submitted")), version=version
+        )
 
     @classmethod
     def from_json_lenient(cls, data: bytes) -> SubmissionPayload:
@@ -440,9 +470,10 @@ class SubmissionPayload:
         except DecodeError:
             raw = None
         raw = raw if isinstance(raw, dict) else {}
-        saga = raw.get("saga")
+        saga, version = raw.get("saga"), raw.get("version")
         return cls(
-            saga=saga if isinstance(saga, str) else "?", input=raw.get("input"), submitted=_seconds(raw.get("submitted"))
+            saga=saga if isinstance(saga, str) else "?", input=raw.get("input"), submitted=_seconds(raw.get("submitted")),
+            version=version if isinstance(version, str) else None,
         )
 
 
@@ -454,13 +485,13 @@ _NUMBER = (int, float)
 _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "saga_id": (str,), "saga": (str,), "txid": (int,), "step": (int,), "step_name": (str,), "kind": (str,),
     "attempt": (int,), "region": (str,), "input": (object,), "outputs": (dict,), "timeout_s": (*_NUMBER, type(None)),
-    "trace": (dict,), "output_refs": (dict,),
+    "trace": (dict,), "output_refs": (dict,), "version": (str,),
 }
 _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "ok": (bool,), "output": (object,), "error": (str, type(None)), "error_type": (str, type(None)),
     "retryable": (bool,), "worker": (str,), "region": (str,), "started": _NUMBER, "ended": _NUMBER, "fence": (int,),
 }
-_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs"}
+_REQUIRED_TASK = frozenset(_TASK_TYPES) - {"trace", "output_refs", "version"}
 _REQUIRED: dict[str, frozenset[str]] = {"task": _REQUIRED_TASK, "result": frozenset({"ok"})}
 
 

@@ -47,11 +47,13 @@ from whizorch.etcd import (
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
+from whizorch.saga._definitions import Definitions
 from whizorch.saga._events import (
     ContactRestored,
     LeadershipChanged,
     OrchestratorEvent,
     RaftLeaderMoved,
+    RegionPreferenceUnmet,
     RegionsHealthy,
     SafeModeEntered,
     SagaAdopted,
@@ -195,6 +197,9 @@ class Orchestrator:
         self._fatal: asyncio.Future[None] | None = None
         self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
         self._quarantine = Quarantine(self.keys, self.node_id, self._emit)
+        self._definitions = Definitions(client, self.keys, app)
+        """The definitions sagas are driven with: the App's, then those published in etcd."""
+        self._published = False
         self._lost: asyncio.Event = asyncio.Event()
         self._writes: LeaderWrites | None = None
         """The write path of the current leadership (``_leader_write.py``)."""
@@ -257,6 +262,11 @@ class Orchestrator:
             session = Session(self.client, timing=self.lease)
             try:
                 await session.open()
+                if not self._published:
+                    # once: a definition published under its version with other steps
+                    # is a ConfigError, which ends the orchestrator with its message
+                    await self._definitions.publish_app()
+                    self._published = True
                 election = Election(session, self.keys.leader)
                 self._election = election
                 try:
@@ -296,6 +306,18 @@ class Orchestrator:
             for entry in list(self._sagas.values()):
                 if not entry.record.is_final:
                     counts[entry.record.status] = counts.get(entry.record.status, 0) + 1
+        return counts
+
+    def waiting(self) -> dict[str, int]:
+        """Steps of the sagas this leader drives that wait for a region or for a worker
+        with their definition, by cause (empty when not leading)."""
+        counts: dict[str, int] = {}
+        if self.is_leader:
+            for entry in list(self._sagas.values()):
+                for st in entry.record.steps:
+                    if st.waiting_region:
+                        cause = st.waiting_for or "region"
+                        counts[cause] = counts.get(cause, 0) + 1
         return counts
 
     def _event(
@@ -421,6 +443,7 @@ class Orchestrator:
                 self._finished[sid] = done
         live: list[LeaderSaga] = []
         untouched: set[str] = set()
+        specs: dict[tuple[str, str], Any] = {}
         for kv, raw in snap.live:
             if (sid := record_id(kv)) is None:
                 continue
@@ -437,7 +460,14 @@ class Orchestrator:
                 self._poison("saga", kv, str(exc))
                 await self._replace_undecodable(sid, kv, str(exc))
                 continue
-            entry = LeaderSaga(rec, kv.mod_revision, self.app.get(rec.saga))
+            pin = (rec.saga, rec.version)
+            if pin not in specs:
+                try:
+                    specs[pin] = await self._definitions.get(*pin)
+                except DecodeError as exc:  # a published definition that does not parse
+                    log.error("saga %s: its definition %s %s cannot be read: %s", rec.id, *pin, exc)
+                    specs[pin] = None
+            entry = LeaderSaga(rec, kv.mod_revision, specs[pin])
             for index, task in active_tasks(self.keys, rec).items():
                 if tasks.pop(task.key, None) is not None:  # the rest: put again by the next commit
                     entry.tasks[index] = task
@@ -461,7 +491,7 @@ class Orchestrator:
                 self._learn_output(entry, rkv)
             try:
                 if entry.definition is None:
-                    await self._fail_unknown(entry, f"no saga type {rec.saga!r} is registered with the leader")
+                    await self._fail_unknown(entry, _unknown(rec.saga, rec.version))
                     return
                 await self._resume(entry, results, rec.id in cancels, now)
             except PERMANENT as exc:
@@ -561,7 +591,7 @@ class Orchestrator:
                 # dispatch, a retry, a compensation of a done step): its timer died with
                 # the last leader, so arm it again (the machine tells which run it guards)
                 waiting = m.RUN if st.state in ("pending", "dispatched") else m.COMPENSATE
-                at = (st.dispatched_at or now) + self.settings.no_region_timeout_s
+                at = (st.dispatched_at or now) + m.wait_limit_s(st, self.settings)
                 self._arm(at, rec.id, m.Timer(index, waiting, st.run if waiting == m.RUN else st.comp_run, "no_region"))
                 continue
             kind = m.RUN if st.state == "dispatched" else m.COMPENSATE if st.state == "compensating" else None
@@ -769,6 +799,7 @@ class Orchestrator:
     def _on_region_event(self, ev: WatchEvent) -> None:
         region = self.keys.region_of(ev.kv.key)
         before = frozenset(self.router.regions)
+        could = {r: info.serves for r, info in self.router.regions.items()}
         if ev.type is EventType.DELETE:
             lease = ev.kv.key.rpartition(b"/")[2].decode(errors="replace")
             drained = bool(self._workers.workers(region).get(lease, {}).get("draining"))
@@ -784,9 +815,13 @@ class Orchestrator:
             self._workers.put(region, ev.kv.key, ev.kv.value)
         self.router.update(self._workers.regions())
         after = frozenset(self.router.regions)  # (a bad registration raised above: quarantined)
+        can = {r: info.serves for r, info in self.router.regions.items()}
         if after != before:
             log.info("healthy regions: %s", sorted(after))
             self._emit(RegionsHealthy(healthy=tuple(sorted(after))))
+        if can != could:
+            # a region came or went, or what its workers can run changed (a worker with
+            # a new definition version came): waiting steps may go now
             for sid, entry in self._sagas.items():
                 if not entry.record.is_final:
                     self._spawn(sid, m.RegionsChanged(after))
@@ -814,16 +849,21 @@ class Orchestrator:
     async def _adopt(self, saga_id: str, kv: KeyValue) -> None:
         try:
             sub = SubmissionPayload.from_json(kv.value)
-            name, value, trace = sub.saga, sub.input, sub.trace
+            name, value, trace, version = sub.saga, sub.input, sub.trace, sub.version
         except DecodeError as exc:
             self._poison("submit", kv, str(exc))
             rec = failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
             await self._create_failed(LeaderSaga(rec, 0, None))
             return
-        definition = self.app.get(name)
+        try:
+            definition = await (self._definitions.get(name, version) if version else self._definitions.current(name))
+        except DecodeError as exc:  # a published definition that does not parse
+            definition, unknown = None, f"the definition of saga {name!r} cannot be read: {exc}"
+        else:
+            unknown = _unknown(name, version or "")
         if definition is None:
-            self._poison("submit", kv, f"no saga type {name!r} is registered")
-            rec = failed_record(saga_id, str(name), kv.create_revision, f"no saga type {name!r} is registered", time.time())
+            self._poison("submit", kv, unknown)
+            rec = failed_record(saga_id, str(name), kv.create_revision, unknown, time.time())
             rec.trace = trace
             await self._create_failed(LeaderSaga(rec, 0, None, value))
             return
@@ -979,6 +1019,11 @@ class Orchestrator:
         for fo in tr.failovers:
             self._emit(StepFailedOver(
                 saga_id=rec.id, step=fo["step"], from_region=fo["from"], to_region=fo["to"], reason=fo["reason"], at=fo["at"]
+            ))  # fmt: skip
+        for unmet in tr.unmet:
+            self._emit(RegionPreferenceUnmet(
+                saga_id=rec.id, saga=rec.saga, step=unmet["step"], wanted=unmet["wanted"], to_region=unmet["to"],
+                reason=unmet["reason"],
             ))  # fmt: skip
         for gone in unplaced:
             # no live worker took the run (none left in its region, or it died as we
@@ -1138,3 +1183,13 @@ def _parses(keys: Keys, key: bytes, kind: str) -> bool:
     except DecodeError:
         return False
     return True
+
+
+def _unknown(name: str, version: str) -> str:
+    """Why a saga cannot be driven: no definition of it is known."""
+    if version:
+        return (
+            f"saga {name!r} version {version!r} is not published: no orchestrator's App holds it and no client "
+            "submitted it with its Saga object"
+        )
+    return f"no saga type {name!r} is registered: add it to the App of your orchestrators (or submit it with its Saga object)"

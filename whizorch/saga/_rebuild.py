@@ -105,7 +105,7 @@ async def read_snapshot(client: EtcdClient, keys: Keys) -> Snapshot:
 _HEAD = re.compile(rb'\A\{"id":"(?:[^"\\]|\\.)*","saga":"(?:[^"\\]|\\.)*","txid":-?\d+,"status":"(completed|compensated|failed)",')
 _END = re.compile(rb',"updated":-?[0-9.eE+-]+,"finished":(null|-?[0-9.eE+-]+),"step":')
 _REGIONS = re.compile(rb'"regions":(\[[^\]]*\])')
-_TAIL = re.compile(rb',"v":[12]\}\Z')
+_TAIL = re.compile(rb',"v":[123]\}\Z')
 _SEEN: dict[bytes, Any] = {}
 """Region lists already decoded (a deployment has few distinct ones)."""
 
@@ -139,7 +139,7 @@ def _summary(data: bytes, mod_revision: int) -> Finished | None:
 def _finished(raw: Any, mod_revision: int) -> Finished | None:
     """The summary of a final record of a schema this whizorch reads; None otherwise
     (the record is then read in full, and any flaw in it found and quarantined)."""
-    if not isinstance(raw, dict) or raw.get("status") not in FINAL_STATUSES or raw.get("v") not in (1, 2):
+    if not isinstance(raw, dict) or raw.get("status") not in FINAL_STATUSES or raw.get("v") not in (1, 2, 3):
         return None
     try:
         end = raw.get("finished")

@@ -21,8 +21,8 @@ from typing import Any
 import attrs
 
 from whizorch.errors import ConfigError
-from whizorch.saga._definition import Step
-from whizorch.saga._machine import Route
+from whizorch.saga._machine import Route, WaitFor
+from whizorch.saga._spec import StepSpec
 
 __all__ = ["RegionInfo", "Router", "Weights"]
 
@@ -37,6 +37,13 @@ class RegionInfo:
     load: float = 0.0
     """Busy fraction of the region's worker capacity, 0..1."""
     workers: int = 1
+    serves: frozenset[tuple[str, str]] | None = None
+    """The (saga type, version) pairs its live workers can run; None: anything (a
+    worker from before versions advertises no list)."""
+
+    def can_run(self, definition: tuple[str, str]) -> bool:
+        """A live worker here has this saga definition."""
+        return self.serves is None or definition in self.serves
 
 
 @attrs.frozen(kw_only=True)
@@ -49,7 +56,7 @@ class Weights:
     load: float = 20.0
 
 
-Scorer = Callable[[Step, RegionInfo, "Router"], "float | None"]
+Scorer = Callable[[StepSpec, RegionInfo, "Router"], "float | None"]
 
 
 def _latency_table(latency_ms: Mapping[Any, Any]) -> dict[tuple[str, str], float]:
@@ -80,6 +87,7 @@ class Router(Route):
         scorer: Scorer | None = None,
         home_region: str | None = None,
         failover_policy: str = "closest",
+        regions: frozenset[str] | set[str] | tuple[str, ...] = (),
     ) -> None:
         if failover_policy not in ("closest", "score"):
             raise ConfigError("failover_policy must be 'closest' or 'score'", field="failover_policy", value=failover_policy)
@@ -88,6 +96,8 @@ class Router(Route):
         self.scorer = scorer
         self.home_region = home_region
         self.failover_policy = failover_policy
+        self.configured = frozenset(regions)
+        """The regions the configuration names (``[regions.<name>]``)."""
         self.regions: dict[str, RegionInfo] = {}
         self.measured_ms: dict[str, float] = {}
         """Round trips from the home region to each region, as the leader measured
@@ -109,11 +119,45 @@ class Router(Route):
     def healthy(self, region: str) -> bool:
         return region in self.regions
 
-    def eligible(self, step: Step, region: RegionInfo) -> bool:
-        """Compliance: the region must carry every tag the step requires."""
-        return step.compliance <= region.compliance
+    def eligible(self, step: StepSpec, region: RegionInfo) -> bool:
+        """The region carries every compliance tag the step requires, and a live
+        worker there has the step's saga definition (its version)."""
+        return step.compliance <= region.compliance and region.can_run(step.definition)
 
-    def score(self, step: Step, region: RegionInfo) -> float | None:
+    def why_not(self, step: StepSpec) -> tuple[WaitFor, str]:
+        """Why no healthy region is eligible for ``step``."""
+        compliant = [r for r in self.regions.values() if step.compliance <= r.compliance]
+        if not compliant:
+            if not self.regions:
+                return "region", "no healthy region (no live worker in any region)"
+            return "region", (
+                f"no healthy region has compliance {sorted(step.compliance)} (healthy: {sorted(self.regions)})"
+            )
+        served = sorted({f"{n} {v}" for r in compliant for n, v in (r.serves or ()) if n == step.saga})
+        return "worker", (
+            f"no live worker can run saga {step.saga!r} version {step.version!r}"
+            + (f" (live workers have: {', '.join(served)})" if served else f" (no live worker has saga {step.saga!r})")
+        )
+
+    def why_elsewhere(self, step: StepSpec) -> str:
+        """Why the region ``step`` prefers cannot take it now."""
+        wanted = step.region or ""
+        info = self.regions.get(wanted)
+        if info is None:
+            if wanted not in self.known_regions():
+                return f"region {wanted!r} is not a known region (configured: {sorted(self.known_regions())})"
+            return f"region {wanted!r} has no live worker"
+        if not step.compliance <= info.compliance:
+            return f"region {wanted!r} lacks compliance {sorted(step.compliance - info.compliance)}"
+        if not info.can_run(step.definition):
+            return f"no live worker in region {wanted!r} can run saga {step.saga!r} version {step.version!r}"
+        return f"region {wanted!r} scored lower than the region chosen"
+
+    def known_regions(self) -> frozenset[str]:
+        """Regions the configuration names (its latency matrix) or that have workers now."""
+        return frozenset({a for a, _ in self.latency} | set(self.regions) | self.configured)
+
+    def score(self, step: StepSpec, region: RegionInfo) -> float | None:
         """The region's score for ``step``; None when disqualified."""
         if not self.eligible(step, region):
             return None
@@ -129,7 +173,7 @@ class Router(Route):
         s -= region.load * w.load
         return s
 
-    def ranked(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
+    def ranked(self, step: StepSpec, *, exclude: frozenset[str] = frozenset()) -> list[tuple[float, str]]:
         """Eligible healthy regions, best first (ties broken by name)."""
         out = []
         for name, info in self.regions.items():
@@ -141,11 +185,11 @@ class Router(Route):
         out.sort(key=lambda p: (-p[0], p[1]))
         return out
 
-    def pick(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> str | None:
+    def pick(self, step: StepSpec, *, exclude: frozenset[str] = frozenset()) -> str | None:
         ranked = self.ranked(step, exclude=exclude)
         return ranked[0][1] if ranked else None
 
-    def failover(self, step: Step, *, failed: str) -> str | None:
+    def failover(self, step: StepSpec, *, failed: str) -> str | None:
         candidates = [
             name for name, info in self.regions.items() if name != failed and self.eligible(step, info)
         ]

@@ -17,7 +17,7 @@ from whizorch.saga import _machine as m
 from whizorch.saga._model import decode_json
 from whizorch.saga._router import RegionInfo
 
-__all__ = ["Timers", "Workers", "capabilities"]
+__all__ = ["Timers", "Workers", "capabilities", "serves"]
 
 
 class Workers:
@@ -41,13 +41,17 @@ class Workers:
         """The region's live workers: lease (hex, the last part of the key) -> capabilities."""
         return {key.rpartition(b"/")[2].decode(): caps for key, caps in self._by_region.get(region, {}).items()}
 
-    def pick(self, region: str, outstanding: dict[str, int], exclude: Collection[str] = frozenset()) -> str | None:
-        """The worker (lease hex) to put the region's next task on: the least loaded by
-        the tasks this leader has put on it per unit of its concurrency, draining
-        workers last; None when the region has no worker."""
+    def pick(
+        self, region: str, outstanding: dict[str, int], exclude: Collection[str] = frozenset(),
+        need: tuple[str, str] | None = None,
+    ) -> str | None:
+        """The worker (lease hex) to put the region's next task on: among those that
+        have the saga definition ``need`` (type, version), the least loaded by the tasks
+        this leader has put on it per unit of its concurrency, draining workers last;
+        None when the region has no such worker."""
         best: tuple[bool, float, str] | None = None
         for lease, caps in self.workers(region).items():
-            if lease in exclude:
+            if lease in exclude or (need is not None and not serves(caps, need)):
                 continue
             score = (bool(caps.get("draining")), outstanding.get(lease, 0) / max(1, int(caps.get("concurrency", 1))), lease)
             if best is None or score < best:
@@ -64,6 +68,10 @@ class Workers:
             if not caps:
                 continue
             tags = frozenset.intersection(*(frozenset(c.get("compliance", ())) for c in caps))
+            lists = [c.get("sagas") for c in caps]
+            served = None if any(x is None for x in lists) else frozenset(
+                (name, v) for x in lists if x is not None for name, versions in x.items() for v in versions
+            )
             capacity = sum(max(1, int(c.get("concurrency", 1))) for c in caps)
             busy = sum(float(c.get("load", 0.0)) * max(1, int(c.get("concurrency", 1))) for c in caps)
             view[region] = RegionInfo(
@@ -72,8 +80,16 @@ class Workers:
                 cost=min(float(c.get("cost", 0.0)) for c in caps),
                 load=busy / capacity if capacity else 0.0,
                 workers=len(caps),
+                serves=served,
             )
         return view
+
+
+def serves(caps: dict[str, Any], definition: tuple[str, str]) -> bool:
+    """A worker's registration lists this (saga type, version), or lists none (a worker
+    from before versions runs anything)."""
+    sagas = caps.get("sagas")
+    return sagas is None or definition[1] in sagas.get(definition[0], ())
 
 
 def capabilities(value: bytes) -> dict[str, Any]:
@@ -84,6 +100,12 @@ def capabilities(value: bytes) -> dict[str, Any]:
     tags = caps.get("compliance", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise DecodeError("worker capabilities: compliance must be a list of strings", field="compliance", value=tags)
+    sagas = caps.get("sagas")
+    if sagas is not None and (
+        not isinstance(sagas, dict)
+        or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in sagas.values())
+    ):
+        raise DecodeError("worker capabilities: sagas must map saga types to lists of versions", field="sagas", value=sagas)
     if not isinstance(caps.get("draining", False), bool):
         raise DecodeError("worker capabilities: draining must be true or false", field="draining", value=caps["draining"])
     for name, kinds in (("cost", (int, float)), ("load", (int, float)), ("concurrency", (int,))):

@@ -269,6 +269,7 @@ class Worker:
                 "concurrency": self.concurrency,
                 "load": self._reported_load,
                 "draining": self._draining.is_set(),
+                "sagas": self.app.served(),
             },
             what="worker capabilities",
         )
@@ -490,10 +491,12 @@ class Worker:
     ) -> RunOutcome | None:
         """How running the handler ended; None when the run was stopped because the
         session is lost (nothing is recorded then)."""
-        saga = self.app.get(task.saga)
+        saga = self.app.get(task.saga, task.version or None)
         if saga is None or not 0 <= task.step < len(saga.steps):
+            # the leader gives a run only to a worker that advertises its definition
             return RunOutcome.failure(
-                f"worker {self.worker_id} in region {self.region} does not know saga {task.saga!r} step {task.step}",
+                f"worker {self.worker_id} in region {self.region} does not have saga {task.saga!r} "
+                f"version {task.version!r} step {task.step} (its App has: {self.app.served()})",
                 "UnknownSaga",
             )
         step = saga.steps[task.step]
@@ -523,6 +526,7 @@ class Worker:
             saga_id=task.saga_id,
             transaction_id=task.txid,
             saga=task.saga,
+            version=saga.version,
             step=step.name,
             step_index=task.step,
             attempt=task.attempt,

@@ -7,9 +7,15 @@ or write under a prefix of that region, so one etcd role per region confines the
 ``<ns>-worker-<region>``   READWRITE ``task/<region>/``, ``run/<region>/``,
                            ``region/<region>/``; READ ``run/``
 ``<ns>-orchestrator``      READWRITE ``<ns>/``
-``<ns>-client``            READWRITE ``submit/``, ``cancel/``; READ ``saga/``, ``run/``
+``<ns>-client``            READWRITE ``submit/``, ``cancel/``, ``def/``; READ ``saga/``,
+                           ``run/``
 ``<ns>-viewer``            READ ``<ns>/``
+``<ns>-console``           READ ``<ns>/``; READWRITE ``submit/``, ``cancel/``
 =========================  ==========================================================
+
+The viewer role is what a read-only ``whizorch console`` needs (its reads and its one
+watch on ``<ns>/``); the console role adds the two writes of its actions (cancel a
+saga, resubmit a finished one as a new submission).
 
 Why each worker permission (every prefix is ``<ns>/...`` and ends with ``/``, so region
 ``eu`` never reaches ``eu-west``):
@@ -63,6 +69,7 @@ class RoleKind(enum.Enum):
     ORCHESTRATOR = "orchestrator"
     CLIENT = "client"
     VIEWER = "viewer"
+    CONSOLE = "console"
 
 
 @attrs.frozen
@@ -122,8 +129,8 @@ def _worker(keys: Keys, region: str) -> tuple[Permission, ...]:
 
 
 def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, ...]:
-    """The roles of a deployment: the orchestrator's, the client's, the viewer's, and
-    one worker role per region (in the order given; a region named twice is an error)."""
+    """The roles of a deployment: the orchestrator's, the client's, the viewer's, the
+    console's (with actions), and one worker role per region (in the order given; a region named twice is an error)."""
     keys = Keys(namespace)
     ns = keys.ns
     listed: list[str] = [check_region(r) for r in regions]
@@ -143,11 +150,23 @@ def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, 
             (
                 _prefix(PermType.READWRITE, keys.prefix("submit")),
                 _prefix(PermType.READWRITE, keys.prefix("cancel")),
+                # submitting a Saga object publishes its definition (create-if-absent)
+                _prefix(PermType.READWRITE, keys.prefix("def")),
                 _prefix(PermType.READ, keys.prefix("saga")),
                 _prefix(PermType.READ, keys.prefix("run")),
             ),
         ),
         RoleSpec(role_name(ns, RoleKind.VIEWER), RoleKind.VIEWER, None, (_prefix(PermType.READ, keys.root),)),
+        RoleSpec(
+            role_name(ns, RoleKind.CONSOLE),
+            RoleKind.CONSOLE,
+            None,
+            (
+                _prefix(PermType.READ, keys.root),
+                _prefix(PermType.READWRITE, keys.prefix("submit")),
+                _prefix(PermType.READWRITE, keys.prefix("cancel")),
+            ),
+        ),
     ]
     specs += [RoleSpec(role_name(ns, RoleKind.WORKER, r), RoleKind.WORKER, r, _worker(keys, r)) for r in listed]
     return tuple(specs)
