@@ -542,8 +542,9 @@ def render_show(rec: SagaRecord, now: float) -> RenderableType:
         parts.append(Text("no failovers"))
 
     timeline = Table(title="history", title_justify="left")
-    for col in ("+s", "event", "step", "detail"):
-        timeline.add_column(col, overflow="fold")
+    for col in ("+s", "event", "step"):
+        timeline.add_column(col, no_wrap=True)  # names are read whole: only the detail folds
+    timeline.add_column("detail", overflow="fold")
     for h in timeline_rows(rec):
         timeline.add_row(_t(f"{h['t']:.3f}"), _t(h["event"]), _t(h["step"]), _t(h["detail"]))
     parts.append(timeline)
