@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.errors import CompactedError, DecodeError
 from whizorch.etcd import EtcdClient, EventType, KeyValue, Op, RangeResult
 from whizorch.saga import Keys, SagaRecord, Submitted
@@ -59,7 +60,7 @@ def _text(value: Any) -> str | None:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 @attrs.frozen(kw_only=True)
@@ -99,7 +100,7 @@ def _result(keys: Keys, kv: KeyValue) -> RunResult | None:
         key=kv.key.decode(errors="replace"), region=region, step=step, kind=kind, attempt=attempt,
         ok=ok if isinstance(ok, bool) else None, worker=_text(raw.get("worker")),
         started=_num(raw.get("started")), ended=_num(raw.get("ended")),
-        fence=fence if isinstance(fence, int) and not isinstance(fence, bool) and fence > 0 else None,
+        fence=fence if is_int(fence, minimum=1) else None,
         error=_text(raw.get("error")), error_type=_text(raw.get("error_type")),
         traceback=_text(raw.get("traceback")),
         output=payload(raw["output"]) if ok is True and "output" in raw else None, revision=kv.mod_revision,

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.etcd import KeyValue
 from whizorch.saga import FINAL_STATUSES, STATUSES, Submitted
 
@@ -65,7 +66,7 @@ class Entry:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 def entry_from_record(sid: str, raw: Any) -> Entry | None:
@@ -93,7 +94,7 @@ def entry_from_record(sid: str, raw: Any) -> Entry | None:
         id=sid,
         saga=_intern(str(raw.get("saga", "?"))),
         status=_intern(raw["status"]),
-        txid=txid if isinstance(txid, int) and not isinstance(txid, bool) else 0,
+        txid=txid if is_int(txid) else 0,
         created=_num(raw.get("created")),
         finished=_num(raw.get("finished")),
         regions=_intern(tuple(regions)),

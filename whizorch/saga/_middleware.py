@@ -66,7 +66,7 @@ __all__ = [
 log = logging.getLogger("whizorch.saga.middleware")
 
 T = TypeVar("T")
-CallNext = Callable[[], Awaitable[Any]]
+CallNext = Callable[[], Awaitable[object]]
 """Runs the rest of the pipeline once and returns its result: the :class:`SagaHandle`
 (``Submission``), the record after (``SagaEvent``) or the handler's output
 (``StepContext``)."""

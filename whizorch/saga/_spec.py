@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from whizorch._check import is_int
+from whizorch._check import is_int, is_number
 from whizorch.errors import DecodeError
 
 __all__ = ["RetryTiming", "SagaSpec", "StepSpec", "fingerprint"]
@@ -144,14 +144,14 @@ def _step_dict(s: StepSpec) -> dict[str, Any]:
 def _number(raw: Any, name: str, *, optional: bool = False) -> Any:
     if raw is None and optional:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
+    if not is_number(raw, minimum=0, finite=False):
         raise TypeError(f"{name} must be a number >= 0")
     return raw
 
 
 def _retry_from(raw: Any, name: str) -> RetryTiming:
     attempts = raw["attempts"]
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    if not is_int(attempts, minimum=1):
         raise TypeError(f"{name}.attempts must be an int >= 1")
     if not isinstance(raw["jitter"], bool):
         raise TypeError(f"{name}.jitter must be true or false")
@@ -167,7 +167,7 @@ def _step_from(raw: Any, saga: str, version: str, index: int) -> StepSpec:
         raise TypeError("a step's name and region must be strings")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise TypeError("compliance must be a list of strings")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(raw["compensable"], bool):
+    if not is_int(size, minimum=0) or not isinstance(raw["compensable"], bool):
         raise TypeError("size_bytes must be an int >= 0, compensable true or false")
     return StepSpec(
         saga=saga, version=version, name=raw["name"], index=index, retry=_retry_from(raw["retry"], "retry"),
