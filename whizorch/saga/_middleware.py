@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
 
 import attrs
 
@@ -78,7 +78,7 @@ class Submission:
 
     saga_id: str
     saga: str
-    input: Any
+    input: object
     trace: dict[str, str]
     """W3C trace-context carrier stored with the submission; middleware may fill it."""
 
