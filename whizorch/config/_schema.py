@@ -28,7 +28,7 @@ from whizorch.config._check import (
 from whizorch.coord import LeaseTiming
 from whizorch.errors import ConfigError
 from whizorch.etcd import AuthConfig, EtcdConfig, TLSConfig
-from whizorch.saga import Router, Settings
+from whizorch.saga import Keys, Router, Settings
 
 __all__ = [
     "ConsensusConfig",
@@ -274,8 +274,9 @@ class WhizorchConfig:
     """``[monitoring]``: metrics and tracing."""
 
     def __attrs_post_init__(self) -> None:
-        # the same rule as whizorch.saga's key layout (Keys)
-        if not isinstance(self.namespace, str) or not self.namespace or self.namespace.endswith("/"):
+        try:
+            Keys(self.namespace)  # the key layout's own rule
+        except ConfigError:
             fail("namespace", self.namespace, "must be a non-empty string without a trailing '/'")
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
