@@ -132,13 +132,20 @@ async def cli_ok(d: Deployment, *args: str) -> str:
 
 async def settled_status(deployment: Deployment) -> dict[str, Any]:
     """``status --json`` once it shows the deployment settled: the orchestrator leading
-    (its term now), every worker registered once, the held step's task placed. A role
-    whose lease lapsed under load comes back by itself; this waits for it."""
+    every shard (in the terms it holds now), every worker registered once, the held
+    step's task placed. A role whose lease lapsed under load comes back by itself; this
+    waits for it."""
 
     async def read() -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(await cli_ok(deployment, "status", "--json"))
         orch = deployment.orchestrator
         assert orch.is_leader and (doc["leader"]["node"], doc["leader"]["term"]) == (orch.node_id, orch.term)
+        # one orchestrator leads every shard
+        shards = [(sh["shard"], sh["node"], sh["term"]) for sh in doc["shards"]]
+        assert shards == [(k, orch.node_id, t) for k, t in orch.shards.items()], doc["shards"]
+        assert doc["orchestrators"] == [
+            {"node": orch.node_id, "lease": doc["leader"]["lease"], "leads": sorted(orch.shards)}
+        ], doc["orchestrators"]
         regions = {r["name"]: r for r in doc["regions"]}
         assert {n: (r["healthy"], r["workers"]) for n, r in regions.items()} == {
             "eu": (True, 2), "us": (True, 1), "ap": (True, 1)
@@ -154,6 +161,7 @@ async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deplo
     doc = await settled_status(deployment)
     assert doc["namespace"] == deployment.ns
     assert doc["candidates"] == 1
+    assert sum(sh["in_flight"] for sh in doc["shards"]) == 1  # the held saga, on its shard
     regions = {r["name"]: r for r in doc["regions"]}
     assert regions["eu"]["worker_ids"] == ["eu-0", "eu-1"]
     assert (regions["eu"]["compliance"], regions["eu"]["cost"]) == (["gdpr"], 1.5)
@@ -173,12 +181,15 @@ async def test_status_json_names_the_leader_regions_sagas_and_etcd_members(deplo
 
 
 async def test_status_human_output_shows_leader_regions_and_members(deployment: Deployment) -> None:
-    """status (tables): the leader's node id and term, each region, the etcd leader member."""
+    """status (tables): the shards led and by whom, each shard's term, each region, the
+    etcd leader member."""
 
     async def read() -> str:
         out = await cli_ok(deployment, "status")
         orch = deployment.orchestrator
-        assert f"leader {orch.node_id}" in out and f"term {orch.term}" in out, out
+        assert f"{len(orch.shards)} of {len(orch.shards)} shards led" in out, out
+        assert f"{orch.node_id}: {len(orch.shards)}" in out, out
+        assert all(str(term) in out for term in orch.shards.values()), out
         assert "healthy" in out and "down" not in out, out  # a role back from a lapsed lease
         return out
 

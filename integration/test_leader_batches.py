@@ -73,7 +73,7 @@ WORKERS: dict[str, list[Worker]] = {}
 async def roles(
     st: contextlib.AsyncExitStack, leader_client: EtcdClient, other: EtcdClient, ns: str, *, workers: int = 2
 ) -> Orchestrator:
-    orch = await st.enter_async_context(Orchestrator(leader_client, apps.app, namespace=ns, lease_ttl_s=TTL))
+    orch = await st.enter_async_context(Orchestrator(leader_client, apps.app, namespace=ns, lease_ttl_s=TTL, shards=1))
     WORKERS[ns] = [
         await st.enter_async_context(Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL))
         for _ in range(workers)
@@ -174,7 +174,7 @@ async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(
     async with stack(etcd_endpoints) as (hooked, other, st):
         ns = prefix + NS_TAIL
         first = await roles(st, hooked.client, other, ns)
-        second = await st.enter_async_context(Orchestrator(other, apps.app, namespace=ns, lease_ttl_s=TTL))
+        second = await st.enter_async_context(Orchestrator(other, apps.app, namespace=ns, lease_ttl_s=TTL, shards=1))
         killed = asyncio.Event()
 
         async def die(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
@@ -211,8 +211,8 @@ async def test_more_sagas_than_one_txn_holds(etcd_endpoints: list[str], prefix: 
 
         hooked.hook = count_ops
         await run_all(other, ns, [f"m{i}" for i in range(count)], tmp_path)
-        writes = orch._writes
-        assert writes is not None and writes.batcher.items > writes.batcher.batches
+        writes = orch._terms[0].writes  # one shard: every saga's writes share its batcher
+        assert writes.batcher.items > writes.batcher.batches
         assert 1 < widest[0] <= 64
         # nothing is left behind once idle: no task counted on a worker, no run or mark
         # in a worker (the marks of finished runs clear as their tasks' deletions arrive)
@@ -280,8 +280,7 @@ async def test_a_write_whose_answer_is_lost_but_committed(etcd_endpoints: list[s
         starts = [(r["step"], r["attempt"]) for r in apps.read_runs(tmp_path) if r["phase"] == "start" and r["kind"] == "run"]
         assert starts == [("a", 1), ("b", 1)]
         assert (await other.get(f"{ns}/task/", prefix=True, count_only=True)).count == 0
-        writes = orch._writes
-        assert writes is not None
+        writes = orch._terms[0].writes
         await eventually_async(lambda: not any(writes.outstanding.values()), timeout=5)
 
 
@@ -293,7 +292,7 @@ async def test_a_draining_workers_unfinished_run_moves_without_a_retry(
     attempt: no retry spent on a graceful leave (a crash would count one)."""
     async with stack(etcd_endpoints) as (hooked, other, st):
         ns = prefix + NS_TAIL
-        orch = await st.enter_async_context(Orchestrator(hooked.client, apps.app, namespace=ns, lease_ttl_s=TTL))
+        orch = await st.enter_async_context(Orchestrator(hooked.client, apps.app, namespace=ns, lease_ttl_s=TTL, shards=1))
         leaving = Worker(other, apps.app, region="eu", namespace=ns, lease_ttl_s=TTL, drain_timeout_s=0.5)
         await leaving.start()
         await orch.wait_leader(10)

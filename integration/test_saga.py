@@ -257,18 +257,21 @@ async def test_unknown_saga_types_end_with_a_reason_and_are_listed(engine: Engin
 
 @pytest.mark.etcd34
 async def test_undecodable_record_is_quarantined_on_rebuild(engine: Engine) -> None:
-    """Saga records nobody can decode (broken JSON) are, once a new leader rebuilds,
-    replaced by ``failed`` records that name the reason and keep the raw bytes; a
-    record from a newer schema is left untouched (a newer whizorch owns it); both are
-    noted under quarantine/; sagas in flight carry on."""
+    """Records of sagas in flight that nobody can decode (broken JSON) are, once a new
+    leader rebuilds, replaced by ``failed`` records that name the reason and keep the
+    raw bytes; a record from a newer schema is left untouched (a newer whizorch owns
+    it); both are noted under quarantine/; other sagas in flight carry on."""
     first = await engine.leader(node_id="first")
     await engine.worker()
+    for sid in ("broken", "future"):
+        await engine.sagas.submit(apps.trip, engine.plan(hold={"a": 1}), saga_id=sid)
+        await engine.held(sid, "a")
+    handle = await engine.sagas.submit(apps.trip, engine.plan(hold={"b": 1}), saga_id="in-flight")
+    await engine.held("in-flight", "b")
     broken = b'{"v": 1, "id": "broken", "saga": "trip", "steps": ['
     future = json.dumps({"v": 99, "id": "future", "saga": "trip"}).encode()
     await engine.client.put(f"{engine.ns}/saga/broken", broken)
     await engine.client.put(f"{engine.ns}/saga/future", future)
-    handle = await engine.sagas.submit(apps.trip, engine.plan(hold={"b": 1}), saga_id="in-flight")
-    await engine.held("in-flight", "b")
 
     second = await engine.orchestrator(node_id="second")
     await first.aclose()  # resigns: the second leads at once and rebuilds
@@ -338,7 +341,7 @@ async def test_no_region_for_too_long_fails_the_step(engine: Engine) -> None:
 
 async def test_retention_removes_finished_sagas_but_keeps_failed_ones(engine: Engine) -> None:
     """With ``retention_s=2`` a finished saga is listed, then leaves the hot keyspace
-    (its saga, submit, run, task and cancel keys are deleted); a failed saga (the
+    (its saga, input, run, task and index keys are deleted); a failed saga (the
     dead-letter view) stays."""
     await engine.leader(retention_s=2.0)
     await engine.worker()
@@ -350,7 +353,7 @@ async def test_retention_removes_finished_sagas_but_keeps_failed_ones(engine: En
     assert done.status == "completed" and failed.status == "failed"
     assert {s.saga_id for s in await engine.sagas.list()} == {"done", "dead"}
     mine = [k for k in await engine.keys() if "/done" in k]
-    assert any("/run/eu/done/" in k for k in mine) and any("/submit/done" in k for k in mine), mine
+    assert any("/run/eu/done/" in k for k in mine) and any("/input/done" in k for k in mine), mine
 
     async def purged() -> None:
         left = [k for k in await engine.keys() if "/done" in k]

@@ -221,8 +221,8 @@ def test_status_document_and_its_tables() -> None:
             {"kind": "submit", "key": "ns/submit/\\xff", "reason": "key is not UTF-8", "revision": 7, "at": 1.0}), 8, 0)]),
     )  # fmt: skip
     assert list(doc) == [
-        "namespace", "revision", "leader", "candidates", "regions", "sagas", "definitions", "quarantined", "latency",
-        "etcd",
+        "namespace", "revision", "leader", "candidates", "shards", "orchestrators", "regions", "sagas", "definitions",
+        "quarantined", "latency", "etcd",
     ]
     assert "warnings" in doc["etcd"]
     assert doc["quarantined"] == [

@@ -53,8 +53,9 @@ def test_saga_and_etcd_exports_are_pinned() -> None:
         "SagaPurged", "SagaRecord", "SagaResult", "SagaSummary", "Settings", "Step", "StepContext",
         "StepFailedOver", "StepKind", "StepState", "Submission", "SubmissionPayload", "Submitted",
         "Weights", "Worker", "capabilities", "fenced_txn", "latency_doc", "leader_summary", "leaders_of",
-        "quarantine_notes", "read_many", "scan_sagas", "summarize_cluster", "summarize_definitions",
-        "summarize_regions", "tasks_by_region", "workers_by_region",
+        "live_definitions", "quarantine_notes", "read_many", "scan_sagas", "summarize_cluster",
+        "summarize_definitions", "summarize_regions", "summarize_shards", "tasks_by_region",
+        "workers_by_region",
     ]
     assert whizorch.etcd.__all__ == [
         "AuthConfig", "BatchRefused", "CallObserver", "CallTiming", "Compare", "DeleteResult",

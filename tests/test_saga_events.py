@@ -14,11 +14,11 @@ from whizorch.saga import (
 
 
 def test_leadership_change_is_leader_or_follower() -> None:
-    """LeadershipChanged is the ``leader`` or ``follower`` event, fields node and term."""
-    up = LeadershipChanged(leading=True, node="n1", term=7, at=1.5)
-    down = LeadershipChanged(leading=False, node="n1", term=0, at=2.0)
+    """LeadershipChanged is the ``leader`` or ``follower`` event, fields node, term, shard."""
+    up = LeadershipChanged(leading=True, node="n1", term=7, shard=2, at=1.5)
+    down = LeadershipChanged(leading=False, node="n1", term=0, shard=2, at=2.0)
     assert (up.kind, down.kind) == ("leader", "follower")
-    assert up.fields() == {"node": "n1", "term": 7, "at": 1.5}
+    assert up.fields() == {"node": "n1", "term": 7, "shard": 2, "at": 1.5}
 
 
 def test_failover_keeps_its_json_names() -> None:
@@ -43,7 +43,7 @@ def test_cli_prints_an_event_as_one_json_line(capsys: object) -> None:
     import pytest
 
     assert isinstance(capsys, pytest.CaptureFixture)
-    emit_event(LeadershipChanged(leading=True, node="n1", term=3, at=1.0))
+    emit_event(LeadershipChanged(leading=True, node="n1", term=3, shard=0, at=1.0))
     line = capsys.readouterr().out
-    assert json.loads(line) == {"event": "leader", "node": "n1", "term": 3, "at": 1.0}
+    assert json.loads(line) == {"event": "leader", "node": "n1", "term": 3, "shard": 0, "at": 1.0}
     assert line.count("\n") == 1

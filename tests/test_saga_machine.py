@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from whizorch.saga._definition import Retry, Saga, Step
+from whizorch.saga._definition import Retry, Saga
 from whizorch.saga._machine import (
     COMPENSATE,
     RUN,
@@ -24,6 +24,7 @@ from whizorch.saga._machine import (
     apply,
 )
 from whizorch.saga._model import Keys, SagaRecord
+from whizorch.saga._spec import StepSpec
 
 T0 = 1_000.0
 TIMEOUT = 10.0
@@ -49,11 +50,18 @@ class FakeRoute(Route):
         self.order = list(order)
         self.failover_map = {k: list(v) for k, v in (failover or {}).items()}
         self.failover_calls: list[tuple[str, str]] = []
+        self.lacking: str | None = None
+        """When set: healthy regions exist, but no worker there has the saga's version."""
 
-    def pick(self, step: Step, *, exclude: frozenset[str] = frozenset()) -> str | None:
+    def why_not(self, step: StepSpec) -> tuple[str, str]:  # type: ignore[override]
+        if self.lacking is not None:
+            return "worker", f"no live worker can run saga {step.saga!r} version {self.lacking!r}"
+        return super().why_not(step)
+
+    def pick(self, step: StepSpec, *, exclude: frozenset[str] = frozenset()) -> str | None:
         return next((r for r in self.order if r in self.up and r not in exclude), None)
 
-    def failover(self, step: Step, *, failed: str) -> str | None:
+    def failover(self, step: StepSpec, *, failed: str) -> str | None:
         self.failover_calls.append((step.name, failed))
         prefs = self.failover_map.get(failed, self.order)
         return next((r for r in prefs if r in self.up and r != failed and r in self.order), None)
@@ -835,3 +843,24 @@ def test_spec_scenario_region_fails_after_two_steps(claim_first: bool) -> None:
     assert rec.regions == ["A", "B"]
     assert [(f["step"], f["from"], f["to"]) for f in rec.failovers] == [(2, "A", "B")]
     assert [s.region for s in rec.steps] == ["A", "A", "B"]
+
+
+def test_a_wait_for_a_region_that_becomes_a_wait_for_a_worker_gets_the_longer_limit() -> None:
+    """A step waiting for a region (none healthy) whose wait becomes one for a worker
+    with its version (a region came, its workers lack the version) is noted again, and
+    only the worker limit fails it: the region limit's timer passes it by."""
+    settings = Settings(dispatch_grace_s=5.0, no_region_timeout_s=30.0, no_worker_timeout_s=600.0)
+    route = FakeRoute()
+    h = Harness(build(2), route, settings)
+    assert h.step(0).waiting_region and h.step(0).waiting_for == "region"
+    region_limit = timer(h.tr, "no_region")
+    route.lacking = "v9"
+    tr = h.apply(RegionsChanged(frozenset({"a"})), at=T0 + 1)
+    assert h.step(0).waiting_for == "worker" and h.step(0).dispatched_at == T0
+    assert [e for e in events(h.rec) if e.startswith("waiting_for")] == ["waiting_for_region", "waiting_for_worker"]
+    worker_limit = timer(tr, "no_region")
+    assert worker_limit[0] == T0 + 600.0
+    assert unchanged(h.apply(region_limit[1], at=region_limit[0]))  # the region limit does not fail it
+    h.apply(worker_limit[1], at=worker_limit[0])
+    assert h.step(0).state == "failed" and "version 'v9'" in (h.step(0).error or "")
+    assert h.rec.status == "compensated"

@@ -222,6 +222,11 @@ async def _status(t: Target) -> dict[str, Any]:
     c, k = t.client, t.keys
     leaders = await c.get(k.leader + "/", prefix=True)
     rev = leaders.header.revision
+    orchestrators, live, meta = await asyncio.gather(
+        c.get(k.prefix("orch"), prefix=True, revision=rev),
+        c.get(k.prefix("live"), prefix=True, revision=rev),
+        c.get(k.meta, revision=rev),
+    )
     regions = await c.get(k.prefix("region"), prefix=True, revision=rev)
     tasks = await c.get(k.prefix("task"), prefix=True, revision=rev, keys_only=True)
     records, pending, total_records = await _saga_counts(t, rev)
@@ -235,8 +240,18 @@ async def _status(t: Target) -> dict[str, Any]:
         latency=latency_doc(latency.kvs[0].value if latency.kvs else None),
         namespace=k.ns, revision=rev, candidates=leaders.kvs, workers=workers_by_region(regions.kvs, k),
         tasks=tasks_by_region(tasks.kvs, k), records=records, pending=pending, total_records=total_records,
+        members=orchestrators.kvs, live=live.kvs, shard_count=_shard_count(meta.kvs[0].value if meta.kvs else None), keys=k,
         cluster=summarize_cluster(members, status, {m.id: s for m, s in zip(members, own, strict=True) if s is not None}),
     )  # fmt: skip
+
+
+def _shard_count(meta: bytes | None) -> int:
+    """The namespace's shard count from ``<ns>/meta`` (0: no namespace yet, or unreadable)."""
+    try:
+        count = json.loads(meta or b"{}").get("shards", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -251,8 +266,11 @@ def status(target: WhizorchConfig, as_json: bool) -> None:
     \b
     --json prints one document:
     {"namespace": str, "revision": int (etcd revision the snapshot was read at),
-     "leader": {"node": str, "term": int, "lease": hex str, "key": str} | null,
-     "candidates": int,
+     "leader": {"node": str, "term": int, "lease": hex str, "key": str} | null (shard 0's),
+     "candidates": int (live orchestrators),
+     "shards": [{"shard": int, "node": str | null, "term": int | null, "lease": hex str | null,
+                 "candidates": int, "in_flight": int (sagas in flight, from the index)}],
+     "orchestrators": [{"node": str, "lease": hex str, "leads": [shard]}],
      "regions": [{"name": str, "healthy": bool, "workers": int, "worker_ids": [str],
                   "capacity": int, "load": float (0..1, capacity-weighted),
                   "compliance": [str] (tags every worker has), "cost": float | null,
@@ -396,7 +414,14 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
     """Human view of a ``summarize_status`` document."""
     leader = doc["leader"]
     head = Text(f"namespace {doc['namespace']} at revision {doc['revision']}\n")
-    if leader is None:
+    shards = doc.get("shards") or []
+    if len(shards) > 1:
+        led = [sh for sh in shards if sh["node"]]
+        style = "bold green" if len(led) == len(shards) else "bold red"
+        head.append(f"{len(led)} of {len(shards)} shards led", style=style)
+        for o in doc.get("orchestrators") or []:
+            head.append(f"  {o['node']}: {len(o['leads'])}")
+    elif leader is None:
         head.append("no leader", style="bold red")
     else:
         head.append(f"leader {leader['node']}", style="bold green")
@@ -444,6 +469,16 @@ def render_status(doc: dict[str, Any]) -> RenderableType:
     if e.get("warnings"):
         etcd.caption = Text("\n".join(f"warning: {w}" for w in e["warnings"]), style="bold red")
     parts: list[RenderableType] = [head, regions, sagas]
+    if len(doc.get("shards") or ()) > 1:
+        shards = Table(title=f"shards ({len(doc['shards'])})", title_justify="left")
+        for col in ("shard", "leader", "term", "in flight"):
+            shards.add_column(col)
+        for sh in doc["shards"]:
+            shards.add_row(
+                _t(sh["shard"]), _t(sh["node"] or "none", "" if sh["node"] else "bold red"), _t(sh["term"]),
+                _t(sh["in_flight"]),
+            )
+        parts.append(shards)
     if doc.get("definitions"):
         defs = Table(title="saga definitions", title_justify="left")
         for col in ("saga", "version", "in flight", "waiting", "workers"):

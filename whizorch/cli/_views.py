@@ -16,14 +16,17 @@ from whizorch.etcd import KeyValue
 from whizorch.saga import (
     FINAL_STATUSES,
     STATUSES,
+    Keys,
     SagaRecord,
     StepState,
     latency_doc,
     leader_summary,
+    live_definitions,
     quarantine_notes,
     summarize_cluster,
     summarize_definitions,
     summarize_regions,
+    summarize_shards,
     tasks_by_region,
     workers_by_region,
 )
@@ -142,17 +145,29 @@ def summarize_status(
     quarantined: Sequence[dict[str, Any]] = (),
     latency: dict[str, Any] | None = None,
     total_records: int | None = None,
+    members: Sequence[KeyValue] | None = None,
+    live: Sequence[KeyValue] | None = None,
+    shard_count: int = 0,
+    keys: Keys | None = None,
 ) -> dict[str, Any]:
     """The ``whizorch status --json`` document (shape in the command's help);
-    ``total_records`` when ``records`` are only the first of them (see count_sagas)."""
+    ``total_records`` when ``records`` are only the first of them (see count_sagas);
+    ``members`` (``orch/``), ``live`` (the in-flight index) and ``shard_count`` add the
+    shards and orchestrators."""
+    shards, orchestrators = (
+        summarize_shards(candidates, members or [], live or [], keys or Keys(namespace), shard_count)
+        if shard_count else ([], [])
+    )
     return {
         "namespace": namespace,
         "revision": revision,
         "leader": leader_summary(candidates),
-        "candidates": len(candidates),
+        "candidates": len(members) if members is not None else len(candidates),
+        "shards": shards,
+        "orchestrators": orchestrators,
         "regions": summarize_regions(workers, tasks),
         "sagas": count_sagas(records, pending, total_records=total_records),
-        "definitions": summarize_definitions(records, workers),
+        "definitions": summarize_definitions(records, workers, live_definitions(live) if live is not None else None),
         "quarantined": list(quarantined),
         "latency": latency,
         "etcd": cluster,

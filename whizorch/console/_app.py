@@ -33,7 +33,7 @@ from whizorch.console._security import COOKIE, Guard, csrf_ok, new_csrf, session
 from whizorch.console._settings import ConsoleSettings
 from whizorch.console._timeline import build_timeline
 from whizorch.errors import ConfigError, WhizorchError
-from whizorch.saga import SAGA_ID, Keys, SagaClient, SubmissionPayload
+from whizorch.saga import SAGA_ID, Keys, SagaClient
 
 __all__ = ["build_app"]
 
@@ -230,8 +230,8 @@ class Console:
                     return RedirectResponse(f"/sagas/{sid}?note=cancel-requested", status_code=303)
                 raw = json.loads(detail.input.text) if detail.input is not None and not detail.input.cut else None
                 if detail.input is not None and detail.input.cut:
-                    sub = await self.hub.client.get(self.keys.submit(sid))
-                    raw = SubmissionPayload.from_json_lenient(sub.kvs[0].value).input if sub.kvs else None
+                    got = await self.hub.client.get(self.keys.input(sid))
+                    raw = json.loads(got.kvs[0].value) if got.kvs else None
                 new_id = f"{sid[:180]}-re-{uuid.uuid4().hex[:8]}"
                 assert detail.saga_type is not None
                 await client.submit(detail.saga_type, raw, saga_id=new_id)

@@ -141,10 +141,12 @@ class Detail:
 
 async def read_detail(client: EtcdClient, keys: Keys, saga_id: str) -> Detail:
     """The saga's page data (an unknown id: a Detail whose ``found`` is False)."""
-    res = await client.txn([], [Op.get(keys.saga(saga_id)), Op.get(keys.submit(saga_id)), Op.get(keys.cancel(saga_id))])
+    res = await client.txn([], [
+        Op.get(keys.saga(saga_id)), Op.get(keys.submit(saga_id)), Op.get(keys.cancel(saga_id)), Op.get(keys.input(saga_id)),
+    ])  # fmt: skip
     rev = res.header.revision
     got = [r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in res.responses]
-    rec_kv, sub_kv, cancel_kv = got
+    rec_kv, sub_kv, cancel_kv, input_kv = got
     record: SagaRecord | None = None
     record_error = record_raw = None
     if rec_kv is not None:
@@ -160,6 +162,11 @@ async def read_detail(client: EtcdClient, keys: Keys, saga_id: str) -> Detail:
         except (UnicodeDecodeError, ValueError):
             decoded = None
         sub = decoded if isinstance(decoded, dict) else {}
+    if input_kv is not None:  # an adopted saga's input (its submission is gone)
+        try:
+            sub["input"] = json.loads(input_kv.value)
+        except (UnicodeDecodeError, ValueError):
+            sub["input"] = input_kv.value.decode(errors="replace")
     pending = Submitted.from_kv(saga_id, sub_kv) if sub_kv is not None and rec_kv is None else None
     regions: list[str] = []
     if record is not None:

@@ -65,16 +65,18 @@ class Tracing:
 
         self._tracer = otel_trace.get_tracer("whizorch", __version__, tracer_provider=tracer_provider)
         self._propagator = TraceContextTextMapPropagator()
-        self._spans: dict[tuple[str, str], Span] = {}
-        """(leader node, saga id) -> the open orchestrate span."""
+        self._spans: dict[tuple[str, int, str], Span] = {}
+        """(leader node, term, saga id) -> the open orchestrate span (a term is one
+        leadership of one shard)."""
 
     # -- hooks -------------------------------------------------------------------------
 
     def leadership_changed(self, leading: bool, term: int, node: str) -> None:
-        """End the sagas' spans when ``node`` stops leading (the next leader resumes them)."""
+        """End the sagas' spans when ``node`` stops leading a shard (``term``; 0: every
+        shard it led): the next leader resumes them."""
         if leading:
             return
-        for key in [k for k in self._spans if k[0] == node]:
+        for key in [k for k in self._spans if k[0] == node and (term == 0 or k[1] == term)]:
             span = self._spans.pop(key)
             span.set_attribute("whizorch.leadership_lost", True)
             span.end()
@@ -102,7 +104,7 @@ class Tracing:
             return handle
 
     async def _saga_event(self, ctx: SagaEvent, call_next: CallNext) -> object:
-        key = (ctx.node, ctx.saga_id)
+        key = (ctx.node, ctx.term, ctx.saga_id)
         span = self._spans.get(key)
         if span is None:
             span = self._tracer.start_span(

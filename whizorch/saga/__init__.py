@@ -40,16 +40,18 @@ from whizorch.saga._model import (
     SubmissionPayload,
 )
 from whizorch.saga._orchestrator import Orchestrator
-from whizorch.saga._rebuild import read_many
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._snapshot import read_many
 from whizorch.saga._status import (
     latency_doc,
     leader_summary,
     leaders_of,
+    live_definitions,
     quarantine_notes,
     summarize_cluster,
     summarize_definitions,
     summarize_regions,
+    summarize_shards,
     tasks_by_region,
     workers_by_region,
 )
@@ -108,12 +110,14 @@ __all__ = [
     "latency_doc",
     "leader_summary",
     "leaders_of",
+    "live_definitions",
     "quarantine_notes",
     "read_many",
     "scan_sagas",
     "summarize_cluster",
     "summarize_definitions",
     "summarize_regions",
+    "summarize_shards",
     "tasks_by_region",
     "workers_by_region",
 ]

@@ -1,8 +1,10 @@
 """SagaClient: submit sagas from any process, await outcomes, cancel, inspect.
 
-A submission is one create-if-absent txn on ``<ns>/submit/<id>``: submitting the same
-id twice (even from two processes at once) starts one saga, and both callers get its
-outcome. The key's create revision is the saga's global transaction id. The caller
+A submission is one txn that puts ``<ns>/submit/<id>`` while neither it nor the saga's
+record exists (the leader's adoption turns the submission into the record):
+submitting the same id twice (even from two processes at once) starts one saga, and
+both callers get its outcome. The submission's create revision is the saga's global
+transaction id. The caller
 awaits the outcome by watching the saga record, never by polling.
 """
 
@@ -281,19 +283,24 @@ class SagaClient:
             # the saga is pinned to this version: any leader can drive it once published
             await publish(self.client, self.keys, spec)
             self._published.add((spec.name, spec.version))
-        key = self.keys.submit(sid)
+        key, record = self.keys.submit(sid), self.keys.saga(sid)
+        # a submission lives until the leader adopts it (then the record stands for it)
         res = await self.client.txn(
-            [Compare.create_revision(key, "==", 0)], [Op.put(key, data)], [Op.get(key)], idempotent=True
+            [Compare.create_revision(key, "==", 0), Compare.create_revision(record, "==", 0)],
+            [Op.put(key, data)], [Op.get(key), Op.get(record)], idempotent=True,
         )
         if res.succeeded:
             return SagaHandle(self, sid, res.header.revision, name)
-        existing = res.responses[0]
-        assert isinstance(existing, RangeResult) and existing.kvs
-        kv = existing.kvs[0]
-        prior = SubmissionPayload.from_json(kv.value)
-        if prior.saga != name:
-            raise ConfigError(f"saga id {sid!r} is already used by a {prior.saga!r} saga", field="saga_id", value=sid)
-        return SagaHandle(self, sid, kv.create_revision, name)
+        pending, adopted = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in res.responses)
+        if pending is not None:
+            kind, txid = SubmissionPayload.from_json_lenient(pending.value).saga, pending.create_revision
+        else:
+            assert adopted is not None
+            rec = SagaRecord.from_json(adopted.value)
+            kind, txid = rec.saga, rec.txid
+        if kind != name:
+            raise ConfigError(f"saga id {sid!r} is already used by a {kind!r} saga", field="saga_id", value=sid)
+        return SagaHandle(self, sid, txid, name)
 
     async def execute(
         self,

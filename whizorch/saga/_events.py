@@ -9,7 +9,7 @@ each; docs/sagas.md lists them):
 =====================  =============================  ====================================
 kind                   record                         fields besides ``at``
 =====================  =============================  ====================================
-``leader``/``follower`` :class:`LeadershipChanged`    node, term
+``leader``/``follower`` :class:`LeadershipChanged`    node, term, shard
 ``raft_leader``        :class:`RaftLeaderMoved`       node, outcome, before, after, took_s
 ``regions``            :class:`RegionsHealthy`        healthy
 ``adopted``            :class:`SagaAdopted`           saga_id, saga
@@ -85,13 +85,15 @@ class LeadershipChanged(_Event):
     leading: bool
     node: str
     term: int
+    shard: int | None = None
+    """The shard led (None: the whole namespace)."""
 
     @property
     def kind(self) -> EventKind:
         return "leader" if self.leading else "follower"
 
     def fields(self) -> dict[str, object]:
-        return {"node": self.node, "term": self.term, "at": self.at}
+        return {"node": self.node, "term": self.term, "shard": self.shard, "at": self.at}
 
 
 @attrs.frozen(kw_only=True)

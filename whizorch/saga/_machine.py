@@ -331,14 +331,18 @@ def _wait_for_region(
     rec: SagaRecord, st: StepState, step: StepSpec, kind: StepKind, run: int, now: float, route: Route,
     settings: Settings, tr: Transition,
 ) -> None:
+    why, reason = route.why_not(step)
+    if st.waiting_region and st.waiting_for == why:
+        return  # still waiting for the same thing: its timer stands
     if not st.waiting_region:
-        why, reason = route.why_not(step)
         st.waiting_region = True
-        st.waiting_for = why
-        st.dispatched_at = now
-        rec.note(now, f"waiting_for_{why}", step=step.index, kind=kind, reason=reason)
-        tr.changed = True
-        tr.timers.append((now + wait_limit_s(st, settings), Timer(step.index, kind, run, "no_region")))
+        st.dispatched_at = now  # the wait's start: its limit counts from here
+    # a new wait, or the same wait for something else now (a region came whose workers
+    # lack the saga's version): the limit is the one of what it waits for now
+    st.waiting_for = why
+    rec.note(now, f"waiting_for_{why}", step=step.index, kind=kind, reason=reason)
+    tr.changed = True
+    tr.timers.append(((st.dispatched_at or now) + wait_limit_s(st, settings), Timer(step.index, kind, run, "no_region")))
 
 
 def wait_limit_s(st: StepState, settings: Settings) -> float:
@@ -517,6 +521,8 @@ def _on_timer(rec: SagaRecord, saga: SagaSpec, ev: Timer, now: float, route: Rou
         waiting_for = RUN if st.state in ("pending", "dispatched") else COMPENSATE
         if not st.waiting_region or ev.kind != waiting_for or ev.attempt != _current_run(st, ev.kind):
             return  # the wait this timer guarded is over (a later wait has its own timer)
+        if now < (st.dispatched_at or now) + wait_limit_s(st, settings) - 1e-6:
+            return  # the wait now has a longer limit (it waits for a worker, not a region)
         st.waiting_region = False
         st.waiting_for = None
         message = route.why_not(saga.steps[ev.step])[1]

@@ -99,7 +99,9 @@ class SagaEvent:
     """The record before the event (None when adopting). Read-only."""
     node: str
     term: int
-    """The leader's term (fencing token) applying the event."""
+    """The leader's term (fencing token) applying the event: one leadership of one shard."""
+    shard: int = 0
+    """The shard the saga is in (see docs/design.md, "Shards")."""
     trace: dict[str, str]
     """W3C trace context of the saga. At ``adopt`` this is the carrier the new record
     will store (middleware may replace it); later, a copy of the record's."""

@@ -85,12 +85,47 @@ class Keys:
 
     @property
     def leader(self) -> str:
+        """Prefix of every shard's election (``<ns>/leader/<shard>/<lease hex>``)."""
         return f"{self.ns}/leader"
 
     @property
     def root(self) -> bytes:
         """The prefix of every key of the namespace (``<ns>/``)."""
         return f"{self.ns}/".encode()
+
+    def shard_leader(self, shard: int) -> str:
+        """The election of one shard (``etcdctl elect -l <ns>/leader/<shard>`` follows it)."""
+        return f"{self.ns}/leader/{shard}"
+
+    @property
+    def meta(self) -> bytes:
+        """The namespace's fixed settings (``{"schema": 3, "shards": N}``), written once."""
+        return f"{self.ns}/meta".encode()
+
+    def orchestrator(self, lease: int) -> bytes:
+        """A live orchestrator's membership key, on its session's lease."""
+        return f"{self.ns}/orch/{lease:x}".encode()
+
+    def input(self, saga_id: str) -> bytes:
+        """The saga's input, moved from its submission by the adoption."""
+        return f"{self.ns}/input/{saga_id}".encode()
+
+    def live(self, shard: int, saga_id: str) -> bytes:
+        """The in-flight index entry of a saga (created by the adoption, deleted by the
+        write that makes the saga final)."""
+        return f"{self.ns}/live/{shard}/{saga_id}".encode()
+
+    def live_shard(self, shard: int) -> bytes:
+        """Prefix of one shard's sagas in flight."""
+        return f"{self.ns}/live/{shard}/".encode()
+
+    def done(self, shard: int, finished_ms: int, saga_id: str) -> bytes:
+        """The retention index entry of a finished saga, ordered by its end time."""
+        return f"{self.ns}/done/{shard}/{finished_ms:015d}/{saga_id}".encode()
+
+    def done_shard(self, shard: int) -> bytes:
+        """Prefix of one shard's finished sagas, oldest first."""
+        return f"{self.ns}/done/{shard}/".encode()
 
     def definition(self, saga: str, version: str) -> bytes:
         """A published saga definition (``_spec.py``), create-if-absent, immutable."""

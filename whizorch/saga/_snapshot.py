@@ -13,13 +13,19 @@ a long rebuild), the read starts again at a newer revision, up to ``attempts`` t
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 
 from whizorch._check import is_int
 from whizorch.errors import CompactedError, ConfigError
-from whizorch.etcd import EtcdClient, KeyValue
+from whizorch.etcd import EtcdClient, KeyValue, Op, RangeResult
 
-__all__ = ["DEFAULT_PAGE_SIZE", "read_namespace"]
+__all__ = ["DEFAULT_PAGE_SIZE", "read_many", "read_namespace"]
+
+GETS_PER_TXN = 100
+"""Reads per txn: within etcd's --max-txn-ops (128)."""
+TXNS_AT_ONCE = 8
 
 log = logging.getLogger("whizorch.saga")
 
@@ -56,3 +62,21 @@ async def read_namespace(
             continue
         return kvs, revision
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def read_many(
+    client: EtcdClient, keys: Sequence[bytes], revision: int, *, prefix: bool = False
+) -> dict[bytes, list[KeyValue]]:
+    """Each key (or prefix) read at ``revision``: many per txn, a few txns at once."""
+    out: dict[bytes, list[KeyValue]] = {}
+    chunks = [list(keys[i : i + GETS_PER_TXN]) for i in range(0, len(keys), GETS_PER_TXN)]
+    gate = asyncio.Semaphore(TXNS_AT_ONCE)
+
+    async def one(chunk: list[bytes]) -> None:
+        async with gate:
+            res = await client.txn([], [Op.get(k, prefix=prefix, revision=revision) for k in chunk])
+        for k, got in zip(chunk, res.responses, strict=True):
+            out[k] = got.kvs if isinstance(got, RangeResult) else []
+
+    await asyncio.gather(*(one(c) for c in chunks))
+    return out

@@ -19,10 +19,12 @@ __all__ = [
     "latency_doc",
     "leader_summary",
     "leaders_of",
+    "live_definitions",
     "quarantine_notes",
     "summarize_cluster",
     "summarize_definitions",
     "summarize_regions",
+    "summarize_shards",
     "tasks_by_region",
     "workers_by_region",
 ]
@@ -72,6 +74,51 @@ def leader_summary(candidates: Sequence[KeyValue]) -> dict[str, Any] | None:
     if not found:
         return None
     return {k: found[0][k] for k in ("node", "term", "lease", "key")}
+
+
+def summarize_shards(
+    candidates: Sequence[KeyValue], members: Sequence[KeyValue], live: Sequence[KeyValue], keys: Keys, shard_count: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each shard (its leader, term, candidates and sagas in flight, from the in-flight
+    index) and each live orchestrator (node, lease, the shards it leads)."""
+    leaders = {d["shard"]: d for d in leaders_of(candidates, keys) if d["shard"] is not None}
+    in_flight: dict[str, int] = {}
+    head = len(keys.prefix("live"))
+    for kv in live:
+        shard = kv.key[head:].partition(b"/")[0].decode(errors="replace")
+        in_flight[shard] = in_flight.get(shard, 0) + 1
+    shards = []
+    for k in range(shard_count):
+        d = leaders.get(str(k))
+        shards.append({
+            "shard": k, "node": d["node"] if d else None, "term": d["term"] if d else None,
+            "lease": d["lease"] if d else None, "candidates": d["candidates"] if d else 0,
+            "in_flight": in_flight.get(str(k), 0),
+        })  # fmt: skip
+    orchestrators = []
+    mine_head = len(keys.prefix("orch"))
+    for kv in members:
+        lease = kv.key[mine_head:].decode(errors="replace")
+        try:
+            node = str(decode_json(kv.value, what="orchestrator")["node"])
+        except (DecodeError, KeyError, TypeError):
+            node = lease
+        leads = [s["shard"] for s in shards if s["lease"] == lease]
+        orchestrators.append({"node": node, "lease": lease, "leads": leads})
+    return shards, sorted(orchestrators, key=lambda o: (o["node"], o["lease"]))
+
+
+def live_definitions(live: Sequence[KeyValue]) -> dict[tuple[str, str], int]:
+    """Sagas in flight per (saga type, version), from the in-flight index's values."""
+    out: dict[tuple[str, str], int] = {}
+    for kv in live:
+        try:
+            doc = decode_json(kv.value, what="index")
+            key = (str(doc["saga"]), str(doc["version"]))
+        except (DecodeError, KeyError, TypeError):
+            continue
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dict[str, Any]]]:
@@ -195,10 +242,12 @@ def summarize_cluster(
 
 
 def summarize_definitions(
-    records: Iterable[SagaRecord], workers: Mapping[str, Sequence[Mapping[str, Any]]]
+    records: Iterable[SagaRecord], workers: Mapping[str, Sequence[Mapping[str, Any]]],
+    in_flight: Mapping[tuple[str, str], int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per saga type and version: the sagas in flight pinned to it, the steps of those
-    waiting for a worker that has it, the live workers that can run it (by region), and
+    """Per saga type and version: the sagas in flight pinned to it (``in_flight``, from
+    the in-flight index; else counted in ``records``), the steps of those (in
+    ``records``) waiting for a worker that has it, the live workers that can run it (by region), and
     a warning when sagas are in flight on it and no live worker can run it (their next
     step waits until one registers, up to ``no_worker_timeout_s``).
 
@@ -214,8 +263,11 @@ def summarize_definitions(
     for rec in records:
         if not rec.is_final:
             r = row(rec.saga, rec.version)
-            r["in_flight"] += 1
+            if in_flight is None:
+                r["in_flight"] += 1
             r["waiting"] += sum(1 for st in rec.steps if st.waiting_region and st.waiting_for == "worker")
+    for (name, version), n in (in_flight or {}).items():
+        row(name, version)["in_flight"] = n
     any_version: dict[str, int] = {}
     for region, caps in workers.items():
         for c in caps:

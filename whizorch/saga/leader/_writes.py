@@ -1,10 +1,14 @@
-"""The leader's write path: one transition of one saga as one fenced write, placed on
-workers, shared with other sagas' writes in one etcd txn.
+"""A shard leader's write path: one transition of one saga as one fenced write, placed
+on workers, shared with other sagas' writes in one etcd txn.
 
 A write compares the record's mod_revision, puts the record, puts each active run's
 task on the lease of the worker chosen for it (with a compare that the worker's
 registration, on that same lease, still exists: a put on an ended lease would make
-etcd refuse the whole batch) and deletes the tasks of runs that ended or moved.
+etcd refuse the whole batch) and deletes the tasks of runs that ended or moved. The
+write that creates a record consumes its submission (deleted, its input kept under
+``input/``) and adds the saga to the shard's in-flight index; the write that makes a
+saga final takes it out of that index, drops its cancel request and, unless it failed
+(kept for an operator), files it under ``done/`` for retention.
 The :class:`~whizorch.etcd.TxnBatcher` nests it with the writes of other
 sagas under one compare of the leader's fence.
 
@@ -19,9 +23,12 @@ from collections.abc import Mapping
 
 from whizorch.coord import Fence
 from whizorch.errors import OutcomeUnknownError
-from whizorch.etcd import BatchRefused, Compare, EtcdClient, Op, RangeResult, TxnBatcher
+from whizorch.etcd import BatchRefused, Compare, EtcdClient, KeyValue, Op, RangeResult, TxnBatcher
 from whizorch.saga import _machine as m
-from whizorch.saga._leader_cache import (
+from whizorch.saga._model import FAILED, Keys, SagaRecord, StepState, encode_json
+from whizorch.saga._view import Workers
+from whizorch.saga.leader._cache import (
+    NO_INPUT,
     Conflict,
     LeaderSaga,
     LeadershipLost,
@@ -30,8 +37,6 @@ from whizorch.saga._leader_cache import (
     active_tasks,
     task_payload,
 )
-from whizorch.saga._model import Keys, SagaRecord, StepState
-from whizorch.saga._view import Workers
 
 __all__ = ["LeaderWrites", "is_active"]
 
@@ -44,9 +49,10 @@ def is_active(st: StepState) -> bool:
 class LeaderWrites:
     """The write path of one leadership (made anew for each: nothing carries over)."""
 
-    def __init__(self, client: EtcdClient, keys: Keys, fence: Fence, workers: Workers) -> None:
+    def __init__(self, client: EtcdClient, keys: Keys, fence: Fence, workers: Workers, shard: int = 0) -> None:
         self.keys = keys
         self.workers = workers
+        self.shard = shard
         self.batcher = TxnBatcher(
             client, outer_compare=lambda: [fence.compare()], outer_failure=lambda: [Op.get(fence.key)], max_in_flight=4
         )
@@ -73,8 +79,35 @@ class LeaderWrites:
             del self.dead_leases[next(iter(self.dead_leases))]
         self.outstanding.pop(lease, None)
 
-    async def commit(self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition, term: int) -> tuple[int, list[TaskGone]]:
-        """Write ``rec`` (the machine's new record for ``entry``) with its tasks.
+    def _lifecycle(self, entry: LeaderSaga, rec: SagaRecord, submit: KeyValue | None) -> tuple[list[Compare], list[Op]]:
+        """The compares and ops of a record's creation (the submission consumed, the
+        in-flight index entry) and of its end (index entry out, cancel request dropped,
+        filed for retention)."""
+        compares: list[Compare] = []
+        ops: list[Op] = []
+        keys, sid = self.keys, rec.id
+        if entry.mod_revision == 0 and submit is not None:
+            compares.append(Compare.mod_revision(submit.key, "==", submit.mod_revision))
+            ops.append(Op.delete(submit.key))
+            if entry.input is not NO_INPUT:
+                ops.append(Op.put(keys.input(sid), encode_json(entry.input, what="saga input")))
+        if not rec.is_final:
+            if not entry.live:
+                ops.append(Op.put(keys.live(self.shard, sid), encode_json({"saga": rec.saga, "version": rec.version}, what="index")))
+        elif entry.live or entry.mod_revision == 0:
+            if entry.live:
+                ops.append(Op.delete(keys.live(self.shard, sid)))
+            ops.append(Op.delete(keys.cancel(sid)))
+            if rec.status != FAILED and rec.finished is not None:
+                doc = encode_json({"regions": rec.regions}, what="index")
+                ops.append(Op.put(keys.done(self.shard, int(rec.finished * 1000), sid), doc))
+        return compares, ops
+
+    async def commit(
+        self, entry: LeaderSaga, rec: SagaRecord, tr: m.Transition, term: int, *, submit: KeyValue | None = None
+    ) -> tuple[int, list[TaskGone]]:
+        """Write ``rec`` (the machine's new record for ``entry``) with its tasks (and,
+        creating it, consume ``submit``).
 
         Returns the revision it was written at and the runs no live worker holds (to
         report to the machine as lost); ``entry.record``/``entry.tasks`` take the new
@@ -91,6 +124,9 @@ class LeaderWrites:
             after = active_tasks(self.keys, rec)
             compares = [Compare.mod_revision(key, "==", entry.mod_revision)]
             ops = [Op.put(key, rec.to_json())]
+            more_compares, more_ops = self._lifecycle(entry, rec, submit)
+            compares += more_compares
+            ops += more_ops
             checks: list[tuple[int, Task]] = []
             for index, task in entry.tasks.items():
                 if after.get(index) != task:
@@ -135,6 +171,7 @@ class LeaderWrites:
                 self.untrack(t)
         entry.record = rec
         entry.tasks = after
+        entry.live = not rec.is_final
         lost = [
             TaskGone(index, m.RUN if st.state == "dispatched" else m.COMPENSATE,
                      st.run if st.state == "dispatched" else st.comp_run, st.worker or "")

@@ -1,6 +1,6 @@
-"""The leader's cache of the sagas it drives, and what it builds from it.
+"""A shard leader's cache of the sagas it drives, and what it builds from it.
 
-Internal to the orchestrator: the cached saga, its mailbox items, the task payload
+Internal to the leader: the cached saga, its mailbox items, the task payload
 of a dispatch (earlier outputs inline while small, by reference beyond), the failed
 record written for input that cannot become a saga.
 """
@@ -19,6 +19,7 @@ from whizorch.saga._spec import SagaSpec
 
 __all__ = [
     "EVENT_NAMES",
+    "NO_INPUT",
     "Conflict",
     "Fail",
     "Item",
@@ -35,6 +36,9 @@ __all__ = [
 
 # earlier outputs a task carries inline, in all; the rest go by reference (result keys)
 INLINE_OUTPUTS_BYTES = 16 * 1024
+
+NO_INPUT: Any = object()
+"""``LeaderSaga.input`` of a saga whose submission could not be decoded: none is stored."""
 
 
 class LeadershipLost(Exception):
@@ -56,6 +60,9 @@ class LeaderSaga:
     tasks: dict[int, Task] = attrs.Factory(dict)
     """The task of each step's active run as etcd has it (put by this leader, or found
     by its rebuild): what the next commit diffs against."""
+    live: bool = False
+    """The saga has its entry in the shard's in-flight index (``<ns>/live/``): the
+    write that makes it final deletes it."""
 
 
 @attrs.frozen

@@ -1,0 +1,95 @@
+"""The pure half of sharding: which shard a saga is in, and which orchestrator leads it."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from whizorch.saga._model import Keys
+from whizorch.saga._shards import Member, assign, members_from, shard_of
+
+NODES = st.lists(st.text("abcdefgh0123456789-", min_size=1, max_size=8), min_size=1, max_size=9, unique=True)
+
+
+def members(names: list[str]) -> list[Member]:
+    return [Member(n, f"{i:x}") for i, n in enumerate(names)]
+
+
+def test_shard_of_is_stable_and_spreads() -> None:
+    """The same id is always in the same shard; 4,000 ids spread over 8 shards evenly
+    (each within 20% of the mean)."""
+    assert shard_of("order-42", 8) == shard_of("order-42", 8)
+    counts = Counter(shard_of(f"order-{i}", 8) for i in range(4000))
+    assert set(counts) == set(range(8)) and all(400 <= n <= 600 for n in counts.values()), counts
+    assert {shard_of(f"x{i}", 1) for i in range(100)} == {0}
+
+
+@given(NODES, st.integers(1, 64))
+def test_every_shard_has_one_owner_and_shares_are_even(names: list[str], shards: int) -> None:
+    """Every shard goes to exactly one member; shares differ by at most one, and the
+    answer does not depend on the order the members are listed in."""
+    people = members(names)
+    owners = assign(shards, people)
+    assert sorted(owners) == list(range(shards))
+    share = Counter(owners.values())
+    counts = [share.get(m, 0) for m in people]
+    assert max(counts) - min(counts) <= 1
+    assert assign(shards, list(reversed(people))) == owners
+    assert assign(shards, {m.lease: m for m in people}) == owners
+
+
+@given(NODES.filter(lambda n: len(n) >= 2), st.integers(4, 64))
+def test_a_member_leaving_hands_over_its_shards(names: list[str], shards: int) -> None:
+    """When one member leaves, every shard it led goes to another member."""
+    people = members(names)
+    before = assign(shards, people)
+    gone = people[-1]
+    after = assign(shards, people[:-1])
+    assert all(after[k] != gone for k in range(shards))
+    assert {k for k in range(shards) if before[k] == gone} <= {k for k in range(shards) if before[k] != after[k]}
+
+
+def test_joins_and_leaves_move_few_shards_beyond_their_share() -> None:
+    """Over 200 deployments (2-6 members, 4-32 shards), a join or a leave moves the
+    joiner's or leaver's share and, on average, under 1.5 shards more (the quotas
+    rebalance): a deterministic sample, so the figure is the same on every run."""
+    extra = []
+    for case in range(200):
+        n, shards = 2 + case % 5, (4, 8, 16, 32)[case % 4]
+        people = [Member(f"node-{case}-{i}", f"{i:x}") for i in range(n)]
+        full, less = assign(shards, people), assign(shards, people[:-1])
+        moved = sum(1 for k in range(shards) if full[k] != less[k])
+        share = sum(1 for k in range(shards) if full[k] == people[-1])
+        extra.append(moved - share)
+    assert min(extra) >= 0 and sum(extra) / len(extra) < 1.5, sum(extra) / len(extra)
+
+
+def test_no_members_no_owners() -> None:
+    """Nobody to lead: no assignment."""
+    assert assign(8, []) == {}
+
+
+def test_one_orchestrator_leads_every_shard_and_two_split_them() -> None:
+    """One member gets all 8 shards; two get 4 each; three get 3, 3 and 2."""
+    a, b, c = members(["a", "b", "c"])
+    assert set(assign(8, [a]).values()) == {a}
+    assert sorted(Counter(assign(8, [a, b]).values()).values()) == [4, 4]
+    assert sorted(Counter(assign(8, [a, b, c]).values()).values()) == [2, 3, 3]
+
+
+def test_members_from_keys() -> None:
+    """Membership keys give (node, lease); a value that does not parse counts by its lease."""
+    keys = Keys("ns")
+    got = members_from([(b"ns/orch/1a", b'{"node": "n1"}'), (b"ns/orch/2b", b"nope")], keys)
+    assert got == {"1a": Member("n1", "1a"), "2b": Member("2b", "2b")}
+
+
+def test_assignment_is_deterministic_across_calls() -> None:
+    """The same members and shard count give the same owners on every call (every node
+    computes it on its own)."""
+    people = members(["n1", "n2", "n3", "n4"])
+    answers = {tuple(sorted((k, m.node) for k, m in assign(16, list(p)).items())) for p in itertools.permutations(people)}
+    assert len(answers) == 1

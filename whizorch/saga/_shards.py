@@ -1,0 +1,124 @@
+"""Shards: which shard a saga is in, and which orchestrator leads each shard.
+
+A namespace is cut into a fixed number of shards, stored in ``<ns>/meta`` by the first
+orchestrator that opens it (see docs/design.md, "Shards"). Each shard has its own
+election and fence. Every orchestrator computes the same assignment of shards to the
+live orchestrators (:func:`assign`, a pure function of the shard count and the members)
+and campaigns for its own; nothing here decides who leads, the elections do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import zlib
+from collections.abc import Mapping
+
+import attrs
+
+from whizorch._check import is_int
+from whizorch.errors import ConfigError, DecodeError
+from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
+from whizorch.saga._model import Keys
+
+__all__ = ["SCHEMA", "Member", "assign", "open_namespace", "shard_of"]
+
+log = logging.getLogger("whizorch.saga.orchestrator")
+
+SCHEMA = 3
+"""The key schema this whizorch writes (docs/design.md, "Key schema")."""
+MAX_SHARDS = 1024
+
+
+def shard_of(saga_id: str, shards: int) -> int:
+    """The shard of a saga: CRC-32 of its id modulo the shard count."""
+    return zlib.crc32(saga_id.encode()) % shards
+
+
+@attrs.frozen(order=True)
+class Member:
+    """A live orchestrator: its node id and its session's lease (hex)."""
+
+    node: str
+    lease: str
+
+
+def _rank(shard: int, member: Member) -> bytes:
+    return hashlib.sha256(f"{shard}/{member.node}".encode()).digest()
+
+
+def assign(shards: int, members: Mapping[str, Member] | list[Member]) -> dict[int, Member]:
+    """Each shard's orchestrator among ``members``: rendezvous hashing on the node id
+    with bounded loads, so every member gets ``shards // len(members)`` shards or one
+    more (the first ``shards % len(members)`` by node id get one more), and a member
+    joining or leaving moves few shards. Same input, same answer, on every node."""
+    people = sorted(members.values() if isinstance(members, Mapping) else members)
+    if not people:
+        return {}
+    base, extra = divmod(shards, len(people))
+    quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(people)}
+    out: dict[int, Member] = {}
+    for shard in range(shards):
+        for m in sorted(people, key=lambda m: (_rank(shard, m), m), reverse=True):
+            if quota[m] > 0:
+                quota[m] -= 1
+                out[shard] = m
+                break
+    return out
+
+
+async def open_namespace(client: EtcdClient, keys: Keys, *, shards: int) -> int:
+    """The namespace's shard count: written with ``shards`` when the namespace is new
+    (create-if-absent), else the count it was created with. A namespace holding saga
+    records from before shards (no ``<ns>/meta``) is refused with what to do."""
+    if not is_int(shards, minimum=1) or shards > MAX_SHARDS:
+        raise ConfigError(f"shards must be an int from 1 to {MAX_SHARDS}", field="shards", value=shards)
+    got = await client.get(keys.meta)
+    if not got.kvs:
+        old = await client.get(keys.prefix("saga"), prefix=True, limit=1, keys_only=True)
+        if old.kvs:
+            raise ConfigError(
+                f"namespace {keys.ns!r} holds saga records from a whizorch before key schema {SCHEMA} (it has no "
+                f"{keys.meta.decode()!r}): let its sagas finish with that version, or use a new namespace",
+                field="namespace", value=keys.ns,
+            )
+        doc = json.dumps({"schema": SCHEMA, "shards": shards}).encode()
+        res = await client.txn(
+            [Compare.create_revision(keys.meta, "==", 0)], [Op.put(keys.meta, doc)], [Op.get(keys.meta)], idempotent=True
+        )
+        if res.succeeded:
+            log.info("namespace %s created with %d shards", keys.ns, shards)
+            return shards
+        first = res.responses[0]
+        assert isinstance(first, RangeResult)
+        got = first
+    try:
+        meta = json.loads(got.kvs[0].value)
+        schema, count = meta["schema"], meta["shards"]
+        if not is_int(count, minimum=1) or count > MAX_SHARDS:
+            raise ValueError(f"shards is {count!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"{keys.meta.decode()!r} is not readable: {exc}", field="namespace", value=keys.ns) from exc
+    if schema != SCHEMA:
+        raise ConfigError(
+            f"namespace {keys.ns!r} has key schema {schema}, this whizorch writes {SCHEMA}", field="namespace", value=keys.ns
+        )
+    if count != shards:
+        log.info("namespace %s has %d shards (fixed when it was created); %d asked for", keys.ns, count, shards)
+    return count
+
+
+def members_from(kvs: list[tuple[bytes, bytes]], keys: Keys) -> dict[str, Member]:
+    """The live orchestrators from their ``<ns>/orch/<lease hex>`` keys (a value that
+    does not parse still counts, by its lease)."""
+    out: dict[str, Member] = {}
+    head = keys.prefix("orch")
+    for key, value in kvs:
+        lease = key[len(head) :].decode(errors="replace")
+        try:
+            node = str(json.loads(value)["node"])
+        except (ValueError, KeyError, TypeError):
+            node = lease
+        out[lease] = Member(node, lease)
+    return out
