@@ -130,10 +130,43 @@ class Child:
             if event.get("event") == kind:
                 return event
 
+    def _timed_events(self) -> list[tuple[float, dict[str, Any]]]:
+        out = []
+        for t, line in self.lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # not an event line
+            if isinstance(event, dict):
+                out.append((t, event))
+        return out
+
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Every JSON line read so far (of one kind, when given)."""
-        parsed = [json.loads(line) for _, line in self.lines]
-        return [e for e in parsed if kind is None or e.get("event") == kind]
+        return [e for _, e in self._timed_events() if kind is None or e.get("event") == kind]
+
+    def find_event(self, kind: str, **match: Any) -> tuple[float, dict[str, Any]] | None:
+        """The first ``kind`` event printed so far whose fields match ``match``, with
+        the wall-clock time it was read; None when there is none yet."""
+        for t, event in self._timed_events():
+            if event.get("event") == kind and all(event.get(k) == v for k, v in match.items()):
+                return t, event
+        return None
+
+    async def first_event(self, kind: str, timeout: float, **match: Any) -> tuple[float, dict[str, Any]]:
+        """`find_event`, waiting up to ``timeout`` seconds for it (wherever it is in
+        the output, unlike `next_event`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while (found := self.find_event(kind, **match)) is None:
+                    if self._eof:
+                        raise AssertionError(f"{self.name} ended its output")
+                    self._grew.clear()
+                    await self._grew.wait()
+        except (TimeoutError, AssertionError) as exc:
+            why = f"within {timeout:g}s" if isinstance(exc, TimeoutError) else f"({exc})"
+            raise AssertionError(f"no {kind!r} event {match} {why}\n{self.describe()}") from None
+        return found
 
     # -- control -----------------------------------------------------------------------
 

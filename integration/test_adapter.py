@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -281,7 +283,7 @@ async def test_value_over_the_request_limit_is_refused_client_side(
     with pytest.raises(RequestTooLargeError) as caught:
         await client.put(key, b"x" * ETCD_MAX_REQUEST)
     err = caught.value
-    assert isinstance(err, ConfigError)
+    assert isinstance(err, ValueError) and not isinstance(err, ConfigError)
     assert err.size > ETCD_MAX_REQUEST
     assert str(err.size) in str(err) and str(ETCD_MAX_REQUEST) in str(err)
     with pytest.raises(RequestTooLargeError):
@@ -426,7 +428,10 @@ async def test_a_write_in_flight_when_its_member_dies_is_outcome_unknown(
         # the request has left the client once it waits, unread, in the member's socket
         await eventually_async(lambda: _unread_bytes(victim.client_port) > len(value), timeout=5)
         assert not write.done()
-        await victim.akill()
+        # SIGKILL straight from stopped: the member never reads the request (the
+        # harness's kill resumes a paused member first, for an instant in which it could)
+        os.kill(victim.pid or 0, signal.SIGKILL)
+        await victim.akill()  # reaps it
         with pytest.raises(OutcomeUnknownError) as caught:
             await write
         assert caught.value.endpoint == victim.endpoint
@@ -445,11 +450,8 @@ async def test_a_write_in_flight_when_its_member_dies_is_outcome_unknown(
             retry_on=(OutcomeUnknownError, EtcdUnavailableError),
         )
         assert c.endpoint != victim.endpoint
-        # the outcome is learned by reading. It really is unknown: the harness resumes a
-        # paused member for an instant before SIGKILL, time enough, now and then, to
-        # read the request and get it committed. Either way it was not written twice.
-        kv = (await c.get("inflight/k")).first
-        assert kv is None or (kv.value, kv.version) == (value, 1)
+        # the outcome is learned by reading: the request died unread with its member
+        assert (await c.get("inflight/k")).first is None
 
 
 @pytest.mark.etcd34

@@ -28,11 +28,11 @@ from typing import TypeVar, cast
 
 import pytest
 from _children import Child, children
+from _history import deleted_at
 
 from whizorch import (
     Election,
     EtcdClient,
-    EventType,
     LeaderInfo,
     Lock,
     LockTimeoutError,
@@ -106,15 +106,6 @@ async def _queued(client: EtcdClient, name: str, keys: int) -> list[str]:
         return queue
 
     return await eventually_async(check, timeout=10)
-
-
-async def _deleted_at(client: EtcdClient, key: str, created: int) -> int:
-    """The revision at which ``key``, created at ``created``, was deleted (its history)."""
-    async with asyncio.timeout(10), client.watch(key, start_revision=created) as watch:
-        async for event in watch:
-            if event.type is EventType.DELETE:
-                return int(event.kv.mod_revision)
-    raise AssertionError(f"the watch on {key!r} ended")  # pragma: no cover
 
 
 @contextlib.asynccontextmanager
@@ -191,7 +182,7 @@ async def test_whizorch_lock_holds_off_etcdctl_lock_command(
         await lock.release()
         assert await waiter.wait_exit(10) == 0, waiter.describe()
 
-    released = await _deleted_at(client, my_key, token)
+    released = await deleted_at(client, my_key, since=token)
     got = (await client.get(marker)).kvs
     assert got, waiter.describe()
     ctl_key, ctl_rev = got[0].value.decode().split()

@@ -137,21 +137,31 @@ async def test_a_conflict_on_one_saga_fails_only_that_saga(etcd_endpoints: list[
 
 
 async def test_results_before_the_adoption_is_acknowledged(etcd_endpoints: list[str], prefix: str, tmp_path: Path) -> None:
-    """Every leader write's answer comes 0.3 s late: workers record results for runs
+    """Every leader write's answer comes 0.3 s late: workers may record results for runs
     whose dispatch the leader has not seen acknowledged (the first even before the
-    saga's record is in its cache). Each result is applied, in order, once."""
+    saga's record is in its cache). Each result is applied, in order, once; the delay
+    hook did delay the dispatches (how many results beat their acknowledgement depends
+    on the machine's speed: printed)."""
     async with stack(etcd_endpoints) as (hooked, other, st):
         ns = prefix + NS_TAIL
         await roles(st, hooked.client, other, ns)
+        delayed: list[bytes] = []  # task keys the delayed writes put
+        early: list[bytes] = []  # of which a result existed before the leader heard back
 
         async def late(call: Callable[[], Awaitable[TxnResult]], compare: Any, success: Any, failure: Any) -> TxnResult:
             res = await call()
             if nested(success):
                 await asyncio.sleep(0.3)  # ok: the answer of a committed leader write arrives late
+                tasks = [k for k in put_keys(success) if k.startswith(f"{ns}/task/".encode())]
+                delayed.extend(tasks)
+                if tasks and (await other.get(f"{ns}/run/", prefix=True, count_only=True)).count:
+                    early.extend(tasks)
             return res
 
         hooked.hook = late
         await run_all(other, ns, ["late-1", "late-2", "late-3"], tmp_path)
+        assert delayed, "the delay hook never delayed a write that dispatched a run"
+        print(f"\n[leader batches] {len(delayed)} dispatches answered late; results already recorded for {len(early)}")
 
 
 async def test_leader_dies_between_a_batchs_commit_and_its_acknowledgement(

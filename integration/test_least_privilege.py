@@ -22,7 +22,7 @@ import pytest
 from whizorch import AuthError, EtcdClient
 from whizorch.errors import SagaIdConflictError
 from whizorch.etcd import AuthConfig, Compare, Op
-from whizorch.etcd._auth_admin import (
+from whizorch.etcd.auth import (
     Permission,
     PermType,
     auth_enable,
@@ -35,7 +35,7 @@ from whizorch.etcd._auth_admin import (
     user_grant_role,
 )
 from whizorch.saga import App, Orchestrator, Saga, SagaClient, StepContext, Worker
-from whizorch.saga._roles import deployment_roles
+from whizorch.saga.roles import deployment_roles
 from whizorch.testing import LocalEtcdCluster
 
 MakeCluster = Callable[..., LocalEtcdCluster]

@@ -116,7 +116,7 @@ async def test_move_leader_hands_leadership_to_each_region(region_lab: RegionLab
         assert await _leader_region(lab) == first
         with pytest.raises(ConfigError, match="deadbeef.*not a member") as caught:
             await client.move_leader(0xDEADBEEF)
-        assert caught.value.target == 0xDEADBEEF
+        assert caught.value.field == "target_member_id" and caught.value.value == 0xDEADBEEF
         with pytest.raises(ConfigError, match="positive integer"):
             await client.move_leader(0)
     print(

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import fault_apps
 import pytest
 from _children import Child, children
+from _roles import RoleLauncher
 
 from whizorch import EtcdClient
 from whizorch.saga import App, Orchestrator, Saga, SagaClient, Worker
@@ -43,42 +43,15 @@ HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.slow]
 
 
-class Roles:
-    """Worker and orchestrator processes (``--app fault_apps:app``), killed after the test."""
-
-    def __init__(self, started: list[Child], endpoints: Sequence[str], directory: Path) -> None:
-        self._started = started
-        self.endpoints = list(endpoints)
-        self.dir = directory
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
-        env["SAGA_APPS_DIR"] = str(self.dir)
-        env["FAULT_APPS_ETCD"] = ",".join(self.endpoints)
-        return env
-
-    async def start(self, role: str, ident: str, *extra: str, ready: str) -> Child:
-        argv = [
-            sys.executable, "-m", "whizorch", role, "--etcd", ",".join(self.endpoints), "--app", "fault_apps:app",
-            "--namespace", NS, "--lease-ttl", str(TTL), "--id", ident, *extra,
-        ]  # fmt: skip
-        child = await Child.start(ident, argv, env=self.env())
-        self._started.append(child)
-        await child.next_event(ready, 30)
-        return child
-
-    async def worker(self, region: str, ident: str) -> Child:
-        return await self.start("worker", ident, "--region", region, ready="worker_ready")
-
-    async def orchestrator(self, ident: str, *extra: str) -> Child:
-        return await self.start("orchestrator", ident, "--events", "--shards", "1", *extra, ready="orchestrator_ready")
-
-
 @pytest.fixture
-async def roles(etcd_cluster: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[Roles]:
+async def roles(etcd_cluster: LocalEtcdCluster, tmp_path: Path) -> AsyncIterator[RoleLauncher]:
+    """Role processes (``--app fault_apps:app``) on the test's cluster, killed after the test."""
     async with children() as started:
-        yield Roles(started, etcd_cluster.endpoints, tmp_path)
+        yield RoleLauncher(
+            started, endpoints=etcd_cluster.endpoints, namespace=NS, ttl=TTL, app="fault_apps:app",
+            env={"SAGA_APPS_DIR": str(tmp_path), "FAULT_APPS_ETCD": ",".join(etcd_cluster.endpoints)},
+            directory=tmp_path, shards=1,  # one shard: one leader's failover (test_shards.py: many)
+        )
 
 
 @pytest.fixture
@@ -141,7 +114,7 @@ def alive(*procs: Child) -> None:
 
 
 async def test_member_serving_the_roles_killed_roles_stay_in_service(
-    etcd_cluster: LocalEtcdCluster, roles: Roles, client: EtcdClient, sagas: SagaClient
+    etcd_cluster: LocalEtcdCluster, roles: RoleLauncher, client: EtcdClient, sagas: SagaClient
 ) -> None:
     """SIGKILL of the member every role's streams sit on (the first endpoint): within
     TTL + 1 s the leader and the worker are in service again, a saga completes, and no
@@ -178,7 +151,11 @@ async def test_raft_leader_killed_roles_back_within_election_plus_one_second(
     leader = cluster.wait_leader()
     others = [m.endpoint for m in cluster.members if m is not leader]
     async with children() as started, EtcdClient(others, timeout_s=2.0, retry_deadline_s=10.0) as c:
-        r = Roles(started, [leader.endpoint, *others], tmp_path)
+        r = RoleLauncher(
+            started, endpoints=[leader.endpoint, *others], namespace=NS, ttl=TTL, app="fault_apps:app",
+            env={"SAGA_APPS_DIR": str(tmp_path), "FAULT_APPS_ETCD": ",".join([leader.endpoint, *others])},
+            directory=tmp_path, shards=1,  # one shard: one leader's failover (test_shards.py: many)
+        )
         orch = await r.orchestrator("o1")
         workers = {"w1": "eu", "w2": "us"}
         procs = [await r.worker(region, name) for name, region in workers.items()]
@@ -205,7 +182,7 @@ async def test_raft_leader_killed_roles_back_within_election_plus_one_second(
 
 
 async def test_paused_worker_stale_run_never_resumes_and_its_late_effect_is_refused(
-    roles: Roles, client: EtcdClient, sagas: SagaClient
+    roles: RoleLauncher, client: EtcdClient, sagas: SagaClient
 ) -> None:
     """A worker SIGSTOPped mid-step past its lease: the step runs again on the other
     worker (a larger fencing token) and the saga completes. On SIGCONT the stale run is
@@ -269,7 +246,7 @@ POISON: dict[bytes, bytes] = {
 
 
 async def test_poison_keys_are_quarantined_and_the_leader_leads_on(
-    roles: Roles, client: EtcdClient, sagas: SagaClient, unused_tcp_port: int
+    roles: RoleLauncher, client: EtcdClient, sagas: SagaClient, unused_tcp_port: int
 ) -> None:
     """Each kind of unparsable input, written while a leader leads and again before a
     new leader rebuilds: logged, counted (whizorch_quarantined_total), noted for
@@ -326,7 +303,7 @@ async def test_poison_keys_are_quarantined_and_the_leader_leads_on(
 # -- 4. large outputs, and a write etcd refuses for good ------------------------------------
 
 
-async def test_thirty_steps_of_60kb_outputs_complete(roles: Roles, client: EtcdClient, sagas: SagaClient) -> None:
+async def test_thirty_steps_of_60kb_outputs_complete(roles: RoleLauncher, client: EtcdClient, sagas: SagaClient) -> None:
     """30 steps each returning 60 KB (1.8 MB in all, past etcd's 1.5 MiB request limit
     if tasks carried every output): the saga completes, every step sees every earlier
     output whole, and no task written on the way is larger than 64 KiB."""

@@ -10,8 +10,7 @@ import pytest
 
 from whizorch import EtcdClient
 from whizorch.errors import ConfigError, RequestTooLargeError
-from whizorch.etcd import Compare, Op, PutResult, RangeResult
-from whizorch.etcd._batch import BatchRefused, TxnBatcher
+from whizorch.etcd import BatchRefused, Compare, Op, PutResult, RangeResult, TxnBatcher
 
 
 class Counting:

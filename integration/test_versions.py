@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any
 
 import pytest
 import saga_apps as apps
 from _engine import RESULT_S, Engine
 
 from whizorch import ConfigError
-from whizorch.saga import App, Orchestrator, Saga, Settings
+from whizorch.saga import (
+    App,
+    Orchestrator,
+    OrchestratorEvent,
+    RegionPreferenceUnmet,
+    Saga,
+    Settings,
+)
 from whizorch.testing import eventually_async
 
 
@@ -138,15 +144,15 @@ async def test_an_app_holds_versions_and_the_last_is_current() -> None:
 async def test_a_preferred_region_that_does_not_exist_is_recorded(engine: Engine) -> None:
     """A step that prefers region "ap" in a deployment with none runs in eu, and the
     saga's history says why (not a known region); the orchestrator reports it too."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-    await engine.leader(on_event=lambda kind, fields: seen.append((kind, fields)))
+    seen: list[OrchestratorEvent] = []
+    await engine.leader(on_event=seen.append)
     await engine.worker("eu")
     result = await engine.sagas.execute(apps.far, engine.plan(), saga_id="far-1", timeout_s=RESULT_S)
     assert result.regions == ["eu"]
     unmet = [h for h in result.record.history if h["event"] == "region_preference_unmet"]
     assert len(unmet) == 1 and unmet[0]["wanted"] == "ap" and unmet[0]["to"] == "eu"
     assert "region 'ap' is not a known region" in unmet[0]["reason"], unmet[0]
-    assert [f["wanted"] for k, f in seen if k == "region_preference_unmet"] == ["ap"]
+    assert [e.wanted for e in seen if isinstance(e, RegionPreferenceUnmet)] == ["ap"]
 
 
 async def test_no_worker_for_too_long_fails_naming_the_definition(engine: Engine) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import saga_apps as apps
 from _children import children
-from _lab_roles import LabRoles, first_event
+from _roles import LabRoles
 
 from whizorch import EtcdClient
 from whizorch.saga import SagaClient
@@ -44,7 +44,7 @@ async def test_a_slower_link_moves_new_steps_to_the_now_closer_region(
     async with children() as started, SagaClient(direct, namespace=NS) as sagas:
         roles = LabRoles(lab, started, tmp_path, ns=NS, ttl=TTL)
         orch = await roles.orchestrator("eu", "o-eu", "--config", str(config))
-        await first_event(orch, "leader", 60)
+        await orch.first_event("leader", 60)
         await roles.worker("us", "w-us")
         await roles.worker("ap", "w-ap")
 
@@ -99,8 +99,8 @@ async def test_the_orchestrator_leader_brings_etcds_raft_leader_to_its_region(
     async with children() as started:
         roles = LabRoles(lab, started, tmp_path, ns=NS, ttl=TTL)
         orch = await roles.orchestrator(home, "o-home", "--config", str(config))
-        moved = await first_event(orch, "raft_leader", 60)
-        await first_event(orch, "leader", 60)
+        _, moved = await orch.first_event("raft_leader", 60)
+        await orch.first_event("leader", 60)
         print(f"\n[locality] etcd leader {raft} -> {lab.leader_region()} (orchestrator in {home}): {moved}")
         assert moved["outcome"] == "moved"
         assert lab.leader_region() == home

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import grpc.aio
 import pytest
@@ -11,6 +13,7 @@ from whizorch import (
     ClosedError,
     CompactedError,
     ConfigError,
+    DecodeError,
     EtcdClient,
     EtcdUnavailableError,
     LeaseNotFoundError,
@@ -19,7 +22,15 @@ from whizorch import (
     RequestTooLargeError,
     WhizorchError,
 )
-from whizorch.etcd._errors import endpoint_failed, is_safe_to_retry, is_token_expired, translate
+from whizorch.errors import FencedError, SagaFailedError
+from whizorch.etcd import CallTiming
+from whizorch.etcd._errors import (
+    endpoint_failed,
+    is_safe_to_retry,
+    is_token_expired,
+    mapped,
+    translate,
+)
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.RpcError:
@@ -126,3 +137,88 @@ async def test_unreachable_endpoint_is_unavailable_within_the_deadline() -> None
     async with EtcdClient("127.0.0.1:1", connect_timeout_s=0.2, retry_deadline_s=0.5, timeout_s=0.3) as client:
         with pytest.raises(EtcdUnavailableError):
             await client.get("k")
+
+
+# -- the tree and its declared fields -------------------------------------------------------
+
+
+def test_three_permanent_errors_are_told_apart() -> None:
+    """Misuse, a value over a size limit and undecodable data in etcd are three types:
+    neither of the other two is a ConfigError (all three stay ValueErrors)."""
+    for cls in (RequestTooLargeError, DecodeError):
+        assert not issubclass(cls, ConfigError) and issubclass(cls, ValueError)
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_declared_fields_are_attributes_and_the_rest_only_context() -> None:
+    """Fields a class declares become attributes (None when not given); other context
+    is in the message and in ``fields`` but is no attribute, so a typo cannot pass."""
+    err = FencedError("refused", key="k", token=7, current_token=9, attempt=3)
+    assert (err.key, err.token, err.current_token, err.saga_id) == ("k", 7, 9, None)
+    assert err.fields == {"key": "k", "token": 7, "current_token": 9, "attempt": 3}
+    assert "attempt=3" in str(err)
+    assert not hasattr(err, "attempt")
+    assert not hasattr(ConfigError("bad", field="x"), "current_token")
+
+
+def test_saga_failed_error_carries_its_status() -> None:
+    """SagaFailedError declares status, error and result."""
+    err = SagaFailedError("ended compensated", saga_id="s", status="compensated", error="boom")
+    assert (err.saga_id, err.status, err.error, err.result) == ("s", "compensated", "boom", None)
+
+
+# -- one mapping for every call and stream, one place that times calls ----------------------
+
+
+async def test_mapped_translates_every_failure_of_a_call() -> None:
+    """Inside ``mapped`` an RpcError and a broken call's InvalidStateError both come out
+    as whizorch errors raised from them; a whizorch error passes through unchanged."""
+    with pytest.raises(OutcomeUnknownError) as info:
+        with mapped(endpoint="e:1", method="/etcdserverpb.KV/Put", write=True):
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert isinstance(info.value.__cause__, grpc.RpcError) and info.value.endpoint == "e:1"
+    with pytest.raises(EtcdUnavailableError) as broken:
+        with mapped(endpoint="e:1", method="/etcdserverpb.Watch/Watch", write=False):
+            raise asyncio.InvalidStateError("RPC already finished.")
+    assert endpoint_failed(broken.value)
+    mine = LeaseNotFoundError("gone")
+    with pytest.raises(LeaseNotFoundError) as same:
+        with mapped(endpoint="e:1", method="/m", write=False):
+            raise mine
+    assert same.value is mine
+
+
+async def test_every_call_is_timed_once_for_the_observers() -> None:
+    """An observer gets one CallTiming per call, failed ones too (retries inside one
+    call are one timing); an observer that raises is logged, not the call's error."""
+    seen: list[CallTiming] = []
+
+    def broken(call: CallTiming) -> None:
+        raise RuntimeError("observer bug")
+
+    async with EtcdClient("127.0.0.1:1", connect_timeout_s=0.1, retry_deadline_s=0.3, timeout_s=0.2) as client:
+        client.observers += [broken, seen.append]
+        with pytest.raises(EtcdUnavailableError):
+            await client.get("k")
+        with pytest.raises(EtcdUnavailableError):
+            await client.status("127.0.0.1:1", timeout_s=0.2)
+    assert [(c.operation, c.ok) for c in seen] == [("Range", False), ("Status", False)]
+    assert all(c.seconds > 0 for c in seen)
+
+
+async def test_saga_client_refuses_use_after_close() -> None:
+    """A closed SagaClient raises ClosedError on every call (a wait() never starts a new
+    watch), and on ``async with``; closing twice is fine."""
+    from whizorch.saga import SagaClient
+
+    async with EtcdClient("127.0.0.1:1") as etcd:
+        sagas = SagaClient(etcd)
+        await sagas.aclose()
+        await sagas.aclose()
+        for call in (sagas.wait("s"), sagas.get("s"), sagas.cancel("s"), sagas.submit("order"), sagas.list()):
+            with pytest.raises(ClosedError, match="SagaClient is closed"):
+                await call
+        with pytest.raises(ClosedError):
+            async with sagas:
+                pass
+        assert sagas._hub is None

@@ -1,6 +1,6 @@
 """Unit tests (no etcd) for what keeps roles alive under faults: the error seam for
 broken gRPC calls, transient vs fatal errors, backoff, the guard that never resumes a
-stale run, and the checks that turn poison input into ConfigErrors."""
+stale run, and the checks that turn poison input into DecodeErrors."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from whizorch.errors import (
     AuthError,
     ClosedError,
     ConfigError,
+    DecodeError,
     EtcdUnavailableError,
     FencedError,
     OutcomeUnknownError,
@@ -80,6 +81,7 @@ def test_other_exceptions_are_not_the_seams_business() -> None:
         (TimeoutError(), True),
         (ConfigError("bad"), False),
         (RequestTooLargeError("big"), False),
+        (DecodeError("not JSON"), False),
         (AuthError("denied"), False),
         (ClosedError("closed"), False),
         (KeyError("bug"), False),
@@ -168,7 +170,7 @@ async def test_a_live_handler_runs_to_its_result_and_sees_sends_and_throws() -> 
         await task
 
 
-# -- poison: each kind becomes a ConfigError ------------------------------------------------
+# -- poison: each kind becomes a DecodeError ------------------------------------------------
 
 K = Keys("ns")
 
@@ -177,10 +179,10 @@ K = Keys("ns")
     "key",
     [b"ns/submit/\xff", b"ns/submit/a/b", b"ns/submit/" + b"x" * 201, b"ns/submit/bad id", b"ns/saga/"],
 )
-def test_bad_saga_id_keys_are_config_errors(key: bytes) -> None:
-    """Keys that are not UTF-8 or do not name a valid saga id raise ConfigError."""
+def test_bad_saga_id_keys_are_decode_errors(key: bytes) -> None:
+    """Keys that are not UTF-8 or do not name a valid saga id raise DecodeError."""
     kind = key.split(b"/")[1].decode()
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         K.saga_id(key, kind)
 
 
@@ -192,10 +194,10 @@ def test_bad_saga_id_keys_are_config_errors(key: bytes) -> None:
         b"ns/run/eu/s/1/run-x", b"ns/run/eu/s/1/undo-1", b"ns/run/eu/s s/1/run-1",
     ],
 )
-def test_bad_run_keys_are_config_errors(key: bytes) -> None:
+def test_bad_run_keys_are_decode_errors(key: bytes) -> None:
     """run/<region>/<saga>/<step>/<kind>-<attempt> with a non-numeric step or attempt,
     an unknown kind, a missing part or bad bytes."""
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         K.run_key(key)
 
 
@@ -206,9 +208,9 @@ def test_bad_run_keys_are_config_errors(key: bytes) -> None:
         b"ns/task/eu/abc/s/-1/run-1", b"ns/task//abc/s/1/run-1", b"ns/task/eu/abc/s/1/run-1/x",
     ],
 )
-def test_bad_task_keys_are_config_errors(key: bytes) -> None:
+def test_bad_task_keys_are_decode_errors(key: bytes) -> None:
     """task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>, checked part by part."""
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         K.task_key(key)
 
 
@@ -234,31 +236,33 @@ def test_good_keys_parse() -> None:
         (b"\xff", "not valid JSON"),
     ],
 )
-def test_bad_results_are_config_errors(value: bytes, match: str) -> None:
+def test_bad_results_are_decode_errors(value: bytes, match: str) -> None:
     """A result payload of the wrong shape or types names what is wrong."""
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(DecodeError, match=match):
         ResultPayload.from_json(value)
 
 
-def test_bad_tasks_are_config_errors() -> None:
-    """A task with a wrong type or a missing field names it."""
+def test_bad_tasks_are_decode_errors() -> None:
+    """A task with a wrong type, a missing field or a kind that is no StepKind names it."""
     good = TaskPayload(
         saga_id="s", saga="t", txid=1, step=0, step_name="a", kind="run", attempt=1, region="eu", input=None,
         outputs={}, timeout_s=None,
     )
     assert TaskPayload.from_json(good.to_json()) == good
     raw = json.loads(good.to_json())
-    with pytest.raises(ConfigError, match="task.step must be int"):
+    with pytest.raises(DecodeError, match="task.step must be int"):
         TaskPayload.from_json(json.dumps({**raw, "step": "0"}).encode())
-    with pytest.raises(ConfigError, match="lacks attempt"):
+    with pytest.raises(DecodeError, match="lacks attempt"):
         TaskPayload.from_json(json.dumps({k: v for k, v in raw.items() if k != "attempt"}).encode())
+    with pytest.raises(DecodeError, match="task.kind must be one of run, compensate"):
+        TaskPayload.from_json(json.dumps({**raw, "kind": "undo"}).encode())
 
 
 def test_newer_records_are_told_apart_from_broken_ones() -> None:
     """A higher schema version is NewerRecordError (left untouched by the leader)."""
     with pytest.raises(NewerRecordError):
         SagaRecord.from_json(b'{"v": 4, "id": "x"}')
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DecodeError) as info:
         SagaRecord.from_json(b'{"v": 2, "id": "x"}')
     assert not isinstance(info.value, NewerRecordError)
 
@@ -268,9 +272,9 @@ def test_newer_records_are_told_apart_from_broken_ones() -> None:
     [b"nope", b"[]", b'{"compliance": "pci"}', b'{"compliance": [1]}', b'{"concurrency": "lots"}',
      b'{"cost": -1}', b'{"load": NaN}', b'{"concurrency": true}'],
 )
-def test_bad_worker_registrations_are_config_errors(value: bytes) -> None:
-    """Capabilities the router could not use raise ConfigError (quarantined, not fatal)."""
-    with pytest.raises(ConfigError):
+def test_bad_worker_registrations_are_decode_errors(value: bytes) -> None:
+    """Capabilities the router could not use raise DecodeError (quarantined, not fatal)."""
+    with pytest.raises(DecodeError):
         capabilities(value)
 
 

@@ -6,9 +6,17 @@ import logging
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from whizorch.errors import ConfigError
-from whizorch.saga._middleware import check_middleware, run_guarded, run_pipeline
+from whizorch.saga import LeadershipObserver, RoleObserver
+from whizorch.saga._middleware import (
+    attach_middleware,
+    check_middleware,
+    leadership_changed,
+    run_guarded,
+    run_pipeline,
+)
 
 
 def recorder(name: str, log: list[str]) -> Any:
@@ -152,3 +160,68 @@ def test_check_middleware_names_the_bad_entry() -> None:
     assert info.value.field == "middleware[1]"
     with pytest.raises(ConfigError, match="list of callables"):
         check_middleware(ok)  # type: ignore[arg-type]
+
+
+# -- the optional hooks: protocols, not names found by getattr --------------------------------
+
+
+def test_hooks_are_told_apart_by_their_protocols() -> None:
+    """Metrics is a RoleObserver, Tracing a LeadershipObserver; a plain async function
+    is a Middleware and neither; attach is called on the observers alone."""
+    from whizorch.observe import Metrics, Tracing
+
+    async def plain(ctx: Any, call_next: Any) -> Any:
+        return await call_next()
+
+    assert isinstance(Metrics(CollectorRegistry()), RoleObserver)
+    assert isinstance(Tracing(), LeadershipObserver)
+    assert not isinstance(plain, RoleObserver) and not isinstance(plain, LeadershipObserver)
+    attached: list[object] = []
+
+    class Attaching:
+        async def __call__(self, ctx: Any, call_next: Any) -> Any:
+            return await call_next()
+
+        def attach(self, owner: Any) -> None:
+            attached.append(owner)
+
+    owner = object()
+    attach_middleware([plain, Attaching()], owner)  # type: ignore[arg-type]
+    assert attached == [owner]
+
+
+def test_a_hook_that_is_not_a_method_is_refused_up_front() -> None:
+    """A middleware whose ``attach``/``leadership_changed`` is not callable is a
+    ConfigError naming it, when the role is built."""
+
+    class NotAHook:
+        leadership_changed = "nope"
+
+        async def __call__(self, ctx: Any, call_next: Any) -> Any:
+            return await call_next()
+
+    with pytest.raises(ConfigError) as info:
+        check_middleware([NotAHook()])
+    assert info.value.field == "middleware[0].leadership_changed"
+
+
+def test_leadership_observers_are_told_and_one_failing_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Every LeadershipObserver hears of a change; one that raises is logged and the
+    next is still told."""
+    heard: list[tuple[bool, int, str]] = []
+
+    class Broken:
+        async def __call__(self, ctx: Any, call_next: Any) -> Any:
+            return await call_next()
+
+        def leadership_changed(self, leading: bool, term: int, node: str) -> None:
+            raise RuntimeError("observer bug")
+
+    class Listening(Broken):
+        def leadership_changed(self, leading: bool, term: int, node: str) -> None:
+            heard.append((leading, term, node))
+
+    with caplog.at_level(logging.ERROR, logger="whizorch.saga.middleware"):
+        leadership_changed([Broken(), Listening()], True, 7, "n1")
+    assert heard == [(True, 7, "n1")]
+    assert "leadership_changed hook failed" in caplog.text

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from whizorch import ConfigError
+from whizorch import ConfigError, DecodeError, RequestTooLargeError
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext, call_handler
 from whizorch.saga._model import (
     MAX_HISTORY,
@@ -18,6 +18,7 @@ from whizorch.saga._model import (
     ResultPayload,
     SagaRecord,
     StepState,
+    SubmissionPayload,
     TaskPayload,
     encode_json,
 )
@@ -413,8 +414,8 @@ def test_record_clone_is_independent() -> None:
     ],
 )
 def test_record_from_json_rejects_garbage(data: bytes) -> None:
-    """Garbage, non-objects, a wrong version or wrong fields are a ConfigError naming 'saga record'."""
-    with pytest.raises(ConfigError) as info:
+    """Garbage, non-objects, a wrong version or wrong fields are a DecodeError naming 'saga record'."""
+    with pytest.raises(DecodeError) as info:
         SagaRecord.from_json(data)
     assert info.value.field == "saga record"
     assert "saga record" in str(info.value)
@@ -422,11 +423,11 @@ def test_record_from_json_rejects_garbage(data: bytes) -> None:
 
 def test_record_wrong_version_says_so() -> None:
     """A record of a newer schema raises NewerRecordError naming both versions; an
-    unknown older one a plain ConfigError naming the version it found."""
+    unknown older one a plain DecodeError naming the version it found."""
     data = record().to_json().replace(b'"v":3', b'"v":4')
     with pytest.raises(NewerRecordError, match="schema v4, newer than this whizorch's v3"):
         SagaRecord.from_json(data)
-    with pytest.raises(ConfigError, match="version 0") as info:
+    with pytest.raises(DecodeError, match="version 0") as info:
         SagaRecord.from_json(record().to_json().replace(b'"v":3', b'"v":0'))
     assert not isinstance(info.value, NewerRecordError)
 
@@ -465,8 +466,8 @@ def test_record_is_final_and_regions() -> None:
 
 
 def test_encode_json_limit_names_the_size() -> None:
-    """A value over the limit is a ConfigError giving its size and the limit."""
-    with pytest.raises(ConfigError) as info:
+    """A value over the limit is a RequestTooLargeError (not misuse) giving its size and the limit."""
+    with pytest.raises(RequestTooLargeError) as info:
         encode_json({"x": "y" * 100}, what="step output", limit=50)
     size = len(encode_json({"x": "y" * 100}, what="step output"))
     assert info.value.size == size and info.value.field == "step output"
@@ -482,7 +483,7 @@ def test_encode_json_rejects_non_json(value: Any) -> None:
 
 
 def test_task_and_result_payload_round_trip() -> None:
-    """Task and result payloads survive their codecs; junk fields are a ConfigError."""
+    """Task and result payloads survive their codecs; junk fields are a DecodeError."""
     task = TaskPayload(
         saga_id="t-1", saga="transfer", txid=7, step=1, step_name="b", kind="run", attempt=2, region="eu",
         input={"amount": 5}, outputs={"a": [1]}, timeout_s=3.0, trace={"traceparent": "x"},
@@ -490,12 +491,56 @@ def test_task_and_result_payload_round_trip() -> None:
     assert TaskPayload.from_json(task.to_json()) == task
     res = ResultPayload(ok=False, error="E", error_type="ValueError", retryable=True, worker="w", region="eu")
     assert ResultPayload.from_json(res.to_json()) == res
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         TaskPayload.from_json(b'{"saga_id": "t-1"}')
-    with pytest.raises(ConfigError):
+    with pytest.raises(DecodeError):
         ResultPayload.from_json(b'{"ok": true, "extra": 1}')
-    with pytest.raises(ConfigError, match="step output"):
+    with pytest.raises(RequestTooLargeError, match="step output"):
         ResultPayload(ok=True, output="x" * 100).to_json(limit=20)
+
+
+def test_submission_codec_round_trips() -> None:
+    """A submission survives its codec, strict and lenient alike."""
+    sub = SubmissionPayload(saga="order", input={"sku": "x1"}, trace={"traceparent": "t"}, submitted=12.5)
+    assert SubmissionPayload.from_json(sub.to_json()) == sub
+    assert SubmissionPayload.from_json_lenient(sub.to_json()) == sub
+    assert json.loads(sub.to_json()) == {"saga": "order", "input": {"sku": "x1"}, "trace": {"traceparent": "t"}, "submitted": 12.5}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"\xff", "submission"),
+        (b"[1]", "submission"),
+        (b'{"saga": 5}', "submission.saga"),
+        (b'{"input": 1}', "submission.saga"),
+        (b'{"saga": "order", "trace": {"a": 1}}', "submission.trace"),
+        (b'{"saga": "order", "trace": ["x"]}', "submission.trace"),
+    ],
+)
+def test_submission_strict_decode_names_the_bad_field(data: bytes, field: str) -> None:
+    """The leader's decode refuses a submission it cannot adopt, naming the field; a
+    viewer's lenient read of the same bytes shows what it can, never raising."""
+    with pytest.raises(DecodeError) as info:
+        SubmissionPayload.from_json(data)
+    assert info.value.field == field
+    assert SubmissionPayload.from_json_lenient(data).trace == {}
+
+
+def test_submission_lenient_read_keeps_what_the_value_says() -> None:
+    """A lenient read takes the saga type, input and time where they are well formed,
+    "?" and None where not; the strict decode ignores unknown fields and a bad time."""
+    odd = b'{"saga": "order", "input": 3, "trace": {"a": 1}, "submitted": 7}'
+    assert SubmissionPayload.from_json_lenient(odd) == SubmissionPayload(saga="order", input=3, submitted=7.0)
+    assert SubmissionPayload.from_json_lenient(b'{"saga": 1, "submitted": true}') == SubmissionPayload(saga="?")
+    extra = SubmissionPayload.from_json(b'{"saga": "order", "later": 1, "submitted": "noon"}')
+    assert extra == SubmissionPayload(saga="order")
+
+
+def test_submission_over_the_limit_is_request_too_large() -> None:
+    """An input past ``max_payload_bytes`` is a RequestTooLargeError naming "saga input"."""
+    with pytest.raises(RequestTooLargeError, match="saga input is"):
+        SubmissionPayload(saga="order", input="x" * 100).to_json(50)
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -558,11 +603,11 @@ def test_keys_bad_namespace(ns: Any) -> None:
 
 
 
-def test_unknown_step_state_is_a_config_error() -> None:
+def test_unknown_step_state_is_a_decode_error() -> None:
     """Step states are a closed set (``StepStateName``): a record with another is refused, naming it."""
     data = record().to_json().replace(b'"state":"done"', b'"state":"paused"', 1)
     assert b'"paused"' in data
-    with pytest.raises(ConfigError, match="unknown step state 'paused'"):
+    with pytest.raises(DecodeError, match="unknown step state 'paused'"):
         SagaRecord.from_json(data)
 
 

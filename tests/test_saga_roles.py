@@ -1,4 +1,4 @@
-"""The per-region etcd roles (whizorch.saga._roles): what each role may read and write."""
+"""The per-region etcd roles (whizorch.saga.roles): what each role may read and write."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 
 from whizorch.errors import ConfigError
 from whizorch.etcd import prefix_end
-from whizorch.etcd._auth_admin import Permission, PermType
+from whizorch.etcd.auth import Permission, PermType
 from whizorch.saga._model import Keys
-from whizorch.saga._roles import (
+from whizorch.saga.roles import (
     RoleKind,
     RoleSpec,
     allows,

@@ -20,7 +20,7 @@ from whizorch.config import (
     load_config,
 )
 from whizorch.config._load import env_vars
-from whizorch.coord import Session
+from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import ConfigError
 from whizorch.etcd import EtcdClient, EtcdConfig
 from whizorch.saga import RegionInfo, Router, Saga, Settings
@@ -113,7 +113,7 @@ def test_env_vars_cover_every_section_field() -> None:
     for section, cls in (("ETCD", EtcdSection), ("CONSENSUS", ConsensusConfig),
                          ("FAILOVER", FailoverConfig), ("MONITORING", MonitoringConfig)):
         for field in attrs.fields(cls):
-            assert f"WHIZORCH_{section}_{field.name.upper()}" in names
+            assert not field.init or f"WHIZORCH_{section}_{field.name.upper()}" in names
 
 
 # -- precedence -------------------------------------------------------------------------
@@ -234,12 +234,12 @@ def test_empty_env_value_clears_a_file_value(tmp_path: pathlib.Path) -> None:
         ("WHIZORCH_MONITORING_METRICS_BIND", ":9464", "monitoring.metrics_bind", ":9464", "host:port"),
         ("WHIZORCH_MONITORING_METRICS_BIND", "h:65536", "monitoring.metrics_bind", "h:65536", "0-65535"),
         ("WHIZORCH_NAMESPACE", "ns/", "namespace", "ns/", "trailing '/'"),
-        ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "5", "consensus.step_down_margin_s", 5.0, "[0, lease_ttl_s)"),
+        ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "5", "consensus.step_down_margin_s", 5.0, "[0, TTL) = [0, 5)"),
         ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "-0.1", "consensus.step_down_margin_s", -0.1, ">= 0"),
         ("WHIZORCH_CONSENSUS_STEP_DOWN_MARGIN_S", "4", "consensus.step_down_margin_s", 4.0, "keepalive_interval_s"),
         ("WHIZORCH_CONSENSUS_KEEPALIVE_INTERVAL_S", "0", "consensus.keepalive_interval_s", 0.0, "> 0"),
         ("WHIZORCH_CONSENSUS_KEEPALIVE_INTERVAL_S", "4", "consensus.keepalive_interval_s", 4.0,
-         "shorter than lease_ttl_s - step_down_margin_s = 4"),
+         "shorter than TTL - step_down_margin_s = 4"),
         ("WHIZORCH_CONSENSUS_ETCD_HEARTBEAT_MS", "0", "consensus.etcd_heartbeat_ms", 0, ">= 1"),
         ("WHIZORCH_CONSENSUS_ETCD_ELECTION_MS", "499", "consensus.etcd_election_ms", 499, "5 * etcd_heartbeat_ms = 500"),
         ("WHIZORCH_CONSENSUS_ETCD_ELECTION_MS", "60000", "consensus.etcd_election_ms", 60000, "at most 50000"),
@@ -292,7 +292,7 @@ def test_env_errors_name_field_value_and_variable(var: str, text: str, field: st
         ("[regions.eu]\nendpoints = ['eu-etcd']\n", "regions.eu.endpoints", ["eu-etcd"], "host:port"),
         ("[regions.'e/u']\ncost = 1\n", "regions", "e/u", "without '/'"),
         ("[consensus]\nlease_ttl_s = 3\nkeepalive_interval_s = 2.5\n", "consensus.keepalive_interval_s", 2.5,
-         "shorter than lease_ttl_s - step_down_margin_s = 2.4"),
+         "shorter than TTL - step_down_margin_s = 2.4"),
     ],
 )
 def test_file_errors_name_field_value_and_file(
@@ -448,9 +448,10 @@ def test_settings_gets_the_timeout_and_failover_cap() -> None:
         (ConsensusConfig(lease_ttl_s=1, step_down_margin_s=0), 1, 0.0, 1 / 3),
     ],
 )
-def test_session_kwargs_build_a_session(consensus: ConsensusConfig, ttl: int, margin: float, interval: float) -> None:
-    """session_kwargs() is accepted by whizorch.coord.Session with the same timing."""
-    session = Session(EtcdClient(EtcdConfig(endpoints="127.0.0.1:2379")), **consensus.session_kwargs())
+def test_lease_builds_a_session(consensus: ConsensusConfig, ttl: int, margin: float, interval: float) -> None:
+    """``lease`` is the checked LeaseTiming, taken whole by whizorch.coord.Session."""
+    assert isinstance(consensus.lease, LeaseTiming)
+    session = Session(EtcdClient(EtcdConfig(endpoints="127.0.0.1:2379")), timing=consensus.lease)
     assert session.ttl_s == ttl
     assert session.step_down_margin_s == pytest.approx(margin)
     assert session.keepalive_interval_s == pytest.approx(interval)

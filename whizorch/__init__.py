@@ -1,7 +1,8 @@
 """whizorch: multi-region distributed sagas; consensus delegated to etcd.
 
 Layers (imports run one way): ``whizorch.etcd`` (adapter) <- ``whizorch.coord``
-(primitives) <- saga engine <- CLI. This module re-exports the public names.
+(primitives) <- ``whizorch.saga`` (engine) <- CLI. This module re-exports the public
+names users reach for first; each layer's package exports the rest.
 """
 
 from whizorch.coord import (
@@ -9,6 +10,7 @@ from whizorch.coord import (
     Fence,
     GlobalIds,
     LeaderInfo,
+    LeaseTiming,
     Lock,
     Session,
     Versioned,
@@ -23,6 +25,7 @@ from whizorch.errors import (
     ConfigError,
     ConflictError,
     CoordinationError,
+    DecodeError,
     EtcdError,
     EtcdUnavailableError,
     FencedError,
@@ -33,6 +36,7 @@ from whizorch.errors import (
     OutcomeUnknownError,
     QuorumError,
     RequestTooLargeError,
+    SagaFailedError,
     SessionLostError,
     WhizorchError,
 )
@@ -47,10 +51,23 @@ from whizorch.etcd import (
     TLSConfig,
     WatchEvent,
 )
+from whizorch.saga import (
+    App,
+    Orchestrator,
+    Retry,
+    Saga,
+    SagaClient,
+    SagaHandle,
+    SagaResult,
+    StepContext,
+    Worker,
+    fenced_txn,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "App",
     "AuthConfig",
     "AuthError",
     "ClosedError",
@@ -59,6 +76,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CoordinationError",
+    "DecodeError",
     "Election",
     "EtcdClient",
     "EtcdConfig",
@@ -71,21 +89,32 @@ __all__ = [
     "KeyValue",
     "LeaderInfo",
     "LeaseNotFoundError",
+    "LeaseTiming",
     "Lock",
     "LockTimeoutError",
     "NoSpaceError",
     "NotOwnerError",
     "Op",
+    "Orchestrator",
     "OutcomeUnknownError",
     "QuorumError",
     "RequestTooLargeError",
+    "Retry",
+    "Saga",
+    "SagaClient",
+    "SagaFailedError",
+    "SagaHandle",
+    "SagaResult",
     "Session",
     "SessionLostError",
+    "StepContext",
     "TLSConfig",
     "Versioned",
     "VersionedStore",
     "WatchEvent",
     "WhizorchError",
+    "Worker",
+    "fenced_txn",
     "has_quorum",
     "propose_value",
 ]

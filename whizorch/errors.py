@@ -3,9 +3,10 @@
 ::
 
     WhizorchError
-    ├── ConfigError (ValueError)              bad argument or configuration
-    │   ├── RequestTooLargeError              value/request past etcd's request limit
+    ├── ConfigError (ValueError)              misuse: a bad argument or configuration
     │   └── SagaIdConflictError               a saga id reused with another type or input
+    ├── RequestTooLargeError (ValueError)     a value or request past a size limit
+    ├── DecodeError (ValueError)              data read from etcd that does not decode
     ├── ClosedError (RuntimeError)            object used before open or after close
     ├── EtcdError                             anything etcd or the transport reported
     │   ├── EtcdUnavailableError              no endpoint answered, or no etcd leader
@@ -24,12 +25,19 @@
     SagaFailedError                           a saga ended compensated or failed
 
 Every error carries the structured fields that apply (``key``, ``revision``,
-``lease``, ``endpoint`` ...) as attributes, and a message that names them.
+``lease``, ``endpoint`` ...) as declared attributes (None when they do not apply), and
+a message that names them. Other context given to the constructor is shown in the
+message and kept in ``fields``. Retrying can fix none of ``ConfigError``,
+``RequestTooLargeError`` and ``DecodeError``: the engine fails what they stop, by type.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import inspect
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from whizorch.saga import SagaResult
 
 __all__ = [
     "AuthError",
@@ -38,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CoordinationError",
+    "DecodeError",
     "EtcdError",
     "EtcdUnavailableError",
     "FencedError",
@@ -55,7 +64,7 @@ __all__ = [
 ]
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if isinstance(value, bytes):
         try:
             return repr(value.decode())
@@ -66,45 +75,104 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _public_annotations(cls: type) -> frozenset[str]:
+    """The attributes a class itself declares (its annotations), private ones left out."""
+    return frozenset(name for name in inspect.get_annotations(cls) if not name.startswith("_"))
+
+
 class WhizorchError(Exception):
     """Root of every error whizorch raises.
 
-    Keyword fields given to the constructor become attributes and are appended to the
-    message, so logs show e.g. ``key='locks/a' lease=7587...``.
+    Keyword fields given to the constructor are appended to the message, so logs show
+    e.g. ``key='locks/a' lease=7587...``; those the class declares (below, and on the
+    subclasses) are also attributes.
     """
+
+    key: bytes | str | None = None
+    """The etcd key (or saga key) concerned."""
+    revision: int | None = None
+    lease: int | None = None
+    """The lease id concerned."""
+    endpoint: str | None = None
+    """The etcd endpoint that answered (or failed)."""
+    code: str | None = None
+    """The gRPC status name, for errors etcd or the transport reported."""
+    method: str | None = None
+    """The etcd method path (``/etcdserverpb.KV/Put``)."""
+    saga_id: str | None = None
+    step: str | int | None = None
+    """A step's name or index."""
+    region: str | None = None
+    token: int | None = None
+    """A fencing token (a lock's, a leader's or a run's)."""
+    field: str | None = None
+    """The argument, config field or payload field that is wrong."""
+    value: object = None
+    """The wrong value (when it can be shown)."""
+
+    _declared: ClassVar[frozenset[str]] = frozenset()
 
     # set by the adapter's error seam (whizorch.etcd._errors) for its retry logic
     _safe_to_retry: bool = False
     _token_expired: bool = False
     _endpoint_failed: bool = False
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._declared = cls._declared | _public_annotations(cls)
+
+    def __init__(self, message: str, **fields: object) -> None:
         self.message = message
         self.fields = {k: v for k, v in fields.items() if v is not None}
         for name, value in fields.items():
-            setattr(self, name, value)
+            if name in self._declared:
+                setattr(self, name, value)
         detail = " ".join(f"{k}={_show(v)}" for k, v in self.fields.items())
         super().__init__(f"{message} ({detail})" if detail else message)
 
-    if TYPE_CHECKING:
-        # structured fields are set per instance (key, revision, lease, endpoint ...)
-        def __getattr__(self, name: str) -> Any: ...
+
+WhizorchError._declared = _public_annotations(WhizorchError)
 
 
 class ConfigError(WhizorchError, ValueError):
-    """A bad argument or configuration value; the message names the field."""
+    """Misuse: a bad argument or configuration value; the message names the field."""
+
+    source: str | None = None
+    """Where a configuration value came from (a file, an environment variable)."""
+    reason: str | None = None
+    """Why the value is refused."""
+    line: int | None = None
+    """The line of a configuration file the error is on (when known)."""
 
 
-class RequestTooLargeError(ConfigError):
-    """The request is larger than etcd accepts (``--max-request-bytes``, 1.5 MiB)."""
+class RequestTooLargeError(WhizorchError, ValueError):
+    """A value or request is larger than its limit: etcd's request limit
+    (``--max-request-bytes``, 1.5 MiB) or a payload limit such as ``max_payload_bytes``.
+    Sending it again cannot succeed; ``size`` is its size in bytes when known."""
+
+    size: int | None = None
+
+
+class DecodeError(WhizorchError, ValueError):
+    """Data read from etcd is not what whizorch writes there (not UTF-8, not the JSON
+    expected, a key of the wrong shape, a schema this whizorch does not know).
+
+    ``key`` names the etcd key when known and ``field`` the part that is wrong. The
+    saga engine quarantines such input and goes on; reading it again cannot help.
+    """
 
 
 class SagaIdConflictError(ConfigError):
     """A submission reused a saga id that names a saga of another type, or with
     another input: submitting an id again is idempotent only with the same type and
-    input (then it returns the existing saga's handle). ``saga_id``, ``saga`` (the type
-    submitted now), ``existing`` (the type submitted first) and ``txid`` (the first
-    submission's) are attributes."""
+    input (then it returns the existing saga's handle)."""
+
+    saga: str | None = None
+    """The saga type submitted now."""
+    existing: str | None = None
+    """The type the id was submitted with first."""
+    txid: int | None = None
+    """The first submission's transaction id."""
 
 
 class ClosedError(WhizorchError, RuntimeError):
@@ -117,6 +185,9 @@ class EtcdError(WhizorchError):
     ``code`` is the gRPC status name and ``endpoint`` the member that answered, when
     known.
     """
+
+    endpoints: tuple[str, ...] | None = None
+    """Every endpoint tried, when none answered."""
 
 
 class EtcdUnavailableError(EtcdError):
@@ -141,6 +212,9 @@ class CompactedError(EtcdError):
     then resume watching from the re-read's revision + 1.
     """
 
+    compact_revision: int | None = None
+    requested_revision: int | None = None
+
 
 class LeaseNotFoundError(EtcdError):
     """The lease does not exist at the server (expired or revoked)."""
@@ -161,6 +235,8 @@ class SessionLostError(CoordinationError):
 class LockTimeoutError(CoordinationError, TimeoutError):
     """A lock or a campaign was not won before its timeout."""
 
+    timeout_s: float | None = None
+
 
 class NotOwnerError(CoordinationError):
     """The lock or leadership is no longer held by this owner."""
@@ -169,9 +245,17 @@ class NotOwnerError(CoordinationError):
 class FencedError(NotOwnerError):
     """A write guarded by a fencing token was rejected: the owner changed."""
 
+    current_token: int | None = None
+    """The token that holds now (when known)."""
+    fence_key: bytes | None = None
+    """The key whose create revision is the fence."""
+
 
 class ConflictError(CoordinationError):
     """A compare-and-set found a different revision than expected."""
+
+    expected_revision: int | None = None
+    actual_revision: int | None = None
 
 
 class QuorumError(CoordinationError):
@@ -181,5 +265,10 @@ class QuorumError(CoordinationError):
 class SagaFailedError(WhizorchError):
     """A saga ended without completing (``status`` compensated or failed).
 
-    ``result`` holds the full :class:`~whizorch.saga.SagaResult`.
+    ``result`` holds the full :class:`~whizorch.saga.SagaResult`; ``error`` is the
+    saga's error.
     """
+
+    status: str | None = None
+    error: str | None = None
+    result: SagaResult | None = None

@@ -23,8 +23,7 @@ from typing import Any, Literal, TextIO
 import click
 
 from whizorch.errors import ConfigError, WhizorchError
-from whizorch.testing import RegionLab
-from whizorch.testing._lab_model import parse_pairs
+from whizorch.testing import RegionLab, parse_pairs
 
 __all__ = ["command", "main"]
 

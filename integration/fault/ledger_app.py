@@ -33,7 +33,17 @@ import random
 import time
 from typing import Any
 
-from whizorch import ClosedError, Compare, ConfigError, EtcdClient, FencedError, Op, WhizorchError
+from whizorch import (
+    ClosedError,
+    Compare,
+    ConfigError,
+    DecodeError,
+    EtcdClient,
+    FencedError,
+    Op,
+    RequestTooLargeError,
+    WhizorchError,
+)
 from whizorch.etcd import RangeResult
 from whizorch.saga import App, Retry, Saga, StepContext
 from whizorch.saga._fencing import fenced_txn
@@ -102,7 +112,7 @@ async def _pause() -> None:
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, WhizorchError) and not isinstance(exc, (FencedError, ConfigError, ClosedError))
+    return isinstance(exc, WhizorchError) and not isinstance(exc, (FencedError, ConfigError, RequestTooLargeError, DecodeError, ClosedError))
 
 
 async def _retrying(ctx: StepContext, name: str, what: str, call: Any) -> Any:

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from _children import Child
+from _roles import RoleLauncher
 
 from .checker import RoleExit
 
@@ -84,6 +84,8 @@ class Deployment:
     ) -> None:
         self.roles = {s.name: Role(s) for s in specs}
         self.endpoints = list(endpoints)
+        self._launcher = RoleLauncher([], endpoints=endpoints, namespace=namespace, ttl=ttl_s, app=app)
+        """Builds the command lines (the environment is the suite's own: ``env``)."""
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.app = app
@@ -103,14 +105,11 @@ class Deployment:
         return [self.endpoints[(spec.rotation + i) % n] for i in range(n)]
 
     def _argv(self, spec: RoleSpec) -> list[str]:
-        common = [
-            "--etcd", ",".join(self.endpoints_for(spec)), "--app", self.app, "--namespace", self.namespace,
-            "--lease-ttl", str(self.ttl_s), "--id", spec.name, "--no-tracing",
-        ]  # fmt: skip
+        endpoints = self.endpoints_for(spec)
         if spec.kind == "worker":
             assert spec.region is not None
-            return [sys.executable, "-m", "whizorch", "worker", *common, "--region", spec.region]
-        return [sys.executable, "-m", "whizorch", "orchestrator", *common, "--events"]
+            return self._launcher.argv("worker", spec.name, "--no-tracing", "--region", spec.region, endpoints=endpoints)
+        return self._launcher.argv("orchestrator", spec.name, "--no-tracing", "--events", endpoints=endpoints)
 
     async def _spawn(self, role: Role) -> None:
         """Start a new incarnation and wait for its ready line (caller holds the lock)."""

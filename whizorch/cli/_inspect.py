@@ -50,11 +50,25 @@ from whizorch.cli._views import (
     workers_by_region,
 )
 from whizorch.config import WhizorchConfig
-from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
+from whizorch.errors import (
+    ConfigError,
+    DecodeError,
+    EtcdUnavailableError,
+    RequestTooLargeError,
+    WhizorchError,
+)
 from whizorch.etcd import EtcdClient, Member, Status, parse_endpoints
-from whizorch.saga import SagaClient, SagaRecord
-from whizorch.saga._listing import Listing, scan_sagas, submitted
-from whizorch.saga._model import COMPENSATING, RUNNING, SAGA_ID, STATUSES, Keys, decode_json
+from whizorch.saga import (
+    SAGA_ID,
+    STATUSES,
+    Keys,
+    Listing,
+    SagaClient,
+    SagaRecord,
+    SubmissionPayload,
+    Submitted,
+    scan_sagas,
+)
 
 __all__ = ["render_list", "render_show", "render_status"]
 
@@ -73,7 +87,7 @@ LIST_SCAN = 5_000
 (``--scan``), so a filter that matches little still answers at once, with a cursor."""
 
 STYLES = {
-    "pending": "dim", RUNNING: "cyan", COMPENSATING: "yellow", "completed": "green", "compensated": "magenta",
+    "pending": "dim", "running": "cyan", "compensating": "yellow", "completed": "green", "compensated": "magenta",
     "failed": "bold red", "done": "green", "dispatched": "cyan", "comp_failed": "bold red", "skipped": "dim",
 }
 
@@ -131,7 +145,7 @@ def _run(cfg: WhizorchConfig, body: Callable[[Target], Awaitable[T]]) -> T:
     except WhizorchError as exc:
         endpoints = ",".join(cfg.etcd.endpoints)
         detail = " ".join(str(exc).split())
-        if isinstance(exc, ConfigError):
+        if isinstance(exc, (ConfigError, RequestTooLargeError, DecodeError)):
             line = f"whizorch: {detail}"
         elif isinstance(exc, EtcdUnavailableError):
             line = f"whizorch: cannot reach etcd at {endpoints} ({' '.join(exc.message.split())}); to fix: {ETCD_FIX}"
@@ -167,7 +181,7 @@ async def _records(t: Target, revision: int = 0) -> tuple[list[SagaRecord], int]
     res = await t.client.get(t.keys.prefix("saga"), prefix=True, revision=revision)
     out = []
     for kv in res.kvs:
-        with contextlib.suppress(ConfigError):  # skipped as SagaClient.list skips it
+        with contextlib.suppress(DecodeError):  # skipped as SagaClient.list skips it
             out.append(SagaRecord.from_json(kv.value))
     return out, res.header.revision
 
@@ -185,10 +199,10 @@ async def _pending(
     for kv in res.kvs:
         try:
             sid = t.keys.saga_id(kv.key, "submit")
-        except ConfigError:
+        except DecodeError:
             continue  # quarantined by the leader: listed by status
         if sid not in known:
-            out.append(submitted(sid, kv))
+            out.append(Submitted.from_kv(sid, kv))
     return out
 
 
@@ -197,13 +211,11 @@ async def _details(t: Target, client: SagaClient, rec: SagaRecord) -> SagaDetail
     its completed steps' outputs."""
     moved, sub = await asyncio.gather(t.client.get(t.keys.input(rec.id)), t.client.get(t.keys.submit(rec.id)))
     has_input, value = False, None
-    with contextlib.suppress(ConfigError):
-        if moved.kvs:
-            has_input, value = True, decode_json(moved.kvs[0].value, what="saga input")
-        elif sub.kvs:
-            doc = decode_json(sub.kvs[0].value, what="submission")
-            if isinstance(doc, dict):
-                has_input, value = True, doc.get("input")
+    if moved.kvs:
+        with contextlib.suppress(ValueError):  # not JSON: shown as missing
+            has_input, value = True, json.loads(moved.kvs[0].value)
+    elif sub.kvs:
+        has_input, value = True, SubmissionPayload.from_json_lenient(sub.kvs[0].value).input
     result = await client._result(rec)
     return SagaDetails(input=value, has_input=has_input, outputs=result.outputs)
 
@@ -238,7 +250,7 @@ async def _saga_counts(t: Target, rev: int) -> tuple[list[SagaRecord], int, int 
     first = await c.get(k.prefix("saga"), prefix=True, revision=rev, limit=STATUS_READ)
     records = []
     for kv in first.kvs:
-        with contextlib.suppress(ConfigError):
+        with contextlib.suppress(DecodeError):
             records.append(SagaRecord.from_json(kv.value))
     return records, max(0, n_submits.count - n_records.count), n_records.count
 
@@ -406,7 +418,7 @@ def show(saga_id: str, target: WhizorchConfig, as_json: bool) -> None:
                 rec = await client.get(saga_id)
                 if rec is not None:
                     return rec, await _details(t, client, rec)
-            except ConfigError as exc:  # a record this whizorch cannot read
+            except DecodeError as exc:  # a record this whizorch cannot read
                 notes = await t.client.get(t.keys.prefix("quarantine"), prefix=True)
                 key = t.keys.saga(saga_id).decode()
                 note = next((n for n in quarantine_notes(notes.kvs) if n["key"] == key), None)
@@ -636,8 +648,9 @@ def render_show(rec: SagaRecord, now: float, details: SagaDetails | None = None)
         parts.append(Text("no failovers"))
 
     timeline = Table(title="history", title_justify="left")
-    for col in ("+s", "event", "step", "detail"):
-        timeline.add_column(col, overflow="fold")
+    for col in ("+s", "event", "step"):
+        timeline.add_column(col, no_wrap=True)  # names are read whole: only the detail folds
+    timeline.add_column("detail", overflow="fold")
     for h in timeline_rows(rec):
         timeline.add_row(_t(f"{h['t']:.3f}"), _t(h["event"]), _t(h["step"]), _t(h["detail"]))
     parts.append(timeline)

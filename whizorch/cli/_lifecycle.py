@@ -32,8 +32,7 @@ import attrs
 from whizorch.cli._main import ETCD_FIX
 from whizorch.errors import WhizorchError
 from whizorch.etcd import EtcdClient, EtcdConfig
-from whizorch.saga import Orchestrator, Worker
-from whizorch.saga._supervise import is_transient
+from whizorch.saga import Orchestrator, Worker, is_transient
 
 __all__ = [
     "StopSignal", "Stopped", "close_role", "exit_now", "open_client", "run_until_signalled", "serve_role", "until_stopped",

@@ -17,9 +17,10 @@ import click
 
 import whizorch
 from whizorch.config import WhizorchConfig, load_config
+from whizorch.coord import LeaseTiming
 from whizorch.errors import ConfigError, EtcdUnavailableError, WhizorchError
 from whizorch.observe import Metrics, MetricsServer, Tracing, serve_metrics
-from whizorch.saga import App, Saga
+from whizorch.saga import App, OrchestratorEvent, Saga
 
 ENDPOINTS_HELP = "etcd endpoints, comma-separated HOST:PORT (default: the config's [etcd] endpoints, env WHIZORCH_ETCD_ENDPOINTS)"
 CONFIG_HELP = "a whizorch TOML file (env WHIZORCH_CONFIG); see docs/configuration.md"
@@ -104,17 +105,10 @@ def load_settings(config_path: str | None, *, endpoints: str | None = None, name
     return cfg
 
 
-def role_timing(cfg: WhizorchConfig, lease_ttl: int | None) -> dict[str, Any]:
+def role_timing(cfg: WhizorchConfig, lease_ttl: int | None) -> LeaseTiming:
     """A role's lease timing: ``--lease-ttl`` (with default keepalive and margin), else
-    ``[consensus]``; keyword arguments of Worker and Orchestrator."""
-    if lease_ttl is not None:
-        return {"lease_ttl_s": lease_ttl}
-    c = cfg.consensus
-    return {
-        "lease_ttl_s": c.lease_ttl_s,
-        "keepalive_interval_s": c.keepalive_interval_s,
-        "step_down_margin_s": c.step_down_margin_s,
-    }
+    ``[consensus]``'s, checked when the config was read."""
+    return cfg.consensus.lease if lease_ttl is None else LeaseTiming.of(lease_ttl)
 
 
 class Observability:
@@ -187,6 +181,11 @@ def emit(kind: str, fields: dict[str, Any]) -> None:
     """One JSON line on stdout (``--events``)."""
     sys.stdout.write(json.dumps({"event": kind, **fields}, default=str) + "\n")
     sys.stdout.flush()
+
+
+def emit_event(event: OrchestratorEvent) -> None:
+    """An orchestrator's event as one JSON line (``--events``)."""
+    emit(event.kind, event.fields())
 
 
 @click.group(context_settings=CONTEXT)

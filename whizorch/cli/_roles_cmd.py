@@ -1,6 +1,6 @@
 """``whizorch roles show|apply``: the etcd roles that confine each process to its keys.
 
-``show`` prints the roles of :func:`whizorch.saga._roles.deployment_roles` (a dry run,
+``show`` prints the roles of :func:`whizorch.saga.roles.deployment_roles` (a dry run,
 no etcd needed); ``apply`` creates them on the configured etcd, as the configured user
 (an admin: etcd's ``root`` role, once auth is on), and optionally users of the same
 names. Running ``apply`` again changes nothing that is already right.
@@ -21,7 +21,7 @@ from whizorch.cli._main import main
 from whizorch.config import WhizorchConfig
 from whizorch.errors import ConfigError
 from whizorch.etcd import EtcdClient
-from whizorch.etcd._auth_admin import (
+from whizorch.etcd.auth import (
     Permission,
     auth_enable,
     role_add,
@@ -31,7 +31,7 @@ from whizorch.etcd._auth_admin import (
     user_add,
     user_grant_role,
 )
-from whizorch.saga._roles import RoleSpec, deployment_roles, describe
+from whizorch.saga.roles import RoleSpec, deployment_roles, describe
 
 __all__ = ["PasswordPolicy", "apply_roles", "roles_document"]
 

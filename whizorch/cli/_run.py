@@ -30,6 +30,7 @@ from whizorch.cli._main import (
     NAMESPACE_HELP,
     Observability,
     emit,
+    emit_event,
     friendly_errors,
     load_app,
     load_settings,
@@ -37,8 +38,7 @@ from whizorch.cli._main import (
     observability_options,
     role_timing,
 )
-from whizorch.saga import Orchestrator, Router, Worker
-from whizorch.saga._model import Keys
+from whizorch.saga import Keys, Orchestrator, Router, Worker
 
 
 def role_options(fn: click.decorators.FC) -> click.decorators.FC:
@@ -96,7 +96,7 @@ def worker(
             w = Worker(
                 client, app, region=region, namespace=cfg.namespace, worker_id=worker_id, concurrency=concurrency,
                 compliance=tags, cost=cost if cost is not None else (home.cost if home else 0.0),
-                middleware=obs.middleware, drain_timeout_s=drain_timeout, **timing,
+                middleware=obs.middleware, drain_timeout_s=drain_timeout, lease=timing,
             )
             try:
                 await until_stopped(stop, w.start())
@@ -183,8 +183,8 @@ def orchestrator(
         client = await open_client(etcd, stop)
         try:
             orch = Orchestrator(
-                client, app, namespace=cfg.namespace, node_id=node_id, router=router, **timing,
-                retention_s=retention, settings=cfg.settings(), on_event=emit if events else None,
+                client, app, namespace=cfg.namespace, node_id=node_id, router=router, lease=timing,
+                retention_s=retention, settings=cfg.settings(), on_event=emit_event if events else None,
                 middleware=obs.middleware, contact_deadline_s=deadline,
                 region_endpoints={r.name: r.endpoints for r in cfg.regions if r.endpoints},
                 raft_leader_locality=raft_leader_locality,

@@ -8,26 +8,19 @@ them with rich.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from whizorch.etcd import KeyValue
-from whizorch.saga._listing import Submitted as Pending
-from whizorch.saga._model import (
-    COMPENSATING,
+from whizorch.saga import (
     FINAL_STATUSES,
-    OPTIONAL_STEP_FIELDS,
-    RUNNING,
     STATUSES,
     Keys,
     SagaRecord,
     StepState,
-)
-
-# the status reads moved to the saga layer (the console shares them); named here too
-from whizorch.saga._status import (
     latency_doc,
     leader_summary,
     live_definitions,
@@ -39,6 +32,9 @@ from whizorch.saga._status import (
     tasks_by_region,
     workers_by_region,
 )
+
+# the status reads moved to the saga layer (the console shares them); named here too
+from whizorch.saga import Submitted as Pending
 
 __all__ = [
     "Pending",
@@ -65,7 +61,7 @@ __all__ = [
     "workers_by_region",
 ]
 
-IN_FLIGHT = (RUNNING, COMPENSATING)
+IN_FLIGHT = tuple(s for s in STATUSES if s not in FINAL_STATUSES)
 FINAL = tuple(s for s in STATUSES if s in FINAL_STATUSES)
 
 
@@ -241,14 +237,14 @@ def compensation_state(st: StepState) -> str | None:
     undone), ``compensated``, ``gave up``, ``compensating``; None when none was needed."""
     if no_compensation(st):
         return "none"
-    return {"compensated": "compensated", "comp_failed": "gave up", COMPENSATING: "compensating"}.get(st.state)
+    return {"compensated": "compensated", "comp_failed": "gave up", "compensating": "compensating"}.get(st.state)
 
 
 def _compensation(st: StepState) -> str:
     if no_compensation(st):
         return "none: the step has no compensation, nothing was undone"
     if st.comp_run == 0:
-        return "compensating (waiting for a region)" if st.state == COMPENSATING else "-"
+        return "compensating (waiting for a region)" if st.state == "compensating" else "-"
     runs = f"{st.comp_run} run{'s' if st.comp_run != 1 else ''}"
     if st.comp_failures:
         runs += f", {st.comp_failures} failed"
@@ -339,8 +335,8 @@ def record_document(rec: SagaRecord, details: SagaDetails | None = None) -> dict
     doc = rec.to_dict()
     doc["duration_s"] = _span(rec.created, rec.finished)
     for st, step in zip(rec.steps, doc["steps"], strict=True):
-        for name in OPTIONAL_STEP_FIELDS:
-            step.setdefault(name, None)
+        for field in attrs.fields(StepState):  # the record leaves out the unset optional ones
+            step.setdefault(field.name, None)
         step["duration_s"] = _span(step["started"], step["ended"])
         step["compensation"] = compensation_state(st)
     if details is not None:
@@ -348,3 +344,13 @@ def record_document(rec: SagaRecord, details: SagaDetails | None = None) -> dict
         doc["outputs"] = dict(details.outputs)
     return doc
 
+
+
+def _json_object(value: bytes) -> dict[str, Any] | None:
+    """A JSON object the leader wrote (latency, quarantine notes), or None when the
+    value is not one: a view shows what it can."""
+    try:
+        doc = json.loads(value)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -6,7 +6,7 @@
 
     cfg = load_config("whizorch.toml")          # or $WHIZORCH_CONFIG, or defaults
     client = EtcdClient(cfg.etcd_config(region="eu"))
-    session = Session(client, **cfg.consensus.session_kwargs())
+    session = Session(client, timing=cfg.consensus.lease)
     router, settings = cfg.router(), cfg.settings()
 
 Sits beside ``whizorch.observe``, above the saga engine and below the CLI. Every field,

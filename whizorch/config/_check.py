@@ -1,12 +1,16 @@
-"""Value checks for the config schema: each names the dotted field path it checks."""
+"""Value checks for the config schema: each names the dotted field path it checks.
+
+Built on the checks every layer shares (:mod:`whizorch._check`); ``bind_address`` is
+theirs, re-exported here for the schema.
+"""
 
 from __future__ import annotations
 
-import math
 import types
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from whizorch._check import bind_address, invalid, is_int, is_number
 from whizorch.errors import ConfigError
 from whizorch.etcd import parse_endpoints
 
@@ -24,43 +28,30 @@ __all__ = [
     "whole",
 ]
 
-REDACTED = "<redacted>"
-
-
 def config_error(
     path: str, value: object, reason: str, *, source: str | None = None, **extra: Any
 ) -> ConfigError:
-    """A ConfigError reading ``path = value (from source): reason``.
-
-    ``field``, ``value``, ``source``, ``reason`` (and ``extra``) are also attributes.
-    ``source`` is a file path, an environment variable name, or ``"default"``.
-    """
-    shown = REDACTED if path.rpartition(".")[2] == "password" else value
-    where = "" if source is None else " (default)" if source == "default" else f" (from {source})"
-    message = f"{path} = {shown!r}{where}: {reason}"
-    exc = ConfigError(message, field=path, value=shown, source=source, reason=reason, **extra)
-    # the message already names field, value and source: don't repeat them as "(k=v ...)"
-    exc.args = (message,)
-    return exc
+    """A ConfigError reading ``path = value (from source): reason`` (see
+    :func:`whizorch._check.invalid`)."""
+    return invalid(path, value, reason, source=source, **extra)
 
 
 def fail(path: str, value: object, reason: str) -> NoReturn:
     """Raise `config_error` (the loader adds where the value came from)."""
-    raise config_error(path, value, reason)
+    raise invalid(path, value, reason)
 
 
 def number(path: str, value: object, *, minimum: float = 0.0, strict: bool = True) -> float:
     """A finite number > ``minimum`` (``strict``) or >= ``minimum``, as a float."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        if value > minimum if strict else value >= minimum:
-            return float(value)
+    if is_number(value) and (value > minimum if strict else value >= minimum):
+        return float(value)
     op = ">" if strict else ">="
     fail(path, value, f"must be a number {op} {minimum:g}")
 
 
 def whole(path: str, value: object, *, minimum: int, what: str = "a whole number") -> int:
     """An int >= ``minimum`` (bools and floats refused: ``5.5`` is not a count)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+    if is_int(value, minimum=minimum):
         return value
     fail(path, value, f"must be {what} >= {minimum}")
 
@@ -119,14 +110,3 @@ def latency_map(path: str, value: object) -> Mapping[str, float]:
             fail(path, value, "region names must be non-empty strings")
         out[region] = number(f"{path}.{region}", ms, strict=False)
     return types.MappingProxyType(out)
-
-
-def bind_address(path: str, value: object) -> tuple[str, int]:
-    """``"host:port"`` (IPv6 as ``"[::1]:9464"``) -> (host, port); also behind
-    ``whizorch.observe.serve_metrics``."""
-    if isinstance(value, str) and ":" in value:
-        host, _, port_text = value.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if host and port_text.isdigit() and int(port_text) <= 65535:
-            return host, int(port_text)
-    fail(path, value, 'must look like "host:port" with a non-empty host and a port in 0-65535')

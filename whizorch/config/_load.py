@@ -35,9 +35,14 @@ def env_vars() -> dict[str, tuple[str, str]]:
     """
     out = {"WHIZORCH_NAMESPACE": ("", "namespace")}
     for section, cls in _SECTIONS.items():
-        for field in attrs.fields(cls):
-            out[f"WHIZORCH_{section}_{field.name}".upper()] = (section, field.name)
+        for name in _settable(cls):
+            out[f"WHIZORCH_{section}_{name}".upper()] = (section, name)
     return out
+
+
+def _settable(cls: type) -> tuple[str, ...]:
+    """A section's fields a file or the environment sets (not those it derives)."""
+    return tuple(f.name for f in attrs.fields(cls) if f.init)
 
 
 def load_config(
@@ -65,11 +70,10 @@ def load_config(
         top = {"namespace": raw["namespace"]} if "namespace" in raw else {}
         return WhizorchConfig(**top, regions=regions, **sections)
     except ConfigError as exc:
-        reason = getattr(exc, "reason", None)
-        if reason is None or getattr(exc, "source", None) is not None:
+        if exc.reason is None or exc.source is not None or exc.field is None:
             raise
         # the same error, now saying where the value came from; chaining would repeat it
-        raise config_error(exc.field, exc.value, reason, source=_source(exc.field, sources)) from None
+        raise config_error(exc.field, exc.value, exc.reason, source=_source(exc.field, sources)) from None
 
 
 def _read(name: str, via: str) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def _from_file(data: dict[str, Any], source: str, raw: dict[str, Any], sources: 
         if key == "namespace":
             raw[key], sources[key] = value, source
         elif key in _SECTIONS:
-            known = tuple(f.name for f in attrs.fields(_SECTIONS[key]))
+            known = _settable(_SECTIONS[key])
             for name, item in _table(key, value, source).items():
                 if name not in known:
                     raise _unknown(f"{key}.{name}", item, known, source)

@@ -10,7 +10,7 @@ frozen classes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -25,8 +25,10 @@ from whizorch.config._check import (
     string_list,
     whole,
 )
+from whizorch.coord import LeaseTiming
+from whizorch.errors import ConfigError
 from whizorch.etcd import AuthConfig, EtcdConfig, TLSConfig
-from whizorch.saga import Router, Settings
+from whizorch.saga import Keys, Router, Settings
 
 __all__ = [
     "ConsensusConfig",
@@ -153,29 +155,25 @@ class ConsensusConfig:
     (1-1024; fixed from then on: the namespace's ``<ns>/meta`` keeps it). Each shard
     has its own leader; orchestrators share the shards evenly."""
 
+    lease: LeaseTiming = attrs.field(init=False, repr=False, eq=False)
+    """The three lease fields as one checked `whizorch.coord.LeaseTiming` (defaults
+    filled in): what a role and its sessions take."""
+
     def __attrs_post_init__(self) -> None:
-        ttl = whole("consensus.lease_ttl_s", self.lease_ttl_s, minimum=1, what="a whole number of seconds")
         margin, interval = self.step_down_margin_s, self.keepalive_interval_s
         if margin is not None:
-            margin = number("consensus.step_down_margin_s", margin, strict=False)
-            if margin >= ttl:
-                fail("consensus.step_down_margin_s", margin, f"must be in [0, lease_ttl_s) = [0, {ttl})")
-            _set(self, "step_down_margin_s", margin)
-        room = ttl - (ttl / 5 if margin is None else margin)
+            _set(self, "step_down_margin_s", number("consensus.step_down_margin_s", margin, strict=False))
         if interval is not None:
-            interval = number("consensus.keepalive_interval_s", interval)
-            if interval >= room:
-                fail(
-                    "consensus.keepalive_interval_s", interval,
-                    f"must be shorter than lease_ttl_s - step_down_margin_s = {room:g}",
-                )
-            _set(self, "keepalive_interval_s", interval)
-        elif ttl / 3 >= room:  # only an explicit margin can get here
-            fail(
-                "consensus.step_down_margin_s", margin,
-                f"leaves lease_ttl_s - step_down_margin_s = {room:g}, not more than the default "
-                f"keepalive_interval_s (lease_ttl_s / 3 = {ttl / 3:g}); lower it or set the interval",
+            _set(self, "keepalive_interval_s", number("consensus.keepalive_interval_s", interval))
+        try:
+            lease = LeaseTiming.of(
+                self.lease_ttl_s, step_down_margin_s=self.step_down_margin_s,
+                keepalive_interval_s=self.keepalive_interval_s,
             )
+        except ConfigError as exc:
+            field = {"ttl_s": "lease_ttl_s"}.get(exc.field or "", exc.field)
+            fail(f"consensus.{field}", exc.value, exc.reason or exc.message)
+        _set(self, "lease", lease)
         contact = number("consensus.contact_deadline_s", self.contact_deadline_s, strict=False)
         if 0 < contact < 0.05:
             fail("consensus.contact_deadline_s", contact, "must be 0 (off) or at least 0.05 s")
@@ -189,14 +187,6 @@ class ConsensusConfig:
             fail("consensus.etcd_election_ms", election, f"etcd needs >= 5 * etcd_heartbeat_ms = {5 * beat}")
         if election > _MAX_ELECTION_MS:
             fail("consensus.etcd_election_ms", election, f"etcd accepts at most {_MAX_ELECTION_MS}")
-
-    def session_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``whizorch.coord.Session(client, **kw)``."""
-        return {
-            "ttl_s": self.lease_ttl_s,
-            "step_down_margin_s": self.step_down_margin_s,
-            "keepalive_interval_s": self.keepalive_interval_s,
-        }
 
     def local_cluster_kwargs(self) -> dict[str, int]:
         """``heartbeat_ms``/``election_ms`` for ``whizorch.testing.LocalEtcdCluster``."""
@@ -291,8 +281,9 @@ class WhizorchConfig:
     """``[monitoring]``: metrics and tracing."""
 
     def __attrs_post_init__(self) -> None:
-        # the same rule as whizorch.saga's key layout (Keys)
-        if not isinstance(self.namespace, str) or not self.namespace or self.namespace.endswith("/"):
+        try:
+            Keys(self.namespace)  # the key layout's own rule
+        except ConfigError:
             fail("namespace", self.namespace, "must be a non-empty string without a trailing '/'")
         for name, cls in _SECTIONS.items():
             if not isinstance(getattr(self, name), cls):

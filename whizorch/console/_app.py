@@ -33,8 +33,7 @@ from whizorch.console._security import COOKIE, Guard, csrf_ok, new_csrf, session
 from whizorch.console._settings import ConsoleSettings
 from whizorch.console._timeline import build_timeline
 from whizorch.errors import ConfigError, WhizorchError
-from whizorch.saga._client import SagaClient
-from whizorch.saga._model import SAGA_ID, Keys
+from whizorch.saga import SAGA_ID, Keys, SagaClient
 
 __all__ = ["build_app"]
 

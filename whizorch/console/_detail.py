@@ -15,10 +15,10 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import CompactedError, ConfigError
+from whizorch._check import is_int, is_number
+from whizorch.errors import CompactedError, DecodeError
 from whizorch.etcd import EtcdClient, EventType, KeyValue, Op, RangeResult
-from whizorch.saga._listing import Submitted, submitted
-from whizorch.saga._model import Keys, SagaRecord
+from whizorch.saga import Keys, SagaRecord, Submitted
 
 __all__ = ["SHOW_BYTES", "Detail", "Payload", "RunResult", "payload", "read_detail"]
 
@@ -60,7 +60,7 @@ def _text(value: Any) -> str | None:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 @attrs.frozen(kw_only=True)
@@ -87,7 +87,7 @@ class RunResult:
 def _result(keys: Keys, kv: KeyValue) -> RunResult | None:
     try:
         region, _, step, kind, attempt = keys.run_key(kv.key)
-    except ConfigError:
+    except DecodeError:
         return None
     try:
         raw = json.loads(kv.value)
@@ -100,7 +100,7 @@ def _result(keys: Keys, kv: KeyValue) -> RunResult | None:
         key=kv.key.decode(errors="replace"), region=region, step=step, kind=kind, attempt=attempt,
         ok=ok if isinstance(ok, bool) else None, worker=_text(raw.get("worker")),
         started=_num(raw.get("started")), ended=_num(raw.get("ended")),
-        fence=fence if isinstance(fence, int) and not isinstance(fence, bool) and fence > 0 else None,
+        fence=fence if is_int(fence, minimum=1) else None,
         error=_text(raw.get("error")), error_type=_text(raw.get("error_type")),
         traceback=_text(raw.get("traceback")),
         output=payload(raw["output"]) if ok is True and "output" in raw else None, revision=kv.mod_revision,
@@ -152,7 +152,7 @@ async def read_detail(client: EtcdClient, keys: Keys, saga_id: str) -> Detail:
     if rec_kv is not None:
         try:
             record = SagaRecord.from_json(rec_kv.value)
-        except ConfigError as exc:
+        except DecodeError as exc:
             record_error = str(exc)
             record_raw = _text(rec_kv.value.decode(errors="replace"))
     sub: dict[str, Any] = {}
@@ -167,7 +167,7 @@ async def read_detail(client: EtcdClient, keys: Keys, saga_id: str) -> Detail:
             sub["input"] = json.loads(input_kv.value)
         except (UnicodeDecodeError, ValueError):
             sub["input"] = input_kv.value.decode(errors="replace")
-    pending = submitted(saga_id, sub_kv) if sub_kv is not None and rec_kv is None else None
+    pending = Submitted.from_kv(saga_id, sub_kv) if sub_kv is not None and rec_kv is None else None
     regions: list[str] = []
     if record is not None:
         for st in record.steps:

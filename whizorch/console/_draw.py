@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from whizorch.console._timeline import Timeline
-from whizorch.saga._model import SagaRecord
+from whizorch.saga import SagaRecord
 
 __all__ = ["Drawing", "draw"]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from whizorch.console._index import SagaIndex
 from whizorch.console._settings import ConsoleSettings
-from whizorch.errors import AuthError, CompactedError, ConfigError, WhizorchError
+from whizorch.errors import AuthError, CompactedError, DecodeError, WhizorchError
 from whizorch.etcd import (
     EtcdClient,
     EventType,
@@ -32,17 +32,17 @@ from whizorch.etcd import (
     WatchEvent,
     parse_endpoints,
 )
-from whizorch.saga._model import Keys
-from whizorch.saga._snapshot import read_many
-from whizorch.saga._status import (
+from whizorch.saga import (
+    Keys,
+    capabilities,
     latency_doc,
     leaders_of,
     quarantine_notes,
+    read_many,
     summarize_cluster,
     summarize_regions,
     workers_by_region,
 )
-from whizorch.saga._view import capabilities
 
 __all__ = ["OVERVIEW", "SAGAS", "Hub", "Subscriber", "saga_topic"]
 
@@ -228,7 +228,7 @@ class Hub:
     def _sid(self, key: bytes, kind: str) -> str | None:
         try:
             return self.keys.saga_id(key, kind)
-        except ConfigError:
+        except DecodeError:
             return None  # not a key whizorch wrote: the leader quarantines it
 
     # -- events ------------------------------------------------------------------------
@@ -298,7 +298,7 @@ class Hub:
     def _name_worker(self, kv: KeyValue) -> None:
         try:
             name = capabilities(kv.value).get("worker")
-        except ConfigError:
+        except DecodeError:
             return
         if isinstance(name, str):
             if len(self.worker_names) >= WORKER_NAMES_KEPT:
@@ -311,7 +311,7 @@ class Hub:
                 return
             try:
                 region = self.keys.split(key, "task")[0]
-            except ConfigError:
+            except DecodeError:
                 return
             self.tasks[key] = region
             self.task_counts[region] += 1

@@ -18,9 +18,9 @@ from typing import Any
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.etcd import KeyValue
-from whizorch.saga._listing import submitted as parse_submission
-from whizorch.saga._model import FINAL_STATUSES, STATUSES
+from whizorch.saga import FINAL_STATUSES, STATUSES, Submitted
 
 __all__ = ["Entry", "Page", "Query", "SagaIndex", "entry_from_record"]
 
@@ -66,7 +66,7 @@ class Entry:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 def entry_from_record(sid: str, raw: Any) -> Entry | None:
@@ -94,7 +94,7 @@ def entry_from_record(sid: str, raw: Any) -> Entry | None:
         id=sid,
         saga=_intern(str(raw.get("saga", "?"))),
         status=_intern(raw["status"]),
-        txid=txid if isinstance(txid, int) and not isinstance(txid, bool) else 0,
+        txid=txid if is_int(txid) else 0,
         created=_num(raw.get("created")),
         finished=_num(raw.get("finished")),
         regions=_intern(tuple(regions)),
@@ -214,7 +214,7 @@ class SagaIndex:
         if old is not None:
             old.has_submission = True
             return
-        sub = parse_submission(sid, kv)
+        sub = Submitted.from_kv(sid, kv)
         self._add(Entry(id=sid, saga=_intern(sub.saga), status=PENDING, txid=sub.txid, created=sub.submitted,
                         has_submission=True))  # fmt: skip
 

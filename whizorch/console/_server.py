@@ -22,7 +22,7 @@ from whizorch.console._hub import Hub
 from whizorch.console._settings import ConsoleSettings
 from whizorch.errors import ClosedError, ConfigError
 from whizorch.etcd import EtcdClient
-from whizorch.saga._model import Keys
+from whizorch.saga import Keys
 
 __all__ = ["ConsoleServer"]
 

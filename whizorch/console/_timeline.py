@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.console._detail import RunResult
-from whizorch.saga._model import SagaRecord
+from whizorch.saga import SagaRecord
 
 __all__ = ["COMPENSATION", "Bar", "HistoryRow", "Marker", "Timeline", "build_timeline"]
 
@@ -98,11 +99,11 @@ def _sig(entry: Any) -> str:
 
 
 def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return float(value) if is_number(value, finite=False) else None
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if is_int(value) else None
 
 
 def _step_of(raw: dict[str, Any], index: int) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from whizorch.coord._election import Election, LeaderInfo
 from whizorch.coord._ids import GlobalIds
 from whizorch.coord._lock import Lock
 from whizorch.coord._queue import Fence
-from whizorch.coord._session import LeaseTiming, Session, session_options
+from whizorch.coord._session import LeaseTiming, Session
 from whizorch.coord._state import Versioned, VersionedStore
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "VersionedStore",
     "has_quorum",
     "propose_value",
-    "session_options",
 ]

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 
 from whizorch.coord._queue import Fence, fence_list
 from whizorch.errors import ConfigError, EtcdError, FencedError
-from whizorch.etcd import EtcdClient, Op
-from whizorch.etcd._types import KeyLike, key_bytes, to_bytes
+from whizorch.etcd import EtcdClient, KeyLike, Op, key_bytes, to_bytes
 
 __all__ = ["has_quorum", "propose_value"]
 

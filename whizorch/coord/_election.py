@@ -18,8 +18,7 @@ import attrs
 from whizorch.coord._queue import Fence, enqueue, name_prefix, wait_turn
 from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, LockTimeoutError, NotOwnerError, WhizorchError
-from whizorch.etcd import Compare, EventType, KeyValue, Op
-from whizorch.etcd._types import to_bytes
+from whizorch.etcd import Compare, EventType, KeyValue, Op, to_bytes
 
 __all__ = ["Election", "LeaderInfo"]
 

@@ -8,8 +8,7 @@ the cluster also takes a revision.
 
 from __future__ import annotations
 
-from whizorch.etcd import EtcdClient
-from whizorch.etcd._types import KeyLike, key_bytes
+from whizorch.etcd import EtcdClient, KeyLike, key_bytes
 
 __all__ = ["GlobalIds"]
 

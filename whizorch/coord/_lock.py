@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from whizorch._check import is_int
 from whizorch.coord._queue import Fence, enqueue, name_prefix, wait_turn
 from whizorch.coord._session import Session
 from whizorch.errors import ConfigError, LockTimeoutError, NotOwnerError, WhizorchError
-from whizorch.etcd import Compare, EtcdClient, Op
-from whizorch.etcd._types import to_bytes
+from whizorch.etcd import Compare, EtcdClient, Op, to_bytes
 
 __all__ = ["Lock"]
 
@@ -53,7 +53,7 @@ class Lock:
             self._own_session = True
         else:
             raise ConfigError("Lock needs a Session or an EtcdClient", field="target", value=type(target).__name__)
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+        if not is_int(ttl_s, minimum=1):
             raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
         self.ttl_s = ttl_s
         self.value = to_bytes(value, "value")

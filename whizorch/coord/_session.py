@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.errors import (
     ClosedError,
     ConfigError,
@@ -27,7 +28,7 @@ from whizorch.errors import (
 )
 from whizorch.etcd import EtcdClient, LeaseInfo
 
-__all__ = ["Session", "session_options"]
+__all__ = ["LeaseTiming", "Session"]
 
 log = logging.getLogger("whizorch.coord.session")
 
@@ -42,39 +43,59 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
+def _refuse(field: str, value: object, reason: str) -> ConfigError:
+    return ConfigError(f"{field} {reason}", field=field, value=value, reason=reason)
+
+
 @attrs.frozen
 class LeaseTiming:
-    """A session's lease timing, checked: ``Session(client, timing=...)``."""
+    """A session's lease timing, checked once when built (here, and only here), then
+    passed whole: from the configuration (``ConsensusConfig.lease``) or
+    :meth:`LeaseTiming.of` to a role, to every ``Session(client, timing=...)`` it opens,
+    and its ``ttl_s`` to the lease grant. A bad value is a ConfigError whose ``field``
+    and ``reason`` say which and why."""
 
     ttl_s: int
-    """The lease's TTL at etcd."""
+    """The lease's TTL at etcd (whole seconds >= 1)."""
     step_down_margin_s: float
-    """The session counts itself lost this long before etcd could expire the lease."""
+    """The session counts itself lost this long before etcd could expire the lease
+    (in [0, TTL))."""
     keepalive_interval_s: float
-    """How often the lease is kept alive."""
+    """How often the lease is kept alive (positive, shorter than TTL - margin)."""
 
+    def __attrs_post_init__(self) -> None:
+        ttl, margin, interval = self.ttl_s, self.step_down_margin_s, self.keepalive_interval_s
+        if not is_int(ttl, minimum=1):
+            raise _refuse("ttl_s", ttl, "must be a whole number of seconds >= 1")
+        if not is_number(margin) or not 0 <= margin < ttl:
+            raise _refuse("step_down_margin_s", margin, f"must be in [0, TTL) = [0, {ttl})")
+        if not is_number(interval) or not 0 < interval < ttl - margin:
+            raise _refuse(
+                "keepalive_interval_s", interval,
+                f"must be positive and shorter than TTL - step_down_margin_s = {ttl - margin:g}",
+            )
 
-def session_options(
-    *, ttl_s: int, step_down_margin_s: float | None = None, keepalive_interval_s: float | None = None
-) -> LeaseTiming:
-    """Check a session's timing and fill in the defaults (margin TTL/5, keepalive TTL/3).
+    @classmethod
+    def of(
+        cls, ttl_s: int, *, step_down_margin_s: float | None = None, keepalive_interval_s: float | None = None
+    ) -> LeaseTiming:
+        """The timing for ``ttl_s`` with the defaults filled in: a margin of TTL/5, a
+        keepalive every TTL/3. A margin that leaves no room for the default keepalive
+        is refused as the margin's fault."""
+        ttl_ok = is_int(ttl_s, minimum=1)
+        margin = step_down_margin_s if step_down_margin_s is not None else (ttl_s / 5 if ttl_ok else 0.0)
+        interval = keepalive_interval_s if keepalive_interval_s is not None else (ttl_s / 3 if ttl_ok else 0.0)
+        try:
+            return cls(ttl_s, margin, interval)
+        except ConfigError as exc:
+            if keepalive_interval_s is None and exc.field == "keepalive_interval_s" and ttl_ok:
+                raise _refuse(
+                    "step_down_margin_s", margin,
+                    f"leaves TTL - step_down_margin_s = {ttl_s - margin:g}, not more than the default "
+                    f"keepalive_interval_s (TTL / 3 = {ttl_s / 3:g}); lower it or set the interval",
+                ) from None
+            raise
 
-    Roles that open a new session after each loss check it once, up front, and pass it
-    to every ``Session(client, timing=...)``.
-    """
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
-        raise ConfigError("ttl_s must be a whole number of seconds >= 1", field="ttl_s", value=ttl_s)
-    margin = ttl_s / 5 if step_down_margin_s is None else step_down_margin_s
-    interval = ttl_s / 3 if keepalive_interval_s is None else keepalive_interval_s
-    if not 0 <= margin < ttl_s:
-        raise ConfigError("step_down_margin_s must be in [0, ttl_s)", field="step_down_margin_s", value=margin)
-    if not 0 < interval < ttl_s - margin:
-        raise ConfigError(
-            "keepalive_interval_s must be positive and shorter than ttl_s - step_down_margin_s",
-            field="keepalive_interval_s",
-            value=interval,
-        )
-    return LeaseTiming(ttl_s, margin, interval)
 
 
 class Session:
@@ -98,11 +119,9 @@ class Session:
         if not isinstance(client, EtcdClient):
             raise ConfigError("Session needs an EtcdClient", field="client", value=type(client).__name__)
         if timing is None:
-            timing = session_options(
-                ttl_s=ttl_s, step_down_margin_s=step_down_margin_s, keepalive_interval_s=keepalive_interval_s
-            )
+            timing = LeaseTiming.of(ttl_s, step_down_margin_s=step_down_margin_s, keepalive_interval_s=keepalive_interval_s)
         elif not isinstance(timing, LeaseTiming):
-            raise ConfigError("timing must be a LeaseTiming (from session_options)", field="timing", value=timing)
+            raise ConfigError("timing must be a LeaseTiming (see LeaseTiming.of)", field="timing", value=timing)
         self.client = client
         self.timing = timing
         self.ttl_s: int = timing.ttl_s

@@ -16,10 +16,19 @@ from collections.abc import Sequence
 
 import attrs
 
+from whizorch._check import is_int
 from whizorch.coord._queue import Fence, fence_list
 from whizorch.errors import ConfigError, ConflictError, FencedError
-from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
-from whizorch.etcd._types import KeyLike, key_bytes, to_bytes
+from whizorch.etcd import (
+    Compare,
+    EtcdClient,
+    KeyLike,
+    Op,
+    RangeResult,
+    TxnResult,
+    key_bytes,
+    to_bytes,
+)
 
 __all__ = ["Versioned", "VersionedStore"]
 
@@ -76,7 +85,7 @@ class VersionedStore:
 
         ``expected_revision=0`` means "only if absent". Returns the new mod_revision.
         """
-        if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or expected_revision < 0:
+        if not is_int(expected_revision, minimum=0):
             raise ConfigError(
                 "expected_revision must be a non-negative int", field="expected_revision", value=expected_revision
             )

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from whizorch.testing._process import dying_with_parent, log_tail
+from whizorch.testing import dying_with_parent, log_tail
 
 __all__ = ["Role", "RoleFailed"]
 

@@ -33,13 +33,13 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from whizorch.errors import ConfigError, LeaseNotFoundError
+from whizorch.errors import ConfigError, LeaseNotFoundError, RequestTooLargeError
 from whizorch.etcd._client import EtcdClient
 from whizorch.etcd._types import Compare, Op, TxnResult
 
 __all__ = ["BatchRefused", "TxnBatcher"]
 
-_SPLIT_ERRORS = (ConfigError, LeaseNotFoundError)
+_SPLIT_ERRORS = (ConfigError, RequestTooLargeError, LeaseNotFoundError)
 """Errors one item can cause for a whole batch: retried item by item."""
 
 

@@ -14,14 +14,15 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Protocol
 
 import attrs
 import grpc
 import grpc.aio
 import tenacity
 
+from whizorch._check import is_int
 from whizorch.errors import (
     ClosedError,
     CompactedError,
@@ -57,10 +58,30 @@ from whizorch.etcd._types import (
     txn_request,
     txn_result,
 )
+from whizorch.etcd._watch import Watch, Watcher
 
-__all__ = ["EtcdClient", "LeaseInfo", "Member", "Page", "Status"]
+__all__ = ["CallObserver", "CallTiming", "EtcdClient", "LeaseInfo", "Member", "Page", "Status"]
 
 log = logging.getLogger("whizorch.etcd")
+
+
+@attrs.frozen
+class CallTiming:
+    """One etcd call as an observer sees it."""
+
+    operation: str
+    """The etcd method (``Range``, ``Put``, ``Txn``, ``LeaseKeepAlive``, ``Status`` ...)."""
+    seconds: float
+    """How long the call took, its retries included."""
+    ok: bool
+    """False when it raised."""
+
+
+class CallObserver(Protocol):
+    """Told of every etcd call a client makes (``EtcdClient.observers``); it must be
+    fast and not raise (an error it raises is logged, never the call's)."""
+
+    def __call__(self, call: CallTiming, /) -> None: ...
 
 
 @attrs.frozen
@@ -157,13 +178,12 @@ class EtcdClient:
         self._token: str | None = None
         self._auth_lock = asyncio.Lock()
         self._ka_lock = asyncio.Lock()
-        self._ka_call: Any = None
+        self._ka_call: grpc.aio.StreamStreamCall | None = None
         self._ka_endpoint: str | None = None
-        self._watcher: Any = None
+        self._watcher: Watcher | None = None
         self._credentials: grpc.ChannelCredentials | None = None
-        self.observers: list[Callable[[str, float, bool], None]] = []
-        """Called after every unary call and keepalive as ``(operation, seconds, ok)``;
-        operation is the etcd method (``Range``, ``Put``, ``Txn``, ``LeaseKeepAlive`` ...).
+        self.observers: list[CallObserver] = []
+        """Told of every unary call and keepalive with a :class:`CallTiming`.
         whizorch's Prometheus metrics attach here; an observer must be fast and not raise."""
 
     # -- lifecycle -------------------------------------------------------------------
@@ -291,7 +311,7 @@ class EtcdClient:
             log.info("etcd endpoint %s is not connected; using %s", self.endpoint, endpoint)
             self._current = index
 
-    def metadata(self, *, stream: bool = False) -> tuple[tuple[str, str], ...]:
+    def metadata(self) -> tuple[tuple[str, str], ...]:
         """Call metadata: the auth token, and ``hasleader`` so a member cut off from the
         quorum refuses at once (unary calls) or cancels the stream (watches)."""
         md: list[tuple[str, str]] = [("hasleader", "true")]
@@ -344,23 +364,36 @@ class EtcdClient:
         if timeout <= 0:
             raise ConfigError("timeout_s must be positive", field="timeout_s", value=timeout)
 
-        if not self.observers:
+        with self._observed(method.name):
             return await self._call_retrying(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+
+    @contextlib.contextmanager
+    def _observed(self, operation: str) -> Iterator[None]:
+        """Time a call (retries included) for the observers: the one place calls are timed."""
+        if not self.observers:
+            yield
+            return
         started = time.perf_counter()
         ok = False
         try:
-            result = await self._call_retrying(method, request, write=write, timeout_s=timeout, authenticate=authenticate)
+            yield
             ok = True
-            return result
         finally:
-            self._observe(method.name, time.perf_counter() - started, ok)
+            call = CallTiming(operation, time.perf_counter() - started, ok)
+            for observer in list(self.observers):
+                try:
+                    observer(call)
+                except Exception:  # an observer's bug must not fail the call it observed
+                    log.exception("etcd call observer failed")
 
-    def _observe(self, operation: str, seconds: float, ok: bool) -> None:
-        for observer in self.observers:
-            try:
-                observer(operation, seconds, ok)
-            except Exception:  # an observer's bug must not fail the call it observed
-                log.exception("etcd call observer failed")
+    async def _failed(self, err: WhizorchError, endpoint: str, token: str | None, *, refresh: bool = True) -> None:
+        """After a call to ``endpoint`` failed: move on from an endpoint that looks
+        unhealthy; authenticate again (``refresh``) when etcd refused the token the
+        call carried."""
+        if _errors.endpoint_failed(err):
+            self._mark_failed(endpoint)
+        if refresh and _errors.is_token_expired(err) and self.config.auth is not None:
+            await self.refresh_token(token)
 
     async def _call_retrying(
         self, method: Method, request: Any, *, write: bool, timeout_s: float, authenticate: bool
@@ -389,20 +422,11 @@ class EtcdClient:
         remaining = max(0.001, deadline - time.monotonic())
         stub = method.bind(ch)
         try:
-            return await stub(request, timeout=remaining, metadata=self.metadata() if authenticate else ())
-        except grpc.RpcError as exc:
-            err = _errors.translate(exc, endpoint=endpoint, write=write, method=method.path)
-            if _errors.endpoint_failed(err):
-                self._mark_failed(endpoint)
-            if _errors.is_token_expired(err) and authenticate and self.config.auth is not None:
-                await self.refresh_token(token)
-            raise err from exc
-        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            broken = _errors.broken_call(exc, endpoint=endpoint, write=write, method=method.path)
-            if broken is None:
-                raise
-            self._mark_failed(endpoint)
-            raise broken from exc
+            with _errors.mapped(endpoint=endpoint, method=method.path, write=write):
+                return await stub(request, timeout=remaining, metadata=self.metadata() if authenticate else ())
+        except WhizorchError as err:
+            await self._failed(err, endpoint, token, refresh=authenticate)
+            raise
 
     # -- KV ----------------------------------------------------------------------------
 
@@ -462,7 +486,7 @@ class EtcdClient:
         :class:`~whizorch.errors.CompactedError`: read again from the start. A single
         key (neither ``prefix`` nor ``range_end``) is one page.
         """
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0:
+        if not is_int(page_size, minimum=1):
             raise ConfigError("page_size must be a positive int", field="page_size", value=page_size)
         start = to_bytes(key, "key")
         if prefix:
@@ -549,7 +573,7 @@ class EtcdClient:
 
         Retried: a grant whose answer was lost leaves an unused lease that expires.
         """
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0:
+        if not is_int(ttl_s, minimum=1):
             raise ConfigError("a lease TTL must be a positive whole number of seconds", field="ttl_s", value=ttl_s)
         req = rpc_pb2.LeaseGrantRequest(TTL=ttl_s, ID=lease_id)
         resp = await self._call(METHODS["LeaseGrant"], req, write=False, timeout_s=timeout_s)
@@ -590,42 +614,24 @@ class EtcdClient:
         self._check_open()
         timeout = timeout_s if timeout_s is not None else self.config.timeout_s
         deadline = time.monotonic() + timeout
-        method = METHODS["LeaseKeepAlive"]
-        started = time.perf_counter()
-        try:
-            ttl = await self._keepalive_once(method, lease_id, deadline, timeout_for_message=timeout)
-        except BaseException:
-            if self.observers:
-                self._observe(method.name, time.perf_counter() - started, False)
-            raise
-        if self.observers:
-            self._observe(method.name, time.perf_counter() - started, True)
-        return ttl
+        with self._observed("LeaseKeepAlive"):
+            return await self._keepalive_once(lease_id, deadline, timeout_for_message=timeout)
 
-    async def _keepalive_once(self, method: Method, lease_id: int, deadline: float, *, timeout_for_message: float) -> int:
+    async def _keepalive_once(self, lease_id: int, deadline: float, *, timeout_for_message: float) -> int:
+        method = METHODS["LeaseKeepAlive"]
         async with self._ka_lock:
             endpoint = self._ka_endpoint
             try:
                 if self._ka_call is None:
                     endpoint, ch = await self.ready_channel(deadline)
-                    stream = method.bind(ch)
-                    self._ka_call = stream(metadata=self.metadata(stream=True))
+                    self._ka_call = method.bind(ch)(metadata=self.metadata())
                     self._ka_endpoint = endpoint
                 call = self._ka_call
                 remaining = max(0.001, deadline - time.monotonic())
-                async with asyncio.timeout(remaining):
-                    await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
-                    resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise _errors.unavailable("keepalive stream closed by etcd", endpoint=endpoint)
-            except grpc.RpcError as exc:
-                await self._reset_keepalive()
-                err = _errors.stream_error(exc, endpoint=endpoint, method=method.path)
-                if endpoint and _errors.endpoint_failed(err):
-                    self._mark_failed(endpoint)
-                if _errors.is_token_expired(err):
-                    await self.refresh_token(self._token)
-                raise err from exc
+                with _errors.mapped(endpoint=endpoint, method=method.path, write=False):
+                    async with asyncio.timeout(remaining):
+                        await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                        resp = await call.read()
             except TimeoutError as exc:
                 await self._reset_keepalive()
                 if endpoint:
@@ -633,14 +639,17 @@ class EtcdClient:
                 raise _errors.unavailable(
                     f"lease keepalive got no answer within {timeout_for_message:.3g}s", endpoint=endpoint, lease=lease_id
                 ) from exc
-            except BaseException as exc:
+            except WhizorchError as err:
                 await self._reset_keepalive()
-                broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
-                if broken is None:
-                    raise
                 if endpoint:
-                    self._mark_failed(endpoint)
-                raise broken from exc
+                    await self._failed(err, endpoint, self._token)
+                raise
+            except BaseException:
+                await self._reset_keepalive()  # a cancelled exchange leaves the stream out of step
+                raise
+            if resp is grpc.aio.EOF:
+                await self._reset_keepalive()
+                raise _errors.unavailable("keepalive stream closed by etcd", endpoint=endpoint)
         if resp.TTL <= 0:
             raise LeaseNotFoundError("the lease has expired or was revoked", lease=lease_id)
         return int(resp.TTL)
@@ -671,12 +680,7 @@ class EtcdClient:
             resp = await self._call(method, rpc_pb2.StatusRequest(), write=False, timeout_s=timeout)
             endpoint = self.endpoint
         else:
-            ch = self._channel_for(endpoint)
-            stub = method.bind(ch)
-            try:
-                resp = await stub(rpc_pb2.StatusRequest(), timeout=timeout, metadata=self.metadata()[1:])
-            except grpc.RpcError as exc:
-                raise _errors.translate(exc, endpoint=endpoint, write=False, method=method.path) from exc
+            resp = await self._unary_at(endpoint, method, rpc_pb2.StatusRequest(), timeout)
         return Status(
             endpoint,
             resp.version,
@@ -746,7 +750,7 @@ class EtcdClient:
         Writes proposed while the transfer runs may be refused; do it rarely.
         """
         self._check_open()
-        if isinstance(target_member_id, bool) or not isinstance(target_member_id, int) or target_member_id <= 0:
+        if not is_int(target_member_id, minimum=1):
             raise ConfigError("a member id is a positive integer", field="target_member_id", value=target_member_id)
         deadline = time.monotonic() + self._timeout(timeout_s)
         members = await self.member_list(timeout_s=self._left(deadline))
@@ -757,7 +761,8 @@ class EtcdClient:
             raise ConfigError(
                 f"cannot move etcd's leadership to {target_member_id:x}: it {what} of the cluster "
                 f"(members: {listed})",
-                target=target_member_id,
+                field="target_member_id",
+                value=target_member_id,
             )
         method = METHODS["MoveLeader"]
         request = rpc_pb2.MoveLeaderRequest(targetID=target_member_id)
@@ -766,12 +771,9 @@ class EtcdClient:
             if leader.member_id == target_member_id:
                 return
             token = self._token
-            started = time.perf_counter()
             try:
                 await self._unary_at(leader.endpoint, method, request, self._left(deadline))
             except WhizorchError as err:
-                if self.observers:
-                    self._observe(method.name, time.perf_counter() - started, False)
                 if attempt == 1 and _errors.is_not_leader(err):
                     log.info("etcd leadership moved while asking %s to hand it over; asking again", leader.endpoint)
                     continue
@@ -779,23 +781,15 @@ class EtcdClient:
                     await self.refresh_token(token)
                     continue
                 raise
-            if self.observers:
-                self._observe(method.name, time.perf_counter() - started, True)
             log.info("etcd leadership moved from %x to %x (%s)", leader.member_id, target_member_id, target.name)
             return
 
     async def _unary_at(self, endpoint: str, method: Method, request: Any, timeout_s: float) -> Any:
-        """One call to exactly ``endpoint`` (no failover, no retry), errors translated."""
+        """One call to exactly ``endpoint``: no failover, no retry, no ``hasleader`` (a
+        member without a leader still answers); timed, errors translated."""
         stub = method.bind(self._channel_for(endpoint))
-        try:
+        with self._observed(method.name), _errors.mapped(endpoint=endpoint, method=method.path, write=False):
             return await stub(request, timeout=timeout_s, metadata=self.metadata()[1:])
-        except grpc.RpcError as exc:
-            raise _errors.translate(exc, endpoint=endpoint, write=False, method=method.path) from exc
-        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
-            if broken is None:
-                raise
-            raise broken from exc
 
     async def _statuses(self, endpoints: Sequence[str], deadline: float) -> list[Status | WhizorchError]:
         """``status`` of each endpoint at once; a failure is returned in its place."""
@@ -832,7 +826,7 @@ class EtcdClient:
         start_revision: int = 0,
         prev_kv: bool = False,
         progress_notify: bool = False,
-    ) -> Any:
+    ) -> Watch:
         """Watch a key or prefix: ``async with client.watch(k) as w: async for ev in w``.
 
         ``start_revision=0`` means "from now". Events arrive in revision order, each
@@ -842,8 +836,6 @@ class EtcdClient:
         the user may not read raises :class:`~whizorch.errors.AuthError`; an expired
         auth token is renewed and the watch created again.
         """
-        from whizorch.etcd._watch import Watch, Watcher
-
         self._check_open()
         if self._watcher is None:
             self._watcher = Watcher(self)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from whizorch._check import is_number
 from whizorch.errors import ConfigError
 
 __all__ = ["AuthConfig", "EtcdConfig", "TLSConfig", "parse_endpoints"]
@@ -99,7 +100,7 @@ class AuthConfig:
 
 def _positive(name: str):  # type: ignore[no-untyped-def]
     def check(_inst: object, _attr: object, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        if not is_number(value, above=0, finite=False):
             raise ConfigError(f"{name} must be a positive number of seconds", field=name, value=value)
 
     return check

@@ -1,7 +1,9 @@
 """The one seam where gRPC errors become whizorch errors.
 
-Nothing above this module sees ``grpc.RpcError``. The translation decides two things
-the retry logic needs:
+Nothing above this module sees ``grpc.RpcError``: every unary call and every stream
+(watch, keepalive) runs inside :func:`mapped`, which translates what grpc.aio raises
+(``RpcError``, and the non-``RpcError`` failures of a broken call) and raises the
+whizorch error ``from`` it. The translation decides two things the retry logic needs:
 
 * ``safe_to_retry``: the request certainly did not take effect (it never left, or etcd
   refused it before proposing it to Raft), so it may be sent again, writes included;
@@ -11,6 +13,8 @@ the retry logic needs:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import grpc
 import grpc.aio
@@ -30,14 +34,17 @@ from whizorch.errors import (
 
 __all__ = [
     "broken_call",
+    "endpoint_failed",
     "is_already_exists",
     "is_not_found",
     "is_not_granted",
     "is_not_leader",
     "is_safe_to_retry",
     "is_token_expired",
+    "mapped",
     "token_refused",
     "translate",
+    "unavailable",
 ]
 
 # Refusals etcd makes before a request reaches Raft: never applied.
@@ -146,7 +153,7 @@ def translate(
 
 def is_safe_to_retry(err: BaseException) -> bool:
     """True when the failed request certainly did not take effect (or was a read)."""
-    return bool(getattr(err, "_safe_to_retry", False))
+    return isinstance(err, WhizorchError) and err._safe_to_retry
 
 
 def is_not_leader(err: BaseException) -> bool:
@@ -154,13 +161,13 @@ def is_not_leader(err: BaseException) -> bool:
     that does not lead, or no longer does: find the leader again and resend."""
     return (
         isinstance(err, EtcdUnavailableError)
-        and getattr(err, "code", None) == grpc.StatusCode.FAILED_PRECONDITION.name
+        and err.code == grpc.StatusCode.FAILED_PRECONDITION.name
         and "not leader" in err.message.lower()
     )
 
 
 def _precondition(err: BaseException, *phrases: str) -> bool:
-    if not isinstance(err, EtcdError) or getattr(err, "code", None) != grpc.StatusCode.FAILED_PRECONDITION.name:
+    if not isinstance(err, EtcdError) or err.code != grpc.StatusCode.FAILED_PRECONDITION.name:
         return False
     low = err.message.lower()
     return any(p in low for p in phrases)
@@ -186,12 +193,12 @@ def is_not_granted(err: BaseException) -> bool:
 
 def is_token_expired(err: BaseException) -> bool:
     """True when etcd rejected the auth token (expired): authenticate again, resend."""
-    return bool(getattr(err, "_token_expired", False))
+    return isinstance(err, WhizorchError) and err._token_expired
 
 
 def endpoint_failed(err: BaseException) -> bool:
     """True when the endpoint itself looks unhealthy and the next one should be tried."""
-    return bool(getattr(err, "_endpoint_failed", False))
+    return isinstance(err, WhizorchError) and err._endpoint_failed
 
 
 def unavailable(message: str, **fields: object) -> EtcdUnavailableError:
@@ -211,12 +218,6 @@ def token_refused(message: str, **fields: object) -> AuthError:
     err._token_expired = True
     err._endpoint_failed = False
     return err
-
-
-def stream_error(exc: grpc.RpcError, *, endpoint: str | None, method: str) -> EtcdError:
-    """Translate an error that ended a stream (watch, keepalive): never a write."""
-    err = translate(exc, endpoint=endpoint, write=False, method=method)
-    return err if isinstance(err, EtcdError) else EtcdError(str(err), endpoint=endpoint)
 
 
 # what grpc.aio raises, besides grpc.RpcError, from a call whose stream or channel
@@ -253,3 +254,23 @@ def broken_call(
     err._token_expired = False
     err._endpoint_failed = True
     return err
+
+
+@contextlib.contextmanager
+def mapped(*, endpoint: str | None, method: str, write: bool) -> Iterator[None]:
+    """Run one gRPC call (or a stream's reads and writes) with its errors translated:
+    ``with mapped(endpoint=e, method=m.path, write=False): resp = await stub(req)``.
+
+    ``write`` says whether the call could change state (a stream never does: a lost
+    keepalive or watch message is sent again). A real cancellation of the caller
+    passes through unchanged (see :func:`broken_call`).
+    """
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise translate(exc, endpoint=endpoint, write=write, method=method) from exc
+    except (asyncio.CancelledError, *_BROKEN_CALL) as exc:
+        broken = broken_call(exc, endpoint=endpoint, write=write, method=method)
+        if broken is None:
+            raise
+        raise broken from exc

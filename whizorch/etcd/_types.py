@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import attrs
 
+from whizorch._check import is_int
 from whizorch.errors import ConfigError
 from whizorch.etcd._proto import kv_pb2, rpc_pb2
 
@@ -217,7 +218,7 @@ class Compare:
 
 
 def _rev(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_int(value, minimum=0):
         raise ConfigError("a revision must be a non-negative int", field="revision", value=value)
     return value
 

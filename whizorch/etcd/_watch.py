@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from whizorch._check import is_int
 from whizorch.errors import (
     AuthError,
     ClosedError,
@@ -59,7 +60,7 @@ class Watch:
         prev_kv: bool,
         progress_notify: bool,
     ) -> None:
-        if isinstance(start_revision, bool) or not isinstance(start_revision, int) or start_revision < 0:
+        if not is_int(start_revision, minimum=0):
             raise ConfigError(
                 "start_revision must be a non-negative int", field="start_revision", value=start_revision
             )
@@ -284,7 +285,7 @@ class Watcher:
         method = METHODS["Watch"]
         stream = method.bind(ch)
         self._stream_token = self._client._token
-        call = stream(metadata=self._client.metadata(stream=True))
+        call = stream(metadata=self._client.metadata())
         outbox = self._outbox
         self._serving = True
         self._pump()
@@ -316,20 +317,14 @@ class Watcher:
         sender = loop.create_task(send(), name="whizorch-etcd-watch-send")
         dog = loop.create_task(watchdog(), name="whizorch-etcd-watch-dog")
         try:
-            while True:
-                resp = await call.read()
-                if resp is grpc.aio.EOF:
-                    raise _errors.unavailable("watch stream closed by etcd", endpoint=endpoint)
-                self._handle(resp, endpoint)
-                if sender.done():
-                    sender.result()
-        except grpc.RpcError as exc:
-            raise _errors.stream_error(exc, endpoint=endpoint, method=method.path) from exc
-        except (asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            broken = _errors.broken_call(exc, endpoint=endpoint, write=False, method=method.path)
-            if broken is None:
-                raise
-            raise broken from exc
+            with _errors.mapped(endpoint=endpoint, method=method.path, write=False):
+                while True:
+                    resp = await call.read()
+                    if resp is grpc.aio.EOF:
+                        raise _errors.unavailable("watch stream closed by etcd", endpoint=endpoint)
+                    self._handle(resp, endpoint)
+                    if sender.done():
+                        sender.result()
         finally:
             self._serving = False
             sender.cancel()

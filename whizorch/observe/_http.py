@@ -8,7 +8,7 @@ from typing import Any
 import prometheus_client
 from prometheus_client.registry import CollectorRegistry
 
-from whizorch.config._check import bind_address
+from whizorch._check import bind_address
 from whizorch.errors import ConfigError
 
 __all__ = ["MetricsServer", "parse_bind", "serve_metrics"]

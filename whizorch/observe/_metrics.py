@@ -50,10 +50,18 @@ import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from whizorch._check import is_int
 from whizorch.errors import ConfigError
-from whizorch.etcd import EtcdClient
-from whizorch.saga import Orchestrator, SagaEvent, StepContext, Submission, Worker
-from whizorch.saga._middleware import CallNext
+from whizorch.etcd import CallTiming, EtcdClient
+from whizorch.saga import (
+    CallNext,
+    MiddlewareContext,
+    Orchestrator,
+    SagaEvent,
+    SagaRecord,
+    StepContext,
+    Worker,
+)
 
 __all__ = ["Metrics"]
 
@@ -204,7 +212,7 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, max_label_values: int = 100) -> None:
-        if isinstance(max_label_values, bool) or not isinstance(max_label_values, int) or max_label_values < 1:
+        if not is_int(max_label_values, minimum=1):
             raise ConfigError("max_label_values must be an int >= 1", field="max_label_values", value=max_label_values)
         self.registry = registry if registry is not None else prometheus_client.REGISTRY
         self._m = _collectors(self.registry)
@@ -215,13 +223,13 @@ class Metrics:
 
     # -- hooks -------------------------------------------------------------------------
 
-    def attach(self, owner: object) -> None:
+    def attach(self, owner: Orchestrator | Worker) -> None:
         """Called by an Orchestrator or Worker as it starts: time its etcd calls, read its state."""
         if isinstance(owner, Orchestrator):
             self._m.state.orchestrators.add(owner)
-        elif isinstance(owner, Worker):
+        else:
             self._m.state.workers.add(owner)
-        self.observe_client(getattr(owner, "client", None))
+        self.observe_client(owner.client)
 
     def observe_client(self, client: EtcdClient | None) -> None:
         """Time every call of ``client`` (once per client, however often attached)."""
@@ -229,27 +237,27 @@ class Metrics:
             self._clients.add(client)
             client.observers.append(self._on_call)
 
-    def _on_call(self, operation: str, seconds: float, ok: bool) -> None:
-        children = self._op_cache.get(operation)
+    def _on_call(self, call: CallTiming) -> None:
+        children = self._op_cache.get(call.operation)
         if children is None:
-            op = self._label("operation", operation)
-            children = self._op_cache[operation] = (self._m.consensus.labels(op), self._m.consensus_errors.labels(op))
-        children[0].observe(seconds)
-        if not ok:
+            op = self._label("operation", call.operation)
+            children = self._op_cache[call.operation] = (self._m.consensus.labels(op), self._m.consensus_errors.labels(op))
+        children[0].observe(call.seconds)
+        if not call.ok:
             children[1].inc()
 
     # -- the middleware ----------------------------------------------------------------
 
-    async def __call__(self, ctx: Any, call_next: CallNext) -> Any:
+    async def __call__(self, ctx: MiddlewareContext, call_next: CallNext) -> object:
         if isinstance(ctx, StepContext):
             return await self._step(ctx, call_next)
         if isinstance(ctx, SagaEvent):
             after = await call_next()
-            self._saga_event(ctx, after)
+            if isinstance(after, SagaRecord):
+                self._saga_event(ctx, after)
             return after
         result = await call_next()
-        if isinstance(ctx, Submission):
-            self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
+        self._m.submissions.labels(self._label("saga_type", ctx.saga)).inc()
         return result
 
     def _step_children(self, ctx: StepContext) -> tuple[Any, dict[str, Any]]:
@@ -270,7 +278,7 @@ class Metrics:
                 self._step_cache[key] = found
         return found
 
-    async def _step(self, ctx: StepContext, call_next: CallNext) -> Any:
+    async def _step(self, ctx: StepContext, call_next: CallNext) -> object:
         duration, attempts = self._step_children(ctx)
         started = time.perf_counter()
         outcome = "error"
@@ -288,9 +296,7 @@ class Metrics:
             duration.observe(time.perf_counter() - started)
             attempts[outcome].inc()
 
-    def _saga_event(self, ctx: SagaEvent, after: Any) -> None:
-        if after is None:
-            return
+    def _saga_event(self, ctx: SagaEvent, after: SagaRecord) -> None:
         before = ctx.before
         at = round(after.updated, 4)
         if before is None or round(before.updated, 4) != at:

@@ -27,8 +27,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from whizorch.errors import ConfigError
-from whizorch.saga import SagaEvent, SagaRecord, StepContext, Submission
-from whizorch.saga._middleware import CallNext
+from whizorch.saga import (
+    CallNext,
+    MiddlewareContext,
+    SagaEvent,
+    SagaHandle,
+    SagaRecord,
+    StepContext,
+    Submission,
+)
 
 try:
     from opentelemetry import trace as otel_trace
@@ -79,27 +86,24 @@ class Tracing:
 
     # -- the middleware ----------------------------------------------------------------
 
-    async def __call__(self, ctx: Any, call_next: CallNext) -> Any:
+    async def __call__(self, ctx: MiddlewareContext, call_next: CallNext) -> object:
         if isinstance(ctx, StepContext):
             return await self._step(ctx, call_next)
         if isinstance(ctx, SagaEvent):
             return await self._saga_event(ctx, call_next)
-        if isinstance(ctx, Submission):
-            return await self._submit(ctx, call_next)
-        return await call_next()
+        return await self._submit(ctx, call_next)
 
-    async def _submit(self, ctx: Submission, call_next: CallNext) -> Any:
+    async def _submit(self, ctx: Submission, call_next: CallNext) -> object:
         with self._tracer.start_as_current_span(
             f"submit {ctx.saga}", kind=SpanKind.PRODUCER, attributes={"saga.id": ctx.saga_id, "saga.type": ctx.saga}
         ) as span:
             self._propagator.inject(ctx.trace)
             handle = await call_next()
-            txid = getattr(handle, "txid", None)
-            if isinstance(txid, int):
-                span.set_attribute("transaction.id", txid)
+            if isinstance(handle, SagaHandle):
+                span.set_attribute("transaction.id", handle.txid)
             return handle
 
-    async def _saga_event(self, ctx: SagaEvent, call_next: CallNext) -> Any:
+    async def _saga_event(self, ctx: SagaEvent, call_next: CallNext) -> object:
         key = (ctx.node, ctx.term, ctx.saga_id)
         span = self._spans.get(key)
         if span is None:
@@ -148,7 +152,7 @@ class Tracing:
             span.set_status(Status(StatusCode.ERROR, rec.error or rec.status))
         span.end()
 
-    async def _step(self, ctx: StepContext, call_next: CallNext) -> Any:
+    async def _step(self, ctx: StepContext, call_next: CallNext) -> object:
         kind = "compensate" if ctx.compensating else "step"
         with self._tracer.start_as_current_span(
             f"{kind} {ctx.saga}.{ctx.step}",

@@ -24,6 +24,7 @@ import attrs
 from whizorch.errors import (
     ClosedError,
     ConfigError,
+    DecodeError,
     SagaFailedError,
     SagaIdConflictError,
     WhizorchError,
@@ -40,7 +41,7 @@ from whizorch.saga._model import (
     Keys,
     ResultPayload,
     SagaRecord,
-    decode_json,
+    SubmissionPayload,
     encode_json,
 )
 from whizorch.saga._spec import SagaSpec
@@ -175,7 +176,11 @@ class SagaHandle:
 
 
 class SagaClient:
-    """Submit and inspect sagas. ``SagaClient(etcd_client, namespace="whizorch")``."""
+    """Submit and inspect sagas. ``SagaClient(etcd_client, namespace="whizorch")``.
+
+    Usable as soon as it is made (``async with`` closes it at the end); after
+    :meth:`aclose` every call raises :class:`~whizorch.errors.ClosedError`.
+    """
 
     def __init__(
         self,
@@ -199,15 +204,23 @@ class SagaClient:
         self._hub_ready: asyncio.Future[None] | None = None
         self._published: set[tuple[str, str]] = set()
         """Definitions this client has published (``submit`` with a Saga object)."""
+        self._closed = False
 
     async def __aenter__(self) -> SagaClient:
+        self._check_open()
         return self
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the SagaClient is closed; make a new one")
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the shared outcome watch (waiters get ClosedError). Idempotent."""
+        """Stop the shared outcome watch (waiters get ClosedError); the client is
+        closed for good. Idempotent."""
+        self._closed = True
         hub, self._hub = self._hub, None
         if hub is not None:
             hub.cancel()
@@ -219,6 +232,7 @@ class SagaClient:
         self._waiters.clear()
 
     async def _ensure_hub(self) -> None:
+        self._check_open()
         if self._hub is None or self._hub.done():
             self._hub_ready = asyncio.get_running_loop().create_future()
             self._hub = asyncio.get_running_loop().create_task(self._run_hub(self._hub_ready), name="whizorch-saga-outcomes")
@@ -240,7 +254,7 @@ class SagaClient:
                         if sid in self._waiters and ev.kv.value:
                             try:
                                 rec = SagaRecord.from_json(ev.kv.value)
-                            except ConfigError:
+                            except DecodeError:
                                 continue
                             if rec.is_final:
                                 self._resolve(sid, rec, ev.kv.mod_revision)
@@ -287,6 +301,7 @@ class SagaClient:
         Given a :class:`Saga`, the saga is pinned to that definition's version (which
         this call publishes); given a name, the leader pins it to the current version
         of its App (see docs/design.md, "Saga definitions and versions")."""
+        self._check_open()
         name = saga.name if isinstance(saga, Saga) else saga
         if not isinstance(name, str) or not name:
             raise ConfigError("saga must be a Saga or its name", field="saga", value=saga)
@@ -305,10 +320,10 @@ class SagaClient:
 
     async def _submit(self, ctx: Submission, spec: SagaSpec | None) -> SagaHandle:
         sid, name = ctx.saga_id, ctx.saga
-        submission: dict[str, Any] = {"saga": name, "input": ctx.input, "trace": dict(ctx.trace), "submitted": time.time()}
-        if spec is not None:
-            submission["version"] = spec.version
-        data = encode_json(submission, what="saga input", limit=self.max_payload_bytes)
+        data = SubmissionPayload(
+            saga=name, input=ctx.input, trace=dict(ctx.trace), submitted=time.time(),
+            version=spec.version if spec is not None else None,
+        ).to_json(self.max_payload_bytes)
         if spec is not None and (spec.name, spec.version) not in self._published:
             # the saga is pinned to this version: any leader can drive it once published
             await publish(self.client, self.keys, spec)
@@ -323,22 +338,21 @@ class SagaClient:
             return SagaHandle(self, sid, res.header.revision, name)
         pending, adopted = (r.kvs[0] if isinstance(r, RangeResult) and r.kvs else None for r in res.responses)
         if pending is not None:
-            prior = decode_json(pending.value, what="submission")
-            kind, txid = prior.get("saga") if isinstance(prior, dict) else None, pending.create_revision
-            first_input = prior.get("input") if isinstance(prior, dict) else None
+            prior = SubmissionPayload.from_json_lenient(pending.value)
+            kind, txid, first_input = prior.saga, pending.create_revision, prior.input
         else:
             assert adopted is not None
             rec = SagaRecord.from_json(adopted.value)
             kind, txid = rec.saga, rec.txid
             # the adoption moved the input from the submission to its own key
             stored = await self.client.get(self.keys.input(sid))
-            first_input = decode_json(stored.kvs[0].value, what="saga input") if stored.kvs else _GONE
+            first_input = json.loads(stored.kvs[0].value) if stored.kvs else _GONE
         if kind != name:
             raise _conflict(
                 f"saga id {sid!r} is already used by a {kind!r} saga (txid {txid}): use another id for a new {name!r} saga",
                 sid, name, kind, txid,
             )
-        if first_input is not _GONE and _canonical(first_input) != _canonical(decode_json(data, what="saga input")["input"]):
+        if first_input is not _GONE and _canonical(first_input) != _canonical(ctx.input):
             raise _conflict(
                 f"saga id {sid!r} was submitted before with a different input (txid {txid}): submitting an id "
                 "again returns the existing saga only with the same input; use another id for a new saga",
@@ -363,6 +377,7 @@ class SagaClient:
 
     async def cancel(self, saga_id: str) -> None:
         """Request cancellation (create-if-absent; cancelling twice is fine)."""
+        self._check_open()
         key = self.keys.cancel(saga_id)
         await self.client.txn(
             [Compare.create_revision(key, "==", 0)], [Op.put(key, encode_json({"at": time.time()}, what="cancel"))],
@@ -371,11 +386,13 @@ class SagaClient:
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga record (None while pending or after retention removed it)."""
+        self._check_open()
         res = await self.client.get(self.keys.saga(saga_id))
         return SagaRecord.from_json(res.kvs[0].value) if res.kvs else None
 
     async def wait(self, saga_id: str, *, timeout_s: float | None = None, raise_on_failure: bool = True) -> SagaResult:
         """Wait until the saga is final; watches the record (no polling)."""
+        self._check_open()
         async with asyncio.timeout(timeout_s):
             await self._ensure_hub()
             fut: asyncio.Future[tuple[SagaRecord, int]] = asyncio.get_running_loop().create_future()
@@ -443,6 +460,7 @@ class SagaClient:
         (None: no bound). Pass ``page.next_after`` as ``after`` for the next page; it is
         None at the end. Every read of one page is at one revision.
         """
+        self._check_open()
         listing = await scan_sagas(
             self.client, self.keys, limit=limit, after=after, status=status, saga_type=saga_type, max_scan=max_scan
         )
@@ -459,6 +477,7 @@ class SagaClient:
         ``status="failed"`` is the dead-letter view: sagas whose compensation gave up,
         kept (not purged by retention) until an operator deals with them.
         """
+        self._check_open()
         if status is not None and status not in (*STATUSES, "pending"):
             raise ConfigError(f"status must be one of {', '.join((*STATUSES, 'pending'))}", field="status", value=status)
         out: list[SagaSummary] = []
@@ -467,7 +486,7 @@ class SagaClient:
         for kv in records.kvs:
             try:
                 rec = SagaRecord.from_json(kv.value)
-            except ConfigError:
+            except DecodeError:
                 continue
             seen.add(rec.id)
             if (status is None or rec.status == status) and (saga_type is None or rec.saga == saga_type):
@@ -483,10 +502,7 @@ class SagaClient:
                 sid = self.keys.split(kv.key, "submit")[0]
                 if sid in seen:
                     continue
-                try:
-                    name = decode_json(kv.value, what="submission").get("saga", "?")
-                except ConfigError:
-                    name = "?"
+                name = SubmissionPayload.from_json_lenient(kv.value).saga
                 if saga_type is None or name == saga_type:
                     out.append(
                         SagaSummary(

@@ -29,6 +29,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.coord import Fence
 from whizorch.errors import ConfigError, FencedError
 from whizorch.etcd import EtcdClient
@@ -52,7 +53,7 @@ def _check_name(value: Any, field: str) -> str:
 def _check_timeout(value: Any, field: str) -> float | None:
     # NaN passes a plain "<= 0" test and would poison the timer heap; inf is spelt None
     if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+        not is_number(value, above=0)
     ):
         raise ConfigError("timeout_s must be a positive number of seconds or None", field=field, value=value)
     return value
@@ -104,13 +105,13 @@ class Retry:
     """Exception classes never retried (checked first)."""
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+        if not is_int(self.attempts, minimum=1):
             raise ConfigError("Retry.attempts must be an int >= 1", field="retry.attempts", value=self.attempts)
         for name in ("backoff_s", "max_delay_s"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            if not is_number(v, minimum=0):
                 raise ConfigError(f"Retry.{name} must be a finite number >= 0 seconds", field=f"retry.{name}", value=v)
-        if isinstance(self.multiplier, bool) or not isinstance(self.multiplier, (int, float)) or not 1 <= self.multiplier < math.inf:
+        if not is_number(self.multiplier, minimum=1):
             raise ConfigError("Retry.multiplier must be a finite number >= 1", field="retry.multiplier", value=self.multiplier)
         for name in ("retry_on", "give_up_on"):
             # frozen: normalise in place once, so a list or a bare class works in retryable()
@@ -339,7 +340,7 @@ class Saga:
         self.name = _check_name(name, "saga name")
         if version is not None:
             _check_name(version, "saga version")
-        if isinstance(max_failovers, bool) or not isinstance(max_failovers, int) or max_failovers < 0:
+        if not is_int(max_failovers, minimum=0):
             raise ConfigError("max_failovers must be an int >= 0", field="max_failovers", value=max_failovers)
         self.max_failovers = max_failovers
         self.steps: list[Step] = []
@@ -408,7 +409,7 @@ class Saga:
         if region is not None:
             _check_name(region, "region")  # it becomes a key segment: task/<region>/...
         tags = _tags(compliance)
-        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
+        if not is_int(size_bytes, minimum=0):
             raise ConfigError("size_bytes must be an int >= 0", field="size_bytes", value=size_bytes)
 
         def register(f: Handler) -> Step:

@@ -10,7 +10,7 @@ refused with an error that says what to do.
 
 from __future__ import annotations
 
-from whizorch.errors import ConfigError
+from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import App
 from whizorch.saga._model import Keys
@@ -31,7 +31,7 @@ async def publish(client: EtcdClient, keys: Keys, spec: SagaSpec) -> None:
     if isinstance(got, RangeResult) and got.kvs and got.kvs[0].value != data:
         try:
             same = SagaSpec.from_json(got.kvs[0].value) == spec
-        except ConfigError:
+        except DecodeError:
             same = False
         if not same:
             raise ConfigError(

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch._check import is_int
+from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import EtcdClient, KeyValue, prefix_end
-from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, decode_json
+from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, SubmissionPayload
 
 __all__ = ["Listing", "Submitted", "scan_sagas"]
 
@@ -35,6 +35,13 @@ class Submitted:
     txid: int
     submitted: float | None = None
 
+    @classmethod
+    def from_kv(cls, saga_id: str, kv: KeyValue) -> Submitted:
+        """A pending submission as listed: its saga type and time, "?"/None where the
+        value does not say (the leader quarantines what does not parse)."""
+        sub = SubmissionPayload.from_json_lenient(kv.value)
+        return cls(saga_id=saga_id, saga=sub.saga, txid=kv.create_revision, submitted=sub.submitted)
+
 
 @attrs.frozen(kw_only=True)
 class Listing:
@@ -49,9 +56,9 @@ class Listing:
 
 def check_page_args(limit: int, after: str | None, status: str | None, max_scan: int | None) -> None:
     """Refuse bad paging arguments with an error naming the argument."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not is_int(limit, minimum=1):
         raise ConfigError(f"limit must be a positive int, not {limit!r}", field="limit", value=limit)
-    if max_scan is not None and (isinstance(max_scan, bool) or not isinstance(max_scan, int) or max_scan < 1):
+    if max_scan is not None and (not is_int(max_scan, minimum=1)):
         raise ConfigError(f"max_scan must be a positive int or None, not {max_scan!r}", field="max_scan", value=max_scan)
     if after is not None and (not isinstance(after, str) or not _ID.match(after)):
         raise ConfigError(
@@ -64,7 +71,7 @@ def check_page_args(limit: int, after: str | None, status: str | None, max_scan:
 def _id_of(keys: Keys, kv: KeyValue, kind: str) -> str | None:
     try:
         return keys.saga_id(kv.key, kind)
-    except ConfigError:
+    except DecodeError:
         return None  # not a key whizorch wrote (the leader quarantines it)
 
 
@@ -131,7 +138,7 @@ async def scan_sagas(
             elif values:
                 try:
                     entry = SagaRecord.from_json(found.value)
-                except ConfigError:
+                except DecodeError:
                     entry = None  # skipped, as the leader quarantines it
             else:
                 entry = None  # status "pending": an adopted saga never matches
@@ -159,21 +166,5 @@ async def _submissions(client: EtcdClient, keys: Keys, ids: list[str], revision:
     for sid, res in zip(ids, reads, strict=True):
         if not res.kvs:
             continue
-        out[sid] = submitted(sid, res.kvs[0])
+        out[sid] = Submitted.from_kv(sid, res.kvs[0])
     return out
-
-
-def submitted(sid: str, kv: KeyValue) -> Submitted:
-    """A pending submission as listed: its saga type and time, "?"/None where the
-    value does not say (the leader quarantines what does not parse)."""
-    sub: Any
-    try:
-        sub = decode_json(kv.value, what="submission")
-    except ConfigError:
-        sub = {}
-    sub = sub if isinstance(sub, dict) else {}
-    at = sub.get("submitted")
-    return Submitted(
-        saga_id=sid, saga=str(sub.get("saga", "?")), txid=kv.create_revision,
-        submitted=float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
-    )  # fmt: skip

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from whizorch._check import is_int, is_number
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.etcd import EtcdClient, Status, parse_endpoints
 
@@ -161,11 +162,11 @@ async def bring_raft_leader(
     members plus one to a quorum). Never raises on etcd trouble; raises
     :class:`ConfigError` only for bad arguments. See the module docstring for why.
     """
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+    if not is_number(timeout_s, above=0, finite=False):
         raise ConfigError(
             "timeout_s must be a positive number of seconds", field="timeout_s", value=timeout_s
         )
-    if isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0:
+    if not is_int(max_lag, minimum=0):
         raise ConfigError(
             "max_lag must be a whole number of entries >= 0", field="max_lag", value=max_lag
         )

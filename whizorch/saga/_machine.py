@@ -7,22 +7,27 @@ between transitions loses nothing, and a new leader resumes from the last record
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import attrs
 
 from whizorch.saga._model import (
+    COMPENSATE,
     COMPENSATED,
     COMPENSATING,
     COMPLETED,
     FAILED,
+    RUN,
     RUNNING,
     SagaRecord,
+    StepKind,
     StepState,
 )
 from whizorch.saga._spec import SagaSpec, StepSpec
 
 __all__ = [
+    "COMPENSATE",
+    "RUN",
     "Cancel",
     "ClaimLost",
     "Dispatch",
@@ -37,8 +42,6 @@ __all__ = [
     "apply",
 ]
 
-RUN: Final = "run"
-COMPENSATE: Final = "compensate"
 TimerReason = Literal["retry", "deadline", "no_region"]
 """Why a saga timer fires: a retry is due, a run's deadline passed, no region (or no
 worker with the saga's definition) came."""
@@ -55,7 +58,7 @@ class Result:
     """A worker recorded the outcome of one run."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     ok: bool
     key: str
@@ -71,7 +74,7 @@ class ClaimLost:
     """A claim vanished without a result: the worker died or lost its lease."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
 
 
@@ -92,7 +95,7 @@ class Timer:
     """A timer set by an earlier transition fired (retry due, or dispatch deadline)."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     reason: TimerReason
 
@@ -108,7 +111,7 @@ class Dispatch:
     """Put a task for (step, kind, attempt) in ``region``."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     region: str
 
@@ -327,8 +330,8 @@ def _dispatch_compensation(
 
 
 def _wait_for_region(
-    rec: SagaRecord, st: StepState, step: StepSpec, kind: str, run: int, now: float, route: Route, settings: Settings,
-    tr: Transition,
+    rec: SagaRecord, st: StepState, step: StepSpec, kind: StepKind, run: int, now: float, route: Route,
+    settings: Settings, tr: Transition,
 ) -> None:
     why, reason = route.why_not(step)
     if st.waiting_region and st.waiting_for == why:
@@ -355,7 +358,7 @@ def _note_unmet(rec: SagaRecord, step: StepSpec, target: str, reason: str, now: 
     tr.unmet.append(entry)
 
 
-def _current_run(st: StepState, kind: str) -> int:
+def _current_run(st: StepState, kind: StepKind) -> int:
     return st.run if kind == RUN else st.comp_run
 
 
@@ -427,7 +430,7 @@ def _advance(rec: SagaRecord, saga: SagaSpec, done: int, now: float, route: Rout
 
 
 def _on_failure(
-    rec: SagaRecord, saga: SagaSpec, index: int, kind: str, attempt: int, error: str, retryable: bool,
+    rec: SagaRecord, saga: SagaSpec, index: int, kind: StepKind, attempt: int, error: str, retryable: bool,
     now: float, route: Route, settings: Settings, tr: Transition,
     *, error_type: str | None = None, traceback: str | None = None,
 ) -> None:

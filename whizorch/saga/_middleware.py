@@ -23,30 +23,42 @@ Rules that keep the engine safe from its observers:
   logged, not propagated; an error of the transition itself always propagates
   unchanged, whatever the middleware did with it.
 
-A middleware object may also have ``attach(owner)`` (called once when the
-Orchestrator or Worker starts, with that object) and ``leadership_changed(leading,
-term, node)`` (called by the Orchestrator whenever it starts or stops leading); the built-in ``Metrics`` and ``Tracing`` in
-:mod:`whizorch.observe` use both.
+A middleware is anything that satisfies the :class:`Middleware` protocol (a plain
+``async def`` does). A middleware object may also implement :class:`RoleObserver`
+(``attach(owner)``, called once when the Orchestrator or Worker starts, with that
+object) and :class:`LeadershipObserver` (``leadership_changed(leading, term, node)``,
+called by the Orchestrator whenever it starts or stops leading); the built-in
+``Metrics`` and ``Tracing`` in :mod:`whizorch.observe` do.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast, runtime_checkable
 
 import attrs
 
 from whizorch.errors import ConfigError
+from whizorch.saga._definition import StepContext
+from whizorch.saga._machine import Event
 from whizorch.saga._model import SagaRecord
+
+if TYPE_CHECKING:
+    from whizorch.saga._orchestrator import Orchestrator
+    from whizorch.saga._worker import Worker
 
 __all__ = [
     "CallNext",
+    "LeadershipObserver",
     "Middleware",
+    "MiddlewareContext",
+    "RoleObserver",
     "SagaEvent",
     "Submission",
     "attach_middleware",
     "check_middleware",
+    "leadership_changed",
     "run_guarded",
     "run_pipeline",
 ]
@@ -54,8 +66,10 @@ __all__ = [
 log = logging.getLogger("whizorch.saga.middleware")
 
 T = TypeVar("T")
-CallNext = Callable[[], Awaitable[Any]]
-Middleware = Callable[[Any, CallNext], Awaitable[Any]]
+CallNext = Callable[[], Awaitable[object]]
+"""Runs the rest of the pipeline once and returns its result: the :class:`SagaHandle`
+(``Submission``), the record after (``SagaEvent``) or the handler's output
+(``StepContext``)."""
 
 
 @attrs.define(kw_only=True)
@@ -64,7 +78,7 @@ class Submission:
 
     saga_id: str
     saga: str
-    input: Any
+    input: object
     trace: dict[str, str]
     """W3C trace-context carrier stored with the submission; middleware may fill it."""
 
@@ -79,7 +93,7 @@ class SagaEvent:
     transaction_id: int
     event: str
     """``adopt``, ``result``, ``claim_lost``, ``cancel``, ``regions``, ``timer``, ``fail``."""
-    detail: Any
+    detail: Event | None
     """The state machine's event object (None for ``adopt`` and ``fail``)."""
     before: SagaRecord | None
     """The record before the event (None when adopting). Read-only."""
@@ -93,6 +107,33 @@ class SagaEvent:
     will store (middleware may replace it); later, a copy of the record's."""
 
 
+MiddlewareContext = Submission | SagaEvent | StepContext
+"""What a middleware is called with, by the role calling it (see the module doc)."""
+
+
+class Middleware(Protocol):
+    """``async def mw(ctx, call_next)``: wraps the work ``ctx`` describes and returns
+    what ``await call_next()`` returned (see the module doc for the rules)."""
+
+    def __call__(self, ctx: MiddlewareContext, call_next: CallNext, /) -> Awaitable[object]: ...
+
+
+@runtime_checkable
+class RoleObserver(Protocol):
+    """A middleware that wants the roles it runs in: ``attach`` is called once by each
+    Orchestrator and Worker as it starts (to read its state, time its etcd calls)."""
+
+    def attach(self, owner: Orchestrator | Worker) -> None: ...
+
+
+@runtime_checkable
+class LeadershipObserver(Protocol):
+    """A middleware told whenever an Orchestrator starts (``leading``, with the term)
+    or stops leading (term 0). It must be quick and not raise (an error is logged)."""
+
+    def leadership_changed(self, leading: bool, term: int, node: str) -> None: ...
+
+
 def check_middleware(middleware: Sequence[Middleware] | None) -> tuple[Middleware, ...]:
     """Validate a middleware list early, naming the bad entry."""
     if middleware is None:
@@ -102,25 +143,43 @@ def check_middleware(middleware: Sequence[Middleware] | None) -> tuple[Middlewar
     for i, mw in enumerate(middleware):
         if not callable(mw):
             raise ConfigError("each middleware must be callable as mw(ctx, call_next)", field=f"middleware[{i}]", value=mw)
+        for hook in ("attach", "leadership_changed"):
+            if hasattr(mw, hook) and not callable(getattr(mw, hook)):
+                raise ConfigError(
+                    f"a middleware's {hook} must be a method (see RoleObserver, LeadershipObserver)",
+                    field=f"middleware[{i}].{hook}", value=getattr(mw, hook),
+                )
     return tuple(middleware)
 
 
-def attach_middleware(middleware: Sequence[Middleware], owner: object) -> None:
-    """Call ``attach(owner)`` on each middleware that has it (an Orchestrator or a
-    Worker starting)."""
+def attach_middleware(middleware: Sequence[Middleware], owner: Orchestrator | Worker) -> None:
+    """Call ``attach(owner)`` on each middleware that is a :class:`RoleObserver` (an
+    Orchestrator or a Worker starting)."""
     for mw in middleware:
-        attach = getattr(mw, "attach", None)
-        if attach is not None:
-            attach(owner)
+        if isinstance(mw, RoleObserver):
+            mw.attach(owner)
 
 
-def _chain(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
-    async def call(index: int) -> Any:
+def leadership_changed(middleware: Sequence[Middleware], leading: bool, term: int, node: str) -> None:
+    """Tell each middleware that is a :class:`LeadershipObserver`; an error one raises
+    is logged (an observer's bug must not stop the leader)."""
+    for mw in middleware:
+        if isinstance(mw, LeadershipObserver):
+            try:
+                mw.leadership_changed(leading, term, node)
+            except Exception:
+                log.exception("middleware leadership_changed hook failed")
+
+
+def _chain(
+    middleware: Sequence[Middleware], ctx: MiddlewareContext, final: Callable[[], Awaitable[T]]
+) -> Callable[[], Awaitable[T]]:
+    async def call(index: int) -> object:
         if index == len(middleware):
             return await final()
         called = False
 
-        async def call_next() -> Any:
+        async def call_next() -> object:
             nonlocal called
             if called:
                 raise RuntimeError(f"middleware {middleware[index]!r} called call_next twice")
@@ -130,20 +189,20 @@ def _chain(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Await
         return await middleware[index](ctx, call_next)
 
     async def start() -> T:
-        result: T = await call(0)
-        return result
+        # a middleware returns what call_next returned: final's T
+        return cast(T, await call(0))
 
     return start
 
 
-async def run_pipeline(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> T:
+async def run_pipeline(middleware: Sequence[Middleware], ctx: MiddlewareContext, final: Callable[[], Awaitable[T]]) -> T:
     """Run ``final`` inside the middleware (errors of either propagate)."""
     if not middleware:
         return await final()
     return await _chain(middleware, ctx, final)()
 
 
-async def run_guarded(middleware: Sequence[Middleware], ctx: Any, final: Callable[[], Awaitable[T]]) -> T:
+async def run_guarded(middleware: Sequence[Middleware], ctx: SagaEvent, final: Callable[[], Awaitable[T]]) -> T:
     """Run ``final`` inside the middleware; ``final`` runs exactly once whatever they do.
 
     Its result is returned and its error raised, unchanged; a middleware's own
@@ -152,7 +211,7 @@ async def run_guarded(middleware: Sequence[Middleware], ctx: Any, final: Callabl
     if not middleware:
         return await final()
     ran = False
-    outcome: list[Any] = []
+    outcome: list[T] = []
     error: list[BaseException] = []
 
     async def once() -> T:
@@ -175,4 +234,4 @@ async def run_guarded(middleware: Sequence[Middleware], ctx: Any, final: Callabl
         raise error[0]
     if not ran:
         return await once()
-    return outcome[0]  # type: ignore[no-any-return]
+    return outcome[0]

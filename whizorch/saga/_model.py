@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch._check import is_int, is_number
+from whizorch.errors import ConfigError, DecodeError, RequestTooLargeError
 
 __all__ = [
     "FINAL_STATUSES",
@@ -20,7 +21,9 @@ __all__ = [
     "NewerRecordError",
     "ResultPayload",
     "SagaRecord",
+    "StepKind",
     "StepState",
+    "SubmissionPayload",
     "TaskPayload",
     "decode_json",
     "encode_json",
@@ -34,6 +37,12 @@ FAILED = "failed"
 STATUSES = (RUNNING, COMPENSATING, COMPLETED, COMPENSATED, FAILED)
 FINAL_STATUSES = frozenset({COMPLETED, COMPENSATED, FAILED})
 
+StepKind = Literal["run", "compensate"]
+"""What a run of a step does: the step's handler, or its compensation."""
+RUN: Final[StepKind] = "run"
+COMPENSATE: Final[StepKind] = "compensate"
+STEP_KINDS: tuple[StepKind, ...] = get_args(StepKind)
+
 RECORD_VERSION = 3
 # v1 records (before tasks went on workers' leases) read with no worker: a rebuild
 # finds no task for their active runs and dispatches them again; v1 and v2 records
@@ -44,22 +53,25 @@ MAX_HISTORY = 200
 
 
 def encode_json(value: Any, *, what: str, limit: int | None = None) -> bytes:
-    """Compact JSON; a clear ConfigError when the value is not JSON or too large."""
+    """Compact JSON; a ConfigError when the value is not JSON, a RequestTooLargeError
+    when it is over ``limit`` bytes."""
     try:
         data = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{what} is not JSON-serialisable: {exc}", field=what) from exc
     if limit is not None and len(data) > limit:
-        raise ConfigError(f"{what} is {len(data)} bytes, over the limit of {limit} bytes", field=what, size=len(data))
+        raise RequestTooLargeError(
+            f"{what} is {len(data)} bytes, over the limit of {limit} bytes", field=what, size=len(data)
+        )
     return data
 
 
 def decode_json(data: bytes, *, what: str) -> Any:
-    """Parse JSON, naming what failed to parse."""
+    """Parse JSON read from etcd; a DecodeError naming what failed to parse."""
     try:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{what} is not valid JSON: {exc}", field=what) from exc
+        raise DecodeError(f"{what} is not valid JSON: {exc}", field=what) from exc
 
 
 @attrs.frozen
@@ -76,6 +88,11 @@ class Keys:
     def leader(self) -> str:
         """Prefix of every shard's election (``<ns>/leader/<shard>/<lease hex>``)."""
         return f"{self.ns}/leader"
+
+    @property
+    def root(self) -> bytes:
+        """The prefix of every key of the namespace (``<ns>/``)."""
+        return f"{self.ns}/".encode()
 
     def shard_leader(self, shard: int) -> str:
         """The election of one shard (``etcdctl elect -l <ns>/leader/<shard>`` follows it)."""
@@ -131,7 +148,7 @@ class Keys:
     def cancel(self, saga_id: str) -> bytes:
         return f"{self.ns}/cancel/{saga_id}".encode()
 
-    def task(self, region: str, worker: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+    def task(self, region: str, worker: str, saga_id: str, step: int, kind: StepKind, attempt: int) -> bytes:
         """A run put on the chosen worker's lease (``worker``: the lease in hex): the
         task is the claim, and its create revision the run's fencing token."""
         return f"{self.ns}/task/{region}/{worker}/{saga_id}/{step}/{kind}-{attempt}".encode()
@@ -143,7 +160,7 @@ class Keys:
         """Prefix of the tasks put on one worker's lease (what that worker watches)."""
         return f"{self.ns}/task/{region}/{lease:x}/".encode()
 
-    def result(self, region: str, saga_id: str, step: int, kind: str, attempt: int) -> bytes:
+    def result(self, region: str, saga_id: str, step: int, kind: StepKind, attempt: int) -> bytes:
         return f"{self.ns}/run/{region}/{saga_id}/{step}/{kind}-{attempt}".encode()
 
     def results(self, region: str, saga_id: str) -> bytes:
@@ -156,6 +173,10 @@ class Keys:
     def region(self, region: str, lease: int) -> bytes:
         return f"{self.ns}/region/{region}/{lease:x}".encode()
 
+    def region_workers(self, region: str) -> bytes:
+        """Prefix of the registrations of a region's workers."""
+        return f"{self.ns}/region/{region}/".encode()
+
     @property
     def latency(self) -> bytes:
         return f"{self.ns}/latency".encode()
@@ -167,57 +188,67 @@ class Keys:
         """The region of a ``region/<region>/<lease>`` key."""
         parts = self.split(key, "region")
         if len(parts) != 2 or not parts[0]:
-            raise ConfigError(f"{key!r} is not a region/<region>/<lease> key", field="key", value=key)
+            raise DecodeError(f"{key!r} is not a region/<region>/<lease> key", field="key", value=key)
         return parts[0]
 
     def split(self, key: bytes, kind: str) -> list[str]:
-        """The parts of a key after ``<ns>/<kind>/`` (a ConfigError for a key that is
+        """The parts of a key after ``<ns>/<kind>/`` (a DecodeError for a key that is
         not UTF-8 or not of that kind: such keys are quarantined, never fatal)."""
         try:
             text = key.decode()
         except UnicodeDecodeError:
-            raise ConfigError(f"key {key!r} is not UTF-8", field="key", value=key) from None
+            raise DecodeError(f"key {key!r} is not UTF-8", field="key", value=key) from None
         head = f"{self.ns}/{kind}/"
         if not text.startswith(head):
-            raise ConfigError(f"{text!r} is not a {kind} key", field="key", value=key)
+            raise DecodeError(f"{text!r} is not a {kind} key", field="key", value=key)
         return text[len(head) :].split("/")
 
     def saga_id(self, key: bytes, kind: str) -> str:
         """The saga id of a ``<kind>/<saga id>`` key, checked like SagaClient checks it."""
         parts = self.split(key, kind)
         if len(parts) != 1 or not _SAGA_ID.fullmatch(parts[0]):
-            raise ConfigError(f"{key!r} does not name a valid saga id", field="key", value=key)
+            raise DecodeError(f"{key!r} does not name a valid saga id", field="key", value=key)
         return parts[0]
 
-    def run_key(self, key: bytes) -> tuple[str, str, int, str, int]:
+    def run_key(self, key: bytes) -> tuple[str, str, int, StepKind, int]:
         """(region, saga id, step index, kind, attempt) of a result key
         ``run/<region>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "run")
         if len(parts) != 4 or not parts[0]:
-            raise ConfigError(f"{key!r} is not a run/<region>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key)
+            raise DecodeError(f"{key!r} is not a run/<region>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key)
         region, sid, step, tag = parts
         return (region, sid, *self._run_parts(key, sid, step, tag))
 
-    def task_key(self, key: bytes) -> tuple[str, str, str, int, str, int]:
+    def task_key(self, key: bytes) -> tuple[str, str, str, int, StepKind, int]:
         """(region, worker lease hex, saga id, step index, kind, attempt) of a task key
         ``task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt>``."""
         parts = self.split(key, "task")
         if len(parts) != 5 or not parts[0] or not _HEX.fullmatch(parts[1]):
-            raise ConfigError(
+            raise DecodeError(
                 f"{key!r} is not a task/<region>/<lease hex>/<saga>/<step>/<kind>-<attempt> key", field="key", value=key
             )
         region, worker, sid, step, tag = parts
         return (region, worker, sid, *self._run_parts(key, sid, step, tag))
 
     @staticmethod
-    def _run_parts(key: bytes, sid: str, step: str, tag: str) -> tuple[int, str, int]:
-        kind, _, attempt = tag.rpartition("-")
+    def _run_parts(key: bytes, sid: str, step: str, tag: str) -> tuple[int, StepKind, int]:
+        text, _, attempt = tag.rpartition("-")
+        kind = _step_kind(text)
         if (
             not _SAGA_ID.fullmatch(sid) or not (step.isascii() and step.isdigit())
-            or kind not in ("run", "compensate") or not (attempt.isascii() and attempt.isdigit())
+            or kind is None or not (attempt.isascii() and attempt.isdigit())
         ):
-            raise ConfigError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
+            raise DecodeError(f"{key!r} does not name a saga, a step and a <run|compensate>-<attempt>", field="key", value=key)
         return int(step), kind, int(attempt)
+
+
+def _step_kind(text: object) -> StepKind | None:
+    """``text`` as a StepKind, or None when it is not one."""
+    if text == RUN:
+        return RUN
+    if text == COMPENSATE:
+        return COMPENSATE
+    return None
 
 
 SAGA_ID = r"^[A-Za-z0-9_.:\-]{1,200}$"
@@ -225,7 +256,7 @@ _SAGA_ID = re.compile(SAGA_ID)
 _HEX = re.compile(r"^[0-9a-f]{1,16}$")
 
 
-class NewerRecordError(ConfigError):
+class NewerRecordError(DecodeError):
     """A saga record written by a newer whizorch (a schema this one does not know):
     left untouched, never overwritten."""
 
@@ -356,7 +387,7 @@ class SagaRecord:
     def from_dict(cls, raw: Any) -> SagaRecord:
         """A record from its decoded JSON (which it takes over: do not reuse ``raw``)."""
         v = raw.get("v") if isinstance(raw, dict) else None
-        if isinstance(v, int) and not isinstance(v, bool) and v > RECORD_VERSION:
+        if is_int(v) and v > RECORD_VERSION:
             raise NewerRecordError(
                 f"saga record has schema v{v}, newer than this whizorch's v{RECORD_VERSION}", field="saga record", value=v
             )
@@ -370,7 +401,7 @@ class SagaRecord:
                     raise ValueError(f"unknown step state {st.state!r}")
             return cls(steps=steps, **raw)
         except (TypeError, ValueError, AttributeError, KeyError) as exc:
-            raise ConfigError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc
+            raise DecodeError(f"saga record is not a valid v{RECORD_VERSION} record: {exc}", field="saga record") from exc
 
 
 @attrs.frozen(kw_only=True)
@@ -383,8 +414,7 @@ class TaskPayload:
     txid: int
     step: int
     step_name: str
-    kind: str
-    """``run`` or ``compensate``."""
+    kind: StepKind
     attempt: int
     region: str
     input: Any
@@ -403,7 +433,10 @@ class TaskPayload:
 
     @classmethod
     def from_json(cls, data: bytes) -> TaskPayload:
-        return cls(**_typed(decode_json(data, what="task"), _TASK_TYPES, "task"))
+        raw = _typed(decode_json(data, what="task"), _TASK_TYPES, "task")
+        if _step_kind(raw["kind"]) is None:
+            raise DecodeError(f"task.kind must be one of {', '.join(STEP_KINDS)}", field="task.kind", value=raw["kind"])
+        return cls(**raw)
 
 
 @attrs.frozen(kw_only=True)
@@ -436,6 +469,78 @@ class ResultPayload:
         return cls(**_typed(decode_json(data, what="result"), _RESULT_TYPES, "result"))
 
 
+@attrs.frozen(kw_only=True)
+class SubmissionPayload:
+    """A submission (key ``<ns>/submit/<saga id>``): the saga type, its input, the W3C
+    trace carrier, when it was submitted, and the definition version it is pinned to
+    (None: the leader pins it to its current version). Every reader uses this codec: the leader
+    adopts with the strict :meth:`from_json`; listings and views use
+    :meth:`from_json_lenient`, which reads what it can of a value the leader would
+    quarantine."""
+
+    saga: str
+    input: Any = None
+    trace: dict[str, str] = attrs.Factory(dict)
+    submitted: float | None = None
+    """Seconds since the epoch, as the submitting client's clock read it."""
+    version: str | None = None
+    """The saga definition's version the saga is pinned to, when the client chose it."""
+
+    def to_json(self, limit: int | None = None) -> bytes:
+        """The stored form (a RequestTooLargeError naming "saga input" over ``limit``)."""
+        doc: dict[str, Any] = {"saga": self.saga, "input": self.input, "trace": dict(self.trace)}
+        if self.submitted is not None:
+            doc["submitted"] = self.submitted
+        if self.version is not None:
+            doc["version"] = self.version
+        return encode_json(doc, what="saga input", limit=limit)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SubmissionPayload:
+        """Decode strictly: a DecodeError names what is wrong (not JSON, not an object,
+        ``saga`` not a string, ``trace`` not strings to strings). Fields it does not
+        know are ignored; a ``submitted`` that is not a number reads as None; a
+        ``version`` must be a string."""
+        raw = decode_json(data, what="submission")
+        if not isinstance(raw, dict):
+            raise DecodeError("submission is not a JSON object", field="submission")
+        saga, trace = raw.get("saga"), raw.get("trace") or {}
+        if not isinstance(saga, str):
+            raise DecodeError(f"submission.saga must be a string, not {type(saga).__name__}", field="submission.saga")
+        if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
+            raise DecodeError("submission.trace must map strings to strings", field="submission.trace")
+        version = raw.get("version")
+        if version is not None and not isinstance(version, str):
+            raise DecodeError("submission.version must be a string", field="submission.version")
+        return cls(
+            saga=saga, input=raw.get("input"), trace=trace, submitted=_seconds(raw.get("submitted")), version=version
+        )
+
+    @classmethod
+    def from_json_lenient(cls, data: bytes) -> SubmissionPayload:
+        """What a viewer can show of any value: the strict decode where it succeeds,
+        else saga ``"?"``, no input, no trace and no time, as far as the value does not
+        say (never raises)."""
+        try:
+            return cls.from_json(data)
+        except DecodeError:
+            pass
+        try:
+            raw = decode_json(data, what="submission")
+        except DecodeError:
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        saga, version = raw.get("saga"), raw.get("version")
+        return cls(
+            saga=saga if isinstance(saga, str) else "?", input=raw.get("input"), submitted=_seconds(raw.get("submitted")),
+            version=version if isinstance(version, str) else None,
+        )
+
+
+def _seconds(value: object) -> float | None:
+    return float(value) if is_number(value, finite=False) else None
+
+
 _NUMBER = (int, float)
 _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "saga_id": (str,), "saga": (str,), "txid": (int,), "step": (int,), "step_name": (str,), "kind": (str,),
@@ -455,21 +560,21 @@ def _typed(raw: Any, types: dict[str, tuple[type, ...]], what: str) -> dict[str,
     """Check a decoded payload's shape: a JSON object with known fields of the right
     types (a bool is not an int here), every required field present."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{what} is not a JSON object", field=what, value=type(raw).__name__)
+        raise DecodeError(f"{what} is not a JSON object", field=what, value=type(raw).__name__)
     for name, value in raw.items():
         allowed = types.get(name)
         if allowed is None:
-            raise ConfigError(f"{what} has an unknown field {name!r}", field=f"{what}.{name}")
+            raise DecodeError(f"{what} has an unknown field {name!r}", field=f"{what}.{name}")
         if object not in allowed and (
             not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
         ):
-            raise ConfigError(
+            raise DecodeError(
                 f"{what}.{name} must be {' or '.join(t.__name__ for t in allowed)}, not {type(value).__name__}",
                 field=f"{what}.{name}", value=value,
             )
     missing = _REQUIRED[what] - raw.keys()
     if missing:
-        raise ConfigError(f"{what} lacks {', '.join(sorted(missing))}", field=what)
+        raise DecodeError(f"{what} lacks {', '.join(sorted(missing))}", field=what)
     return raw
 
 

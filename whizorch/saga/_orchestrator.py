@@ -31,21 +31,42 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from whizorch.coord import Election, Fence, Session, session_options
-from whizorch.errors import ClosedError, ConfigError, WhizorchError
+from whizorch._check import is_int
+from whizorch.coord import Election, Fence, LeaseTiming, Session
+from whizorch.errors import ClosedError, ConfigError, DecodeError, WhizorchError
 from whizorch.etcd import EtcdClient, EventType, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
 from whizorch.saga._definitions import Definitions
+from whizorch.saga._events import (
+    ContactRestored,
+    LeadershipChanged,
+    OrchestratorEvent,
+    RaftLeaderMoved,
+    RegionsHealthy,
+    SafeModeEntered,
+)
 from whizorch.saga._latency import LatencyMonitor
 from whizorch.saga._locality import bring_raft_leader
-from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware
+from whizorch.saga._middleware import (
+    Middleware,
+    attach_middleware,
+    check_middleware,
+    leadership_changed,
+)
 from whizorch.saga._model import Keys, encode_json
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
 from whizorch.saga._shards import assign, members_from, open_namespace, shard_of
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
+from whizorch.saga._supervise import (
+    BackgroundTasks,
+    Backoff,
+    end_session,
+    is_transient,
+    role_lease,
+    stop_role,
+)
 from whizorch.saga._view import Workers
 from whizorch.saga.leader import LeaderEnv, LeadershipLost, RegionChange, ShardLeader
 
@@ -96,12 +117,13 @@ class Orchestrator:
         namespace: str = "whizorch",
         node_id: str | None = None,
         router: Router | None = None,
-        lease_ttl_s: int = 5,
+        lease: LeaseTiming | None = None,
+        lease_ttl_s: int | None = None,
         keepalive_interval_s: float | None = None,
         step_down_margin_s: float | None = None,
         retention_s: float = 3600.0,
         settings: m.Settings = _DEFAULT_SETTINGS,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Callable[[OrchestratorEvent], None] | None = None,
         middleware: Sequence[Middleware] = (),
         contact_deadline_s: float | None = 0.6,
         region_endpoints: Mapping[str, Sequence[str]] | None = None,
@@ -120,18 +142,18 @@ class Orchestrator:
                 "contact_deadline_s must be a number of seconds >= 0.05, or None", field="contact_deadline_s",
                 value=contact_deadline_s,
             )
-        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 1024:
+        if not is_int(shards, minimum=1) or shards > 1024:
             raise ConfigError("shards must be an int from 1 to 1024", field="shards", value=shards)
         self.client = client
         self.app = app
         self.keys = Keys(namespace)
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}"
         self.router = router or Router()
-        self.lease_ttl_s = lease_ttl_s
-        self.session_options = session_options(
-            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        self.lease = role_lease(
+            lease, ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
         )
-        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        """How the lease behind this role's liveness is kept (see whizorch.coord.LeaseTiming)."""
+        self.lease_ttl_s = self.lease.ttl_s
         self.retention_s = float(retention_s)
         self.settings = settings
         self.on_event = on_event
@@ -251,31 +273,24 @@ class Orchestrator:
                 counts[cause] = counts.get(cause, 0) + n
         return counts
 
-    def _emit(self, kind: str, **fields: Any) -> None:
+    def _emit(self, event: OrchestratorEvent) -> None:
         if self.on_event is not None:
-            fields.setdefault("at", round(time.time(), 4))  # when it happened, not when it was read
             try:
-                self.on_event(kind, fields)
+                self.on_event(event)
             except Exception:  # an observer's bug must not stop the driver
                 log.exception("on_event callback failed")
 
     def _leading(self, shard: int, term: int, leading: bool) -> None:
         self.leader_changed.set()
-        self._emit("leader" if leading else "follower", node=self.node_id, term=term if leading else 0, shard=shard)
-        for mw in self.middleware:
-            hook = getattr(mw, "leadership_changed", None)
-            if hook is not None:
-                try:
-                    hook(leading, term, self.node_id)
-                except Exception:  # an observer's bug must not stop the driver
-                    log.exception("middleware leadership_changed hook failed")
+        self._emit(LeadershipChanged(leading=leading, node=self.node_id, term=term if leading else 0, shard=shard))
+        leadership_changed(self.middleware, leading, term, self.node_id)
 
     # -- the session -----------------------------------------------------------------
 
     async def _main(self) -> None:
         backoff = Backoff()
         while not self._closed:
-            session = Session(self.client, timing=self.session_options)
+            session = Session(self.client, timing=self.lease)
             try:
                 await session.open()
                 if not self._published:
@@ -343,7 +358,7 @@ class Orchestrator:
                     out[k] = min(found, key=found.__getitem__).rpartition(b"/")[2].decode(errors="replace")
             return out
         for kv in regions.kvs:
-            with contextlib.suppress(ConfigError):  # a bad registration: quarantined by a term's takeover
+            with contextlib.suppress(DecodeError):  # a bad registration: quarantined by a term's takeover
                 workers.put(keys.region_of(kv.key), kv.key, kv.value)
         self.router.update(workers.regions())
         members = members_from([(kv.key, kv.value) for kv in orchs.kvs], keys)
@@ -488,10 +503,10 @@ class Orchestrator:
             monitor = self._contact.monitor
             with monitor.excused() if monitor is not None else contextlib.nullcontext():
                 locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
-            self._emit(
-                "raft_leader", node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
+            self._emit(RaftLeaderMoved(
+                node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
                 after=locality.leader_after, took_s=round(locality.took_s, 3),
-            )
+            ))  # fmt: skip
         if not self.region_endpoints:
             return []
         latency = LatencyMonitor(self.client, self.router, self.region_endpoints)
@@ -505,7 +520,7 @@ class Orchestrator:
         try:
             sid = self.keys.run_key(ev.kv.key)[1] if kind == "run" else self.keys.saga_id(ev.kv.key, kind)
             shard = shard_of(sid, self.shard_count)
-        except ConfigError:
+        except DecodeError:
             shard = 0
         term = self._terms.get(shard)
         if term is not None:
@@ -527,7 +542,7 @@ class Orchestrator:
                 workers.delete(region, ev.kv.key)
             else:
                 workers.put(region, ev.kv.key, ev.kv.value)
-        except ConfigError as exc:
+        except DecodeError as exc:
             term = self._terms.get(min(self._terms)) if self._terms else None
             if term is not None:
                 term.poison("region", ev.kv, str(exc))
@@ -537,7 +552,7 @@ class Orchestrator:
         can = {r: info.serves for r, info in self.router.regions.items()}
         if after != before:
             log.info("healthy regions: %s", sorted(after))
-            self._emit("regions", healthy=sorted(after))
+            self._emit(RegionsHealthy(healthy=tuple(sorted(after))))
         if lease is None and can == could:
             return  # a load report: nothing for the terms
         change = RegionChange(ev.kv.mod_revision, lease, drained, after if can != could else None)
@@ -574,6 +589,6 @@ class Orchestrator:
 
     def _contact_changed(self, ok: bool, seconds: float) -> None:
         if ok:
-            self._emit("contact_restored", node=self.node_id, term=self.term, paused_s=round(seconds, 4))
+            self._emit(ContactRestored(node=self.node_id, term=self.term, paused_s=round(seconds, 4)))
         else:
-            self._emit("safe_mode", node=self.node_id, term=self.term, silent_s=round(seconds, 4))
+            self._emit(SafeModeEntered(node=self.node_id, term=self.term, silent_s=round(seconds, 4)))

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from whizorch.errors import ConfigError
+from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue
+from whizorch.saga._events import InputQuarantined
 from whizorch.saga._model import Keys, decode_json, encode_json
 
 __all__ = ["Quarantine"]
@@ -29,7 +30,7 @@ log = logging.getLogger("whizorch.saga.orchestrator")
 class Quarantine:
     """Keys quarantined so far, and their counts by kind."""
 
-    def __init__(self, keys: Keys, node_id: str, emit: Callable[..., None]) -> None:
+    def __init__(self, keys: Keys, node_id: str, emit: Callable[[InputQuarantined], None]) -> None:
         self._keys = keys
         self._node_id = node_id
         self._emit = emit
@@ -43,7 +44,7 @@ class Quarantine:
 
     def learn(self, note: KeyValue) -> None:
         """A note read while rebuilding: its key is not reported again."""
-        with contextlib.suppress(ConfigError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
+        with contextlib.suppress(DecodeError, KeyError, TypeError, AttributeError, UnicodeEncodeError):
             self._seen.add(str(decode_json(note.value, what="quarantine note")["raw_key"]).encode("latin-1"))
 
     def note(self, kind: str, kv: KeyValue, reason: str) -> tuple[bytes, bytes] | None:
@@ -55,7 +56,7 @@ class Quarantine:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         shown = kv.key.decode(errors="backslashreplace")
         log.error("quarantined %s key %r (revision %d): %s", kind, kv.key, kv.mod_revision, reason)
-        self._emit("quarantined", what=kind, key=shown, reason=reason)
+        self._emit(InputQuarantined(what=kind, key=shown, reason=reason))
         value: dict[str, Any] = {
             "kind": kind,
             "key": shown,

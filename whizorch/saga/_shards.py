@@ -17,7 +17,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch._check import is_int
+from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._model import Keys
 
@@ -89,7 +90,7 @@ async def open_namespace(client: EtcdClient, keys: Keys, *, shards: int) -> int:
     """The namespace's shard count: written with ``shards`` when the namespace is new
     (create-if-absent), else the count it was created with. A namespace holding saga
     records from before shards (no ``<ns>/meta``) is refused with what to do."""
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= MAX_SHARDS:
+    if not is_int(shards, minimum=1) or shards > MAX_SHARDS:
         raise ConfigError(f"shards must be an int from 1 to {MAX_SHARDS}", field="shards", value=shards)
     got = await client.get(keys.meta)
     if not got.kvs:
@@ -113,10 +114,10 @@ async def open_namespace(client: EtcdClient, keys: Keys, *, shards: int) -> int:
     try:
         meta = json.loads(got.kvs[0].value)
         schema, count = meta["schema"], meta["shards"]
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
+        if not is_int(count, minimum=1) or count > MAX_SHARDS:
             raise ValueError(f"shards is {count!r}")
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{keys.meta.decode()!r} is not readable: {exc}", field="namespace", value=keys.ns) from exc
+        raise DecodeError(f"{keys.meta.decode()!r} is not readable: {exc}", field="namespace", value=keys.ns) from exc
     if schema != SCHEMA:
         raise ConfigError(
             f"namespace {keys.ns!r} has key schema {schema}, this whizorch writes {SCHEMA}", field="namespace", value=keys.ns

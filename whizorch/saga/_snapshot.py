@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from whizorch._check import is_int
 from whizorch.errors import CompactedError, ConfigError
 from whizorch.etcd import EtcdClient, KeyValue, Op, RangeResult
 
@@ -45,7 +46,7 @@ async def read_namespace(
     """
     if not isinstance(ns_prefix, bytes) or not ns_prefix.endswith(b"/"):
         raise ConfigError("ns_prefix must be bytes ending in '/'", field="ns_prefix", value=ns_prefix)
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    if not is_int(attempts, minimum=1):
         raise ConfigError("attempts must be a positive int", field="attempts", value=attempts)
     for attempt in range(1, attempts + 1):
         kvs: list[KeyValue] = []

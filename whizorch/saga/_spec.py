@@ -18,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from whizorch.errors import ConfigError
+from whizorch._check import is_int, is_number
+from whizorch.errors import DecodeError
 
 __all__ = ["RetryTiming", "SagaSpec", "StepSpec", "fingerprint"]
 
@@ -105,7 +106,7 @@ class SagaSpec:
 
     @classmethod
     def from_json(cls, data: bytes) -> SagaSpec:
-        """A published definition (a ConfigError names what is wrong)."""
+        """A published definition (a DecodeError names what is wrong)."""
         try:
             raw = json.loads(data)
             name, version = raw["name"], raw["version"]
@@ -113,11 +114,11 @@ class SagaSpec:
                 raise TypeError("name and version must be strings")
             steps = tuple(_step_from(s, name, version, i) for i, s in enumerate(raw["steps"]))
             failovers = raw["max_failovers"]
-            if isinstance(failovers, bool) or not isinstance(failovers, int) or failovers < 0:
+            if not is_int(failovers, minimum=0):
                 raise TypeError("max_failovers must be an int >= 0")
             return cls(name=name, version=version, max_failovers=failovers, steps=steps)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ConfigError(f"saga definition is not valid: {exc}", field="saga definition") from exc
+            raise DecodeError(f"saga definition is not valid: {exc}", field="saga definition") from exc
 
 
 def fingerprint(spec: SagaSpec) -> str:
@@ -143,14 +144,14 @@ def _step_dict(s: StepSpec) -> dict[str, Any]:
 def _number(raw: Any, name: str, *, optional: bool = False) -> Any:
     if raw is None and optional:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
+    if not is_number(raw, minimum=0, finite=False):
         raise TypeError(f"{name} must be a number >= 0")
     return raw
 
 
 def _retry_from(raw: Any, name: str) -> RetryTiming:
     attempts = raw["attempts"]
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    if not is_int(attempts, minimum=1):
         raise TypeError(f"{name}.attempts must be an int >= 1")
     if not isinstance(raw["jitter"], bool):
         raise TypeError(f"{name}.jitter must be true or false")
@@ -166,7 +167,7 @@ def _step_from(raw: Any, saga: str, version: str, index: int) -> StepSpec:
         raise TypeError("a step's name and region must be strings")
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise TypeError("compliance must be a list of strings")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(raw["compensable"], bool):
+    if not is_int(size, minimum=0) or not isinstance(raw["compensable"], bool):
         raise TypeError("size_bytes must be an int >= 0, compensable true or false")
     return StepSpec(
         saga=saga, version=version, name=raw["name"], index=index, retry=_retry_from(raw["retry"], "retry"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from whizorch.errors import ConfigError
+from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga._model import Keys, SagaRecord, decode_json
 from whizorch.saga._view import capabilities
@@ -101,7 +101,7 @@ def summarize_shards(
         lease = kv.key[mine_head:].decode(errors="replace")
         try:
             node = str(decode_json(kv.value, what="orchestrator")["node"])
-        except (ConfigError, KeyError, TypeError):
+        except (DecodeError, KeyError, TypeError):
             node = lease
         leads = [s["shard"] for s in shards if s["lease"] == lease]
         orchestrators.append({"node": node, "lease": lease, "leads": leads})
@@ -115,7 +115,7 @@ def live_definitions(live: Sequence[KeyValue]) -> dict[tuple[str, str], int]:
         try:
             doc = decode_json(kv.value, what="index")
             key = (str(doc["saga"]), str(doc["version"]))
-        except (ConfigError, KeyError, TypeError):
+        except (DecodeError, KeyError, TypeError):
             continue
         out[key] = out.get(key, 0) + 1
     return out
@@ -128,7 +128,7 @@ def workers_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, list[dic
         try:
             # as the leader's router reads them: a registration it quarantines is skipped
             out.setdefault(keys.region_of(kv.key), []).append(capabilities(kv.value))
-        except ConfigError:
+        except DecodeError:
             continue
     return out
 
@@ -139,7 +139,7 @@ def tasks_by_region(kvs: Iterable[KeyValue], keys: Keys) -> dict[str, int]:
     for kv in kvs:
         try:
             region = keys.split(kv.key, "task")[0]
-        except ConfigError:
+        except DecodeError:
             continue  # not a task key whizorch wrote
         out[region] = out.get(region, 0) + 1
     return out
@@ -151,7 +151,7 @@ def latency_doc(value: bytes | None) -> dict[str, Any] | None:
         return None
     try:
         doc = decode_json(value, what="latency")
-    except ConfigError:
+    except DecodeError:
         return None
     if not isinstance(doc, dict):
         return None
@@ -164,7 +164,7 @@ def quarantine_notes(kvs: Iterable[KeyValue]) -> list[dict[str, Any]]:
     for kv in kvs:
         try:
             note = decode_json(kv.value, what="quarantine note")
-        except ConfigError:
+        except DecodeError:
             continue
         if isinstance(note, dict):
             notes.append({k: note.get(k) for k in ("kind", "key", "reason", "revision", "at")})

@@ -16,23 +16,64 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from whizorch.coord import Session
-from whizorch.errors import AuthError, ClosedError, ConfigError, WhizorchError
+from whizorch.coord import LeaseTiming, Session
+from whizorch.errors import (
+    AuthError,
+    ClosedError,
+    ConfigError,
+    DecodeError,
+    RequestTooLargeError,
+    WhizorchError,
+)
 
-__all__ = ["BackgroundTasks", "Backoff", "end_session", "is_transient", "stop_role"]
+__all__ = ["PERMANENT", "BackgroundTasks", "Backoff", "end_session", "is_transient", "role_lease", "stop_role"]
+
+DEFAULT_LEASE_TTL_S = 5
+"""A role's lease TTL when neither ``lease`` nor ``lease_ttl_s`` is given."""
 
 log = logging.getLogger("whizorch.saga.supervise")
+
+
+PERMANENT: tuple[type[WhizorchError], ...] = (ConfigError, RequestTooLargeError, DecodeError)
+"""What retrying cannot fix in one saga's work: misuse, a value over a size limit, data
+in etcd that does not decode. The leader fails the saga such an error stops."""
 
 
 def is_transient(exc: BaseException) -> bool:
     """True for the faults a role waits out: etcd or network trouble, a lost lease.
 
-    Bad configuration, refused credentials and a closed client are not: retrying
+    The ``PERMANENT`` errors, refused credentials and a closed client are not: retrying
     cannot fix them. Neither is any exception outside whizorch's tree (a bug).
     """
-    if isinstance(exc, (ConfigError, AuthError, ClosedError)):
+    if isinstance(exc, (*PERMANENT, AuthError, ClosedError)):
         return False
     return isinstance(exc, (WhizorchError, TimeoutError))
+
+
+def role_lease(
+    lease: LeaseTiming | None,
+    *,
+    ttl_s: int | None,
+    keepalive_interval_s: float | None,
+    step_down_margin_s: float | None,
+) -> LeaseTiming:
+    """A role's lease timing: ``lease`` as given (from the configuration), or built
+    from the role's ``lease_ttl_s``/``keepalive_interval_s``/``step_down_margin_s``
+    (one or the other: both is a ConfigError)."""
+    parts = {"lease_ttl_s": ttl_s, "keepalive_interval_s": keepalive_interval_s, "step_down_margin_s": step_down_margin_s}
+    if lease is None:
+        return LeaseTiming.of(
+            DEFAULT_LEASE_TTL_S if ttl_s is None else ttl_s,
+            keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s,
+        )
+    if not isinstance(lease, LeaseTiming):
+        raise ConfigError("lease must be a LeaseTiming (see LeaseTiming.of)", field="lease", value=lease)
+    given = [name for name, value in parts.items() if value is not None]
+    if given:
+        raise ConfigError(
+            f"pass the lease timing once: lease, or {', '.join(given)} (not both)", field=given[0], value=parts[given[0]]
+        )
+    return lease
 
 
 class Backoff:

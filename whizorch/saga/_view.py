@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from whizorch.errors import ConfigError
+from whizorch.errors import DecodeError
 from whizorch.saga import _machine as m
 from whizorch.saga._model import decode_json
 from whizorch.saga._router import RegionInfo
@@ -93,25 +93,25 @@ def serves(caps: dict[str, Any], definition: tuple[str, str]) -> bool:
 
 
 def capabilities(value: bytes) -> dict[str, Any]:
-    """A worker's registration, checked (a ConfigError names what is wrong)."""
+    """A worker's registration, checked (a DecodeError names what is wrong)."""
     caps = decode_json(value, what="worker capabilities")
     if not isinstance(caps, dict):
-        raise ConfigError("worker capabilities are not a JSON object", field="worker capabilities")
+        raise DecodeError("worker capabilities are not a JSON object", field="worker capabilities")
     tags = caps.get("compliance", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ConfigError("worker capabilities: compliance must be a list of strings", field="compliance", value=tags)
+        raise DecodeError("worker capabilities: compliance must be a list of strings", field="compliance", value=tags)
     sagas = caps.get("sagas")
     if sagas is not None and (
         not isinstance(sagas, dict)
         or not all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in sagas.values())
     ):
-        raise ConfigError("worker capabilities: sagas must map saga types to lists of versions", field="sagas", value=sagas)
+        raise DecodeError("worker capabilities: sagas must map saga types to lists of versions", field="sagas", value=sagas)
     if not isinstance(caps.get("draining", False), bool):
-        raise ConfigError("worker capabilities: draining must be true or false", field="draining", value=caps["draining"])
+        raise DecodeError("worker capabilities: draining must be true or false", field="draining", value=caps["draining"])
     for name, kinds in (("cost", (int, float)), ("load", (int, float)), ("concurrency", (int,))):
         v = caps.get(name, 1)
         if isinstance(v, bool) or not isinstance(v, kinds) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"worker capabilities: {name} must be a finite number >= 0", field=name, value=v)
+            raise DecodeError(f"worker capabilities: {name} must be a finite number >= 0", field=name, value=v)
     return caps
 
 

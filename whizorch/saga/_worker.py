@@ -43,22 +43,30 @@ from typing import Any
 
 import attrs
 
-from whizorch.coord import Session, session_options
+from whizorch._check import is_int
+from whizorch.coord import LeaseTiming, Session
 from whizorch.errors import (
     ClosedError,
     CompactedError,
     ConfigError,
+    DecodeError,
     FencedError,
     RequestTooLargeError,
     WhizorchError,
 )
-from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult
-from whizorch.etcd._batch import TxnBatcher
+from whizorch.etcd import Compare, EtcdClient, EventType, Op, RangeResult, TxnBatcher
 from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
-from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
-from whizorch.saga._supervise import BackgroundTasks, Backoff, end_session, is_transient, stop_role
+from whizorch.saga._model import COMPENSATE, Keys, ResultPayload, TaskPayload, encode_json
+from whizorch.saga._supervise import (
+    BackgroundTasks,
+    Backoff,
+    end_session,
+    is_transient,
+    role_lease,
+    stop_role,
+)
 
 __all__ = ["Worker"]
 
@@ -84,20 +92,29 @@ _ENGINE_DIRS = tuple(
 
 
 @attrs.frozen(kw_only=True)
-class Outcome:
-    """What running a handler gave: its output, or why it failed."""
+class RunOutcome:
+    """How one run of a handler ended: what the worker records as its result."""
 
     ok: bool
     output: Any = None
+    """The handler's return value (JSON), when ``ok``."""
     error: str | None = None
     error_type: str | None = None
+    """The exception's class name (``TimeoutError``, ``UnknownSaga`` ...), when not ``ok``."""
     retryable: bool = False
+    """Whether the step's retry policy lets a failure run again."""
     traceback: str | None = None
+    """The handler's traceback (bounded), when it raised."""
 
     @classmethod
-    def failure(cls, error: str, error_type: str, retryable: bool = False, traceback: str | None = None) -> Outcome:
-        return cls(ok=False, error=error, error_type=error_type, retryable=retryable, traceback=traceback)
+    def success(cls, output: Any = None) -> RunOutcome:
+        return cls(ok=True, output=output)
 
+    @classmethod
+    def failure(
+        cls, error: str, error_type: str, *, retryable: bool = False, traceback: str | None = None
+    ) -> RunOutcome:
+        return cls(ok=False, error=error, error_type=error_type, retryable=retryable, traceback=traceback)
 
 def handler_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
     """``exc``'s traceback from the first frame of the user's code (the engine's and
@@ -142,7 +159,8 @@ class Worker:
         concurrency: int = 16,
         compliance: tuple[str, ...] | list[str] | frozenset[str] = (),
         cost: float = 0.0,
-        lease_ttl_s: int = 5,
+        lease: LeaseTiming | None = None,
+        lease_ttl_s: int | None = None,
         keepalive_interval_s: float | None = None,
         step_down_margin_s: float | None = None,
         max_payload_bytes: int = 64 * 1024,
@@ -155,7 +173,7 @@ class Worker:
             raise ConfigError("region must be a non-empty name without '/'", field="region", value=region)
         if isinstance(compliance, str) or not all(isinstance(t, str) and t for t in compliance):
             raise ConfigError("compliance must be a collection of tag strings", field="compliance", value=compliance)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        if not is_int(concurrency, minimum=1):
             raise ConfigError("concurrency must be an int >= 1", field="concurrency", value=concurrency)
         self.client = client
         self.app = app
@@ -165,11 +183,11 @@ class Worker:
         self.concurrency = concurrency
         self.compliance = sorted(set(compliance))
         self.cost = float(cost)
-        self.lease_ttl_s = lease_ttl_s
-        self.session_options = session_options(
-            ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
+        self.lease = role_lease(
+            lease, ttl_s=lease_ttl_s, keepalive_interval_s=keepalive_interval_s, step_down_margin_s=step_down_margin_s
         )
-        """How the lease behind this role's liveness is kept (see whizorch.coord.Session)."""
+        """How the lease behind this role's liveness is kept (see whizorch.coord.LeaseTiming)."""
+        self.lease_ttl_s = self.lease.ttl_s
         self.max_payload_bytes = max_payload_bytes
         self.drain_timeout_s = drain_timeout_s
         self.middleware = check_middleware(middleware)
@@ -257,7 +275,7 @@ class Worker:
     async def _main(self, registered: asyncio.Future[None]) -> None:
         backoff = Backoff()
         while not self._draining.is_set():
-            session = Session(self.client, timing=self.session_options)
+            session = Session(self.client, timing=self.lease)
             try:
                 if not await self._unless_draining(self._open(session)):
                     return  # closed before it could register: nothing to drain
@@ -415,7 +433,7 @@ class Worker:
             return  # this run is here already (a re-read of the tasks)
         try:
             task = TaskPayload.from_json(value)
-        except ConfigError as exc:
+        except DecodeError as exc:
             log.error("worker %s: undecodable task %r: %s", self.worker_id, key, exc)
             return
         self._backlog[key] = (task, token)
@@ -476,8 +494,8 @@ class Worker:
             )
             try:
                 data = result.to_json(self.max_payload_bytes)
-            except ConfigError as exc:
-                data = self._failure_result(str(exc), started, token)
+            except (ConfigError, RequestTooLargeError) as exc:  # not JSON, or over the limit
+                data = self._failure_result(str(exc), type(exc).__name__, started, token)
             result_key = self.keys.result(self.region, task.saga_id, task.step, task.kind, task.attempt)
             res = await self._record(session, key, token, result_key, data, started)
             if res.succeeded:
@@ -499,10 +517,10 @@ class Worker:
             if self._session is session:
                 self._start_backlog(session)
 
-    def _failure_result(self, error: str, started: float, fence: int) -> bytes:
+    def _failure_result(self, error: str, error_type: str, started: float, fence: int) -> bytes:
         """A small, final failure result (the real one could not be recorded)."""
         return ResultPayload(
-            ok=False, error=error, error_type="ConfigError", retryable=False,
+            ok=False, error=error, error_type=error_type, retryable=False,
             worker=self.worker_id, region=self.region, started=started, ended=time.time(), fence=fence,
         ).to_json()
 
@@ -524,10 +542,12 @@ class Worker:
                     [Compare.create_revision(task_key, "==", token), Compare.create_revision(result_key, "==", 0)],
                     [Op.put(result_key, data), Op.delete(task_key)],
                 )
-            except ConfigError as exc:
-                if b'"ok":false' in data[:12] or not isinstance(exc, RequestTooLargeError):
+            except RequestTooLargeError as exc:
+                if b'"ok":false' in data[:12]:
                     raise
-                data = self._failure_result(f"the step's result could not be recorded: {exc}", started, token)
+                data = self._failure_result(
+                    f"the step's result could not be recorded: {exc}", type(exc).__name__, started, token
+                )
                 continue
             except WhizorchError as exc:
                 if session.is_lost or not is_transient(exc):
@@ -536,22 +556,24 @@ class Worker:
                 await asyncio.sleep(delay)  # ok: back off before trying again
                 delay = min(delay * 2, 1.0)
 
-    async def _execute(self, session: Session, task: TaskPayload, task_key: bytes, token: int) -> Outcome | None:
-        """The outcome of running the handler; None when the run was stopped because the
+    async def _execute(
+        self, session: Session, task: TaskPayload, task_key: bytes, token: int
+    ) -> RunOutcome | None:
+        """How running the handler ended; None when the run was stopped because the
         session is lost (nothing is recorded then)."""
         saga = self.app.get(task.saga, task.version or None)
         if saga is None or not 0 <= task.step < len(saga.steps):
             # the leader gives a run only to a worker that advertises its definition
-            return Outcome.failure(
+            return RunOutcome.failure(
                 f"worker {self.worker_id} in region {self.region} does not have saga {task.saga!r} "
                 f"version {task.version!r} step {task.step} (its App has: {self.app.served()})",
                 "UnknownSaga",
             )
         step = saga.steps[task.step]
-        compensating = task.kind == "compensate"
+        compensating = task.kind == COMPENSATE
         fn = step.compensation if compensating else step.fn
         if fn is None:
-            return Outcome(ok=True)
+            return RunOutcome.success()
         policy = step.compensation_retry if compensating else step.retry
         outputs = task.outputs
         if task.output_refs:
@@ -560,8 +582,8 @@ class Worker:
                 try:
                     outputs = {**outputs, **await self._read_outputs(task.output_refs)}
                     break
-                except ConfigError as exc:
-                    return Outcome.failure(str(exc), "ConfigError")
+                except DecodeError as exc:
+                    return RunOutcome.failure(str(exc), type(exc).__name__)
                 except WhizorchError as exc:
                     # etcd trouble: given up, the task would stay on a live lease and
                     # strand the step; wait it out while the session lives
@@ -609,7 +631,7 @@ class Worker:
                 return None
             raise
         except TimeoutError as exc:
-            return Outcome.failure(f"timed out after {task.timeout_s}s", "TimeoutError", policy.retryable(exc))
+            return RunOutcome.failure(f"timed out after {task.timeout_s}s", "TimeoutError", retryable=policy.retryable(exc))
         except Exception as exc:
             retryable = policy.retryable(exc)
             trace = handler_traceback(exc)
@@ -620,8 +642,8 @@ class Worker:
                 task.attempt, _bounded(error, 300), "retryable" if retryable else "not retried: give_up_on/retry_on",
                 trace.rstrip(),
             )
-            return Outcome.failure(error, type(exc).__name__, retryable, trace)
-        return Outcome(ok=True, output=output)
+            return RunOutcome.failure(error, type(exc).__name__, retryable=retryable, traceback=trace)
+        return RunOutcome.success(output)
 
     async def _read_outputs(self, refs: dict[str, str]) -> dict[str, Any]:
         """Earlier steps' outputs the task carries by reference (their result keys)."""
@@ -632,6 +654,6 @@ class Worker:
             res = await self.client.txn([], [Op.get(refs[n].encode()) for n in chunk])
             for name, got in zip(chunk, res.responses, strict=True):
                 if not (isinstance(got, RangeResult) and got.kvs):
-                    raise ConfigError(f"the output of step {name!r} is gone ({refs[name]})", field="output_refs")
+                    raise DecodeError(f"the output of step {name!r} is gone ({refs[name]})", field="output_refs")
                 outputs[name] = ResultPayload.from_json(got.kvs[0].value).output
         return outputs

@@ -17,9 +17,9 @@ from whizorch.testing._binary import ETCD_BIN_ENV, etcd_version, find_etcd, find
 from whizorch.testing._cluster import LocalEtcdCluster
 from whizorch.testing._eventually import eventually, eventually_async
 from whizorch.testing._lab import LabMode, RegionLab, netns_unavailable_reason
-from whizorch.testing._lab_model import DEFAULT_REGIONS, DEFAULT_RTT_MS, Link
+from whizorch.testing._lab_model import DEFAULT_REGIONS, DEFAULT_RTT_MS, Link, parse_pairs
 from whizorch.testing._member import ClusterUnhealthyError, EtcdMember, LocalClusterError
-from whizorch.testing._process import dying_with_parent
+from whizorch.testing._process import dying_with_parent, log_tail
 from whizorch.testing._tls import TLSFiles, generate_tls, make_client_cert
 
 __all__ = [
@@ -41,6 +41,8 @@ __all__ = [
     "find_etcd",
     "find_etcdctl",
     "generate_tls",
+    "log_tail",
     "make_client_cert",
     "netns_unavailable_reason",
+    "parse_pairs",
 ]

@@ -10,8 +10,8 @@ started them even when it is killed with SIGKILL (see ``_process``).
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -22,13 +22,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from whizorch.errors import ClosedError, ConfigError
 from whizorch.testing._binary import etcd_version, find_etcd, find_etcdctl
+from whizorch.testing._lifecycle import Harness, shielded_thread
 from whizorch.testing._member import (
     ClusterUnhealthyError,
     EtcdMember,
@@ -41,7 +41,6 @@ from whizorch.testing._tls import TLSFiles, generate_tls
 
 __all__ = ["LocalEtcdCluster"]
 
-T = TypeVar("T")
 
 _LAYOUT_FILE = "whizorch-cluster.json"
 _PORT_ATTEMPTS = 5
@@ -49,54 +48,11 @@ _POLL_S = 0.05
 _GRACEFUL_STOP_S = 15.0
 _ADDRESS_IN_USE = "address already in use"
 
-_NEW, _STARTING, _OPEN, _CLOSED = "new", "starting", "open", "closed"
-
-
 class _PortTaken(Exception):
     """A member could not bind a port chosen for it: pick new ports and start again."""
 
 
-# clusters started and not yet closed, for the atexit hook
-_live: dict[int, LocalEtcdCluster] = {}
-_live_lock = threading.Lock()
-_atexit_registered = False
-
-
-def _register(cluster: LocalEtcdCluster) -> None:
-    global _atexit_registered
-    with _live_lock:
-        if not _atexit_registered:
-            atexit.register(_close_all_at_exit)
-            _atexit_registered = True
-        _live[id(cluster)] = cluster
-
-
-def _unregister(cluster: LocalEtcdCluster) -> None:
-    with _live_lock:
-        _live.pop(id(cluster), None)
-
-
-def _close_all_at_exit() -> None:
-    with _live_lock:
-        clusters = list(_live.values())
-        _live.clear()
-    for cluster in clusters:
-        cluster._abandon()
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    # a shielded thread's outcome is read here when its awaiter was cancelled
-    if not task.cancelled():
-        task.exception()
-
-
-async def _shielded_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
-    task.add_done_callback(_consume)
-    return await asyncio.shield(task)
-
-
-class LocalEtcdCluster(LeaderWaits[EtcdMember]):
+class LocalEtcdCluster(Harness, LeaderWaits[EtcdMember]):
     """A 1- or 3-member (any size works) etcd cluster of local processes.
 
     ::
@@ -112,6 +68,8 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
 
     The cluster can be started once: unopened, open, closed; closing twice is fine.
     """
+
+    WHAT = "cluster"
 
     def __init__(
         self,
@@ -154,6 +112,7 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
             )
         if client_cert_auth and tls is False:
             raise ConfigError("client_cert_auth needs tls")
+        super().__init__()
         self.size = size
         """Number of members."""
         self.etcd_bin = find_etcd(etcd_bin)
@@ -177,9 +136,7 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
         self._members: tuple[EtcdMember, ...] = ()
         self._token = ""
         self._etcdctl: Path | None = None
-        self._state = _NEW
-        self._lock = threading.RLock()
-        self._closing = threading.Event()
+        self._graceful: bool | None = None
 
     def __repr__(self) -> str:
         return f"<LocalEtcdCluster {self._state} size={self.size} {self._endpoint_list()}>"
@@ -189,7 +146,7 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
     @property
     def members(self) -> tuple[EtcdMember, ...]:
         """The members, in ``--initial-cluster`` order (available after `start`)."""
-        if self._state == _NEW:
+        if self._state == "new":
             raise ClosedError("the cluster has not been started")
         return self._members
 
@@ -240,21 +197,10 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
         """Whether `close` keeps the data (a ``data_dir`` was given)."""
         return self._data_dir_arg is not None
 
-    @property
-    def is_open(self) -> bool:
-        """Whether the cluster has started and is not closed."""
-        return self._state == _OPEN
-
     def _endpoint_list(self) -> str:
         return ",".join(m.endpoint for m in self._members)
 
-    def _check_open(self) -> None:
-        if self._state == _CLOSED:
-            raise ClosedError("the cluster is closed")
-        if self._state == _NEW:
-            raise ClosedError("the cluster has not been started")
-
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (start, close, context managers: _lifecycle.Harness) ----------------
 
     def start(self) -> Self:
         """Start every member and wait until all report healthy; return ``self``.
@@ -263,24 +209,7 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
         member exits, `ClusterUnhealthyError` when ``start_timeout`` passes first. A
         cluster starts once: after a failed start it is closed.
         """
-        with self._lock:
-            if self._state == _CLOSED:
-                raise ClosedError("the cluster is closed; make a new LocalEtcdCluster")
-            if self._state != _NEW:
-                raise LocalClusterError("the cluster is already started")
-            self._state = _STARTING
-            _register(self)
-            try:
-                self._start()
-            except BaseException:
-                try:
-                    self._teardown(graceful=False)
-                finally:
-                    self._state = _CLOSED
-                    _unregister(self)
-                raise
-            self._state = _OPEN
-        return self
+        return super().start()
 
     def _start(self) -> None:
         if self._data_dir_arg is None:
@@ -370,21 +299,12 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
         (SIGKILL after 15 s) rather than SIGKILL at once; the default is graceful only
         when the data is kept (``data_dir`` given), as throwaway data needs no flush.
         """
-        # first, so a start or a wait running in another thread gives up at once
-        self._closing.set()
-        with self._lock:
-            if self._state == _CLOSED:
-                return
-            if self._state == _NEW:
-                self._state = _CLOSED
-                return
-            try:
-                self._teardown(
-                    graceful=self._data_dir_arg is not None if graceful is None else graceful
-                )
-            finally:
-                self._state = _CLOSED
-                _unregister(self)
+        self._close(
+            functools.partial(self._teardown, graceful=self._data_dir_arg is not None if graceful is None else graceful)
+        )
+
+    def _stop(self) -> None:
+        self._teardown(graceful=False)  # a failed start: nothing worth a graceful stop
 
     def _teardown(self, *, graceful: bool) -> None:
         members = self._members
@@ -427,42 +347,12 @@ class LocalEtcdCluster(LeaderWaits[EtcdMember]):
                 member.kill()
         if self._data_dir_arg is None and self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
-        self._state = _CLOSED
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def astart(self) -> Self:
-        """`start` in a worker thread; if cancelled, the half-started cluster is closed."""
-        try:
-            return await _shielded_thread(self.start)
-        except asyncio.CancelledError:
-            await _shielded_thread(self.close)
-            raise
+        self._state = "closed"
 
     async def aclose(self, *, graceful: bool | None = None) -> None:
         """`close` in a worker thread (it finishes even if the caller is cancelled)."""
         self._closing.set()
-        await _shielded_thread(self.close, graceful=graceful)
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
+        await shielded_thread(self.close, graceful=graceful)
 
     # -- waiting ----------------------------------------------------------------------
 

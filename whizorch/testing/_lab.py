@@ -30,26 +30,21 @@ pays its link.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import functools
 import http.client
 import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import attrs
 
 from whizorch.errors import ClosedError, ConfigError
 from whizorch.testing._binary import find_etcd
-from whizorch.testing._cluster import LocalEtcdCluster, _shielded_thread
+from whizorch.testing._cluster import LocalEtcdCluster
 from whizorch.testing._lab_host import (
     NetProcess,
     add_namespace,
@@ -70,47 +65,19 @@ from whizorch.testing._lab_model import (
     namespace_name,
     rtt_matrix,
 )
+from whizorch.testing._lifecycle import Harness, live
 from whizorch.testing._member import EtcdMember, LocalClusterError
 
 __all__ = ["LabMode", "RegionLab", "netns_unavailable_reason"]
 
-_NEW, _STARTING, _OPEN, _CLOSED = "new", "starting", "open", "closed"
-
-_live: dict[int, RegionLab] = {}
-_live_lock = threading.Lock()
-_atexit_registered = False
 _lab_numbers = iter(range(1, 1 << 30))
 
 
-def _register(lab: RegionLab) -> None:
-    global _atexit_registered
-    with _live_lock:
-        if not _atexit_registered:
-            atexit.register(_close_all_at_exit)
-            _atexit_registered = True
-        _live[id(lab)] = lab
-
-
-def _unregister(lab: RegionLab) -> None:
-    with _live_lock:
-        _live.pop(id(lab), None)
-
-
 def _namespaces_in_use() -> set[str]:
-    with _live_lock:
-        return {name for lab in _live.values() for name in lab._namespaces.values()}
+    return {name for lab in live() if isinstance(lab, RegionLab) for name in lab._namespaces.values()}
 
 
-def _close_all_at_exit() -> None:
-    with _live_lock:
-        labs = list(_live.values())
-        _live.clear()
-    for lab in labs:
-        with contextlib.suppress(Exception):
-            lab._teardown()
-
-
-class RegionLab:
+class RegionLab(Harness):
     """A 3-member etcd cluster (any number works), one member per region, regions apart.
 
     ::
@@ -129,6 +96,8 @@ class RegionLab:
     namespaces and the temporary directories; so does the ``atexit`` hook, and a lab
     starting deletes the namespaces of labs whose process died without closing.
     """
+
+    WHAT = "region lab"
 
     def __init__(
         self,
@@ -155,6 +124,7 @@ class RegionLab:
         round trip, at least 1000 ms, as etcd advises across regions). ``extra_args``:
         more etcd flags. ``seed``: the jitter's random seed.
         """
+        super().__init__()
         self.regions = check_regions(regions)
         """The regions, in member order (member ``i`` is ``127.0.0.(i+1)`` in netns mode)."""
         self._rtt = rtt_matrix(self.regions, rtt_ms)
@@ -193,8 +163,6 @@ class RegionLab:
         self._net: NetProcess | None = None
         self._layout: Layout | None = None
         self._placed: list[subprocess.Popen[Any]] = []
-        self._state = _NEW
-        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<RegionLab {self._state} mode={self._mode} regions={','.join(self.regions)}>"
@@ -226,18 +194,9 @@ class RegionLab:
         return self._directory
 
     @property
-    def is_open(self) -> bool:
-        """Whether the lab has started and is not closed."""
-        return self._state == _OPEN
-
-    @property
     def network_running(self) -> bool:
         """Whether the lab's network process runs (it carries every path between regions)."""
         return self._net is not None and self._net.is_running
-
-    def _check_open(self) -> None:
-        if self._state != _OPEN:
-            raise ClosedError(f"the region lab is {self._state}")
 
     def _check_region(self, region: str) -> int:
         try:
@@ -409,25 +368,12 @@ class RegionLab:
         quorum_rtt = sorted(others)[len(self.regions) // 2 - 1] if others else 0.0
         return self.rtt_ms(region, leader) + quorum_rtt
 
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (start, close, context managers: _lifecycle.Harness) ----------------
 
     def start(self) -> Self:
         """Make the namespaces, start the network and the members; return ``self`` once
         every member is healthy. A lab starts once; after a failed start it is closed."""
-        with self._lock:
-            if self._state == _CLOSED:
-                raise ClosedError("the region lab is closed; make a new RegionLab")
-            if self._state != _NEW:
-                raise LocalClusterError("the region lab is already started")
-            self._state = _STARTING
-            _register(self)
-            try:
-                self._start()
-            except BaseException:
-                self._teardown()
-                raise
-            self._state = _OPEN
-        return self
+        return super().start()
 
     def _start(self) -> None:
         remove_stale_directories()
@@ -501,15 +447,9 @@ class RegionLab:
 
     def close(self) -> None:
         """Stop everything the lab started and delete what it made. Closing twice is fine."""
-        with self._lock:
-            if self._state == _CLOSED:
-                return
-            if self._state == _NEW:
-                self._state = _CLOSED
-                return
-            self._teardown()
+        super().close()
 
-    def _teardown(self) -> None:
+    def _stop(self) -> None:
         """Each step runs even when one before it failed; the first error is raised."""
         errors: list[BaseException] = []
 
@@ -529,42 +469,6 @@ class RegionLab:
             step(remove_namespace, name)
         if self._directory is not None:
             step(shutil.rmtree, self._directory, True)
-        self._state = _CLOSED
-        _unregister(self)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def astart(self) -> Self:
-        """`start` in a worker thread; if cancelled, the half-started lab is closed."""
-        try:
-            return await _shielded_thread(self.start)
-        except asyncio.CancelledError:
-            await _shielded_thread(self.close)
-            raise
-
-    async def aclose(self) -> None:
-        """`close` in a worker thread (it finishes even if the caller is cancelled)."""
-        await _shielded_thread(self.close)
-
-    async def __aenter__(self) -> Self:
-        return await self.astart()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 

@@ -14,7 +14,7 @@ import attrs
 
 from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
-from whizorch.saga._model import FAILED, Keys, SagaRecord, TaskPayload
+from whizorch.saga._model import FAILED, Keys, SagaRecord, StepKind, TaskPayload
 from whizorch.saga._spec import SagaSpec
 
 __all__ = [
@@ -72,7 +72,7 @@ class Task:
     key: bytes
     region: str
     lease: str
-    kind: str
+    kind: StepKind
     attempt: int
 
 
@@ -102,7 +102,7 @@ class TaskGone:
     ended), or no worker could take it; ``lease`` "" when none was found."""
 
     step: int
-    kind: str
+    kind: StepKind
     attempt: int
     lease: str
     drained: bool = False

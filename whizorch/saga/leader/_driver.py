@@ -21,12 +21,13 @@ import time
 from typing import Any
 
 from whizorch.coord import Fence
-from whizorch.errors import ConfigError, WhizorchError
+from whizorch.errors import DecodeError, WhizorchError
 from whizorch.etcd import Compare, KeyValue, Op, RangeResult
 from whizorch.saga import _machine as m
+from whizorch.saga._events import RegionPreferenceUnmet, SagaAdopted, SagaFinished, StepFailedOver
 from whizorch.saga._middleware import SagaEvent, run_guarded
-from whizorch.saga._model import FAILED, ResultPayload, SagaRecord, decode_json
-from whizorch.saga._supervise import Backoff, is_transient
+from whizorch.saga._model import FAILED, ResultPayload, SagaRecord, SubmissionPayload
+from whizorch.saga._supervise import PERMANENT, Backoff, is_transient
 from whizorch.saga._view import Timers
 from whizorch.saga.leader._cache import (
     EVENT_NAMES,
@@ -148,7 +149,7 @@ class Driver:
                         log.warning("saga %s: could not apply %r yet: %s; retrying", saga_id, event or "adoption", exc)
                         await asyncio.sleep(backoff.next_s())  # ok: backoff before applying the same event again
                         continue
-                    if isinstance(exc, ConfigError) and not isinstance(event, Fail):
+                    if isinstance(exc, PERMANENT) and not isinstance(event, Fail):
                         # retrying cannot fix it (a write over etcd's limit, a value that is
                         # not JSON): the saga stops here, failed, with the reason
                         log.error("saga %s: cannot apply %r: %s; failing the saga", saga_id, event or "adoption", exc)
@@ -193,7 +194,7 @@ class Driver:
     # -- results and lost workers --------------------------------------------------------
 
     def result_event(self, kv: KeyValue) -> m.Result:
-        """The machine's event for a result key (ConfigError when it does not parse)."""
+        """The machine's event for a result key (DecodeError when it does not parse)."""
         payload = ResultPayload.from_json(kv.value)
         region, _sid, step, kind, attempt = self.env.keys.run_key(kv.key)
         return m.Result(
@@ -205,7 +206,7 @@ class Driver:
         try:
             payload = ResultPayload.from_json(kv.value)
             _region, _sid, index, kind, _attempt = self.env.keys.run_key(kv.key)
-        except ConfigError:
+        except DecodeError:
             return
         if payload.ok and kind == m.RUN and entry.definition is not None:
             if 0 <= index < len(entry.definition.steps):
@@ -257,18 +258,9 @@ class Driver:
     async def _adopt(self, saga_id: str, kv: KeyValue) -> None:
         env = self.env
         try:
-            sub = decode_json(kv.value, what="submission")
-            if not isinstance(sub, dict):
-                raise ConfigError("submission is not a JSON object", field="submission")
-            name, value, trace = sub.get("saga"), sub.get("input"), sub.get("trace") or {}
-            version = sub.get("version")
-            if not isinstance(name, str):
-                raise ConfigError(f"submission.saga must be a string, not {type(name).__name__}", field="submission.saga")
-            if version is not None and not isinstance(version, str):
-                raise ConfigError("submission.version must be a string", field="submission.version")
-            if not isinstance(trace, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in trace.items()):
-                raise ConfigError("submission.trace must map strings to strings", field="submission.trace")
-        except ConfigError as exc:
+            sub = SubmissionPayload.from_json(kv.value)
+            name, value, trace, version = sub.saga, sub.input, sub.trace, sub.version
+        except DecodeError as exc:
             self.poison("submit", kv, str(exc))
             rec = failed_record(saga_id, "?", kv.create_revision, f"undecodable submission: {exc}", time.time())
             rec.history.append({"event": "raw_submission", "raw": kv.value.decode(errors="replace")[:4000]})
@@ -276,7 +268,7 @@ class Driver:
             return
         try:
             definition = await (env.definitions.get(name, version) if version else env.definitions.current(name))
-        except ConfigError as exc:  # a published definition that does not parse
+        except DecodeError as exc:  # a published definition that does not parse
             definition, unknown = None, f"the definition of saga {name!r} cannot be read: {exc}"
         else:
             unknown = unknown_definition(name, version or "")
@@ -303,7 +295,7 @@ class Driver:
         if not created:
             return  # the record existed already (a submission seen twice): nothing adopted
         entry = created[0]
-        env.emit("adopted", saga_id=saga_id, saga=name)
+        env.emit(SagaAdopted(saga_id=saga_id, saga=name))
         if saga_id in self.early_cancels:
             del self.early_cancels[saga_id]
             self.spawn(saga_id, m.Cancel())  # asked before the leader saw the submission
@@ -350,7 +342,7 @@ class Driver:
         """The record found after an unknown outcome is the one this adoption wrote."""
         try:
             rec = SagaRecord.from_json(kv.value)
-        except ConfigError:
+        except DecodeError:
             return False
         return rec.txid == entry.record.txid and rec.leader_term == self.term
 
@@ -472,16 +464,21 @@ class Driver:
         for at, timer in tr.timers:
             self.arm(at, rec.id, timer)
         for fo in tr.failovers:
-            env.emit("failover", saga_id=rec.id, **fo)
+            env.emit(StepFailedOver(
+                saga_id=rec.id, step=fo["step"], from_region=fo["from"], to_region=fo["to"], reason=fo["reason"], at=fo["at"]
+            ))  # fmt: skip
         for unmet in tr.unmet:
-            env.emit("region_preference_unmet", saga_id=rec.id, saga=rec.saga, **unmet)
+            env.emit(RegionPreferenceUnmet(
+                saga_id=rec.id, saga=rec.saga, step=unmet["step"], wanted=unmet["wanted"], to_region=unmet["to"],
+                reason=unmet["reason"],
+            ))  # fmt: skip
         for gone in unplaced:
             # no live worker took the run (none left in its region, or it died as we
             # wrote): the machine decides, as for any lost worker
             self.spawn(rec.id, gone)
         if rec.is_final:
             self.keep(entry)
-            env.emit("finished", saga_id=rec.id, saga=rec.saga, status=rec.status)
+            env.emit(SagaFinished(saga_id=rec.id, saga=rec.saga, status=rec.status))
 
     async def fail(self, entry: LeaderSaga, reason: str) -> None:
         """End a saga as failed (the dead-letter state) with ``reason``: its queued tasks

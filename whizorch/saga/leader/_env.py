@@ -19,6 +19,7 @@ import attrs
 from whizorch.etcd import EtcdClient
 from whizorch.saga import _machine as m
 from whizorch.saga._definitions import Definitions
+from whizorch.saga._events import OrchestratorEvent
 from whizorch.saga._middleware import Middleware
 from whizorch.saga._model import Keys
 from whizorch.saga._quarantine import Quarantine
@@ -56,7 +57,7 @@ class LeaderEnv:
     """The live workers by region, kept by the process's region watch."""
     settings: m.Settings
     middleware: Sequence[Middleware]
-    emit: Callable[..., None]
+    emit: Callable[[OrchestratorEvent], None]
     quarantine: Quarantine
     contact: ContactGate
     retention_s: float

@@ -15,12 +15,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from whizorch.errors import ConfigError
-from whizorch.etcd import Compare, KeyValue, Op
-from whizorch.etcd._batch import BatchRefused
+from whizorch.errors import DecodeError
+from whizorch.etcd import BatchRefused, Compare, KeyValue, Op
 from whizorch.saga import _machine as m
 from whizorch.saga._model import NewerRecordError, SagaRecord, decode_json
 from whizorch.saga._spec import SagaSpec
+from whizorch.saga._supervise import PERMANENT
 from whizorch.saga.leader._cache import (
     Fail,
     LeaderSaga,
@@ -52,7 +52,7 @@ async def take_over(term: ShardLeader) -> int:
         try:
             keys.task_key(kv.key)
             tasks[kv.key] = kv
-        except ConfigError as exc:
+        except DecodeError as exc:
             term.poison("task", kv, str(exc))
     specs: dict[tuple[str, str], SagaSpec | None] = {}
     live: list[LeaderSaga] = []
@@ -60,7 +60,7 @@ async def take_over(term: ShardLeader) -> int:
     for kv in snap.records:
         try:
             sid = keys.saga_id(kv.key, "saga")
-        except ConfigError as exc:
+        except DecodeError as exc:
             term.poison("saga", kv, str(exc))
             continue
         try:
@@ -70,7 +70,7 @@ async def take_over(term: ShardLeader) -> int:
             term.poison("saga", kv, f"{exc}; left untouched")
             untouched.add(sid)
             continue
-        except ConfigError as exc:
+        except DecodeError as exc:
             term.poison("saga", kv, str(exc))
             await term.replace_undecodable(sid, kv, str(exc))
             continue
@@ -78,7 +78,7 @@ async def take_over(term: ShardLeader) -> int:
         if pin not in specs:
             try:
                 specs[pin] = await env.definitions.get(*pin)
-            except ConfigError as exc:  # a published definition that does not parse
+            except DecodeError as exc:  # a published definition that does not parse
                 log.error("saga %s: its definition %s %s cannot be read: %s", rec.id, *pin, exc)
                 specs[pin] = None
         entry = LeaderSaga(rec, kv.mod_revision, specs[pin], live=not rec.is_final)
@@ -98,7 +98,7 @@ async def take_over(term: ShardLeader) -> int:
         rec = entry.record
         got = snap.inputs.get(keys.input(rec.id)) or []
         if got:
-            with contextlib.suppress(ConfigError):
+            with contextlib.suppress(DecodeError):
                 entry.input = decode_json(got[0].value, what="saga input")
         found = [kv for r in rec.regions for kv in results.get(keys.results(r, rec.id), [])]
         for rkv in found:
@@ -111,7 +111,7 @@ async def take_over(term: ShardLeader) -> int:
                 await term.fail(entry, unknown_definition(rec.saga, rec.version))
                 return
             await _resume(term, entry, found, rec.id in cancels, now)
-        except ConfigError as exc:
+        except PERMANENT as exc:
             # what retrying cannot fix (a write over etcd's limit) fails this saga, as
             # its driver would, not the takeover (every next leader would stop on it)
             log.error("saga %s: cannot resume: %s; failing the saga", rec.id, exc)
@@ -126,7 +126,7 @@ async def take_over(term: ShardLeader) -> int:
     for kv in snap.submits:
         try:
             sid = keys.saga_id(kv.key, "submit")
-        except ConfigError as exc:
+        except DecodeError as exc:
             term.poison("submit", kv, str(exc))
             continue
         if sid in cancels:
@@ -143,7 +143,7 @@ async def take_over(term: ShardLeader) -> int:
 def _parses(term: ShardLeader, key: bytes) -> bool:
     try:
         term.env.keys.saga_id(key, "cancel")
-    except ConfigError:
+    except DecodeError:
         return False
     return True
 
@@ -164,7 +164,7 @@ async def _resume(term: ShardLeader, entry: LeaderSaga, results: list[KeyValue],
     for rkv in sorted(results, key=lambda kv: kv.mod_revision):
         try:
             ev = term.result_event(rkv)
-        except ConfigError as exc:
+        except DecodeError as exc:
             term.poison("run", rkv, str(exc))
             continue
         await term.result_arrived(entry, ResultArrived(ev, rkv))

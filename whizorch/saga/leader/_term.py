@@ -21,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from whizorch.coord import Election, Fence
-from whizorch.errors import ConfigError, WhizorchError
+from whizorch.errors import DecodeError, WhizorchError
 from whizorch.etcd import Compare, EventType, KeyValue, Op, WatchEvent
 from whizorch.saga import _machine as m
+from whizorch.saga._events import SagaPurged
 from whizorch.saga._supervise import is_transient
 from whizorch.saga.leader._cache import LeadershipLost, ResultArrived, TaskGone
 from whizorch.saga.leader._driver import Driver
@@ -156,7 +157,7 @@ class ShardLeader(Driver):
                 self._on_run(ev)
             elif kind == "cancel":
                 self._on_cancel(ev)
-        except ConfigError as exc:  # input that does not parse: quarantined, never fatal
+        except DecodeError as exc:  # input that does not parse: quarantined, never fatal
             assert isinstance(ev, WatchEvent)
             self.poison(kind, ev.kv, str(exc))
 
@@ -261,7 +262,7 @@ class ShardLeader(Driver):
             idempotent=True,
         )
         if res.succeeded:
-            env.emit("purged", saga_id=sid)
+            env.emit(SagaPurged(saga_id=sid))
         elif not self.is_leading():
             raise LeadershipLost("the fence refused a purge")
         return res.succeeded

@@ -9,7 +9,7 @@ write that creates a record consumes its submission (deleted, its input kept und
 ``input/``) and adds the saga to the shard's in-flight index; the write that makes a
 saga final takes it out of that index, drops its cancel request and, unless it failed
 (kept for an operator), files it under ``done/`` for retention.
-The :class:`~whizorch.etcd._batch.TxnBatcher` nests it with the writes of other
+The :class:`~whizorch.etcd.TxnBatcher` nests it with the writes of other
 sagas under one compare of the leader's fence.
 
 Choosing a worker: the least loaded of the run's region by the tasks this leader has
@@ -23,8 +23,7 @@ from collections.abc import Mapping
 
 from whizorch.coord import Fence
 from whizorch.errors import OutcomeUnknownError
-from whizorch.etcd import Compare, EtcdClient, KeyValue, Op, RangeResult
-from whizorch.etcd._batch import BatchRefused, TxnBatcher
+from whizorch.etcd import BatchRefused, Compare, EtcdClient, KeyValue, Op, RangeResult, TxnBatcher
 from whizorch.saga import _machine as m
 from whizorch.saga._model import FAILED, Keys, SagaRecord, StepState, encode_json
 from whizorch.saga._view import Workers

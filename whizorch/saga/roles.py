@@ -47,8 +47,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from whizorch.errors import ConfigError
-from whizorch.etcd._auth_admin import Permission, PermType
-from whizorch.etcd._types import prefix_end
+from whizorch.etcd import Permission, PermType, prefix_end
+from whizorch.saga._model import Keys
 
 __all__ = [
     "RoleKind",
@@ -87,12 +87,9 @@ class RoleSpec:
 
 
 def check_namespace(namespace: str) -> str:
-    """``namespace`` if it is a valid saga namespace, else a ConfigError naming it."""
-    if not isinstance(namespace, str) or not namespace or namespace.endswith("/"):
-        raise ConfigError(
-            f"namespace {namespace!r} must be a non-empty string without a trailing '/'", field="namespace", value=namespace
-        )
-    return namespace
+    """``namespace`` if it is a valid saga namespace (as :class:`Keys` checks it), else
+    a ConfigError naming it."""
+    return Keys(namespace).ns
 
 
 def check_region(region: str) -> str:
@@ -118,24 +115,24 @@ def role_name(namespace: str, kind: RoleKind, region: str | None = None) -> str:
     return f"{namespace}-{kind.value}"
 
 
-def _prefix(perm: PermType, namespace: str, *parts: str) -> Permission:
-    key = "/".join((namespace, *parts)).encode() + b"/"
+def _prefix(perm: PermType, key: bytes) -> Permission:
     return Permission(perm, key, prefix_end(key))
 
 
-def _worker(namespace: str, region: str) -> tuple[Permission, ...]:
+def _worker(keys: Keys, region: str) -> tuple[Permission, ...]:
     return (
-        _prefix(PermType.READWRITE, namespace, "task", region),
-        _prefix(PermType.READWRITE, namespace, "run", region),
-        _prefix(PermType.READ, namespace, "run"),
-        _prefix(PermType.READWRITE, namespace, "region", region),
+        _prefix(PermType.READWRITE, keys.region_tasks(region)),
+        _prefix(PermType.READWRITE, keys.region_results(region)),
+        _prefix(PermType.READ, keys.prefix("run")),
+        _prefix(PermType.READWRITE, keys.region_workers(region)),
     )
 
 
 def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, ...]:
     """The roles of a deployment: the orchestrator's, the client's, the viewer's, the
     console's (with actions), and one worker role per region (in the order given; a region named twice is an error)."""
-    ns = check_namespace(namespace)
+    keys = Keys(namespace)
+    ns = keys.ns
     listed: list[str] = [check_region(r) for r in regions]
     if not listed:
         raise ConfigError("name at least one region", field="regions", value=listed)
@@ -145,35 +142,35 @@ def deployment_roles(namespace: str, regions: Iterable[str]) -> tuple[RoleSpec, 
             raise ConfigError(f"region {region!r} is named twice", field="regions", value=listed)
         seen.add(region)
     specs = [
-        RoleSpec(role_name(ns, RoleKind.ORCHESTRATOR), RoleKind.ORCHESTRATOR, None, (_prefix(PermType.READWRITE, ns),)),
+        RoleSpec(role_name(ns, RoleKind.ORCHESTRATOR), RoleKind.ORCHESTRATOR, None, (_prefix(PermType.READWRITE, keys.root),)),
         RoleSpec(
             role_name(ns, RoleKind.CLIENT),
             RoleKind.CLIENT,
             None,
             (
-                _prefix(PermType.READWRITE, ns, "submit"),
-                _prefix(PermType.READWRITE, ns, "cancel"),
+                _prefix(PermType.READWRITE, keys.prefix("submit")),
+                _prefix(PermType.READWRITE, keys.prefix("cancel")),
                 # submitting a Saga object publishes its definition (create-if-absent)
-                _prefix(PermType.READWRITE, ns, "def"),
-                _prefix(PermType.READ, ns, "saga"),
-                _prefix(PermType.READ, ns, "run"),
+                _prefix(PermType.READWRITE, keys.prefix("def")),
+                _prefix(PermType.READ, keys.prefix("saga")),
+                _prefix(PermType.READ, keys.prefix("run")),
                 # an id submitted again: its input, once adopted, is compared with the new one
-                _prefix(PermType.READ, ns, "input"),
+                _prefix(PermType.READ, keys.prefix("input")),
             ),
         ),
-        RoleSpec(role_name(ns, RoleKind.VIEWER), RoleKind.VIEWER, None, (_prefix(PermType.READ, ns),)),
+        RoleSpec(role_name(ns, RoleKind.VIEWER), RoleKind.VIEWER, None, (_prefix(PermType.READ, keys.root),)),
         RoleSpec(
             role_name(ns, RoleKind.CONSOLE),
             RoleKind.CONSOLE,
             None,
             (
-                _prefix(PermType.READ, ns),
-                _prefix(PermType.READWRITE, ns, "submit"),
-                _prefix(PermType.READWRITE, ns, "cancel"),
+                _prefix(PermType.READ, keys.root),
+                _prefix(PermType.READWRITE, keys.prefix("submit")),
+                _prefix(PermType.READWRITE, keys.prefix("cancel")),
             ),
         ),
     ]
-    specs += [RoleSpec(role_name(ns, RoleKind.WORKER, r), RoleKind.WORKER, r, _worker(ns, r)) for r in listed]
+    specs += [RoleSpec(role_name(ns, RoleKind.WORKER, r), RoleKind.WORKER, r, _worker(keys, r)) for r in listed]
     return tuple(specs)
 
 
