@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from whizorch import EtcdClient, EventType, KeyValue
+from whizorch import EtcdClient, EventType, KeyValue, WatchEvent
 
-__all__ = ["deleted_at", "writes"]
+__all__ = ["deleted_at", "events", "writes"]
 
 
 async def writes(
@@ -27,22 +27,49 @@ async def writes(
     when they come after every live one (the tests read quiet ranges, where nothing is
     deleted meanwhile).
     """
-    live = [kv for kv in (await client.get(key, prefix=prefix, revision=until)).kvs if kv.mod_revision >= since]
+    found = await events(client, key, prefix=prefix, since=since, until=until, timeout=timeout)
+    return [ev.kv for ev in found if ev.type is EventType.PUT]
+
+
+async def events(
+    client: EtcdClient,
+    key: str,
+    *,
+    prefix: bool = False,
+    range_end: bytes | None = None,
+    since: int,
+    until: int = 0,
+    prev_kv: bool = False,
+    timeout: float = 30.0,
+) -> list[WatchEvent]:
+    """Every change (puts and deletes) of ``key`` (the keys under it, ``prefix``; or the
+    range ``[key, range_end)``) from revision ``since`` through the newest write still
+    live in it at ``until`` (0: now), in revision order, from etcd's history.
+
+    Deletes after that newest live write are not included (nothing marks how far they
+    go); a delete made by the same txn as that write may be missed too (its events are
+    delivered together, the read stops at the write).
+    """
+    live = [
+        kv for kv in (await client.get(key, prefix=prefix, range_end=range_end, revision=until)).kvs
+        if kv.mod_revision >= since
+    ]  # fmt: skip
     if not live:
         return []
     last = max(kv.mod_revision for kv in live)
     left = sum(1 for kv in live if kv.mod_revision == last)  # a txn writes several keys at one revision
-    out: list[KeyValue] = []
-    async with asyncio.timeout(timeout), client.watch(key, prefix=prefix, start_revision=since) as watch:
+    out: list[WatchEvent] = []
+    async with asyncio.timeout(timeout), client.watch(
+        key, prefix=prefix, range_end=range_end, start_revision=since, prev_kv=prev_kv
+    ) as watch:
         async for ev in watch:
             if ev.revision > last:
                 break
-            if ev.type is EventType.PUT:
-                out.append(ev.kv)
-                if ev.revision == last:
-                    left -= 1
-                    if left == 0:
-                        break
+            out.append(ev)
+            if ev.type is EventType.PUT and ev.revision == last:
+                left -= 1
+                if left == 0:
+                    break
     return out
 
 

@@ -81,11 +81,13 @@ class Deployment:
         env: Mapping[str, str],
         log: Callable[[str], None],
         revision: Callable[[], Awaitable[int]],
+        shards: int | None = None,
     ) -> None:
         self.roles = {s.name: Role(s) for s in specs}
         self.endpoints = list(endpoints)
-        self._launcher = RoleLauncher([], endpoints=endpoints, namespace=namespace, ttl=ttl_s, app=app)
-        """Builds the command lines (the environment is the suite's own: ``env``)."""
+        self._launcher = RoleLauncher([], endpoints=endpoints, namespace=namespace, ttl=ttl_s, app=app, shards=shards)
+        """Builds the command lines, ``--shards`` included (the environment is the
+        suite's own: ``env``)."""
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.app = app
