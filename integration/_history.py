@@ -12,8 +12,10 @@ import asyncio
 from collections.abc import Callable
 
 from whizorch import EtcdClient, EventType, KeyValue, WatchEvent
+from whizorch.saga import SagaRecord
+from whizorch.saga._shards import shard_of
 
-__all__ = ["deleted_at", "events", "writes"]
+__all__ = ["deleted_at", "events", "shard_term_violations", "writes"]
 
 
 async def writes(
@@ -27,49 +29,22 @@ async def writes(
     when they come after every live one (the tests read quiet ranges, where nothing is
     deleted meanwhile).
     """
-    found = await events(client, key, prefix=prefix, since=since, until=until, timeout=timeout)
-    return [ev.kv for ev in found if ev.type is EventType.PUT]
-
-
-async def events(
-    client: EtcdClient,
-    key: str,
-    *,
-    prefix: bool = False,
-    range_end: bytes | None = None,
-    since: int,
-    until: int = 0,
-    prev_kv: bool = False,
-    timeout: float = 30.0,
-) -> list[WatchEvent]:
-    """Every change (puts and deletes) of ``key`` (the keys under it, ``prefix``; or the
-    range ``[key, range_end)``) from revision ``since`` through the newest write still
-    live in it at ``until`` (0: now), in revision order, from etcd's history.
-
-    Deletes after that newest live write are not included (nothing marks how far they
-    go); a delete made by the same txn as that write may be missed too (its events are
-    delivered together, the read stops at the write).
-    """
-    live = [
-        kv for kv in (await client.get(key, prefix=prefix, range_end=range_end, revision=until)).kvs
-        if kv.mod_revision >= since
-    ]  # fmt: skip
+    live = [kv for kv in (await client.get(key, prefix=prefix, revision=until)).kvs if kv.mod_revision >= since]
     if not live:
         return []
     last = max(kv.mod_revision for kv in live)
     left = sum(1 for kv in live if kv.mod_revision == last)  # a txn writes several keys at one revision
-    out: list[WatchEvent] = []
-    async with asyncio.timeout(timeout), client.watch(
-        key, prefix=prefix, range_end=range_end, start_revision=since, prev_kv=prev_kv
-    ) as watch:
+    out: list[KeyValue] = []
+    async with asyncio.timeout(timeout), client.watch(key, prefix=prefix, start_revision=since) as watch:
         async for ev in watch:
             if ev.revision > last:
                 break
-            out.append(ev)
-            if ev.type is EventType.PUT and ev.revision == last:
-                left -= 1
-                if left == 0:
-                    break
+            if ev.type is EventType.PUT:
+                out.append(ev.kv)
+                if ev.revision == last:
+                    left -= 1
+                    if left == 0:
+                        break
     return out
 
 
@@ -93,3 +68,54 @@ async def deleted_at(
             elif picked is not None and ev.kv.key == picked and ev.type is EventType.DELETE:
                 return ev.revision
     raise AssertionError(f"the watch on {key!r} ended before the key was deleted")  # pragma: no cover
+
+
+async def events(client: EtcdClient, prefix: str, *, since: int, timeout: float = 30.0) -> list[WatchEvent]:
+    """Every event (puts and deletes) under ``prefix`` from revision ``since`` until now,
+    in revision order: a marker key put under the prefix ends the read (the watch
+    delivered everything before it), and is left out."""
+    marker = f"{prefix}~history-marker"
+    end = (await client.put(marker, b"")).header.revision
+    out: list[WatchEvent] = []
+    async with asyncio.timeout(timeout), client.watch(prefix, prefix=True, start_revision=since) as watch:
+        async for ev in watch:
+            if ev.revision >= end:
+                break
+            out.append(ev)
+    await client.delete(marker)
+    return out
+
+
+def shard_term_violations(history: list[WatchEvent], namespace: str, shards: int) -> list[str]:
+    """Saga record writes whose writer did not lead the saga's shard at that revision.
+
+    From the namespace's history: each shard's election keys (``leader/<k>/<lease>``,
+    live from their put to their delete), and each saga record put with its
+    ``leader_term``. A write at revision R by term T for a saga of shard k is right only
+    when, at R, the lowest live key of shard k's election has create revision T: the
+    writer led that shard then. Two leaders of a shard writing in overlapping terms, a
+    term writing after its key was gone, or a term of another shard's election writing,
+    each shows up here."""
+    terms: dict[int, list[list[int]]] = {}  # shard -> [create revision, delete revision (0: live)]
+    open_: dict[bytes, list[int]] = {}  # an election key -> its live interval
+    head = f"{namespace}/leader/".encode()
+    saga_head = f"{namespace}/saga/".encode()
+    bad: list[str] = []
+    for ev in history:
+        if ev.kv.key.startswith(head):
+            shard_text, _, _ = ev.kv.key[len(head) :].partition(b"/")
+            if ev.type is EventType.PUT and ev.kv.key not in open_:  # a campaign (a proclaim re-puts)
+                open_[ev.kv.key] = [ev.kv.create_revision, 0]
+                terms.setdefault(int(shard_text), []).append(open_[ev.kv.key])
+            elif ev.type is EventType.DELETE and ev.kv.key in open_:
+                open_.pop(ev.kv.key)[1] = ev.revision
+        elif ev.kv.key.startswith(saga_head) and ev.type is EventType.PUT:
+            rec = SagaRecord.from_json(ev.kv.value)
+            shard = shard_of(rec.id, shards)
+            live = [c for c, d in terms.get(shard, []) if c <= ev.revision and (d == 0 or ev.revision < d)]
+            if not live or min(live) != rec.leader_term:
+                bad.append(
+                    f"{rec.id} (shard {shard}) written at revision {ev.revision} by term {rec.leader_term}; "
+                    f"the shard's leader then: {min(live) if live else 'none'}"
+                )
+    return bad

@@ -267,17 +267,14 @@ async def _roles_snapshot(client: EtcdClient, deployment: Deployment, shards: in
 
 
 async def _terms_history(client: EtcdClient, since: int, shards: int) -> tuple[list[Term], list[RecordWrite]]:
-    """The shards' terms and every saga record write since ``since``, from etcd's history
-    (one watch over the keys from ``<ns>/leader/`` to ``<ns>/saga/``, ending with the
-    newest record write: elections deleted after it cannot matter to any write)."""
-    found = await history_events(
-        client, f"{NAMESPACE}/leader/", range_end=f"{NAMESPACE}/saga0".encode(), since=since, prev_kv=True, timeout=120.0
-    )
+    """The shards' terms and every saga record write since ``since``, from etcd's own
+    history of the namespace (``_history.events``: every event up to a marker it puts)."""
+    found = await history_events(client, f"{NAMESPACE}/", since=since, timeout=120.0)
     wanted = (f"{NAMESPACE}/leader/".encode(), f"{NAMESPACE}/saga/".encode())
     plain = [
         KeyEvent(
             "put" if ev.type is EventType.PUT else "delete", ev.kv.key.decode(errors="replace"), ev.revision,
-            ev.kv.create_revision or (ev.prev_kv.create_revision if ev.prev_kv is not None else 0), ev.kv.value,
+            ev.kv.create_revision, ev.kv.value,
         )
         for ev in found if ev.kv.key.startswith(wanted)
     ]  # fmt: skip
