@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import saga_apps as apps
@@ -23,7 +24,9 @@ from _history import events, shard_term_violations
 from _roles import RoleLauncher
 
 from whizorch import EtcdClient
-from whizorch.saga import SagaClient
+from whizorch.errors import EtcdUnavailableError
+from whizorch.etcd import TxnResult
+from whizorch.saga import Orchestrator, SagaClient
 from whizorch.saga._shards import shard_of
 from whizorch.testing import LocalEtcdCluster, eventually_async
 
@@ -259,3 +262,37 @@ def test_the_history_check_catches_a_write_outside_its_term() -> None:
     late = [*election, delete(f"{NS}/leader/{shard}/a", 14), record(10, 15)]
     assert len(shard_term_violations(late, NS, SHARDS)) == 1  # after its key was gone
     assert shard_term_violations([*election, delete(f"{NS}/leader/{shard}/a", 14), record(11, 15)], NS, SHARDS) == []
+
+
+async def test_a_resign_etcd_does_not_answer_is_retried_so_no_shard_is_stranded(etcd_endpoints: list[str], prefix: str) -> None:
+    """A shard handed over whose resign etcd did not answer (nor the first retry): the
+    old leader's key is deleted once etcd answers, so the new owner leads the shard. A
+    key left behind would lead the shard with nobody driving it, the new owner queued
+    behind it for as long as the old leader's session lives."""
+    ns = f"{prefix}stranded"
+    failed: list[bytes] = []
+
+    async with EtcdClient(etcd_endpoints, timeout_s=5.0) as a_client, EtcdClient(etcd_endpoints, timeout_s=5.0) as b_client:
+        real = a_client.txn
+
+        async def txn(compare: Any, success: Any = (), failure: Any = (), **kw: Any) -> TxnResult:
+            deletes = [op._pb.request_delete_range.key for op in success
+                       if op._pb.WhichOneof("request") == "request_delete_range"]  # fmt: skip
+            if len(failed) < 2 and any(key.startswith(f"{ns}/leader/".encode()) for key in deletes):
+                failed.append(deletes[0])
+                raise EtcdUnavailableError("injected: etcd did not answer this delete")
+            return await real(compare, success, failure, **kw)
+
+        a_client.txn = txn  # type: ignore[method-assign]
+        async with Orchestrator(a_client, apps.app, namespace=ns, node_id="A", lease_ttl_s=15, shards=2) as a:
+            await a.wait_leader(WAIT_S)
+            assert sorted(a.shards) == [0, 1]
+            async with Orchestrator(b_client, apps.app, namespace=ns, node_id="B", lease_ttl_s=15, shards=2) as b:
+
+                async def handed_over() -> None:
+                    keys = await b_client.get(f"{ns}/leader/", prefix=True)
+                    assert len(keys.kvs) == 2, [kv.key for kv in keys.kvs]  # one key per shard: none left behind
+                    assert len(a.shards) == 1 and len(b.shards) == 1 and {*a.shards, *b.shards} == {0, 1}
+
+                await eventually_async(handed_over, timeout=WAIT_S, message="shard handed over to B")
+    assert len(failed) == 2 and failed[0] == failed[1]  # the resign, then the first retry of the withdrawal

@@ -34,7 +34,7 @@ from typing import Any
 from whizorch._check import is_int
 from whizorch.coord import Election, Fence, LeaseTiming, Session
 from whizorch.errors import ClosedError, ConfigError, DecodeError, WhizorchError
-from whizorch.etcd import EtcdClient, EventType, Op, WatchEvent
+from whizorch.etcd import Compare, EtcdClient, EventType, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactMonitor
 from whizorch.saga._definition import App
@@ -443,36 +443,65 @@ class Orchestrator:
         backoff = Backoff()
         while not session.is_lost:
             election = Election(session, self.keys.shard_leader(shard))
-            term: ShardLeader | None = None
-            helpers: list[asyncio.Future[Any]] = []
             try:
-                fence = await election.campaign(self.node_id)
-                backoff.reset()
-                term = ShardLeader(env, shard, fence, election, on_ready=self._ready)
-                self._terms[shard] = term
-                if shard == 0:
-                    helpers = await self._shard_zero(fence, term)
-                self._contact_up()
-                await term.run()
-            except LeadershipLost as exc:
-                log.warning("orchestrator %s: shard %d: %s", self.node_id, shard, exc)
-            except Exception as exc:
+                await self._term(env, session, shard, election, backoff)
+            except asyncio.CancelledError:
+                await self._withdraw(election, session, shard)
+                raise
+            await asyncio.sleep(backoff.next_s())  # ok: backoff before campaigning again
+
+    async def _term(self, env: LeaderEnv, session: Session, shard: int, election: Election, backoff: Backoff) -> None:
+        """One campaign for ``shard`` and, once won, one term of it; resigns at the end."""
+        term: ShardLeader | None = None
+        helpers: list[asyncio.Future[Any]] = []
+        try:
+            fence = await election.campaign(self.node_id)
+            backoff.reset()
+            term = ShardLeader(env, shard, fence, election, on_ready=self._ready)
+            self._terms[shard] = term
+            if shard == 0:
+                helpers = await self._shard_zero(fence, term)
+            self._contact_up()
+            await term.run()
+        except LeadershipLost as exc:
+            log.warning("orchestrator %s: shard %d: %s", self.node_id, shard, exc)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("orchestrator %s: shard %d: %s; campaigning again", self.node_id, shard, exc)
+        finally:
+            for h in helpers:
+                h.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            if term is not None:
+                if self._terms.get(shard) is term:
+                    del self._terms[shard]
+                await self._contact_down()
+                if term.ready:
+                    self._leading(shard, term.term, False)
+            with contextlib.suppress(WhizorchError):
+                await election.resign()  # skipped when the session is lost
+
+    async def _withdraw(self, election: Election, session: Session, shard: int) -> None:
+        """Leaving a shard for good: make sure this session's key is gone from its election.
+
+        A resign, or a queued candidate's withdrawal, that etcd did not answer leaves the
+        key behind, and an orchestrator's session outlives its shards: the key would lead
+        the shard (or come to lead it) with nobody driving it, the shard's assigned node
+        queued behind it for as long as this node lives. So the key is deleted (guarded
+        by its lease: only ours), retried while the session lives."""
+        key = election.prefix + f"{session.lease_id:x}".encode()
+        backoff = Backoff()
+        while not session.is_lost and self.client.is_open:
+            try:
+                await self.client.txn([Compare.lease(key, "==", session.lease_id)], [Op.delete(key)], idempotent=True)
+                return
+            except WhizorchError as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("orchestrator %s: shard %d: %s; campaigning again", self.node_id, shard, exc)
-            finally:
-                for h in helpers:
-                    h.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
-                if term is not None:
-                    if self._terms.get(shard) is term:
-                        del self._terms[shard]
-                    await self._contact_down()
-                    if term.ready:
-                        self._leading(shard, term.term, False)
-                with contextlib.suppress(WhizorchError):
-                    await election.resign()  # skipped when the session is lost
-            await asyncio.sleep(backoff.next_s())  # ok: backoff before campaigning again
+                log.warning("orchestrator %s: shard %d: could not withdraw from its election: %s; retrying",
+                            self.node_id, shard, exc)
+            await asyncio.sleep(backoff.next_s())  # ok: backoff before asking etcd again
 
     def _ready(self, term: ShardLeader) -> None:
         self._leading(term.shard, term.term, True)
