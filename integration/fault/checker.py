@@ -170,6 +170,8 @@ class ShardLead:
     """The leader key's value: the leading node's id (the role's name)."""
     keys: int = 1
     """Keys in the election: the leader and any candidates queued behind it."""
+    queued: tuple[str, ...] = ()
+    """The candidates queued behind the leader, as ``node (lease hex)``."""
 
 
 @dataclass(frozen=True)
@@ -464,7 +466,8 @@ def check_shares(snapshot: RolesSnapshot) -> list[Violation]:
     out: list[Violation] = []
     if not snapshot.shards:
         return out
-    queued = [f"{k} ({lead.keys} keys)" for k, lead in sorted(snapshot.leaders.items()) if lead.keys > 1]
+    queued = [f"{k} ({lead.keys} keys" + (f": {', '.join(lead.queued)} behind {lead.node} (lease {lead.lease})" if lead.queued else "")
+              + ")" for k, lead in sorted(snapshot.leaders.items()) if lead.keys > 1]
     if queued:
         out.append(Violation("roles", f"once settled, shard(s) with candidates queued behind their leader: {_few(queued)}"))
     live = sorted(snapshot.live_orchestrators)

@@ -248,8 +248,9 @@ async def _roles_snapshot(client: EtcdClient, deployment: Deployment, shards: in
             continue
         k = int(shard)
         lead = leaders.get(k)
-        leaders[k] = ShardLead(lease, kv.value.decode(errors="replace")) if lead is None else \
-            dataclasses.replace(lead, keys=lead.keys + 1)
+        node = kv.value.decode(errors="replace")
+        leaders[k] = ShardLead(lease, node) if lead is None else \
+            dataclasses.replace(lead, keys=lead.keys + 1, queued=(*lead.queued, f"{node} ({lease})"))
     live = [r for r in deployment.roles.values() if r.state == "running" and r.pid is not None]
     current = {r.name: own[r.name] for r in live if own.get(r.name, (0, ""))[0] > r.started_rev}
     return RolesSnapshot(
@@ -482,6 +483,7 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             report = f"== verdict VOID: {void} ==\n" + report
         if violations:
             (workdir / "report.txt").write_text(report + "\n")
+            deployment.write_logs(workdir / "roles")
         log(report)
         return Outcome(opts.seed, violations, report, timings, len(nemesis.faults), void)
 
