@@ -386,8 +386,14 @@ class SagaDemo:
             unfinished = await stream.drain(o.drain_s)
             if unfinished:
                 self.log(f"{unfinished} sagas still unfinished after {o.drain_s:g}s", style="red")
-            if self.t.orch_kill is not None and not self.t.shards.all_moved:
-                await self._until(lambda: self.t.shards.all_moved, 10.0 * o.ttl_s)
+            board = self.t.shards
+            if self.t.orch_kill is not None and not board.all_moved:
+                await self._until(lambda: board.all_moved, 10.0 * o.ttl_s)
+            moved = set(board.victim_shards)
+            if board.first_saga is None and any(
+                r.shard in moved and r.finished_at is not None and r.finished_at > board.kill_at for r in self.t.sagas.values()
+            ):  # the client saw one finish: its leader's event is on its way down a pipe
+                await self._until(lambda: board.first_saga is not None, 5.0)
             self.t.phase = "done"
             ticker.cancel()
         c = self.t.counts()

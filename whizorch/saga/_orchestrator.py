@@ -350,12 +350,13 @@ class Orchestrator:
         for kv in elections.kvs:
             candidate(kv.key, kv.create_revision)
 
-        def current() -> dict[int, str]:
-            """Each led shard's leader (its lease, hex)."""
+        def current() -> dict[int, tuple[str, int]]:
+            """Each led shard's leader: its lease (hex) and its key's create revision."""
             out = {}
             for k, found in candidates.items():
                 if found:
-                    out[k] = min(found, key=found.__getitem__).rpartition(b"/")[2].decode(errors="replace")
+                    key = min(found, key=found.__getitem__)
+                    out[k] = (key.rpartition(b"/")[2].decode(errors="replace"), found[key])
             return out
         for kv in regions.kvs:
             with contextlib.suppress(DecodeError):  # a bad registration: quarantined by a term's takeover
@@ -366,7 +367,11 @@ class Orchestrator:
         fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def reconcile() -> None:
-            owners = assign(self.shard_count, members, current())
+            now = current()
+            owners = assign(
+                self.shard_count, members, {k: lease for k, (lease, _) in now.items()},
+                since={k: rev for k, (_, rev) in now.items()},
+            )  # fmt: skip
             self._mine = {k for k, owner in owners.items() if owner.lease == me}
             for k in sorted(self._mine - campaigns.keys()):
                 task = asyncio.get_running_loop().create_task(self._shard(env, session, k), name=f"whizorch-shard-{k}")

@@ -49,28 +49,45 @@ def _rank(shard: int, member: Member) -> bytes:
 
 
 def assign(
-    shards: int, members: Mapping[str, Member] | list[Member], current: Mapping[int, str] | None = None
+    shards: int,
+    members: Mapping[str, Member] | list[Member],
+    current: Mapping[int, str] | None = None,
+    *,
+    since: Mapping[int, int] | None = None,
 ) -> dict[int, Member]:
     """Each shard's orchestrator among ``members``: every member gets ``shards //
     len(members)`` shards or one more; a shard stays with its current leader
     (``current``: shard -> the leader's lease) while that leader is a member within its
     share, so leadership never moves for nothing (an orchestrator that comes back does
     not take its shards back); the rest go by rendezvous hashing on the node id, so a
-    join or a leave moves few shards. Same input, same answer, on every node."""
+    join or a leave moves few shards. Same input, same answer, on every node.
+
+    ``since`` (shard -> the create revision of its current leader's key): a member
+    holding more than its share keeps the shards it has held longest. A node's view
+    can be a moment out of step (its watches of members and of elections are apart):
+    after a leave it may briefly hold, or queue for, more than its share; what it
+    gives back is then the newest, never a shard it led before."""
     people = sorted(members.values() if isinstance(members, Mapping) else members)
     if not people:
         return {}
     by_lease = {m.lease: m for m in people}
-    held = {m: 0 for m in people}
+    held_since = since or {}
+    ages: dict[Member, list[int]] = {m: [] for m in people}
+    """Each member's shards now, by how long it has held them (oldest first)."""
     for k, lease in (current or {}).items():
         if lease in by_lease and 0 <= k < shards:
-            held[by_lease[lease]] += 1
+            ages[by_lease[lease]].append(held_since.get(k, 0))
+    for revs in ages.values():
+        revs.sort()
     base, extra = divmod(shards, len(people))
-    # the larger shares go to those that hold the most already (fewer moves)
-    order = sorted(people, key=lambda m: (-held[m], m))
+    # the larger shares go to those that hold the most already (fewer moves): among
+    # those holding a larger share or more, to whoever has held one longest
+    order = sorted(people, key=lambda m: (
+        -min(len(ages[m]), base + 1), ages[m][base] if len(ages[m]) > base else 0, m,
+    ))  # fmt: skip
     quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
     out: dict[int, Member] = {}
-    for k in range(shards):
+    for k in sorted(range(shards), key=lambda k: (held_since.get(k, 0), k)):
         leader = by_lease.get((current or {}).get(k, ""))
         if leader is not None and quota[leader] > 0:
             quota[leader] -= 1
