@@ -419,7 +419,7 @@ def wan_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
         ("region lab", f"{mode}; round trips (ms) {pairs}; etcd's leader in {w['etcd_leader']}, "
                        f"q {w['quorum_rtt_ms']:g} ms; lease TTL {w['lease_ttl_s']} s"),
         ("spec table", f"this run next to the spec and the floor from the matrix "
-                       f"(saga rows: {w['undisturbed_sagas']} sagas no retry, failover or leader outage touched)"),
+                       f"(saga rows: {w['undisturbed_sagas']} sagas no retry, failover or shard outage touched)"),
     ]
     cells = [["row", "spec", "p50 / p99 (n)", "floor", "p99/floor"]]
     for row in w["rows"]:
