@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from typing import Any
 
+from click.testing import CliRunner
 from rich.console import Console
 from rich.text import Text
 
+from whizorch.cli import main
 from whizorch.demo._display import LiveDisplay, PlainDisplay
 from whizorch.demo._report import Kill, SagaRun, Tally, summarise, summary_rows
+from whizorch.demo._saga_demo import DemoOptions
 from whizorch.demo._shards import Move, ShardBoard, Upset, shard_list
+from whizorch.demo._wan import inner_argv
 from whizorch.saga import shard_of
 
 NODES = ["orch-1", "orch-2", "orch-3"]
@@ -175,3 +180,12 @@ def test_both_displays_show_the_shards_in_80_columns() -> None:
     out = io.StringIO()
     PlainDisplay(t, 30.0, out=out).tick()
     assert "| shards led 6/8 |" in out.getvalue()
+
+
+def test_demo_refuses_a_shard_count_out_of_range_and_hands_it_to_the_placed_demo() -> None:
+    """whizorch demo --shards takes 1 to 64 (a clear error names the option otherwise); --wan passes it to the demo it places in the lab."""
+    for bad in ("0", "65"):
+        result = CliRunner().invoke(main, ["demo", "--shards", bad])
+        assert result.exit_code == 2 and "Invalid value for '--shards'" in result.output and "1<=x<=64" in result.output
+    argv = inner_argv(DemoOptions(shards=5, wan=True), Path("/tmp/placement.json"), 3)
+    assert argv[argv.index("--shards") + 1] == "5" and argv[argv.index("--ttl") + 1] == "3"
