@@ -22,7 +22,7 @@ from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._model import Keys
 
-__all__ = ["SCHEMA", "Member", "assign", "open_namespace", "shard_of"]
+__all__ = ["SCHEMA", "Member", "ShardBoard", "assign", "members_from", "open_namespace", "shard_of"]
 
 log = logging.getLogger("whizorch.saga.orchestrator")
 
@@ -157,3 +157,61 @@ def members_from(kvs: list[tuple[bytes, bytes]], keys: Keys) -> dict[str, Member
             node = lease
         out[lease] = Member(node, lease)
     return out
+
+
+class ShardBoard:
+    """One orchestrator's view of who may lead what: the live orchestrators
+    (``<ns>/orch/``) and each shard's election keys (``<ns>/leader/<k>/``), kept from
+    the process's watches, and the assignment they give (no IO: the orchestrator feeds
+    it and acts on what it says)."""
+
+    def __init__(self, keys: Keys, shards: int) -> None:
+        self.keys = keys
+        self.shards = shards
+        self.members: dict[str, Member] = {}
+        self._candidates: dict[int, dict[bytes, int]] = {}
+        """Each shard's election keys (key -> create revision): the lowest leads."""
+
+    def member(self, key: bytes, value: bytes | None) -> None:
+        """An orchestrator registered (``value``) or left (None)."""
+        if value is None:
+            self.members.pop(key[len(self.keys.prefix("orch")) :].decode(errors="replace"), None)
+        else:
+            self.members.update(members_from([(key, value)], self.keys))
+
+    def candidate(self, key: bytes, create_revision: int | None) -> bool:
+        """A shard election key came (its create revision) or went (None); True when a
+        shard's leader changed."""
+        head, _, _ = key[len(self.keys.prefix("leader")) :].partition(b"/")
+        if not head.isdigit():
+            return False  # not a shard election key
+        before = self.leaders()
+        found = self._candidates.setdefault(int(head), {})
+        if create_revision is None:
+            found.pop(key, None)
+        else:
+            found[key] = create_revision
+        return self.leaders() != before
+
+    def leaders(self) -> dict[int, str]:
+        """Each led shard's leader (its lease, hex)."""
+        return {k: lease for k, (lease, _) in self._leads().items()}
+
+    def _leads(self) -> dict[int, tuple[str, int]]:
+        """Each led shard's leader: its lease (hex) and its key's create revision."""
+        out = {}
+        for k, found in self._candidates.items():
+            if found:
+                key = min(found, key=found.__getitem__)
+                out[k] = (key.rpartition(b"/")[2].decode(errors="replace"), found[key])
+        return out
+
+    def mine(self, lease: str) -> set[int]:
+        """The shards the assignment gives the orchestrator on ``lease`` (a member over
+        its share gives back the shards it has held the shortest: ``assign``'s since)."""
+        leads = self._leads()
+        owners = assign(
+            self.shards, self.members, {k: lease for k, (lease, _) in leads.items()},
+            since={k: rev for k, (_, rev) in leads.items()},
+        )  # fmt: skip
+        return {k for k, owner in owners.items() if owner.lease == lease}
