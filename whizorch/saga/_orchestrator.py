@@ -449,6 +449,8 @@ class Orchestrator:
     def _to_shard(self, kind: str, ev: WatchEvent) -> None:
         """Hand a submission, result or cancel to the leader of its saga's shard here
         (a key that does not parse goes to shard 0's, which quarantines it)."""
+        if not self._terms:
+            return  # leading nothing (a standby): nothing to parse
         try:
             sid = self.keys.run_key(ev.kv.key)[1] if kind == "run" else self.keys.saga_id(ev.kv.key, kind)
             shard = shard_of(sid, self.shard_count)
