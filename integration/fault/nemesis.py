@@ -22,7 +22,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from whizorch import EtcdClient, WhizorchError
@@ -31,7 +31,7 @@ from whizorch.testing import EtcdMember, LocalEtcdCluster
 from .proxy import Proxies
 from .roles import Deployment, Role
 
-__all__ = ["KINDS", "WEIGHTS", "Draw", "Fault", "Nemesis"]
+__all__ = ["KINDS", "WEIGHTS", "Draw", "Fault", "Nemesis", "pick_shard_leader"]
 
 WEIGHTS = {
     "kill worker": 1, "kill leader": 2,
@@ -44,6 +44,17 @@ were hit as often as each other."""
 KINDS = tuple(WEIGHTS)
 _WHEEL = tuple(kind for kind, weight in WEIGHTS.items() for _ in range(weight))
 MEMBER_CHOICES = ("raft leader", "raft follower", "member of role")
+
+
+def pick_shard_leader(led: Mapping[str, Sequence[int]], u: float) -> str | None:
+    """The orchestrator hit by a shard-leader fault: ``u`` (in [0, 1)) picks one of the
+    led shards, in the order of ``led`` (orchestrator -> the shards it leads), and its
+    leader is hit, so an orchestrator is hit in proportion to the shards it leads.
+    None when nobody leads a shard."""
+    shards = [(name, k) for name, ks in led.items() for k in ks]
+    if not shards:
+        return None
+    return shards[min(int(u * len(shards)), len(shards) - 1)][0]
 
 
 @dataclass(frozen=True)
@@ -216,12 +227,9 @@ class Nemesis:
             return self._pick([r for r in running if r.spec.kind == "worker"], draw.pick), ()
         orchestrators = sorted((r for r in running if r.spec.kind == "orchestrator"), key=lambda r: r.name)
         led = await self.led(orchestrators)
-        # a shard drawn among the led ones: its leader is hit (weight: the shards it leads)
-        shards = [(k, r) for r in orchestrators for k in led[r.name]]
-        if not shards:
-            return None, ()
-        victim = shards[min(int(draw.pick * len(shards)), len(shards) - 1)][1]
-        return victim, tuple(led[victim.name])
+        name = pick_shard_leader(led, draw.pick)
+        victim = next((r for r in orchestrators if r.name == name), None)
+        return victim, tuple(led[name]) if name is not None else ()
 
     def member_of(self, role: Role) -> EtcdMember | None:
         """The member ``role``'s most recently active connection goes to."""
