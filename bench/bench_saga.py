@@ -49,6 +49,12 @@ sys.path.insert(0, HERE)
 from bench_apps import three  # noqa: E402
 
 
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def pct(samples: list[float], p: float) -> float:
     s = sorted(samples)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
@@ -138,7 +144,7 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool, s
                 await asyncio.sleep(0.01)  # ok: waiting for the first election
             print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s; "
                   f"shards: {shards or 'default'}; middleware: {'metrics + tracing' if observe else 'none'}; "
-                  f"load {' '.join(open('/proc/loadavg').read().split()[:3])}")
+                  f"load {load()}")
 
             async with EtcdClient(cluster.endpoints) as client:
                 middleware = [Tracing(), Metrics()] if observe else []

@@ -41,26 +41,19 @@ import time
 import uuid
 import zlib
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_apps import three  # noqa: E402
-from bench_saga import Proc, pct  # noqa: E402
+from bench_saga import Proc, load, pct  # noqa: E402
 
 from whizorch import EtcdClient  # noqa: E402
 from whizorch.saga import SagaClient  # noqa: E402
 from whizorch.testing import LocalEtcdCluster  # noqa: E402
 
 REGIONS = ("eu", "us", "ap")
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def pid_cpu_s(pid: int | None) -> float:
@@ -331,7 +324,7 @@ async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Names
     led_again: list[float] = []
     try:
         for r in range(args.kills):
-            now = await dep.settled(list(dep.orch))
+            await dep.settled(list(dep.orch))
             victim = ("orch-a", "orch-b")[r % 2]
             survivor = "orch-b" if victim == "orch-a" else "orch-a"
             await asyncio.sleep(2.0 + args.steady)  # ok: 2 s for the shares' hand-over to pass, then the steady state
