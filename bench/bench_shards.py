@@ -27,7 +27,7 @@ Figures, not a pass/fail test; every section prints the load average. About 4 mi
 with the defaults.
 
     python bench/bench_shards.py [--shards 4] [--ttl 2] [--rounds 2] [--inflight 200]
-        [--duration 10] [--kills 3] [--rate 40] [--steady 8] [--only throughput|failover]
+        [--duration 10] [--kills 3] [--rate 20] [--steady 8] [--only throughput|failover]
 """
 
 from __future__ import annotations
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inflight", type=int, default=200)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput measurement")
     parser.add_argument("--kills", type=int, default=3, help="failover rounds")
-    parser.add_argument("--rate", type=float, default=40.0, help="sagas per second during the failover rounds")
+    parser.add_argument("--rate", type=float, default=20.0, help="sagas per second during the failover rounds")
     parser.add_argument("--steady", type=float, default=8.0, help="seconds of steady state before each kill")
     parser.add_argument("--only", choices=("throughput", "failover"), default=None)
     asyncio.run(run(parser.parse_args(argv)))
