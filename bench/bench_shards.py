@@ -327,8 +327,11 @@ async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Names
             await dep.settled(list(dep.orch))
             victim = ("orch-a", "orch-b")[r % 2]
             survivor = "orch-b" if victim == "orch-a" else "orch-a"
-            await asyncio.sleep(2.0 + args.steady)  # ok: 2 s for the shares' hand-over to pass, then the steady state
+            await asyncio.sleep(2.0)  # ok: for the shares' hand-over to pass
+            cpu_steady = dep.orch[survivor].cpu_s()
+            await asyncio.sleep(args.steady)  # ok: the steady state, measured below
             mine, theirs = set(led(dep.orch[survivor])), set(led(dep.orch[victim]))
+            cpu_kill = dep.orch[survivor].cpu_s()
             killed_at = time.monotonic()
             dep.orch[victim].kill()
             deadline = killed_at + 60
@@ -339,6 +342,8 @@ async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Names
             took = {k: led(dep.orch[survivor])[k] - killed_at for k in theirs}
             last = killed_at + max(took.values())
             await asyncio.sleep(max(0.0, last + 1.0 - time.monotonic()))  # ok: the window runs to 1 s past the last takeover
+            cpu_after = dep.orch[survivor].cpu_s()
+            paused = [ev for at, ev in list(dep.orch[survivor].events) if killed_at <= at <= last + 1.0 and ev.get("event") == "safe_mode"]
             await stream.finished(last + 1.0)
             steady = stream.latencies(mine, killed_at - args.steady, killed_at)
             during = stream.latencies(mine, killed_at, last + 1.0)
@@ -354,6 +359,9 @@ async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Names
                   f"failover {pct(during, 99):.1f} ms (n={len(during)}): {pct(during, 99) / pct(steady, 99):.2f}x   "
                   f"(target <= 1.5x); the killed node's shards, same window: p50 {pct(moved, 50):.0f} / max "
                   f"{max(moved):.0f} ms (n={len(moved)})")  # fmt: skip
+            print(f"    {survivor}'s CPU: {(cpu_kill - cpu_steady) / args.steady:.2f} cores steady, "
+                  f"{(cpu_after - cpu_kill) / (last + 1.0 - killed_at):.2f} during the failover; safe mode entered "
+                  f"{len(paused)} time(s) in the window")  # fmt: skip
             dep.orch.pop(victim)
             dep.start_orchestrator(victim)  # back: the shares settle at 2 + 2 again
             await dep.settled(list(dep.orch))
