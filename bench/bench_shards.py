@@ -258,8 +258,13 @@ def capacity(results: list[Throughput]) -> None:
 class Sample:
     submitted: float
     shard: int
+    wall: float
+    """time.time() at submission (the record's history is in wall-clock seconds)."""
     latency: float | None = None
     """Seconds from submission to outcome, once it completed."""
+    engine: float | None = None
+    """Seconds from submission to the record's ``completed`` (the leader's clock; the
+    rest of ``latency`` is this client learning it)."""
     done: bool = False
 
 
@@ -279,7 +284,7 @@ class Stream:
         next_at = time.monotonic()
         while not self._stop.is_set():
             sid = uuid.uuid4().hex
-            sample = Sample(time.monotonic(), shard_of(sid, self.shards))
+            sample = Sample(time.monotonic(), shard_of(sid, self.shards), time.time())
             self.samples.append(sample)
             task = asyncio.ensure_future(self._one(sid, sample))
             self._running.add(task)
@@ -293,6 +298,9 @@ class Stream:
             res = await self.sc.execute(three, None, saga_id=sid, timeout_s=120, raise_on_failure=False)
             if res.ok:
                 sample.latency = time.monotonic() - sample.submitted
+                done_at = next((e["at"] for e in res.record.history if e.get("event") == "completed"), None)
+                if done_at is not None:
+                    sample.engine = done_at - (sample.wall)
             else:
                 self.failed += 1
         finally:
@@ -309,8 +317,11 @@ class Stream:
     def stop(self) -> None:
         self._stop.set()
 
-    def latencies(self, shards: set[int], since: float, until: float) -> list[float]:
-        return [s.latency * 1000 for s in self.samples if s.shard in shards and since <= s.submitted < until and s.latency is not None]
+    def latencies(self, shards: set[int], since: float, until: float, *, engine: bool = False) -> list[float]:
+        """Latencies (ms) of the sagas of ``shards`` submitted in [since, until): to this
+        client's outcome, or with ``engine`` to the record's completion."""
+        got = [s.engine if engine else s.latency for s in self.samples if s.shard in shards and since <= s.submitted < until]
+        return [x * 1000 for x in got if x is not None]
 
 
 async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Namespace) -> None:
@@ -359,6 +370,14 @@ async def failover_section(dep: Deployment, sc: SagaClient, args: argparse.Names
                   f"failover {pct(during, 99):.1f} ms (n={len(during)}): {pct(during, 99) / pct(steady, 99):.2f}x   "
                   f"(target <= 1.5x); the killed node's shards, same window: p50 {pct(moved, 50):.0f} / max "
                   f"{max(moved):.0f} ms (n={len(moved)})")  # fmt: skip
+            buckets = []
+            for lo in range(0, int((last + 1.0 - killed_at) * 2) + 1):
+                got = stream.latencies(mine, killed_at + lo / 2, killed_at + (lo + 1) / 2)
+                eng = stream.latencies(mine, killed_at + lo / 2, killed_at + (lo + 1) / 2, engine=True)
+                if got:
+                    buckets.append(f"+{lo / 2:.1f}s {max(got):.0f} ({max(eng or [0]):.0f})")
+            print(f"    {survivor}'s sagas by submission time after the kill (0.5 s buckets, max ms; in brackets to the "
+                  f"record's completion): {', '.join(buckets)}")  # fmt: skip
             print(f"    {survivor}'s CPU: {(cpu_kill - cpu_steady) / args.steady:.2f} cores steady, "
                   f"{(cpu_after - cpu_kill) / (last + 1.0 - killed_at):.2f} during the failover; safe mode entered "
                   f"{len(paused)} time(s) in the window")  # fmt: skip
