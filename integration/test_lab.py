@@ -205,12 +205,14 @@ def test_changing_a_pairs_delay_at_run_time_changes_its_round_trip(region_lab: R
         f"\n{lab.mode}: eu-us {before:.1f} -> {after:.1f} ms (us-eu {back:.1f}); eu-ap {other:.1f}; "
         f"inside eu {local:.1f}; with jitter 20: {min(jittered):.1f}..{max(jittered):.1f} ms"
     )
-    # never faster than the matrix; a few ms slower (timers, two busy cores)
-    assert 80 <= before <= 95
-    assert 300 <= after <= 320 and 300 <= back <= 320
-    assert 200 <= other <= 215
-    assert local < 5
-    assert all(60 <= ms <= 160 for ms in jittered), jittered
+    # never faster than the matrix (the delay is paid); slower by what a loaded machine
+    # adds to the forwarding, but never by a second delay (a doubled or misrouted one
+    # would be 1.5x or more): the bounds hold on a slow day and catch a wrong delay
+    assert 80 <= before < 120
+    assert 300 <= after < 450 and 300 <= back < 450
+    assert 200 <= other < 300
+    assert local < 40  # undelayed: the smallest pair's delay is 40 ms one way
+    assert all(60 <= ms < 200 for ms in jittered), jittered
     assert max(jittered) - min(jittered) > 5, jittered
 
 
@@ -361,7 +363,8 @@ def test_the_network_delays_keeps_order_under_jitter_and_holds_cut_bytes(tmp_pat
                 conn.sendall(b"x")
                 _recv_exactly(conn, 1, 5)
                 trips.append((time.monotonic() - start) * 1000)
-            assert all(10 <= ms <= 75 for ms in trips), trips
+            # both one-way delays paid (20 +- 15 each); a loaded machine adds, a doubled delay would pass 140
+            assert all(10 <= ms < 140 for ms in trips), trips
 
             sent = b"".join(f"{i:05d}\n".encode() for i in range(200))
             for i in range(0, len(sent), 6):  # one message per chunk, jitter on each

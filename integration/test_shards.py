@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import saga_apps as apps
-from _children import children
+from _children import Child, children
 from _history import events, shard_term_violations
 from _roles import RoleLauncher
 
@@ -92,6 +92,16 @@ async def deployment(etcd_cluster: LocalEtcdCluster, tmp_path: Path) -> AsyncIte
         apps.release(tmp_path)
 
 
+async def two_orchestrators(roles: RoleLauncher, client: EtcdClient) -> tuple[Child, dict[str, list[int]]]:
+    """Two eu workers and orchestrators o1 and o2, once they share the shards: o1's
+    process and the shares."""
+    await roles.worker("eu", "w1")
+    await roles.worker("eu", "w2")
+    o1 = await roles.orchestrator("o1")
+    await roles.orchestrator("o2")
+    return o1, await settled(client, {"o1", "o2"})
+
+
 async def fenced_per_shard(client: EtcdClient, since: int) -> None:
     """etcd's history: every saga record write was made by its shard's leader then."""
     history = await events(client, f"{NS}/", since=since)
@@ -154,11 +164,7 @@ async def test_a_shard_leader_sigkilled_only_its_shards_move_and_the_others_go_o
     too, every held saga completes, o2's own shards never changed leader, and etcd's
     history shows the per-shard fencing held."""
     roles, client, since = deployment
-    await roles.worker("eu", "w1")
-    await roles.worker("eu", "w2")
-    o1 = await roles.orchestrator("o1")
-    await roles.orchestrator("o2")
-    before = await settled(client, {"o1", "o2"})
+    o1, before = await two_orchestrators(roles, client)
     async with SagaClient(client, namespace=NS) as sagas:
         held = sid_on(before["o1"], "held-1", 3) + sid_on(before["o2"], "held-2", 3)
         handles = [await sagas.submit(apps.trip, {"dir": str(tmp_path), "hold": {"b": 1}}, saga_id=s) for s in held]
@@ -206,11 +212,7 @@ async def test_a_paused_shard_leader_is_fenced_and_rejoins(
             started, endpoints=etcd_cluster.endpoints, namespace=NS, ttl=3, env={apps.DIR_ENV: str(tmp_path)},
             directory=tmp_path, shards=SHARDS,
         )
-        await roles.worker("eu", "w1")
-        await roles.worker("eu", "w2")
-        o1 = await roles.orchestrator("o1")
-        await roles.orchestrator("o2")
-        before = await settled(client, {"o1", "o2"})
+        o1, before = await two_orchestrators(roles, client)
         async with SagaClient(client, namespace=NS) as sagas:
             ids = sid_on(before["o1"], "paused", 6)
             plan = {"dir": str(tmp_path), "sleep": {"a": 0.2, "b": 0.2, "c": 0.2}}

@@ -22,7 +22,7 @@ import pytest
 from whizorch import EtcdClient
 from whizorch.errors import ConfigError, SagaFailedError, SagaIdConflictError
 from whizorch.saga import App, Orchestrator, Retry, Saga, SagaClient, StepContext, Worker
-from whizorch.saga._worker import TRACEBACK_LIMIT
+from whizorch.saga._outcome import TRACEBACK_LIMIT
 
 order = Saga("order")
 

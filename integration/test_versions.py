@@ -145,8 +145,8 @@ async def test_a_preferred_region_that_does_not_exist_is_recorded(engine: Engine
     """A step that prefers region "ap" in a deployment with none runs in eu, and the
     saga's history says why (not a known region); the orchestrator reports it too."""
     seen: list[OrchestratorEvent] = []
-    await engine.leader(on_event=seen.append)
-    await engine.worker("eu")
+    await engine.leader(app=App([apps.far]), on_event=seen.append)
+    await engine.worker("eu", app=App([apps.far]))
     result = await engine.sagas.execute(apps.far, engine.plan(), saga_id="far-1", timeout_s=RESULT_S)
     assert result.regions == ["eu"]
     unmet = [h for h in result.record.history if h["event"] == "region_preference_unmet"]

@@ -53,7 +53,7 @@ def test_saga_and_etcd_exports_are_pinned() -> None:
         "SagaPurged", "SagaRecord", "SagaResult", "SagaSummary", "Settings", "Step", "StepContext",
         "StepFailedOver", "StepKind", "StepState", "Submission", "SubmissionPayload", "Submitted",
         "Weights", "Worker", "capabilities", "fenced_txn", "is_transient", "latency_doc", "leader_summary", "leaders_of",
-        "live_definitions", "quarantine_notes", "read_many", "scan_sagas", "summarize_cluster",
+        "live_definitions", "quarantine_notes", "read_many", "scan_sagas", "shard_of", "summarize_cluster",
         "summarize_definitions", "summarize_regions", "summarize_shards", "tasks_by_region",
         "workers_by_region",
     ]

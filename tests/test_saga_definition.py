@@ -624,7 +624,7 @@ def test_a_context_built_without_a_client_says_so_when_asked_for_etcd() -> None:
 
 def test_a_handler_traceback_starts_at_the_users_code_and_is_bounded() -> None:
     """The traceback kept on a result shows the handler's frames and keeps the end of a long one (integration: without the engine's frames)."""
-    from whizorch.saga._worker import TRACEBACK_LIMIT, handler_traceback
+    from whizorch.saga._outcome import TRACEBACK_LIMIT, handler_traceback
 
     def handler(ctx: Any, cmd: dict[str, Any]) -> Any:
         return cmd["sku"]

@@ -93,3 +93,41 @@ def test_assignment_is_deterministic_across_calls() -> None:
     people = members(["n1", "n2", "n3", "n4"])
     answers = {tuple(sorted((k, m.node) for k, m in assign(16, list(p)).items())) for p in itertools.permutations(people)}
     assert len(answers) == 1
+
+
+def test_a_member_holding_more_than_its_share_gives_back_its_newest_shards() -> None:
+    """After orch-2 (shards 0, 2, 4) died, orch-1's view can show it holding 0 and 4
+    already (queued while its watch of members lagged its watch of elections): it keeps
+    1, 3, 7, which it led before, and gives back the newest (seen on the region lab:
+    without the revisions it gave back 7)."""
+    o1, o3 = Member("orch-1", "a"), Member("orch-3", "b")
+    held = {1: "a", 3: "a", 7: "a", 5: "b", 6: "b", 0: "a", 4: "a"}
+    since = {1: 10, 3: 11, 7: 12, 5: 13, 6: 14, 0: 100, 4: 101}
+    owners = assign(8, [o1, o3], held, since=since)
+    assert sorted(k for k, m in owners.items() if m == o1) == [0, 1, 3, 7]
+    assert sorted(k for k, m in owners.items() if m == o3) == [2, 4, 5, 6]
+    assert assign(8, [o1, o3], held)[7] == o3  # by shard number alone, 7 would move
+
+
+@given(NODES.filter(lambda n: len(n) >= 3), st.integers(3, 32), st.data())
+def test_after_a_leave_no_survivor_gives_up_a_shard_it_led_in_any_view_a_node_can_have(
+    names: list[str], shards: int, data: st.DataObject
+) -> None:
+    """A member dies: whatever a survivor's view shows at that moment (the dead one still a
+    member or not; each of its shards still its own, free, or already won or queued for by
+    a survivor, with a newer revision), every shard a survivor led stays with it."""
+    people = members(names)
+    settled = assign(shards, people)
+    gone = data.draw(st.sampled_from(people))
+    survivors = [m for m in people if m != gone]
+    current = {k: m.lease for k, m in settled.items()}
+    since = {k: k + 1 for k in settled}
+    for k in [k for k, m in settled.items() if m == gone]:
+        state = data.draw(st.sampled_from(["dead", "free", *survivors]))
+        if state == "free":
+            del current[k], since[k]
+        elif isinstance(state, Member):
+            current[k], since[k] = state.lease, 1000 + k
+    view = people if data.draw(st.booleans()) else survivors
+    owners = assign(shards, view, current, since=since)
+    assert all(owners[k] == m for k, m in settled.items() if m != gone), (settled, current, owners)

@@ -14,9 +14,11 @@ from whizorch.cli._main import main
 @click.option("--etcd", "endpoints", default=None, metavar="ENDPOINTS",
               help="use this etcd cluster (comma-separated endpoints) instead of starting a local one")
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(min=6.0),
-              help="length of the saga stream (s); the region dies at 1/3, the leader at 2/3")
+              help="length of the saga stream (s); the region dies at 1/3, an orchestrator at 2/3")
 @click.option("--ttl", default=2, show_default=True, type=click.IntRange(min=1),
               help="lease TTL of workers and orchestrators (s)")
+@click.option("--shards", default=8, show_default=True, type=click.IntRange(min=1, max=64),
+              help="shards of the demo's namespace, shared by its 3 orchestrators")
 @click.option("--rate", default=10.0, show_default=True, type=click.FloatRange(min=0.1, max=200.0),
               help="sagas submitted per second")
 @click.option("--max-in-flight", default=50, show_default=True, type=click.IntRange(min=1),
@@ -36,18 +38,22 @@ from whizorch.cli._main import main
 @click.option("--wan-lab", default=None, hidden=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="(internal) the placement a --wan run hands to the demo it places in the lab")
 def demo(
-    endpoints: str | None, duration: float, ttl: int, rate: float, max_in_flight: int, seed: int, plain: bool,
+    endpoints: str | None, duration: float, ttl: int, shards: int, rate: float, max_in_flight: int, seed: int, plain: bool,
     json_summary: Path | None, primitives: bool, wan: bool, wan_lab: Path | None, console: str | None,
     demo_namespace: str | None,
 ) -> None:
-    """Sagas across 3 regions with a region and the leader killed mid-run.
+    """Sagas across 3 regions with a region and an orchestrator killed mid-run.
 
     With no --etcd it starts a local 3-member etcd cluster; then workers in eu, us
-    and ap and two orchestrator candidates, each its own process. It runs a stream of
-    sagas (some designed to fail and compensate), SIGKILLs region us's workers at 1/3
-    of --duration and the leader at 2/3, shows live progress, and ends with a summary:
-    sagas by outcome, latency p50/p99, the measured failover times. Exit status 0 when
-    both failovers happened and every saga reached its designed outcome.
+    and ap and three orchestrators sharing the namespace's --shards, each its own
+    process. It runs a stream of sagas (some designed to fail and compensate),
+    SIGKILLs region us's workers at 1/3 of --duration and at 2/3 the orchestrator
+    leading the most shards, shows live progress and which shards moved, and ends with
+    a summary: sagas by outcome, latency p50/p99, the measured failover times (each of
+    the killed orchestrator's shards led again by whom, after how long). Exit status 0
+    when the region's steps failed over, every shard of the killed orchestrator was
+    led again and no other shard changed leader, and every saga reached its designed
+    outcome.
 
     With --wan the same demo runs on a region lab: one etcd member per region, every
     byte between regions delayed, each role placed in its region; the summary adds the
@@ -64,7 +70,7 @@ def demo(
     from whizorch.demo._saga_demo import DemoOptions, run
 
     options = DemoOptions(
-        etcd=endpoints, duration_s=duration, ttl_s=ttl, rate=rate, max_in_flight=max_in_flight, seed=seed,
+        etcd=endpoints, duration_s=duration, ttl_s=ttl, shards=shards, rate=rate, max_in_flight=max_in_flight, seed=seed,
         plain=plain, json_summary=json_summary, wan=wan or wan_lab is not None, wan_lab=wan_lab,
         console=console, namespace=demo_namespace,
     )

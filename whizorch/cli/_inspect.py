@@ -599,7 +599,7 @@ def render_show(rec: SagaRecord, now: float, details: SagaDetails | None = None)
     failovers, history timeline."""
     head = Text()
     head.append(f"saga {rec.id}", style="bold")
-    head.append(f"  type {rec.saga}  txid {rec.txid}  leader term {rec.leader_term}\nstatus ")
+    head.append(f"  type {rec.saga}  version {rec.version or '-'}  txid {rec.txid}  leader term {rec.leader_term}\nstatus ")
     head.append(rec.status, style=STYLES.get(rec.status, ""))
     head.append(f"  created {fmt_time(rec.created)}  finished {fmt_time(rec.finished)}  ")
     head.append(f"duration {fmt_duration((rec.finished or now) - rec.created)}")

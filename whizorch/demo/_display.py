@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from whizorch.demo._report import Tally, summary_rows
+from whizorch.demo._shards import shard_list
 
 __all__ = ["Display", "LiveDisplay", "PlainDisplay"]
 
@@ -52,11 +53,12 @@ def _stamp(t: Tally) -> str:
 def _progress_line(t: Tally, duration_s: float) -> str:
     c = t.counts()
     done = min(100, int(100 * t.now() / duration_s)) if duration_s > 0 else 100
-    leader = f"leader {t.leader} (term {t.term})" if t.leader else "no leader"
+    board = t.shards
     return (
         f"progress {done:3d}% | submitted {c['submitted']}, in flight {c['in flight']} | "
         f"completed {c['completed']}, compensated {c['compensated']}, failed {c['failed']} | "
-        f"{leader} | healthy {','.join(t.healthy) or '-'} | failovers {len(t.failovers)}"
+        f"shards led {board.led}/{board.count} | healthy {','.join(t.healthy) or '-'} | "
+        f"failovers {len(t.failovers)}"
     )
 
 
@@ -137,18 +139,7 @@ class LiveDisplay:
             ProgressBar(total=self.duration_s, completed=elapsed, width=40),
             Text(f"{elapsed:4.1f} / {self.duration_s:g} s  {t.phase}", style="bold"),
         )
-        leader = Text()
-        leader.append("leader ", style="bold")
-        if t.leader:
-            leader.append(f"{t.leader} (term {t.term})", style="green")
-        elif t.leader_kill is not None and t.new_leader is None:
-            waited = time.monotonic() - t.leader_kill.at
-            leader.append(f"none: {t.leader_kill.target} killed {waited:.1f}s ago, its lease has yet to expire", style="red")
-        else:
-            leader.append("none", style="red")
-        for node, pid, alive in t.orchestrators:
-            role = "leads" if node == t.leader else "standby" if alive else "KILLED"
-            leader.append(f"   {node} pid {pid}: {role}", style="" if alive else "red")
+        shards = _shards_table(t)
 
         sagas = Table(title="sagas", title_justify="left", show_header=False, box=None)
         sagas.add_row("submitted", str(c["submitted"]))
@@ -176,10 +167,19 @@ class LiveDisplay:
             fo.add_row(f"{at:5.1f}s", str(f.get("saga_id")), f"#{f.get('step')}", f"{f.get('from')} -> {f.get('to')}")
 
         middle = Table.grid(padding=(0, 4))
-        middle.add_row(sagas, regions, fo)
+        below: list[RenderableType] = []
+        if self.console.width >= 120:
+            middle.add_row(sagas, regions, fo)
+        else:  # an 80-column terminal: the failovers go below
+            middle.add_row(sagas, regions)
+            below = [Text(""), fo]
         where = Text(f"etcd {t.etcd or '?'} {','.join(t.endpoints)}   namespace {t.namespace}", style="dim")
-        body = Group(bar, where, leader, Text(""), middle, Text(""), Text("events", style="bold"), *self.events)
-        return Panel(body, title=self.title, border_style="blue")
+        top = Group(bar, where, shards, Text(""), middle, *below, Text(""), Text("events", style="bold"))
+        # the newest events that fit the terminal's height (a panel taller than the
+        # terminal is cut at the bottom, where the newest are)
+        height = len(self.console.render_lines(top, self.console.options.update_width(self.console.width - 4)))
+        room = max(3, min(len(self.events), self.console.height - height - 2))
+        return Panel(Group(top, *list(self.events)[-room:]), title=self.title, border_style="blue")
 
     def summary(self, data: dict[str, Any]) -> None:
         table = Table(show_header=False, box=None, padding=(0, 2))
@@ -191,6 +191,34 @@ class LiveDisplay:
         self.console.print(Panel(table, title="summary", border_style="green" if data["ok"] else "red"))
         if data.get("wan"):
             self.console.print(_wan_panel(data["wan"]))
+
+
+def _shards_table(t: Tally) -> RenderableType:
+    """Each orchestrator and the shards it leads (``*``: taken over after the kill); the
+    killed one and what became of its shards, those still waiting timed."""
+    board = t.shards
+    by = board.led_by([node for node, _, _ in t.orchestrators])
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    led = board.led
+    title = Text(f"shards {led}/{board.count} led", style="bold " + ("green" if led == board.count else "red"))
+    for node, pid, alive in t.orchestrators:
+        mine = by.get(node, [])
+        text = shard_list(mine, marked=[k for k in mine if k in board.moves]) if mine else "-"
+        if not alive:
+            held = f", led {shard_list(board.victim_shards)}" if node == board.victim else ""
+            grid.add_row(node, f"pid {pid}", Text(f"KILLED{held}", style="red"))
+        else:
+            grid.add_row(node, f"pid {pid}", text)
+    parts: list[RenderableType] = [title, grid]
+    if board.victim is not None:
+        style = "green" if board.all_moved else "yellow"
+        parts.append(Text(f"{board.victim}'s shards: {board.moves_text(now=time.monotonic())}", style=style))
+        if board.upsets:
+            parts.append(Text("CHANGED too: " + ", ".join(f"{u.shard} {u.before} -> {u.after}" for u in board.upsets), style="red"))
+    return Group(*parts)
 
 
 def _wan_panel(w: dict[str, Any]) -> Panel:

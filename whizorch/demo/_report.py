@@ -15,9 +15,10 @@ from typing import Any
 
 import attrs
 
+from whizorch.demo._shards import ShardBoard, shard_list
 from whizorch.saga import SagaResult
 
-__all__ = ["SagaRun", "Tally", "percentile", "summarise", "summary_rows", "wan_rows"]
+__all__ = ["Kill", "SagaRun", "Tally", "percentile", "shard_figures", "shard_rows", "summarise", "summary_rows", "wan_rows"]
 
 FINAL = ("completed", "compensated", "failed")
 
@@ -31,6 +32,8 @@ class SagaRun:
     expect: str
     started_at: float
     """Monotonic time the demo began submitting it."""
+    shard: int | None = None
+    """Its shard in the demo's namespace."""
     submitted: bool = False
     submit_error: str | None = None
     status: str | None = None
@@ -59,9 +62,9 @@ class Kill:
     """Processes the demo SIGKILLed on purpose."""
 
     what: str
-    """``region`` or ``leader``."""
+    """``region`` or ``orchestrator``."""
     target: str
-    """The region's name, or the leader's node id."""
+    """The region's name, or the orchestrator's node id."""
     pids: list[int]
     names: list[str]
     at: float
@@ -80,8 +83,8 @@ class Tally:
     run_end: float | None = None
     """Monotonic time the stream stopped."""
     phase: str = "setup"
-    leader: str | None = None
-    term: int = 0
+    shards: ShardBoard = attrs.Factory(ShardBoard)
+    """Who leads each shard, and what the orchestrator's kill moved."""
     healthy: list[str] = attrs.Factory(list)
     workers: dict[str, list[tuple[str, int, bool]]] = attrs.Factory(dict)
     """Region -> [(worker name, pid, alive)]."""
@@ -95,9 +98,7 @@ class Tally:
     region_kill: Kill | None = None
     region_failover_at: float | None = None
     region_saga_done_at: float | None = None
-    leader_kill: Kill | None = None
-    new_leader: dict[str, Any] | None = None
-    leader_saga_done_at: float | None = None
+    orch_kill: Kill | None = None
     audit: dict[str, str | None] = attrs.Factory(dict)
     """Saga id -> status in etcd at the end (None: no record and no submission)."""
     audited: bool = False
@@ -189,15 +190,15 @@ def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
     finished = sum(by_status.values())
     routes = collections.Counter(f"{f.get('from')}->{f.get('to')}" for f in t.failovers)
 
-    rk, lk = t.region_kill, t.leader_kill
+    rk, ok_ = t.region_kill, t.orch_kill
     region_failover_s = None
     if rk is not None and t.region_failover_at is not None:
         region_failover_s = t.region_failover_at - rk.at
-    leader_failover_s = None
-    if lk is not None and t.new_leader is not None:
-        leader_failover_s = t.new_leader["_at"] - lk.at
+    board = t.shards
+    shards = shard_figures(t, ttl_s=options.get("ttl_s"))
+    slowest, median = board.failover_s()
 
-    killed_pids = {pid for k in (rk, lk) if k is not None for pid in k.pids}
+    killed_pids = {pid for k in (rk, ok_) if k is not None for pid in k.pids}
     processes = [dict(p, killed=p["pid"] in killed_pids, gone=_gone(p["pid"])) for p in t.processes]
 
     reasons: list[str] = []
@@ -205,10 +206,15 @@ def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
         reasons.append("no region was killed")
     elif region_failover_s is None:
         reasons.append(f"no failover away from region {rk.target} was observed")
-    if lk is None:
-        reasons.append("the leader was not killed")
-    elif leader_failover_s is None:
-        reasons.append("no new leader was observed after the leader was killed")
+    if ok_ is None:
+        reasons.append("no orchestrator was killed")
+    elif not board.victim_shards:
+        reasons.append(f"{ok_.target} led no shard when it was killed")
+    elif board.waiting:
+        reasons.append(f"shards {shard_list(board.waiting)} of {ok_.target} were not led again after it was killed")
+    if board.upsets:
+        upset = shard_list({u.shard for u in board.upsets})
+        reasons.append(f"shards {upset} changed leader though their leader was not killed")
     if not submitted:
         reasons.append("no saga was submitted")
     if len(submitted) < len(runs):
@@ -226,7 +232,8 @@ def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
         reasons.append(f"still running after cleanup: {', '.join(left)}")
     ok = not reasons
     verdict = (
-        f"OK: region and leader failovers observed; all {len(submitted)} sagas reached their designed outcome; none lost"
+        f"OK: region and orchestrator failovers observed ({len(board.moves)} shards led again, no other shard moved); "
+        f"all {len(submitted)} sagas reached their designed outcome; none lost"
         if ok else "FAILED: " + "; ".join(reasons)
     )
     return {
@@ -271,17 +278,41 @@ def summarise(t: Tally, *, options: dict[str, Any]) -> dict[str, Any]:
         "region_killed_at_s": _r(t.since_run(rk.at), 2) if rk else None,
         "region_failover_s": _r(region_failover_s),
         "region_failover_first_saga_done_s": _r(t.region_saga_done_at - rk.at) if rk and t.region_saga_done_at else None,
-        "leader_killed": lk.target if lk else None,
-        "leader_killed_at_s": _r(t.since_run(lk.at), 2) if lk else None,
-        "new_leader": {"node": t.new_leader["node"], "term": t.new_leader["term"]} if t.new_leader else None,
-        "leader_failover_s": _r(leader_failover_s),
-        "leader_failover_first_saga_done_s": _r(t.leader_saga_done_at - lk.at) if lk and t.leader_saga_done_at else None,
+        "orchestrator_killed": ok_.target if ok_ else None,
+        "orchestrator_killed_at_s": _r(t.since_run(ok_.at), 2) if ok_ else None,
+        "shard_failover_s": _r(slowest),
+        "shard_failover_median_s": _r(median),
+        "shard_failover_first_saga_done_s": _r(board.first_saga.after_s) if board.first_saga else None,
+        "shards": shards,
         "killed": [
             {"what": k.what, "target": k.target, "names": k.names, "pids": k.pids, "at_s": _r(t.since_run(k.at), 2)}
-            for k in (rk, lk) if k is not None
+            for k in (rk, ok_) if k is not None
         ],
         "processes": processes,
     }
+
+
+def shard_figures(t: Tally, *, ttl_s: float | None) -> dict[str, Any]:
+    """The ``shards`` part of the summary: the layout, the victim's shards and who led
+    each again after how long, the shards that kept their leaders and how many sagas
+    finished on those while the victim's waited (they should not stall)."""
+    board = t.shards
+    out = board.to_json([name for name, _, _ in t.orchestrators])
+    slowest, _ = board.failover_s()
+    out["ttl_s"] = ttl_s
+    out["within_ttl_plus_1s"] = None if slowest is None or ttl_s is None else slowest <= ttl_s + 1
+    victim, at = set(board.victim_shards), board.kill_at
+    out["in_flight_at_kill"] = sum(
+        1 for r in t.sagas.values()
+        if r.submitted and r.shard in victim and r.started_at <= at and (r.finished_at is None or r.finished_at > at)
+    ) if victim else None
+    out["others_finished_during_failover"] = sum(
+        1 for r in t.sagas.values()
+        if r.finished_at is not None and r.shard is not None and r.shard not in victim and at <= r.finished_at <= at + slowest
+    ) if victim and slowest is not None else None
+    first = board.first_saga
+    out["first_saga_done"] = attrs.asdict(first) if first is not None else None
+    return out
 
 
 def _s(value: float | None) -> str:
@@ -324,13 +355,8 @@ def summary_rows(s: dict[str, Any], *, wan_table: bool = True) -> list[tuple[str
             f"SIGKILLed at {s['region_killed_at_s']:.1f}s; first failover after {_s(s['region_failover_s'])}, "
             f"first failed-over saga done after {_s(s['region_failover_first_saga_done_s'])}"
         )))
-    if s["leader_killed"]:
-        new = s["new_leader"]
-        took = f"{new['node']} led after {_s(s['leader_failover_s'])} (term {new['term']})" if new else "no new leader"
-        rows.append(("leader", (
-            f"{s['leader_killed']} SIGKILLed at {s['leader_killed_at_s']:.1f}s; {took}, "
-            f"first saga done after {_s(s['leader_failover_first_saga_done_s'])}"
-        )))
+    if s.get("shards"):
+        rows += shard_rows(s)
     killed = [p for p in s["processes"] if p["killed"]]
     if killed:
         rows.append(("killed", ", ".join(f"{p['name']} pid {p['pid']}" for p in killed)))
@@ -343,6 +369,37 @@ def summary_rows(s: dict[str, Any], *, wan_table: bool = True) -> list[tuple[str
     if s.get("logs"):
         rows.append(("logs", f"the role processes' stderr is kept in {s['logs']}"))
     rows.append(("verdict", s["verdict"]))
+    return rows
+
+
+def shard_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary's ``shards`` lines: the layout at the kill, each of the victim's
+    shards led again by whom after how long, the slowest and median against the lease
+    TTL + 1 s, and the shards that kept their leaders."""
+    sh = s["shards"]
+    layout = sh["at_kill"] if sh["at_kill"] is not None else sh["now"]
+    when = "at the kill" if sh["at_kill"] is not None else "now"
+    rows = [("shards", f"{sh['count']} over {len(sh['orchestrators'])} orchestrators, {when}: "
+                       + " | ".join(f"{node} {shard_list(led)}" for node, led in layout.items()))]
+    victim = sh["victim"]
+    if victim is None:
+        return rows
+    moved = ", ".join(f"{m['shard']} by {m['to']} after {m['after_s']:.2f} s" for m in sh["moved"]) or "none"
+    text = f"{victim} SIGKILLed at {s['orchestrator_killed_at_s']:.1f}s leading {shard_list(sh['victim_shards'])}; led again: {moved}"
+    if sh["not_led_again"]:
+        text += f"; NOT led again: {shard_list(sh['not_led_again'])}"
+    rows.append(("", text))
+    within, ttl = sh["within_ttl_plus_1s"], sh["ttl_s"]
+    bound = "" if within is None else f" ({'met' if within else 'missed'}: {'<=' if within else '>'} lease TTL + 1 s = {ttl + 1:g} s)"
+    rows.append(("", f"failover slowest {_s(s['shard_failover_s'])}, median {_s(s['shard_failover_median_s'])}{bound}; "
+                     f"first saga done on a moved shard after {_s(s['shard_failover_first_saga_done_s'])}"))
+    if sh["others_changed"]:
+        rows.append(("", "other shards CHANGED leader: " + ", ".join(
+            f"{c['shard']} {c['from'] or 'none'} -> {c['to'] or 'none'}" for c in sh["others_changed"])))
+    elif sh["kept_their_leader"]:
+        meanwhile = sh["others_finished_during_failover"]
+        rows.append(("", f"shards {shard_list(sh['kept_their_leader'])} kept their leaders" + (
+            f"; {meanwhile} sagas finished on them during the failover" if meanwhile is not None else "")))
     return rows
 
 
@@ -362,7 +419,7 @@ def wan_rows(w: dict[str, Any]) -> list[tuple[str, str]]:
         ("region lab", f"{mode}; round trips (ms) {pairs}; etcd's leader in {w['etcd_leader']}, "
                        f"q {w['quorum_rtt_ms']:g} ms; lease TTL {w['lease_ttl_s']} s"),
         ("spec table", f"this run next to the spec and the floor from the matrix "
-                       f"(saga rows: {w['undisturbed_sagas']} sagas no retry, failover or leader outage touched)"),
+                       f"(saga rows: {w['undisturbed_sagas']} sagas no retry, failover or shard outage touched)"),
     ]
     cells = [["row", "spec", "p50 / p99 (n)", "floor", "p99/floor"]]
     for row in w["rows"]:

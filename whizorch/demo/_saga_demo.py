@@ -1,14 +1,16 @@
 """The saga demo (``whizorch demo``): real processes, real kills, measured failovers.
 
 1. etcd: a local 3-member cluster (or ``--etcd ENDPOINTS``), a fresh namespace.
-2. Workers (eu, 2 x us, ap) and two orchestrator candidates, each its own
-   ``python -m whizorch`` process; the orchestrators print JSON events.
+2. Workers (eu, 2 x us, ap) and three orchestrators, each its own ``python -m
+   whizorch`` process; the orchestrators share the namespace's ``--shards`` (8) and
+   print JSON events, a ``leader``/``follower`` event per shard (`_shards.ShardBoard`).
 3. A stream of sagas (`whizorch.demo.apps`) at ``--rate`` with a bounded number in
    flight; the demo's SagaClient records each one's latency and outcome.
 4. At 1/3 of ``--duration`` every worker of region ``us`` is SIGKILLed; the region
-   failover time is the kill -> the leader's first ``failover`` event away from ``us``.
-   At 2/3 the leader process is SIGKILLed; the leader failover time is the kill -> the
-   other candidate's ``leader`` event.
+   failover time is the kill -> the first ``failover`` event away from ``us``. At 2/3
+   the orchestrator leading the most shards is SIGKILLed; each of its shards is led
+   again by another (the kill -> that shard's new ``leader`` event), and no other
+   shard should change leader.
 5. The stream stops, the sagas in flight finish (bounded), etcd is audited (every saga
    has a final record), everything the demo started is stopped and the summary printed.
 """
@@ -35,6 +37,7 @@ from whizorch.demo._console import ConsoleProcess
 from whizorch.demo._display import Display, LiveDisplay, PlainDisplay
 from whizorch.demo._report import Kill, Tally, summarise
 from whizorch.demo._roles import Role, RoleFailed
+from whizorch.demo._shards import Move, shard_list
 from whizorch.demo._stream import Stream
 from whizorch.demo._wan import WanPlacement, run_wan
 from whizorch.demo._wan_table import wan_table
@@ -46,6 +49,7 @@ from whizorch.testing import LocalEtcdCluster
 __all__ = ["DemoOptions", "run"]
 
 KILL_REGION = "us"
+ORCHESTRATORS = 3
 _FAILOVER_LINES = 5
 """Failovers printed one by one after a kill; the rest are counted in progress lines."""
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -62,6 +66,8 @@ class DemoOptions:
     """Endpoints of a cluster to use; None starts a local 3-member cluster."""
     duration_s: float = 30.0
     """Length of the saga stream; the kills happen at 1/3 and 2/3 of it."""
+    shards: int = 8
+    """Shards of the demo's namespace, shared by its orchestrators."""
     ttl_s: int = 2
     """Lease TTL of every worker and orchestrator (failover takes about this long)."""
     rate: float = 10.0
@@ -208,14 +214,28 @@ class SagaDemo:
         pairs = sorted({tuple(sorted((a, b))): ms for a, row in apps.LATENCY_MS.items() for b, ms in row.items()}.items())
         self.log(f"workers ready in {', '.join(self.t.healthy)}; latency (ms) " + ", ".join(f"{a}-{b} {ms}" for (a, b), ms in pairs))
         orchs = []
-        for i in (1, 2):
+        board = self.t.shards
+        board.count = self.opts.shards
+        for i in range(1, ORCHESTRATORS + 1):
             etcd, place = self._placed(None, endpoints)
-            args = ["orchestrator", *etcd, *common, "--id", f"orch-{i}", "--events", "--latency", str(latency)]
+            args = [
+                "orchestrator", *etcd, *common, "--id", f"orch-{i}", "--events", "--latency", str(latency),
+                "--shards", str(board.count),
+            ]  # fmt: skip
             orchs.append(await self._start(f"orch-{i}", "orchestrator", args, workdir, place=place))
         where = f" in {self.wan.leader} (beside etcd's leader)" if self.wan is not None else ""
-        self.log(f"orchestrator candidates{where}: " + ", ".join(f"{o.name} (pid {o.pid})" for o in orchs) + f", lease TTL {ttl}s")
+        self.log(
+            f"orchestrators{where}: " + ", ".join(f"{o.name} (pid {o.pid})" for o in orchs)
+            + f", lease TTL {ttl}s; {board.count} shards, each led by one of them"
+        )
         await asyncio.gather(*(o.wait_event("orchestrator_ready", _READY_S) for o in orchs))
-        await self._until(lambda: self.t.leader is not None, _READY_S, "no orchestrator became leader")
+        nodes = [o.name for o in orchs]
+        # the first to start leads every shard, then hands over (resigns) as the others join
+        if not await self._until(lambda: board.balanced(nodes), _READY_S):
+            if not board.all_led:
+                raise RoleFailed(f"not every shard had a leader after {_READY_S:g}s: {board.line(nodes)}")
+            self.log(f"the shares have not evened out yet: {board.line(nodes)}", style="yellow")
+        self.log(f"shards: {board.line(nodes)}", style="bold green")
 
     async def _start(
         self, name: str, kind: str, args: list[str], workdir: Path, *, region: str | None = None, place: list[str] | None = None
@@ -260,28 +280,62 @@ class SagaDemo:
         t = self.t
         if t.phase == "done":
             return  # what roles say while they are stopped is not part of the run
-        if kind == "leader":
-            t.leader, t.term = str(ev.get("node")), int(ev.get("term", 0))
-            note = ""
-            lk = t.leader_kill
-            if lk is not None and t.new_leader is None and role.name != lk.target:
-                t.new_leader = {"node": t.leader, "term": t.term, "_at": ev["_at"]}
-                note = f", {ev['_at'] - lk.at:.2f}s after the kill"
-            # an orchestrator says "leader" once it has rebuilt its view from etcd
-            self.log(f"leader {t.leader} (term {t.term}{note})", style="bold green")
-        elif kind == "follower" and t.leader == role.name:
-            self.log(f"{role.name} no longer leads")
-            t.leader, t.term = None, 0
+        if kind in ("leader", "follower"):
+            self._on_leadership(role, ev)
         elif kind == "regions":
-            t.healthy = [str(r) for r in ev.get("healthy", [])]
-            self.log(f"regions healthy: {', '.join(t.healthy) or 'none'}")
+            healthy = [str(r) for r in ev.get("healthy", [])]
+            if healthy != t.healthy:  # every orchestrator says so: once is enough
+                t.healthy = healthy
+                self.log(f"regions healthy: {', '.join(t.healthy) or 'none'}")
         elif kind == "failover":
             self._on_failover(ev)
         elif kind == "finished":
-            lk, new = t.leader_kill, t.new_leader
-            if lk is not None and new is not None and t.leader_saga_done_at is None and role.name == new["node"]:
-                t.leader_saga_done_at = ev["_at"]
-                self.log(f"first saga finished under the new leader: {ev.get('saga_id')} ({ev['_at'] - lk.at:.2f}s after the kill)")
+            first = t.shards.on_finished(str(ev.get("saga_id")), role.name, at=ev["_at"])
+            if first is not None:
+                self.log(
+                    f"first saga finished on a moved shard: {first.saga_id} (shard {first.shard}, under {first.node}), "
+                    f"{first.after_s:.2f}s after the kill"
+                )
+
+    def _on_leadership(self, role: Role, ev: dict[str, Any]) -> None:
+        """A ``leader``/``follower`` event of one shard: the board changes; the setup is
+        quiet (the shares settle), the run says what changed, the kill what moved."""
+        board, shard, node = self.t.shards, ev.get("shard"), str(ev.get("node"))
+        if not isinstance(shard, int):
+            return  # not a sharded leadership: the demo's orchestrators always shard
+        running = self.t.phase != "setup"
+        if ev.get("event") == "follower":
+            upset = board.on_follower(node, shard)
+            if upset is not None:
+                self.log(f"shard {shard}: {node} no longer leads it, though {board.victim} was the one killed", style="bold red")
+            elif running and board.victim is None:
+                self.log(f"shard {shard}: {node} no longer leads it", style="yellow")
+            return
+        term, wall = int(ev.get("term", 0)), ev.get("at")
+        # an orchestrator says "leader" once it has taken the shard over from etcd
+        change = board.on_leader(node, shard, term, at=ev["_at"], wall=float(wall) if isinstance(wall, (int, float)) else None)
+        if isinstance(change, Move):
+            self.log(f"shard {shard}: {node} leads it (term {term}), {change.after_s:.2f}s after the kill", style="bold green")
+            if board.all_moved:
+                slowest, median = board.failover_s()
+                assert slowest is not None and median is not None
+                ttl = self.opts.ttl_s
+                met = "met" if slowest <= ttl + 1 else "missed"
+                others = "the others kept their leaders" if not board.upsets else "OTHER SHARDS CHANGED LEADER too"
+                self.log(
+                    f"all {len(board.moves)} shards of {board.victim} led again: slowest {slowest:.2f}s, median "
+                    f"{median:.2f}s ({met}: lease TTL {ttl}s + 1 s); {others}",
+                    style="bold green" if not board.upsets else "bold red",
+                )
+                self.log(f"shards: {self._shards_line()}", style="bold green")
+        elif change is not None:
+            self.log(f"shard {shard}: {change.before or 'none'} -> {node}, though {board.victim} was the one killed", style="bold red")
+        elif running and board.victim is None:
+            self.log(f"shard {shard}: {node} leads it (term {term})", style="yellow")
+
+    def _shards_line(self) -> str:
+        killed = [r.name for r in self.roles if r.kind == "orchestrator" and r.killed_at is not None]
+        return self.t.shards.line([name for name, _, _ in self.t.orchestrators], killed=killed)
 
     def _on_failover(self, ev: dict[str, Any]) -> None:
         t = self.t
@@ -320,7 +374,7 @@ class SagaDemo:
         self.t.phase = "running"
         self.log(
             f"stream: {d:g}s at {o.rate:g} sagas/s (at most {o.max_in_flight} in flight); "
-            f"kill region {KILL_REGION} at {d / 3:.1f}s, the leader at {2 * d / 3:.1f}s"
+            f"kill region {KILL_REGION} at {d / 3:.1f}s, the orchestrator leading the most shards at {2 * d / 3:.1f}s"
         )
         async with asyncio.TaskGroup() as tg:
             ticker = tg.create_task(self._ticker())
@@ -332,8 +386,14 @@ class SagaDemo:
             unfinished = await stream.drain(o.drain_s)
             if unfinished:
                 self.log(f"{unfinished} sagas still unfinished after {o.drain_s:g}s", style="red")
-            if self.t.leader_kill is not None and self.t.new_leader is None:
-                await self._until(lambda: self.t.new_leader is not None, 10.0 * o.ttl_s)
+            board = self.t.shards
+            if self.t.orch_kill is not None and not board.all_moved:
+                await self._until(lambda: board.all_moved, 10.0 * o.ttl_s)
+            moved = set(board.victim_shards)
+            if board.first_saga is None and any(
+                r.shard in moved and r.finished_at is not None and r.finished_at > board.kill_at for r in self.t.sagas.values()
+            ):  # the client saw one finish: its leader's event is on its way down a pipe
+                await self._until(lambda: board.first_saga is not None, 5.0)
             self.t.phase = "done"
             ticker.cancel()
         c = self.t.counts()
@@ -353,11 +413,12 @@ class SagaDemo:
         await asyncio.sleep(max(0.0, start + d / 3 - time.monotonic()))  # ok: the timeline's first kill
         self._kill_region(KILL_REGION)
         await asyncio.sleep(max(0.0, start + 2 * d / 3 - time.monotonic()))  # ok: the timeline's second kill
-        # measure the two failovers apart: the leader dies once the region failover is seen
+        # measure the two failovers apart: the orchestrator dies once the region failover is seen
         if not await self._until(lambda: self.t.region_failover_at is not None, 10.0 * self.opts.ttl_s):
-            self.log(f"no failover away from {KILL_REGION} seen yet; killing the leader anyway", style="red")
-        await self._until(lambda: self.t.leader is not None, 10.0 * self.opts.ttl_s)
-        self._kill_leader()
+            self.log(f"no failover away from {KILL_REGION} seen yet; killing an orchestrator anyway", style="red")
+        if not await self._until(lambda: self.t.shards.all_led, 10.0 * self.opts.ttl_s):
+            self.log(f"not every shard is led ({self._shards_line()}); killing an orchestrator anyway", style="red")
+        self._kill_orchestrator()
         await asyncio.sleep(max(0.0, start + d - time.monotonic()))  # ok: the end of the stream
         stream.stop()
 
@@ -377,17 +438,23 @@ class SagaDemo:
         pids = ", ".join(f"{r.name} pid {r.pid}" for r in victims)
         self.log(f"KILL region {region} ({len(victims)} workers, SIGKILL: {pids})", style="bold red")
 
-    def _kill_leader(self) -> None:
-        leader = next((r for r in self.roles if r.kind == "orchestrator" and r.name == self.t.leader and r.running), None)
-        if leader is None:
-            self.log("no leader process to kill", style="red")
+    def _kill_orchestrator(self) -> None:
+        """SIGKILL the orchestrator leading the most shards (shard 0's leader among equals)."""
+        board = self.t.shards
+        alive = {r.name: r for r in self.roles if r.kind == "orchestrator" and r.running}
+        name = board.pick_victim(list(alive))
+        if name is None:
+            self.log("no orchestrator leads a shard: none killed", style="red")
             return
+        victim = alive[name]
+        before = self._shards_line()
         wall, at = time.time(), time.monotonic()
-        leader.kill()
-        self.t.leader_kill = Kill(what="leader", target=leader.name, pids=[leader.pid], names=[leader.name], at=at, wall=wall)
-        self.t.leader, self.t.term = None, 0
+        victim.kill()
+        led = board.on_kill(victim.name, at=at, wall=wall)
+        self.t.orch_kill = Kill(what="orchestrator", target=victim.name, pids=[victim.pid], names=[victim.name], at=at, wall=wall)
         self._refresh_roles()
-        self.log(f"KILL leader {leader.name} (pid {leader.pid}, SIGKILL)", style="bold red")
+        self.log(f"KILL orchestrator {victim.name} (pid {victim.pid}, SIGKILL); it leads shards {shard_list(led)}", style="bold red")
+        self.log(f"shards: {before}; the others wait out its lease ({self.opts.ttl_s}s)")
 
     # -- the audit ---------------------------------------------------------------------
 
@@ -406,7 +473,10 @@ class SagaDemo:
 
 
 def _options_json(o: DemoOptions) -> dict[str, Any]:
-    return {"duration_s": o.duration_s, "ttl_s": o.ttl_s, "rate": o.rate, "max_in_flight": o.max_in_flight, "seed": o.seed}
+    return {
+        "duration_s": o.duration_s, "ttl_s": o.ttl_s, "shards": o.shards, "rate": o.rate, "max_in_flight": o.max_in_flight,
+        "seed": o.seed,
+    }  # fmt: skip
 
 
 async def _until_signalled(demo: SagaDemo) -> int | None:
@@ -443,12 +513,10 @@ def run(options: DemoOptions) -> int:
         return run_wan(options)
     wan = WanPlacement.from_json(options.wan_lab.read_text()) if options.wan_lab is not None else None
     tally = Tally()
-    title = f"whizorch demo: sagas in 3 regions, region {KILL_REGION} and the leader killed mid-run"
+    # the live panel's title: at most 76 characters, for an 80-column terminal
+    title = f"whizorch demo: sagas in 3 regions; {KILL_REGION} and an orchestrator killed mid-run"
     if wan is not None:
-        title = (
-            f"whizorch demo --wan: sagas in 3 regions apart (region lab, {wan.mode}), "
-            f"region {KILL_REGION} and the leader killed mid-run"
-        )
+        title = f"whizorch demo --wan (region lab, {wan.mode}): {KILL_REGION} and an orchestrator killed"
     display: Display
     if sys.stdout.isatty() and not options.plain:
         display = LiveDisplay(tally, options.duration_s, title=title)

@@ -86,7 +86,7 @@ class Stream:
         return len(pending)
 
     async def _one(self, saga_id: str, job: apps.Job) -> None:
-        run = SagaRun(saga_id, job.saga.name, job.expect, time.monotonic())
+        run = SagaRun(saga_id, job.saga.name, job.expect, time.monotonic(), shard=self.tally.shards.shard_of(saga_id))
         self.tally.sagas[saga_id] = run
         deadline = time.monotonic() + _SUBMIT_FOR_S
         while not run.submitted:

@@ -5,8 +5,8 @@ eu-us 80, us-ap 150, eu-ap 200 ms; one etcd member per region), moves etcd's Raf
 leadership to eu (etcd's MoveLeader), writes down where everything is (`WanPlacement`)
 and runs the saga demo itself as a process placed in eu (``whizorch demo --wan-lab
 FILE``): from there it submits the sagas, and it starts every role placed in its
-region, each with its own region's member first (workers in eu, us, ap; both
-orchestrator candidates in eu, beside etcd's leader). Placed means, as root, inside the
+region, each with its own region's member first (workers in eu, us, ap; the three
+orchestrators, which share the shards, in eu, beside etcd's leader). Placed means, as root, inside the
 region's network namespace, so every byte to another region pays the matrix; without
 root the lab's approximation (the host's loopback, each process given its region's
 endpoints), which the output says. When the demo ends the lab is closed: members,
@@ -143,7 +143,7 @@ def inner_argv(options: DemoOptions, placement_file: Path, ttl_s: int) -> list[s
     """The command line of the placed demo."""
     argv = [
         sys.executable, "-m", "whizorch", "demo", "--wan-lab", str(placement_file),
-        "--duration", repr(options.duration_s), "--ttl", str(ttl_s), "--rate", repr(options.rate),
+        "--duration", repr(options.duration_s), "--ttl", str(ttl_s), "--shards", str(options.shards), "--rate", repr(options.rate),
         "--max-in-flight", str(options.max_in_flight), "--seed", str(options.seed),
     ]
     if options.plain:
@@ -214,7 +214,7 @@ def run_wan(options: DemoOptions) -> int:
             say(f"console: {console.start()} (on the host, reading the lab's members undelayed; read-only)")
         placed = "placed in its region" if lab.mode == "netns" else "given its region's endpoints"
         say(f"the demo runs in {DEMO_REGION} (it submits the sagas from there); workers in "
-            f"{', '.join(placement.regions)} and both orchestrator candidates in {DEMO_REGION}, each {placed}")
+            f"{', '.join(placement.regions)} and the 3 orchestrators in {DEMO_REGION}, each {placed}")
         if caught:
             return 128 + caught[0]
         proc = lab.popen(DEMO_REGION, inner_argv(options, path, ttl), stdin=subprocess.DEVNULL,

@@ -41,6 +41,7 @@ from whizorch.saga._model import (
 )
 from whizorch.saga._orchestrator import Orchestrator
 from whizorch.saga._router import RegionInfo, Router, Weights
+from whizorch.saga._shards import shard_of
 from whizorch.saga._snapshot import read_many
 from whizorch.saga._status import (
     latency_doc,
@@ -116,6 +117,7 @@ __all__ = [
     "quarantine_notes",
     "read_many",
     "scan_sagas",
+    "shard_of",
     "summarize_cluster",
     "summarize_definitions",
     "summarize_regions",

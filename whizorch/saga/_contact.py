@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from whizorch.errors import WhizorchError
 
-__all__ = ["ContactMonitor"]
+__all__ = ["ContactGate", "ContactMonitor"]
 
 log = logging.getLogger("whizorch.saga.orchestrator")
 
@@ -102,3 +102,59 @@ class ContactMonitor:
             self.lost_at = None
             log.warning("contact with etcd's quorum is back after %.3fs: writes resume", paused)
             self._on_change(True, paused)
+
+
+class ContactGate:
+    """A process's split-brain gate: while the process leads a shard, a ContactMonitor
+    probes the quorum; every shard leader's writes wait on the gate in safe mode."""
+
+    def __init__(
+        self, probe: Callable[[float], Awaitable[object]], *, deadline_s: float | None,
+        on_change: Callable[[bool, float], None],
+    ) -> None:
+        self._probe = probe
+        self.deadline_s = deadline_s
+        """None: no probing, never safe mode."""
+        self._on_change = on_change
+        self.monitor: ContactMonitor | None = None
+        self._task: asyncio.Future[None] | None = None
+
+    def up(self) -> None:
+        """Start probing (idempotent)."""
+        if self.deadline_s is None or self._task is not None:
+            return
+        self.monitor = ContactMonitor(self._probe, deadline_s=self.deadline_s, on_change=self._on_change)
+        self._task = asyncio.ensure_future(self.monitor.run())
+
+    async def down(self) -> None:
+        """Stop probing (idempotent)."""
+        task, self._task = self._task, None
+        self.monitor = None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    @property
+    def in_safe_mode(self) -> bool:
+        """Writes are paused for lack of quorum contact."""
+        return self.monitor is not None and not self.monitor.ok.is_set()
+
+    def excused(self) -> contextlib.AbstractContextManager[None]:
+        """While this block runs, silence is expected (see ContactMonitor.excused)."""
+        return self.monitor.excused() if self.monitor is not None else contextlib.nullcontext()
+
+    async def wait(self, lost: asyncio.Event) -> bool:
+        """True at once while in contact; in safe mode, wait until contact returns
+        (True) or ``lost`` is set (False: the leadership ended in safe mode)."""
+        monitor = self.monitor
+        if monitor is None or monitor.ok.is_set():
+            return True
+        back = asyncio.ensure_future(monitor.ok.wait())
+        gone = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({back, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (back, gone):
+                f.cancel()
+            await asyncio.gather(back, gone, return_exceptions=True)
+        return monitor.ok.is_set() and monitor is self.monitor

@@ -13,13 +13,16 @@ The leader publishes both under ``<ns>/latency`` for ``whizorch status``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from whizorch.coord import Fence
 from whizorch.errors import WhizorchError
-from whizorch.etcd import EtcdClient
+from whizorch.etcd import EtcdClient, Op
 from whizorch.saga._router import Router
+from whizorch.saga._supervise import is_transient
 
 __all__ = ["LatencyMonitor"]
 
@@ -62,3 +65,29 @@ class LatencyMonitor:
         ms = (time.perf_counter() - started) * 1000.0
         old = self._router.measured_ms.get(region)
         self._router.measured_ms[region] = ms if old is None else old + self.alpha * (ms - old)
+
+    async def publish(
+        self, key: bytes, fence: Fence, *, node: str, paused: Callable[[], bool], every_s: float = 5.0
+    ) -> None:
+        """Every ``every_s``, the measured and configured round trips from the home
+        region under ``key`` (``<ns>/latency``, fenced), for ``whizorch status``; not
+        while ``paused()`` (safe mode, a takeover not done)."""
+        while True:
+            await asyncio.sleep(every_s)  # ok: the publishing period
+            if paused():
+                continue
+            router = self._router
+            home = router.home_region
+            doc = {
+                "from": home,
+                "node": node,
+                "at": round(time.time(), 3),
+                "measured_ms": {r: round(ms, 2) for r, ms in sorted(router.measured_ms.items())},
+                "configured_ms": {r: router.latency.get((home, r)) for r in sorted(self._endpoints) if home},
+            }
+            try:
+                await self._client.txn([fence.compare()], [Op.put(key, json.dumps(doc).encode())], idempotent=True)
+            except WhizorchError as exc:
+                if not is_transient(exc):
+                    raise
+                log.info("could not publish latencies: %s", exc)

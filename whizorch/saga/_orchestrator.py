@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import os
 import socket
@@ -34,9 +33,9 @@ from typing import Any
 from whizorch._check import is_int
 from whizorch.coord import Election, Fence, LeaseTiming, Session
 from whizorch.errors import ClosedError, ConfigError, DecodeError, WhizorchError
-from whizorch.etcd import EtcdClient, EventType, Op, WatchEvent
+from whizorch.etcd import EtcdClient, EventType, WatchEvent
 from whizorch.saga import _machine as m
-from whizorch.saga._contact import ContactMonitor
+from whizorch.saga._contact import ContactGate
 from whizorch.saga._definition import App
 from whizorch.saga._definitions import Definitions
 from whizorch.saga._events import (
@@ -58,7 +57,7 @@ from whizorch.saga._middleware import (
 from whizorch.saga._model import Keys, encode_json
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
-from whizorch.saga._shards import assign, members_from, open_namespace, shard_of
+from whizorch.saga._shards import ShardBoard, open_namespace, shard_of
 from whizorch.saga._supervise import (
     BackgroundTasks,
     Backoff,
@@ -76,32 +75,6 @@ log = logging.getLogger("whizorch.saga.orchestrator")
 
 _DEFAULT_SETTINGS = m.Settings()
 _KINDS = ("submit", "run", "cancel", "region", "orch", "leader")
-
-
-class _Contact:
-    """The process's split-brain gate: a quorum probe while it leads a shard."""
-
-    def __init__(self) -> None:
-        self.monitor: ContactMonitor | None = None
-
-    async def wait(self, lost: asyncio.Event) -> None:
-        monitor = self.monitor
-        if monitor is None or monitor.ok.is_set():
-            return
-        back = asyncio.ensure_future(monitor.ok.wait())
-        gone = asyncio.ensure_future(lost.wait())
-        try:
-            await asyncio.wait({back, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (back, gone):
-                f.cancel()
-            await asyncio.gather(back, gone, return_exceptions=True)
-        if not monitor.ok.is_set() or monitor is not self.monitor:
-            raise LeadershipLost("leadership ended in safe mode")
-
-    @property
-    def in_safe_mode(self) -> bool:
-        return self.monitor is not None and not self.monitor.ok.is_set()
 
 
 class Orchestrator:
@@ -179,8 +152,7 @@ class Orchestrator:
         self._published = False
         self._quarantine = Quarantine(self.keys, self.node_id, self._emit)
         self._background = BackgroundTasks(f"whizorch-orchestrator-{self.node_id}")
-        self._contact = _Contact()
-        self._contact_task: asyncio.Future[None] | None = None
+        self._contact = ContactGate(self._probe_quorum, deadline_s=contact_deadline_s, on_change=self._contact_changed)
         self._terms: dict[int, ShardLeader] = {}
         self._mine: set[int] = set()
         """The shards assigned to this node now."""
@@ -332,42 +304,24 @@ class Orchestrator:
         )
         regions = await client.get(keys.prefix("region"), prefix=True)
         rev = regions.header.revision
-        orchs = await client.get(keys.prefix("orch"), prefix=True, revision=rev)
-        elections = await client.get(keys.prefix("leader"), prefix=True, revision=rev)
-        candidates: dict[int, dict[bytes, int]] = {}
-        """Each shard's candidate keys (key -> create revision): the lowest leads."""
-
-        def candidate(key: bytes, create_revision: int | None) -> None:
-            head, _, _ = key[len(keys.prefix("leader")) :].partition(b"/")
-            if not head.isdigit():
-                return  # not a shard election key
-            keys_of = candidates.setdefault(int(head), {})
-            if create_revision is None:
-                keys_of.pop(key, None)
-            else:
-                keys_of[key] = create_revision
-
-        for kv in elections.kvs:
-            candidate(kv.key, kv.create_revision)
-
-        def current() -> dict[int, str]:
-            """Each led shard's leader (its lease, hex)."""
-            out = {}
-            for k, found in candidates.items():
-                if found:
-                    out[k] = min(found, key=found.__getitem__).rpartition(b"/")[2].decode(errors="replace")
-            return out
+        orchs, elections = await asyncio.gather(
+            client.get(keys.prefix("orch"), prefix=True, revision=rev),
+            client.get(keys.prefix("leader"), prefix=True, revision=rev),
+        )
         for kv in regions.kvs:
             with contextlib.suppress(DecodeError):  # a bad registration: quarantined by a term's takeover
                 workers.put(keys.region_of(kv.key), kv.key, kv.value)
         self.router.update(workers.regions())
-        members = members_from([(kv.key, kv.value) for kv in orchs.kvs], keys)
+        board = ShardBoard(keys, self.shard_count)
+        for kv in orchs.kvs:
+            board.member(kv.key, kv.value)
+        for kv in elections.kvs:
+            board.candidate(kv.key, kv.create_revision)
         campaigns: dict[int, asyncio.Task[None]] = {}
         fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def reconcile() -> None:
-            owners = assign(self.shard_count, members, current())
-            self._mine = {k for k, owner in owners.items() if owner.lease == me}
+            self._mine = board.mine(me)
             for k in sorted(self._mine - campaigns.keys()):
                 task = asyncio.get_running_loop().create_task(self._shard(env, session, k), name=f"whizorch-shard-{k}")
                 task.add_done_callback(functools.partial(done, k))
@@ -385,27 +339,18 @@ class Orchestrator:
                 reconcile()  # the shard's loop ended on its own: campaign again
 
         def on_member(ev: WatchEvent) -> None:
-            lease = ev.kv.key[len(keys.prefix("orch")) :].decode(errors="replace")
-            if ev.type is EventType.DELETE:
-                members.pop(lease, None)
-            else:
-                members.update(members_from([(ev.kv.key, ev.kv.value)], keys))
+            board.member(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
             reconcile()
 
-        def on_region(ev: WatchEvent) -> None:
-            self._on_region(env, ev)
-
         def on_election(ev: WatchEvent) -> None:
-            before = current()
-            candidate(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.create_revision)
-            if current() != before:
+            if board.candidate(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.create_revision):
                 reconcile()  # a shard was won or left: shares may settle differently
 
         handlers: dict[str, Callable[[WatchEvent], None]] = {
             "submit": lambda ev: self._to_shard("submit", ev),
             "run": lambda ev: self._to_shard("run", ev),
             "cancel": lambda ev: self._to_shard("cancel", ev),
-            "region": on_region,
+            "region": lambda ev: self._on_region(env, ev),
             "orch": on_member,
             "leader": on_election,
         }
@@ -452,7 +397,7 @@ class Orchestrator:
                 self._terms[shard] = term
                 if shard == 0:
                     helpers = await self._shard_zero(fence, term)
-                self._contact_up()
+                self._contact.up()  # the split-brain probe runs while this node leads a shard
                 await term.run()
             except LeadershipLost as exc:
                 log.warning("orchestrator %s: shard %d: %s", self.node_id, shard, exc)
@@ -467,7 +412,8 @@ class Orchestrator:
                 if term is not None:
                     if self._terms.get(shard) is term:
                         del self._terms[shard]
-                    await self._contact_down()
+                    if not self._terms:
+                        await self._contact.down()
                     if term.ready:
                         self._leading(shard, term.term, False)
                 with contextlib.suppress(WhizorchError):
@@ -477,22 +423,6 @@ class Orchestrator:
     def _ready(self, term: ShardLeader) -> None:
         self._leading(term.shard, term.term, True)
 
-    def _contact_up(self) -> None:
-        """The split-brain probe runs while this node leads a shard."""
-        if self.contact_deadline_s is None or self._contact_task is not None:
-            return
-        monitor = ContactMonitor(self._probe_quorum, deadline_s=self.contact_deadline_s, on_change=self._contact_changed)
-        self._contact.monitor = monitor
-        self._contact_task = asyncio.ensure_future(monitor.run())
-
-    async def _contact_down(self) -> None:
-        if self._terms or self._contact_task is None:
-            return
-        task, self._contact_task = self._contact_task, None
-        self._contact.monitor = None
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
     async def _shard_zero(self, fence: Fence, term: ShardLeader) -> list[asyncio.Future[Any]]:
         """What the leader of shard 0 does for the whole deployment: bring etcd's Raft
         leader home (once per term, before any write of the term) and measure latencies."""
@@ -500,8 +430,7 @@ class Orchestrator:
         if self.raft_leader_locality and home:
             # a move stalls writes in flight for as long as an etcd election would: the
             # split-brain probe (running if this node leads other shards) excuses it
-            monitor = self._contact.monitor
-            with monitor.excused() if monitor is not None else contextlib.nullcontext():
+            with self._contact.excused():
                 locality = await bring_raft_leader(self.client, home, timeout_s=5.0)
             self._emit(RaftLeaderMoved(
                 node=self.node_id, outcome=locality.outcome.value, before=locality.leader_before,
@@ -510,13 +439,18 @@ class Orchestrator:
         if not self.region_endpoints:
             return []
         latency = LatencyMonitor(self.client, self.router, self.region_endpoints)
-        return [asyncio.ensure_future(latency.run()), asyncio.ensure_future(self._publish_latency(fence, term))]
+        publish = latency.publish(
+            self.keys.latency, fence, node=self.node_id, paused=lambda: self.in_safe_mode or not term.ready
+        )
+        return [asyncio.ensure_future(latency.run()), asyncio.ensure_future(publish)]
 
     # -- input -----------------------------------------------------------------------
 
     def _to_shard(self, kind: str, ev: WatchEvent) -> None:
         """Hand a submission, result or cancel to the leader of its saga's shard here
         (a key that does not parse goes to shard 0's, which quarantines it)."""
+        if not self._terms:
+            return  # leading nothing (a standby): nothing to parse
         try:
             sid = self.keys.run_key(ev.kv.key)[1] if kind == "run" else self.keys.saga_id(ev.kv.key, kind)
             shard = shard_of(sid, self.shard_count)
@@ -560,28 +494,6 @@ class Orchestrator:
             term.deliver("region", change)
 
     # -- shard 0's extras --------------------------------------------------------------
-
-    async def _publish_latency(self, fence: Fence, term: ShardLeader) -> None:
-        """Every few seconds, the measured and configured latencies from the home region
-        under ``<ns>/latency`` (fenced by shard 0), for ``whizorch status``."""
-        while True:
-            await asyncio.sleep(5.0)  # ok: the publishing period
-            if self.in_safe_mode or not term.ready:
-                continue
-            home = self.router.home_region
-            doc = {
-                "from": home,
-                "node": self.node_id,
-                "at": round(time.time(), 3),
-                "measured_ms": {r: round(ms, 2) for r, ms in sorted(self.router.measured_ms.items())},
-                "configured_ms": {r: self.router.latency.get((home, r)) for r in sorted(self.region_endpoints) if home},
-            }
-            try:
-                await self.client.txn([fence.compare()], [Op.put(self.keys.latency, json.dumps(doc).encode())], idempotent=True)
-            except WhizorchError as exc:
-                if not is_transient(exc):
-                    raise
-                log.info("could not publish latencies: %s", exc)
 
     async def _probe_quorum(self, timeout_s: float) -> None:
         """One quorum round trip: a linearizable read needs etcd's leader and a quorum."""

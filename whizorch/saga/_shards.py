@@ -22,7 +22,7 @@ from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._model import Keys
 
-__all__ = ["SCHEMA", "Member", "assign", "open_namespace", "shard_of"]
+__all__ = ["SCHEMA", "Member", "ShardBoard", "assign", "members_from", "open_namespace", "shard_of"]
 
 log = logging.getLogger("whizorch.saga.orchestrator")
 
@@ -49,28 +49,45 @@ def _rank(shard: int, member: Member) -> bytes:
 
 
 def assign(
-    shards: int, members: Mapping[str, Member] | list[Member], current: Mapping[int, str] | None = None
+    shards: int,
+    members: Mapping[str, Member] | list[Member],
+    current: Mapping[int, str] | None = None,
+    *,
+    since: Mapping[int, int] | None = None,
 ) -> dict[int, Member]:
     """Each shard's orchestrator among ``members``: every member gets ``shards //
     len(members)`` shards or one more; a shard stays with its current leader
     (``current``: shard -> the leader's lease) while that leader is a member within its
     share, so leadership never moves for nothing (an orchestrator that comes back does
     not take its shards back); the rest go by rendezvous hashing on the node id, so a
-    join or a leave moves few shards. Same input, same answer, on every node."""
+    join or a leave moves few shards. Same input, same answer, on every node.
+
+    ``since`` (shard -> the create revision of its current leader's key): a member
+    holding more than its share keeps the shards it has held longest. A node's view
+    can be a moment out of step (its watches of members and of elections are apart):
+    after a leave it may briefly hold, or queue for, more than its share; what it
+    gives back is then the newest, never a shard it led before."""
     people = sorted(members.values() if isinstance(members, Mapping) else members)
     if not people:
         return {}
     by_lease = {m.lease: m for m in people}
-    held = {m: 0 for m in people}
+    held_since = since or {}
+    ages: dict[Member, list[int]] = {m: [] for m in people}
+    """Each member's shards now, by how long it has held them (oldest first)."""
     for k, lease in (current or {}).items():
         if lease in by_lease and 0 <= k < shards:
-            held[by_lease[lease]] += 1
+            ages[by_lease[lease]].append(held_since.get(k, 0))
+    for revs in ages.values():
+        revs.sort()
     base, extra = divmod(shards, len(people))
-    # the larger shares go to those that hold the most already (fewer moves)
-    order = sorted(people, key=lambda m: (-held[m], m))
+    # the larger shares go to those that hold the most already (fewer moves): among
+    # those holding a larger share or more, to whoever has held one longest
+    order = sorted(people, key=lambda m: (
+        -min(len(ages[m]), base + 1), ages[m][base] if len(ages[m]) > base else 0, m,
+    ))  # fmt: skip
     quota = {m: base + (1 if i < extra else 0) for i, m in enumerate(order)}
     out: dict[int, Member] = {}
-    for k in range(shards):
+    for k in sorted(range(shards), key=lambda k: (held_since.get(k, 0), k)):
         leader = by_lease.get((current or {}).get(k, ""))
         if leader is not None and quota[leader] > 0:
             quota[leader] -= 1
@@ -140,3 +157,61 @@ def members_from(kvs: list[tuple[bytes, bytes]], keys: Keys) -> dict[str, Member
             node = lease
         out[lease] = Member(node, lease)
     return out
+
+
+class ShardBoard:
+    """One orchestrator's view of who may lead what: the live orchestrators
+    (``<ns>/orch/``) and each shard's election keys (``<ns>/leader/<k>/``), kept from
+    the process's watches, and the assignment they give (no IO: the orchestrator feeds
+    it and acts on what it says)."""
+
+    def __init__(self, keys: Keys, shards: int) -> None:
+        self.keys = keys
+        self.shards = shards
+        self.members: dict[str, Member] = {}
+        self._candidates: dict[int, dict[bytes, int]] = {}
+        """Each shard's election keys (key -> create revision): the lowest leads."""
+
+    def member(self, key: bytes, value: bytes | None) -> None:
+        """An orchestrator registered (``value``) or left (None)."""
+        if value is None:
+            self.members.pop(key[len(self.keys.prefix("orch")) :].decode(errors="replace"), None)
+        else:
+            self.members.update(members_from([(key, value)], self.keys))
+
+    def candidate(self, key: bytes, create_revision: int | None) -> bool:
+        """A shard election key came (its create revision) or went (None); True when a
+        shard's leader changed."""
+        head, _, _ = key[len(self.keys.prefix("leader")) :].partition(b"/")
+        if not head.isdigit():
+            return False  # not a shard election key
+        before = self.leaders()
+        found = self._candidates.setdefault(int(head), {})
+        if create_revision is None:
+            found.pop(key, None)
+        else:
+            found[key] = create_revision
+        return self.leaders() != before
+
+    def leaders(self) -> dict[int, str]:
+        """Each led shard's leader (its lease, hex)."""
+        return {k: lease for k, (lease, _) in self._leads().items()}
+
+    def _leads(self) -> dict[int, tuple[str, int]]:
+        """Each led shard's leader: its lease (hex) and its key's create revision."""
+        out = {}
+        for k, found in self._candidates.items():
+            if found:
+                key = min(found, key=found.__getitem__)
+                out[k] = (key.rpartition(b"/")[2].decode(errors="replace"), found[key])
+        return out
+
+    def mine(self, lease: str) -> set[int]:
+        """The shards the assignment gives the orchestrator on ``lease`` (a member over
+        its share gives back the shards it has held the shortest: ``assign``'s since)."""
+        leads = self._leads()
+        owners = assign(
+            self.shards, self.members, {k: lease for k, (lease, _) in leads.items()},
+            since={k: rev for k, (_, rev) in leads.items()},
+        )  # fmt: skip
+        return {k for k, owner in owners.items() if owner.lease == lease}

@@ -30,18 +30,14 @@ new task), runs what it was given, then leaves (up to ``drain_timeout_s``).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import enum
 import logging
 import os
 import socket
 import time
-import traceback
 from collections.abc import Awaitable, Sequence
 from typing import Any
-
-import attrs
 
 from whizorch._check import is_int
 from whizorch.coord import LeaseTiming, Session
@@ -59,6 +55,7 @@ from whizorch.saga._definition import App, StepContext, call_handler
 from whizorch.saga._fencing import run_fenced
 from whizorch.saga._middleware import Middleware, attach_middleware, check_middleware, run_pipeline
 from whizorch.saga._model import COMPENSATE, Keys, ResultPayload, TaskPayload, encode_json
+from whizorch.saga._outcome import RunOutcome, bounded, handler_traceback
 from whizorch.saga._supervise import (
     BackgroundTasks,
     Backoff,
@@ -77,71 +74,6 @@ class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
     CLOSED = "closed"
-
-
-TRACEBACK_LIMIT = 2000
-"""Characters of a handler's traceback kept with its result, in the saga record and in
-the worker's log (the innermost frames and the exception are always kept)."""
-ERROR_LIMIT = 1000
-"""Characters of a handler's error message (``Type: message``) kept with its result."""
-_ENGINE_DIRS = tuple(
-    os.path.dirname(os.path.abspath(path)) + os.sep
-    for path in (os.path.dirname(os.path.abspath(__file__)), asyncio.__file__, concurrent.futures.__file__)
-)
-"""Where the frames that call a handler live: whizorch's package, asyncio, the thread pool."""
-
-
-@attrs.frozen(kw_only=True)
-class RunOutcome:
-    """How one run of a handler ended: what the worker records as its result."""
-
-    ok: bool
-    output: Any = None
-    """The handler's return value (JSON), when ``ok``."""
-    error: str | None = None
-    error_type: str | None = None
-    """The exception's class name (``TimeoutError``, ``UnknownSaga`` ...), when not ``ok``."""
-    retryable: bool = False
-    """Whether the step's retry policy lets a failure run again."""
-    traceback: str | None = None
-    """The handler's traceback (bounded), when it raised."""
-
-    @classmethod
-    def success(cls, output: Any = None) -> RunOutcome:
-        return cls(ok=True, output=output)
-
-    @classmethod
-    def failure(
-        cls, error: str, error_type: str, *, retryable: bool = False, traceback: str | None = None
-    ) -> RunOutcome:
-        return cls(ok=False, error=error, error_type=error_type, retryable=retryable, traceback=traceback)
-
-def handler_traceback(exc: BaseException, limit: int = TRACEBACK_LIMIT) -> str:
-    """``exc``'s traceback from the first frame of the user's code (the engine's and
-    asyncio's frames that called the handler are left out), at most ``limit``
-    characters: each part (a frame, the exception's message) is cut to a fraction of
-    that, and past it the outer frames go first, so the innermost frames and the
-    exception always stay."""
-    te = traceback.TracebackException.from_exception(exc)
-    frames = list(te.stack)
-    first = next((i for i, f in enumerate(frames) if not f.filename.startswith(_ENGINE_DIRS)), 0)
-    te.stack = traceback.StackSummary.from_list(frames[first:])
-    part = max(80, limit // 4)
-    chunks = [c if len(c) <= part else f"{c[:part]}... ({len(c) - part} characters cut)\n" for c in te.format()]
-    if sum(map(len, chunks)) <= limit:
-        return "".join(chunks)
-    kept: list[str] = []
-    budget = limit - len(chunks[0]) - 40
-    for chunk in reversed(chunks[1:]):
-        if len(chunk) > budget:
-            break
-        kept.insert(0, chunk)
-        budget -= len(chunk)
-    return f"{chunks[0]}  ... ({len(chunks) - 1 - len(kept)} parts cut)\n{''.join(kept)}"
-
-
-def _bounded(text: str, limit: int = ERROR_LIMIT) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} characters cut)"
 
 
 class Worker:
@@ -635,11 +567,11 @@ class Worker:
         except Exception as exc:
             retryable = policy.retryable(exc)
             trace = handler_traceback(exc)
-            error = _bounded(f"{type(exc).__name__}: {exc}")
+            error = bounded(f"{type(exc).__name__}: {exc}")
             log.warning(
                 "worker %s: saga %s (%s) step %r %s #%d raised %s (%s)\n%s",
                 self.worker_id, task.saga_id, task.saga, step.name, "compensation" if compensating else "run",
-                task.attempt, _bounded(error, 300), "retryable" if retryable else "not retried: give_up_on/retry_on",
+                task.attempt, bounded(error, 300), "retryable" if retryable else "not retried: give_up_on/retry_on",
                 trace.rstrip(),
             )
             return RunOutcome.failure(error, type(exc).__name__, retryable=retryable, traceback=trace)

@@ -5,7 +5,7 @@ campaigns for shards and runs a ShardLeader for each it wins. Internal to the en
 """
 
 from whizorch.saga.leader._cache import LeadershipLost
-from whizorch.saga.leader._env import ContactGate, LeaderEnv
+from whizorch.saga.leader._env import LeaderEnv
 from whizorch.saga.leader._term import RegionChange, ShardLeader
 
-__all__ = ["ContactGate", "LeaderEnv", "LeadershipLost", "RegionChange", "ShardLeader"]
+__all__ = ["LeaderEnv", "LeadershipLost", "RegionChange", "ShardLeader"]

@@ -26,7 +26,7 @@ from whizorch.etcd import Compare, KeyValue, Op, RangeResult
 from whizorch.saga import _machine as m
 from whizorch.saga._events import RegionPreferenceUnmet, SagaAdopted, SagaFinished, StepFailedOver
 from whizorch.saga._middleware import SagaEvent, run_guarded
-from whizorch.saga._model import FAILED, ResultPayload, SagaRecord, SubmissionPayload
+from whizorch.saga._model import FAILED, SagaRecord, SubmissionPayload
 from whizorch.saga._supervise import PERMANENT, Backoff, is_transient
 from whizorch.saga._view import Timers
 from whizorch.saga.leader._cache import (
@@ -44,23 +44,14 @@ from whizorch.saga.leader._cache import (
     failed_record,
 )
 from whizorch.saga.leader._env import LeaderEnv
+from whizorch.saga.leader._events import learn_output, result_event, unknown_definition
 from whizorch.saga.leader._writes import LeaderWrites, is_active
 
-__all__ = ["Driver", "unknown_definition"]
+__all__ = ["Driver"]
 
 log = logging.getLogger("whizorch.saga.orchestrator")
 
 Event = m.Event | Fail | TaskGone | ResultArrived | None
-
-
-def unknown_definition(name: str, version: str) -> str:
-    """Why a saga cannot be driven: no definition of it is known."""
-    if version:
-        return (
-            f"saga {name!r} version {version!r} is not published: no orchestrator's App holds it and no client "
-            "submitted it with its Saga object"
-        )
-    return f"no saga type {name!r} is registered: add it to the App of your orchestrators (or submit it with its Saga object)"
 
 
 class Driver:
@@ -193,27 +184,6 @@ class Driver:
 
     # -- results and lost workers --------------------------------------------------------
 
-    def result_event(self, kv: KeyValue) -> m.Result:
-        """The machine's event for a result key (DecodeError when it does not parse)."""
-        payload = ResultPayload.from_json(kv.value)
-        region, _sid, step, kind, attempt = self.env.keys.run_key(kv.key)
-        return m.Result(
-            step, kind, attempt, payload.ok, kv.key.decode(), payload.error, payload.retryable, region,
-            payload.error_type, payload.traceback,
-        )
-
-    def learn_output(self, entry: LeaderSaga, kv: KeyValue) -> None:
-        try:
-            payload = ResultPayload.from_json(kv.value)
-            _region, _sid, index, kind, _attempt = self.env.keys.run_key(kv.key)
-        except DecodeError:
-            return
-        if payload.ok and kind == m.RUN and entry.definition is not None:
-            if 0 <= index < len(entry.definition.steps):
-                name = entry.definition.steps[index].name
-                entry.outputs[name] = payload.output
-                entry.output_sizes[name] = len(kv.value)
-
     async def result_arrived(self, entry: LeaderSaga, arrived: ResultArrived) -> None:
         """Apply a result, in the saga's order: by now the write that sent its run out
         is in the cache, so a result from a region the step was never sent to (which
@@ -222,7 +192,7 @@ class Driver:
         if 0 <= ev.step < len(rec.steps) and ev.region not in rec.steps[ev.step].regions and not rec.is_final:
             self.poison("run", arrived.kv, f"a result from region {ev.region!r}, where step {ev.step} was never sent")
             return
-        self.learn_output(entry, arrived.kv)
+        learn_output(self.env.keys, entry, arrived.kv)
         await self.apply(entry, ev)
 
     async def _task_gone(self, entry: LeaderSaga, gone: TaskGone) -> None:
@@ -241,7 +211,7 @@ class Driver:
         # watch may deliver it after the registration's deletion, so look
         got = await self.env.client.get(self.env.keys.result(st.region, rec.id, gone.step, gone.kind, gone.attempt))
         if got.kvs:
-            await self.result_arrived(entry, ResultArrived(self.result_event(got.kvs[0]), got.kvs[0]))
+            await self.result_arrived(entry, ResultArrived(result_event(self.env.keys, got.kvs[0]), got.kvs[0]))
             return
         task = entry.tasks.pop(gone.step, None)
         if task is not None:
@@ -452,7 +422,8 @@ class Driver:
         On success the cache takes ``rec``; on failure it is left as it was.
         """
         env = self.env
-        await env.contact.wait(self.lost)
+        if not await env.contact.wait(self.lost):
+            raise LeadershipLost("leadership ended in safe mode")
         if not self.is_leading():
             raise LeadershipLost("not leading")
         try:

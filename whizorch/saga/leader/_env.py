@@ -10,14 +10,13 @@ it and never changes it; what one term of one shard owns lives in the term
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import attrs
 
 from whizorch.etcd import EtcdClient
 from whizorch.saga import _machine as m
+from whizorch.saga._contact import ContactGate
 from whizorch.saga._definitions import Definitions
 from whizorch.saga._events import OrchestratorEvent
 from whizorch.saga._middleware import Middleware
@@ -27,19 +26,7 @@ from whizorch.saga._router import Router
 from whizorch.saga._supervise import BackgroundTasks
 from whizorch.saga._view import Workers
 
-__all__ = ["ContactGate", "LeaderEnv"]
-
-
-class ContactGate(Protocol):
-    """The process's split-brain gate (see ``_contact.py``)."""
-
-    async def wait(self, lost: asyncio.Event) -> None:
-        """Return at once while in contact; in safe mode, wait until contact returns, or
-        raise LeadershipLost once ``lost`` is set."""
-
-    @property
-    def in_safe_mode(self) -> bool:
-        """Writes are paused for lack of quorum contact."""
+__all__ = ["LeaderEnv"]
 
 
 @attrs.define(kw_only=True)

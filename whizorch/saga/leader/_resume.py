@@ -28,7 +28,7 @@ from whizorch.saga.leader._cache import (
     ResultArrived,
     active_tasks,
 )
-from whizorch.saga.leader._driver import unknown_definition
+from whizorch.saga.leader._events import learn_output, result_event, unknown_definition
 from whizorch.saga.leader._rebuild import read_results, read_shard
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ async def take_over(term: ShardLeader) -> int:
                 entry.input = decode_json(got[0].value, what="saga input")
         found = [kv for r in rec.regions for kv in results.get(keys.results(r, rec.id), [])]
         for rkv in found:
-            term.learn_output(entry, rkv)
+            learn_output(keys, entry, rkv)
         try:
             if rec.is_final:
                 await term.place(entry)  # takes it out of the index
@@ -170,7 +170,7 @@ async def _resume(term: ShardLeader, entry: LeaderSaga, results: list[KeyValue],
     env = term.env
     for rkv in sorted(results, key=lambda kv: kv.mod_revision):
         try:
-            ev = term.result_event(rkv)
+            ev = result_event(env.keys, rkv)
         except DecodeError as exc:
             term.poison("run", rkv, str(exc))
             continue

@@ -29,6 +29,7 @@ from whizorch.saga._supervise import is_transient
 from whizorch.saga.leader._cache import LeadershipLost, ResultArrived, TaskGone
 from whizorch.saga.leader._driver import Driver
 from whizorch.saga.leader._env import LeaderEnv
+from whizorch.saga.leader._events import result_event
 from whizorch.saga.leader._resume import take_over
 
 __all__ = ["RegionChange", "ShardLeader"]
@@ -173,7 +174,7 @@ class ShardLeader(Driver):
             return
         sid = self.env.keys.run_key(ev.kv.key)[1]
         if self.known(sid):
-            self.spawn(sid, ResultArrived(self.result_event(ev.kv), ev.kv))
+            self.spawn(sid, ResultArrived(result_event(self.env.keys, ev.kv), ev.kv))
 
     def _on_cancel(self, ev: WatchEvent) -> None:
         if ev.type is EventType.PUT:
@@ -237,7 +238,8 @@ class ShardLeader(Driver):
             res = await env.client.get(prefix, range_end=end, limit=PURGE_PAGE)
             before = purged
             for kv in res.kvs:
-                await env.contact.wait(self.lost)
+                if not await env.contact.wait(self.lost):
+                    raise LeadershipLost("leadership ended in safe mode")
                 if await self._purge(kv):
                     purged += 1
             if not res.more or purged == before:
