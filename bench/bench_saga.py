@@ -89,6 +89,15 @@ class Proc:
             await asyncio.sleep(0.005)  # ok: polling another process's output
         raise TimeoutError(f"no {kind} event")
 
+    def leads(self) -> bool:
+        """Whether the process leads a shard now, by its last leader/follower event of
+        each shard (an orchestrator started with ``--events``)."""
+        state: dict[object, bool] = {}
+        for _, ev in list(self.events):
+            if ev.get("event") in ("leader", "follower"):
+                state[ev.get("shard")] = ev.get("event") == "leader"
+        return any(state.values())
+
     def cpu_s(self) -> float:
         """User + system CPU seconds the process has used (Linux /proc)."""
         try:
@@ -136,11 +145,7 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool, s
             procs += list(workers.values())
             for w in workers.values():
                 await w.wait_event("worker_ready")
-            leader = None
-            while leader is None:
-                for o in orch:
-                    if any(ev.get("event") == "leader" for _, ev in o.events):
-                        leader = o
+            while not any(o.leads() for o in orch):
                 await asyncio.sleep(0.01)  # ok: waiting for the first election
             print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s; "
                   f"shards: {shards or 'default'}; middleware: {'metrics + tracing' if observe else 'none'}; "
@@ -201,6 +206,9 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool, s
                 ))
 
                 # -- leader failover -----------------------------------------------------
+                # the process leading now: a shard may have changed hands as both
+                # orchestrators started (the one that won first hands it over)
+                leader = next(o for o in orch if o.leads())
                 other = orch[1] if leader is orch[0] else orch[0]
                 killed_at = time.monotonic()
                 leader.kill()
