@@ -31,11 +31,13 @@ class Child:
     `next_line` and `next_event` consume them in order.
     """
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, name: str, process: asyncio.subprocess.Process, *, stderr_tail: int = _STDERR_TAIL) -> None:
         self.name = name
         self.process = process
         self.lines: list[tuple[float, str]] = []
         self.stderr: list[str] = []
+        self.stderr_tail = stderr_tail
+        """How many of the last stderr lines are kept."""
         self._pos = 0
         self._grew = asyncio.Event()
         self._eof = False
@@ -47,9 +49,10 @@ class Child:
 
     @classmethod
     async def start(
-        cls, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None
+        cls, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None, stderr_tail: int = _STDERR_TAIL
     ) -> Child:
-        """Start ``argv`` in a process group of its own, stdin closed."""
+        """Start ``argv`` in a process group of its own, stdin closed (the last
+        ``stderr_tail`` lines of its stderr kept)."""
         process = await asyncio.create_subprocess_exec(
             *dying_with_parent(argv),
             stdin=asyncio.subprocess.DEVNULL,
@@ -58,7 +61,7 @@ class Child:
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )
-        return cls(name, process)
+        return cls(name, process, stderr_tail=stderr_tail)
 
     async def _read_stdout(self, stream: asyncio.StreamReader) -> None:
         try:
@@ -72,7 +75,7 @@ class Child:
     async def _read_stderr(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             self.stderr.append(line.decode(errors="replace").rstrip("\n"))
-            del self.stderr[:-_STDERR_TAIL]
+            del self.stderr[: -self.stderr_tail]
 
     # -- state -------------------------------------------------------------------------
 

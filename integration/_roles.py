@@ -71,12 +71,14 @@ class RoleLauncher:
     def argv(
         self, role: str, ident: str, *extra: str, endpoints: Sequence[str] | None = None, region: str | None = None
     ) -> list[str]:
-        """``python -m whizorch <role> ...`` for this deployment (placed in ``region``)."""
+        """``python -m whizorch <role> ...`` for this deployment (placed in ``region``);
+        an orchestrator gets ``--shards`` when the launcher sets the shard count."""
         if endpoints is None:
             endpoints = self.lab.endpoints(region) if self.lab is not None and region is not None else self.endpoints
         cmd = [
             sys.executable, "-m", "whizorch", role, "--etcd", ",".join(endpoints), "--app", self.app,
-            "--namespace", self.namespace, "--lease-ttl", str(self.ttl), "--id", ident, *extra,
+            "--namespace", self.namespace, "--lease-ttl", str(self.ttl), "--id", ident,
+            *(self._shards() if role == "orchestrator" else ()), *extra,
         ]  # fmt: skip
         return self.lab.command(region, cmd) if self.lab is not None and region is not None else cmd
 
@@ -112,7 +114,7 @@ class RoleLauncher:
             path = self.dir / f"latency-{ident}.json"
             path.write_text(json.dumps(latency))
             extra = (*extra, "--latency", str(path))
-        return await self.start("orchestrator", ident, "--events", *self._shards(), *extra, endpoints=endpoints)
+        return await self.start("orchestrator", ident, "--events", *extra, endpoints=endpoints)
 
     def _shards(self) -> tuple[str, ...]:
         return ("--shards", str(self.shards)) if self.shards is not None else ()
@@ -142,5 +144,5 @@ class LabRoles(RoleLauncher):
         """An orchestrator in ``region`` (its home region), with the lab's latencies
         unless ``extra`` says otherwise."""
         assert self.dir is not None
-        argv = ["--events", *self._shards(), "--home-region", region, *(extra or ("--latency", str(self.dir / "latency.json")))]
+        argv = ["--events", "--home-region", region, *(extra or ("--latency", str(self.dir / "latency.json")))]
         return await self.start("orchestrator", ident, *argv, region=region, timeout=60)

@@ -10,20 +10,24 @@ record write was made by the leader of that saga's shard at that revision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import saga_apps as apps
 from _children import Child, children
-from _history import events, shard_term_violations
+from _history import deleted_at, events, shard_term_violations
 from _roles import RoleLauncher
 
 from whizorch import EtcdClient
-from whizorch.saga import SagaClient
+from whizorch.errors import EtcdUnavailableError
+from whizorch.etcd import TxnResult
+from whizorch.saga import Orchestrator, SagaClient
 from whizorch.saga._shards import shard_of
 from whizorch.testing import LocalEtcdCluster, eventually_async
 
@@ -261,3 +265,57 @@ def test_the_history_check_catches_a_write_outside_its_term() -> None:
     late = [*election, delete(f"{NS}/leader/{shard}/a", 14), record(10, 15)]
     assert len(shard_term_violations(late, NS, SHARDS)) == 1  # after its key was gone
     assert shard_term_violations([*election, delete(f"{NS}/leader/{shard}/a", 14), record(11, 15)], NS, SHARDS) == []
+
+
+async def test_a_resign_etcd_does_not_answer_is_retried_so_no_shard_is_stranded(etcd_endpoints: list[str], prefix: str) -> None:
+    """A shard handed over whose resign etcd did not answer (nor the first withdrawal):
+    the old leader's key is deleted once etcd answers, so the new owner leads the shard.
+    A key left behind would lead the shard with nobody driving it, the new owner queued
+    behind it for as long as the old leader's session lives."""
+    ns = f"{prefix}stranded"
+    failed: list[bytes] = []
+
+    async with EtcdClient(etcd_endpoints, timeout_s=5.0) as a_client, EtcdClient(etcd_endpoints, timeout_s=5.0) as b_client:
+        real = a_client.txn
+
+        async def txn(compare: Any, success: Any = (), failure: Any = (), **kw: Any) -> TxnResult:
+            deletes = [op._pb.request_delete_range.key for op in success
+                       if op._pb.WhichOneof("request") == "request_delete_range"]  # fmt: skip
+            if len(failed) < 2 and any(key.startswith(f"{ns}/leader/".encode()) for key in deletes):
+                failed.append(deletes[0])
+                raise EtcdUnavailableError("injected: etcd did not answer this delete")
+            return await real(compare, success, failure, **kw)
+
+        a_client.txn = txn  # type: ignore[method-assign]
+        async with Orchestrator(a_client, apps.app, namespace=ns, node_id="A", lease_ttl_s=15, shards=2) as a:
+            await a.wait_leader(WAIT_S)
+            assert sorted(a.shards) == [0, 1]
+            async with Orchestrator(b_client, apps.app, namespace=ns, node_id="B", lease_ttl_s=15, shards=2) as b:
+                await eventually_async(lambda: handed_over(b_client, ns, a, b), timeout=WAIT_S, message="shard handed over")
+    assert len(failed) == 2 and failed[0] == failed[1]  # the resign, then the first withdrawal
+
+
+async def test_a_stray_key_of_a_live_orchestrator_is_withdrawn(etcd_endpoints: list[str], prefix: str) -> None:
+    """A key of an orchestrator's session in the election of a shard it does not
+    campaign for (what a campaign's put carried out late, by a member that was paused,
+    leaves) is withdrawn by that orchestrator: the shard's election holds its leader only."""
+    ns = f"{prefix}stray"
+    async with EtcdClient(etcd_endpoints, timeout_s=5.0) as client, contextlib.AsyncExitStack() as st:
+        a = await st.enter_async_context(Orchestrator(client, apps.app, namespace=ns, node_id="A", lease_ttl_s=15, shards=2))
+        b = await st.enter_async_context(Orchestrator(client, apps.app, namespace=ns, node_id="B", lease_ttl_s=15, shards=2))
+        await eventually_async(lambda: handed_over(client, ns, a, b), timeout=WAIT_S, message="shards shared")
+        members = await client.get(f"{ns}/orch/", prefix=True)
+        a_lease = next(kv.lease for kv in members.kvs if b'"A"' in kv.value)
+        (b_shard,) = b.shards
+        stray = f"{ns}/leader/{b_shard}/{a_lease:x}"
+        put = await client.put(stray, b"A", lease=a_lease)  # behind B's key: queued, and nobody campaigns with it
+        await eventually_async(lambda: handed_over(client, ns, a, b), timeout=WAIT_S, message="stray key withdrawn")
+        assert await deleted_at(client, stray, since=put.header.revision) > put.header.revision
+        assert list(b.shards) == [b_shard]
+
+
+async def handed_over(client: EtcdClient, ns: str, a: Orchestrator, b: Orchestrator) -> None:
+    """Each of ``a`` and ``b`` leads one of the 2 shards, and each election holds one key."""
+    keys = await client.get(f"{ns}/leader/", prefix=True)
+    assert len(keys.kvs) == 2, [kv.key for kv in keys.kvs]  # one key per shard: none left behind
+    assert len(a.shards) == 1 and len(b.shards) == 1 and {*a.shards, *b.shards} == {0, 1}, (a.shards, b.shards)

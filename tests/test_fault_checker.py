@@ -18,6 +18,7 @@ checker: Any = importlib.import_module("fault.checker")
 
 Transfer, Effect, Attempt = checker.Transfer, checker.Effect, checker.Attempt
 RunResult, RolesSnapshot, RoleExit = checker.RunResult, checker.RolesSnapshot, checker.RoleExit
+ShardLead, Term, RecordWrite, KeyEvent = checker.ShardLead, checker.Term, checker.RecordWrite, checker.KeyEvent
 
 DONE = Transfer("t1", "transfer-eu-us", "a", "b", 10, "completed")
 UNDONE = Transfer("t2", "transfer-us-ap", "a", "c", 5, "compensated")
@@ -51,11 +52,33 @@ def good() -> Any:
         effects=effects,
         attempts=attempts,
         results=results,
-        roles=RolesSnapshot(
-            live_workers={"eu": 2, "us": 2}, registrations={"eu": 2, "us": 2}, leader="o1",
-            candidates=2, live_orchestrators=2,
-        ),
+        roles=roles(),
+        settled=roles(),
+        terms=TERMS,
+        writes=WRITES,
     )
+
+
+# 4 shards, 2 orchestrators: o1 (lease a1) leads 0 and 1, o2 (lease b2) leads 2 and 3
+SESSIONS = {"o1": "a1", "o2": "b2"}
+LEADERS = {0: ShardLead("a1", "o1"), 1: ShardLead("a1", "o1"), 2: ShardLead("b2", "o2"), 3: ShardLead("b2", "o2")}
+
+
+def roles(**changes: Any) -> Any:
+    """The deployment of ``good()``, settled: every worker registered, 4 shards shared."""
+    base = RolesSnapshot(
+        live_workers={"eu": 2, "us": 2}, registrations={"eu": 2, "us": 2}, shards=4, leaders=LEADERS,
+        live_orchestrators=["o1", "o2"], sessions=SESSIONS, members=2,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+# shard 0: term 5 (o1) until its key went at rev 40, then term 41 (o2); shard 1: term 6 (o2)
+TERMS = [Term(0, 5, "a1", "o1", ended=40), Term(1, 6, "b2", "o2"), Term(0, 41, "b2", "o2")]
+WRITES = [
+    RecordWrite("t1", 0, 10, 5), RecordWrite("t2", 1, 11, 6), RecordWrite("t1", 0, 39, 5),
+    RecordWrite("t1", 0, 45, 41), RecordWrite("t2", 1, 50, 6),
+]
 
 
 def found(history: Any) -> list[tuple[str, tuple[str, ...]]]:
@@ -206,28 +229,143 @@ def test_two_successful_results_for_one_step_are_caught() -> None:
 
 
 def test_roles_missing_from_the_deployment_are_caught() -> None:
-    """A live worker without its registration, no leader, a candidate not campaigning,
-    a role not running, a live role whose only key is its dead predecessor's, a role
-    that exited by itself (with its stderr)."""
+    """A live worker without its registration, a membership key too few, a role not
+    running, a live role whose only key is its dead predecessor's, a role that exited by
+    itself (with its stderr)."""
     h = good()
-    h.roles = RolesSnapshot(
-        live_workers={"eu": 2, "us": 2}, registrations={"eu": 1, "us": 2}, leader=None, candidates=1,
-        live_orchestrators=2, not_running=["ap-1"], unregistered=["us-2"],
+    h.roles = roles(
+        registrations={"eu": 1, "us": 2}, members=1, not_running=["ap-1"], unregistered=["us-2"],
         exits=[RoleExit("o2", 123, 1, 0.0, ("Traceback ...", "RuntimeError: boom"))],
     )
     messages = [str(v) for v in checker.check(h)]
     assert "[roles] region eu: 1 registration key(s) for 2 live worker(s)" in messages
-    assert "[roles] no orchestrator leads (no leader key)" in messages
-    assert "[roles] 1 election key(s) for 2 live orchestrator(s) (each campaigns or leads)" in messages
+    assert "[roles] 1 membership key(s) for 2 live orchestrator(s)" in messages
     assert "[roles] role process(es) not running: ap-1" in messages
-    assert "[roles] live role(s) with no key of their own (not registered / not campaigning): us-2" in messages
+    assert "[roles] live role(s) with no key of their own (not registered / not a member): us-2" in messages
     assert any(m.startswith("[crash] o2 (pid 123) exited by itself with status 1") and "RuntimeError: boom" in m for m in messages)
 
 
 def test_stale_registrations_beyond_the_live_workers_are_caught() -> None:
     """More registration keys than live workers (a dead worker still counted)."""
-    snap = RolesSnapshot(live_workers={"eu": 1}, registrations={"eu": 2}, leader="o1")
+    snap = RolesSnapshot(live_workers={"eu": 1}, registrations={"eu": 2})
     assert [v.invariant for v in checker.check_roles(snap)] == ["roles"]
+
+
+def test_a_shard_without_a_leader_after_the_heal_is_caught() -> None:
+    """Every shard of the namespace must be led again: one with no key is named."""
+    leaders = {k: lead for k, lead in LEADERS.items() if k != 2}
+    assert [str(v) for v in checker.check_roles(roles(leaders=leaders))] == [
+        "[roles] shard(s) with no leader (no key in their election): 2"
+    ]
+
+
+def test_a_shard_led_by_a_dead_or_previous_process_is_caught() -> None:
+    """A leader key on a lease no live orchestrator's current process holds (a killed
+    incarnation's, not yet expired) does not count as led."""
+    leaders = {**LEADERS, 3: ShardLead("dead", "o2")}
+    assert [str(v) for v in checker.check_roles(roles(leaders=leaders))] == [
+        "[roles] shard(s) led by no live orchestrator's current session: 3 (o2, lease dead)"
+    ]
+    sessions = {"o1": "a1"}  # o2 has no membership key of its current process
+    found = [str(v) for v in checker.check_roles(roles(sessions=sessions, unregistered=["o2"]))]
+    assert "[roles] shard(s) led by no live orchestrator's current session: 2 (o2, lease b2), 3 (o2, lease b2)" in found
+    assert "[roles] live role(s) with no key of their own (not registered / not a member): o2" in found
+
+
+def test_even_shares_pass_and_uneven_ones_are_caught_once_settled() -> None:
+    """8 shards over 3 orchestrators settle at 3, 3 and 2; 4, 2, 2 is uneven, and a
+    live orchestrator leading nothing is named with 0."""
+    sessions = {"o1": "a1", "o2": "b2", "o3": "c3"}
+    live = ["o1", "o2", "o3"]
+    even = dict(zip(range(8), [ShardLead(lease, node) for node, lease in
+                               [("o1", "a1")] * 3 + [("o2", "b2")] * 3 + [("o3", "c3")] * 2], strict=True))
+    assert checker.check_shares(roles(shards=8, leaders=even, sessions=sessions, live_orchestrators=live)) == []
+    uneven = {**even, 3: ShardLead("a1", "o1")}
+    assert [str(v) for v in checker.check_shares(roles(shards=8, leaders=uneven, sessions=sessions, live_orchestrators=live))] == [
+        "[roles] once settled, uneven shares of the 8 shards: o1 4, o2 2, o3 2 (each of 3 live orchestrator(s) "
+        "should lead 2 or 3)"
+    ]
+    idle = {k: ShardLead("a1", "o1") if k < 4 else ShardLead("b2", "o2") for k in range(8)}
+    found = checker.check_shares(roles(shards=8, leaders=idle, sessions=sessions, live_orchestrators=live))
+    assert len(found) == 1 and "o3 0" in found[0].message
+
+
+def test_candidates_queued_behind_a_settled_leader_are_caught() -> None:
+    """Once settled only the shard's assigned orchestrator campaigns: a second key in
+    its election is named; right after the heal (check_roles) it is allowed."""
+    leaders = {**LEADERS, 1: ShardLead("a1", "o1", keys=2)}
+    assert [str(v) for v in checker.check_shares(roles(leaders=leaders))] == [
+        "[roles] once settled, shard(s) with candidates queued behind their leader: 1 (2 keys)"
+    ]
+    assert checker.check_roles(roles(leaders=leaders)) == []
+    h = good()
+    h.settled = roles(leaders=leaders)
+    assert [inv for inv, _ in found(h)] == ["roles"]
+
+
+def test_a_record_write_after_its_terms_key_was_deleted_is_caught() -> None:
+    """Term 5's key went at rev 40: a write carrying term 5 at rev 42 is outside it."""
+    h = good()
+    h.writes = [*WRITES, RecordWrite("t3", 0, 42, 5)]
+    violations = checker.check(h)
+    assert [(v.invariant, v.saga_ids) for v in violations] == [("terms", ("t3",))]
+    assert "outside their term" in violations[0].message and "deleted at rev 40" in violations[0].message
+
+
+def test_a_record_write_by_another_shards_leader_is_caught() -> None:
+    """Term 6 leads shard 1: its write to a saga of shard 0 is another shard's leader's."""
+    h = good()
+    h.writes = [*WRITES, RecordWrite("t1", 0, 20, 6)]
+    violations = checker.check(h)
+    assert [(v.invariant, v.saga_ids) for v in violations] == [("terms", ("t1",))]
+    assert "another shard" in violations[0].message
+
+
+def test_a_record_write_by_a_queued_candidate_is_caught() -> None:
+    """Term 30's key exists from rev 30 but term 5's (lower) still leads shard 0 until
+    rev 40: a write by term 30 at rev 35 is two leaders of one shard writing at once."""
+    h = good()
+    h.terms = [*TERMS, Term(0, 30, "c3", "o3", ended=36)]
+    h.writes = [*WRITES, RecordWrite("t3", 0, 35, 30)]
+    violations = checker.check(h)
+    assert [v.message.split(":")[0] for v in violations] == [
+        "1 saga record write(s) by a candidate queued behind the shard's leader (a key with a lower create revision existed)",
+        "1 saga record write(s) by an older term after a newer term of the shard had written (overlapping terms)",
+    ]
+    assert {v.saga_ids for v in violations} == {("t3",), ("t1",)}  # t1's write by term 5 at rev 39 came after term 30's
+
+
+def test_a_record_write_by_no_known_term_is_caught() -> None:
+    """A write whose leader_term is no election key's create revision (or carries none)."""
+    h = good()
+    h.writes = [*WRITES, RecordWrite("t3", 2, 60, 0), RecordWrite("t2", 1, 61, 99)]
+    violations = checker.check(h)
+    assert [(v.invariant, v.saga_ids) for v in violations] == [("terms", ("t3", "t2"))]
+
+
+def test_terms_and_record_writes_parse_from_etcds_history() -> None:
+    """Election keys make terms (a proclamation keeps the term, a resign and a new
+    campaign on the same key make a new one); record puts carry their term and shard;
+    other keys, record deletes and keys that are no shard election are skipped."""
+    events = [
+        KeyEvent("put", "fault/meta", 3, 3, b"{}"),
+        KeyEvent("put", "fault/leader/0/a1", 5, 5, b"o1"),
+        KeyEvent("put", "fault/leader/1/b2", 6, 6, b"o2"),
+        KeyEvent("put", "fault/leader/0/a1", 7, 5, b"o1-renamed"),
+        KeyEvent("put", "fault/leader/x/zz", 8, 8, b"junk"),
+        KeyEvent("put", "fault/saga/t1", 10, 10, b'{"id": "t1", "leader_term": 5}'),
+        KeyEvent("put", "fault/saga/t2", 11, 11, b"not json"),
+        KeyEvent("delete", "fault/leader/0/a1", 20, 5),
+        KeyEvent("put", "fault/leader/0/a1", 21, 21, b"o1"),
+        KeyEvent("put", "fault/saga/t1", 22, 10, b'{"id": "t1", "leader_term": 21}'),
+        KeyEvent("delete", "fault/saga/t1", 30),
+    ]
+    terms, writes = checker.parse_history(events, "fault", lambda sid: {"t1": 0, "t2": 1}[sid])
+    assert terms == [Term(0, 5, "a1", "o1-renamed", ended=20), Term(1, 6, "b2", "o2"), Term(0, 21, "a1", "o1")]
+    assert writes == [RecordWrite("t1", 0, 10, 5), RecordWrite("t2", 1, 11, 0), RecordWrite("t1", 0, 22, 21)]
+    assert checker.check_terms(terms, writes) == [checker.Violation(
+        "terms", "1 saga record write(s) by a term that is no election key's create revision: t2 at rev 11 by term 0", ("t2",),
+    )]
 
 
 def test_handler_lines_parse_and_a_torn_line_is_skipped() -> None:

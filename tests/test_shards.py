@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from whizorch.saga._model import Keys
-from whizorch.saga._shards import Member, assign, members_from, shard_of
+from whizorch.saga._shards import Member, ShardBoard, assign, members_from, shard_of
 
 NODES = st.lists(st.text("abcdefgh0123456789-", min_size=1, max_size=8), min_size=1, max_size=9, unique=True)
 
@@ -131,3 +131,19 @@ def test_after_a_leave_no_survivor_gives_up_a_shard_it_led_in_any_view_a_node_ca
     view = people if data.draw(st.booleans()) else survivors
     owners = assign(shards, view, current, since=since)
     assert all(owners[k] == m for k, m in settled.items() if m != gone), (settled, current, owners)
+
+
+def test_the_board_names_the_shards_whose_election_holds_a_leases_key() -> None:
+    """``held`` finds a lease's keys, leading or queued, and forgets a deleted one: what
+    the orchestrator withdraws from the elections it does not campaign in."""
+    keys = Keys("ns")
+    board = ShardBoard(keys, 4)
+    board.candidate(b"ns/leader/0/a1", 10)
+    board.candidate(b"ns/leader/1/b2", 11)
+    board.candidate(b"ns/leader/1/a1", 12)  # queued behind b2
+    board.candidate(b"ns/leader/3/a10", 13)  # another lease whose hex starts the same
+    assert board.held("a1") == {0, 1}
+    assert board.held("b2") == {1}
+    board.candidate(b"ns/leader/1/a1", None)
+    assert board.held("a1") == {0}
+    assert board.held("ff") == set()

@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=settings.DEFAULT_FIRST_SEED)
     parser.add_argument("--duration", type=float, default=settings.DEFAULT_DURATION_S, help="nemesis seconds per seed")
     parser.add_argument("--sagas", type=int, default=None, help="transfers per seed (default 4 per second)")
+    parser.add_argument("--shards", type=int, default=settings.DEFAULT_SHARDS, help="the namespace's shard count")
+    parser.add_argument("--orchestrators", type=int, default=settings.DEFAULT_ORCHESTRATORS,
+                        help="orchestrator processes sharing the shards")
     parser.add_argument("--delay", type=float, default=0.2, help="upper bound of the handlers' random delays (s)")
     parser.add_argument("--stop-on-failure", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work directories of passing seeds too")
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         "so edits made while the seeds run cannot reach a restarted role",
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.shards <= 1024:
+        parser.error(f"--shards {args.shards}: give a shard count from 1 to 1024")
+    if not 1 <= args.orchestrators <= 16:
+        parser.error(f"--orchestrators {args.orchestrators}: give a count from 1 to 16")
     seeds = args.seed or (list(range(args.first_seed, args.first_seed + args.seeds)) if args.seeds else list(settings.FIXED_SEEDS))
     etcd_bin = str(find_etcd())
     root = Path(tempfile.mkdtemp(prefix="whizorch-fault-"))
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir()
         began = time.monotonic()
         opts = Options(seed=seed, duration_s=args.duration, sagas=args.sagas, handler_delay_s=args.delay,
-                       whizorch_path=str(snapshot) if snapshot else None)
+                       shards=args.shards, orchestrators=args.orchestrators, whizorch_path=str(snapshot) if snapshot else None)
         try:
             outcome = asyncio.run(run_seed(opts, workdir=workdir, etcd_bin=etcd_bin, log=main_log))
             row = {"seed": seed, "ok": outcome.ok, "faults": outcome.faults, "seconds": round(time.monotonic() - began, 1),

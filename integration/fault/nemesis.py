@@ -5,12 +5,14 @@ whatever happens at run time (a `Draw` per fault), so a seed replays the same
 schedule of choices; which process a choice lands on ("the leader", "the member
 eu-1 sits on") is resolved when the fault happens, and printed.
 
-Faults (`KINDS`): SIGKILL of a worker, of the orchestrator leader or of the follower
+Faults (`KINDS`, drawn with `WEIGHTS`): SIGKILL of a worker or of a shard leader
 (restarted after a random delay, as a supervisor would); SIGSTOP of one of them for a
 random time (shorter or longer than the lease TTL), then SIGCONT; SIGKILL of an etcd
 member then a restart, SIGSTOP/SIGCONT of a member (the Raft leader, a follower, or
 the member a chosen role's connection sits on); and every client connection through
-one member's proxy dropped.
+one member's proxy dropped. A shard leader is an orchestrator that leads shards, picked
+with a weight of the shards it leads (as if a led shard were drawn and its leader hit),
+so the leader of several shards is hit most; the fault names the shards it led.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from whizorch import EtcdClient, WhizorchError
@@ -29,14 +31,30 @@ from whizorch.testing import EtcdMember, LocalEtcdCluster
 from .proxy import Proxies
 from .roles import Deployment, Role
 
-__all__ = ["KINDS", "Draw", "Fault", "Nemesis"]
+__all__ = ["KINDS", "WEIGHTS", "Draw", "Fault", "Nemesis", "pick_shard_leader"]
 
-KINDS = (
-    "kill worker", "kill leader", "kill follower",
-    "pause worker", "pause leader", "pause follower",
-    "kill etcd", "pause etcd", "drop etcd",
-)  # fmt: skip
+WEIGHTS = {
+    "kill worker": 1, "kill leader": 2,
+    "pause worker": 1, "pause leader": 2,
+    "kill etcd": 1, "pause etcd": 1, "drop etcd": 1,
+}  # fmt: skip
+"""How often each kind of fault is drawn, relative to the others: the orchestrators'
+faults are 4 in 9, the workers' 2 and etcd's 3, as when one leader and one follower
+were hit as often as each other."""
+KINDS = tuple(WEIGHTS)
+_WHEEL = tuple(kind for kind, weight in WEIGHTS.items() for _ in range(weight))
 MEMBER_CHOICES = ("raft leader", "raft follower", "member of role")
+
+
+def pick_shard_leader(led: Mapping[str, Sequence[int]], u: float) -> str | None:
+    """The orchestrator hit by a shard-leader fault: ``u`` (in [0, 1)) picks one of the
+    led shards, in the order of ``led`` (orchestrator -> the shards it leads), and its
+    leader is hit, so an orchestrator is hit in proportion to the shards it leads.
+    None when nobody leads a shard."""
+    shards = [(name, k) for name, ks in led.items() for k in ks]
+    if not shards:
+        return None
+    return shards[min(int(u * len(shards)), len(shards) - 1)][0]
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,8 @@ class Draw:
     kind: str
     member_choice: str
     pick: float
-    """Which worker / follower / role, as a fraction of the candidates."""
+    """Which worker / shard leader / role, as a fraction of the candidates (for a
+    shard leader, of the shards led)."""
     hold_s: float
     """How long the fault lasts (restart delay, pause length)."""
     gap_s: float
@@ -54,7 +73,7 @@ class Draw:
 
     @classmethod
     def draw(cls, rng: random.Random, ttl_s: float) -> Draw:
-        kind = KINDS[rng.randrange(len(KINDS))]
+        kind = _WHEEL[rng.randrange(len(_WHEEL))]
         member_choice = MEMBER_CHOICES[rng.randrange(len(MEMBER_CHOICES))]
         pick = rng.random()
         restart = rng.uniform(0.1, 2.5)
@@ -76,6 +95,8 @@ class Fault:
     back_s: float | None = None
     """Seconds from the heal until every role was back (None: not within the gap)."""
     note: str = ""
+    shards: tuple[int, ...] = ()
+    """The shards the victim led when it was hit (an orchestrator)."""
 
     def describe(self) -> str:
         healed = f"healed +{self.healed_at:.2f}s" if self.healed_at is not None else "NOT HEALED"
@@ -152,19 +173,25 @@ class Nemesis:
 
     # -- resolving targets ---------------------------------------------------------------
 
-    async def leader_node(self) -> tuple[str | None, int]:
-        """The node of the first key under ``<ns>/leader/`` and its term (0: none)."""
+    async def shard_leaders(self) -> dict[int, tuple[str, int]]:
+        """Each led shard's leader now: the node and term (create revision) of the first
+        key in its election ``<ns>/leader/<shard>/``; empty when etcd does not answer."""
+        head = f"{self.namespace}/leader/"
         try:
-            res = await self.observer.get(
-                f"{self.namespace}/leader/", prefix=True, sort_target="create", sort_order="ascend", limit=1
-            )
+            res = await self.observer.get(head, prefix=True, sort_target="create", sort_order="ascend")
         except WhizorchError:
-            return None, 0
-        return (res.kvs[0].value.decode(), res.kvs[0].create_revision) if res.kvs else (None, 0)
+            return {}
+        out: dict[int, tuple[str, int]] = {}
+        for kv in res.kvs:
+            shard = kv.key.decode(errors="replace")[len(head) :].partition("/")[0]
+            if shard.isdigit() and int(shard) not in out:
+                out[int(shard)] = (kv.value.decode(errors="replace"), kv.create_revision)
+        return out
 
-    def _leading(self, role: Role, term: int) -> bool:
-        """Whether ``role``'s current process said it leads ``term`` (and not since that
-        it stopped): a restarted process shares its node id with the key of a dead one."""
+    def _leading(self, role: Role, shard: int, term: int) -> bool:
+        """Whether ``role``'s current process said it leads ``shard`` in ``term`` (and not
+        since that it stopped): a restarted process shares its node id with the keys of
+        a dead one."""
         child = role.child
         if child is None:
             return False
@@ -173,25 +200,36 @@ class Nemesis:
             if '"leader"' in line or '"follower"' in line:
                 with contextlib.suppress(ValueError):
                     event = json.loads(line)
-                    if isinstance(event, dict) and event.get("event") in ("leader", "follower"):
+                    if isinstance(event, dict) and event.get("event") in ("leader", "follower") \
+                            and event.get("shard") == shard:
                         last = event
         return last.get("event") == "leader" and last.get("term") == term
+
+    async def led(self, orchestrators: list[Role]) -> dict[str, list[int]]:
+        """Which shards each of ``orchestrators`` leads: by its process's own events, else
+        (taking a shard over, no event yet) by the node id on the shard's leader key."""
+        out: dict[str, list[int]] = {r.name: [] for r in orchestrators}
+        for shard, (node, term) in sorted((await self.shard_leaders()).items()):
+            role = next((r for r in orchestrators if self._leading(r, shard, term)), None) \
+                or next((r for r in orchestrators if r.name == node), None)
+            if role is not None:
+                out[role.name].append(shard)
+        return out
 
     @staticmethod
     def _pick(items: list[Role], u: float) -> Role | None:
         return items[min(int(u * len(items)), len(items) - 1)] if items else None
 
-    async def _role(self, draw: Draw) -> Role | None:
+    async def _role(self, draw: Draw) -> tuple[Role | None, tuple[int, ...]]:
+        """The role ``draw`` hits, and the shards it leads (an orchestrator)."""
         running = [r for r in self.deployment.roles.values() if r.state == "running" and not r.lock.locked()]
-        what = draw.kind.split()[1]
-        if what == "worker":
-            return self._pick([r for r in running if r.spec.kind == "worker"], draw.pick)
-        orchestrators = [r for r in running if r.spec.kind == "orchestrator"]
-        node, term = await self.leader_node()
-        leaders = [r for r in orchestrators if self._leading(r, term)] or [r for r in orchestrators if r.name == node]
-        if what == "leader":
-            return self._pick(leaders, draw.pick)
-        return self._pick([r for r in orchestrators if r not in leaders], draw.pick)
+        if draw.kind.split()[1] == "worker":
+            return self._pick([r for r in running if r.spec.kind == "worker"], draw.pick), ()
+        orchestrators = sorted((r for r in running if r.spec.kind == "orchestrator"), key=lambda r: r.name)
+        led = await self.led(orchestrators)
+        name = pick_shard_leader(led, draw.pick)
+        victim = next((r for r in orchestrators if r.name == name), None)
+        return victim, tuple(led[name]) if name is not None else ()
 
     def member_of(self, role: Role) -> EtcdMember | None:
         """The member ``role``'s most recently active connection goes to."""
@@ -238,14 +276,15 @@ class Nemesis:
 
     async def _role_fault(self, fault: Fault) -> None:
         draw = fault.draw
-        role = await self._role(draw)
+        role, fault.shards = await self._role(draw)
         if role is None:
             fault.target, fault.note = "nobody", f"no {draw.kind.split()[1]} to hit"
             self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind}: no target")
             return
         async with role.lock:
             member = self.member_of(role)
-            fault.target = f"{role.name} (pid {role.pid}, on {member.name if member else '?'})"
+            leads = f"; leads shard(s) {','.join(map(str, fault.shards))}" if fault.shards else ""
+            fault.target = f"{role.name} (pid {role.pid}, on {member.name if member else '?'}{leads})"
             self.log(f"[fault +{fault.at:6.2f}s] #{fault.index} {draw.kind} {fault.target} for {draw.hold_s:.2f}s")
             if draw.kind.startswith("kill"):
                 await self.deployment.kill(role)

@@ -52,6 +52,7 @@ class _Proxy:
         """Client-side port of each connection -> the connection."""
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -67,6 +68,10 @@ class _Proxy:
                     up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             except (OSError, TimeoutError):
                 writer.transport.abort()  # the member is down: refuse like it would
+                return
+            if self._closing:  # connected while the proxy closed: nobody would reset it
+                up_writer.transport.abort()
+                writer.transport.abort()
                 return
             peer = int(writer.get_extra_info("peername")[1])
             conn = _Conn(writer, up_writer)
@@ -102,13 +107,19 @@ class _Proxy:
         return len(conns)
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         self.drop()
+        # the reset connections end their handlers; one still connecting upstream ends
+        # by its own timeout. Cancelling them instead makes asyncio's stream callback log
+        # the CancelledError it finds on the task ("Exception in callback ...").
         handlers = list(self._handlers)
-        for h in handlers:
-            h.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
+        if handlers:
+            _, late = await asyncio.wait(handlers, timeout=_CONNECT_TIMEOUT_S + 1.0)
+            for h in late:
+                h.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -31,6 +31,8 @@ __all__ = ["Deployment", "Role", "RoleSpec"]
 
 READY_TIMEOUT_S = 30.0
 _CRASH_RESTART_S = 0.5
+_STDERR_KEPT = 2000
+"""stderr lines kept per incarnation: a failed seed's role logs (``write_logs``)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,13 @@ class Deployment:
         env: Mapping[str, str],
         log: Callable[[str], None],
         revision: Callable[[], Awaitable[int]],
+        shards: int | None = None,
     ) -> None:
         self.roles = {s.name: Role(s) for s in specs}
         self.endpoints = list(endpoints)
-        self._launcher = RoleLauncher([], endpoints=endpoints, namespace=namespace, ttl=ttl_s, app=app)
-        """Builds the command lines (the environment is the suite's own: ``env``)."""
+        self._launcher = RoleLauncher([], endpoints=endpoints, namespace=namespace, ttl=ttl_s, app=app, shards=shards)
+        """Builds the command lines, ``--shards`` included (the environment is the
+        suite's own: ``env``)."""
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.app = app
@@ -116,7 +120,7 @@ class Deployment:
         env = dict(self.env)
         env["FAULT_LEDGER_ETCD"] = ",".join(self.endpoints_for(role.spec))
         role.started_rev = await self._revision()
-        child = await Child.start(role.name, self._argv(role.spec), env=env)
+        child = await Child.start(role.name, self._argv(role.spec), env=env, stderr_tail=_STDERR_KEPT)
         role.child = child
         role.incarnations.append(child)
         role.expected_exit = False
@@ -205,6 +209,17 @@ class Deployment:
 
     def stderr_tails(self) -> dict[str, list[str]]:
         return {r.name: list(r.child.stderr) for r in self.roles.values() if r.child is not None and r.child.stderr}
+
+    def write_logs(self, directory: Path) -> None:
+        """Every incarnation's stdout lines (timestamped) and stderr tail, one file each
+        (``<role>-<pid>.log``), for a failed seed's work directory."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for r in self.roles.values():
+            for child in r.incarnations:
+                out = [f"{t:.3f} {line}" for t, line in child.lines]
+                (directory / f"{r.name}-{child.pid}.log").write_text(
+                    "== stdout ==\n" + "\n".join(out) + "\n== stderr (tail) ==\n" + "\n".join(child.stderr) + "\n"
+                )
 
     def events(self, *kinds: str) -> list[tuple[str, dict[str, Any]]]:
         """The ``--events`` lines of these kinds the orchestrators printed: (role, event)."""

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FIXED_SEEDS", "duration_s", "sagas", "seeds", "timeout_s"]
+__all__ = ["FIXED_SEEDS", "duration_s", "orchestrators", "sagas", "seeds", "shards", "timeout_s"]
 
 FIXED_SEEDS = (1, 2, 3)
 DEFAULT_DURATION_S = 25.0
 DEFAULT_FIRST_SEED = 1000
+DEFAULT_SHARDS = 8
+DEFAULT_ORCHESTRATORS = 3
 
 
 def seeds(env: dict[str, str] | None = None) -> list[int]:
@@ -44,6 +46,30 @@ def sagas(env: dict[str, str] | None = None) -> int | None:
     env = dict(os.environ) if env is None else env
     raw = env.get("WHIZORCH_FAULT_SAGAS", "").strip()
     return int(raw) if raw else None
+
+
+def shards(env: dict[str, str] | None = None) -> int:
+    """The namespace's shard count (``--shards`` of the orchestrators)."""
+    return _count(env, "WHIZORCH_FAULT_SHARDS", DEFAULT_SHARDS, 1024)
+
+
+def orchestrators(env: dict[str, str] | None = None) -> int:
+    """How many orchestrator processes share the shards."""
+    return _count(env, "WHIZORCH_FAULT_ORCHESTRATORS", DEFAULT_ORCHESTRATORS, 16)
+
+
+def _count(env: dict[str, str] | None, name: str, default: int, most: int) -> int:
+    env = dict(os.environ) if env is None else env
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= most:
+        raise ValueError(f"{name}={raw!r}: give a whole number from 1 to {most}, or unset it for {default}")
+    return value
 
 
 def timeout_s(duration: float) -> int:

@@ -1,10 +1,12 @@
 """One seeded run of the fault suite, from an empty machine to a verdict.
 
 `run_seed` starts 3 etcd members, a proxy per member, 2 workers per region (eu, us,
-ap) and 2 orchestrator candidates as real CLI processes (lease TTL 2 s), seeds the
-ledger, submits the seed's transfers at a steady rate while the `Nemesis` injects one
-fault at a time, then (the quiet period) waits for every role to be back and every
-saga to settle, reads etcd and the handlers' lines into a `History` and checks it.
+ap) and 3 orchestrators sharing 8 shards (both counts are settings) as real CLI
+processes (lease TTL 2 s), seeds the ledger, submits the seed's transfers at a steady
+rate while the `Nemesis` injects one fault at a time, then (the quiet period) waits for
+every role to be back, every saga to settle and the shards' shares to settle, reads
+etcd (its history of elections and saga records too) and the handlers' lines into a
+`History` and checks it.
 Everything it started is torn down on the way out, failure or not.
 """
 
@@ -24,21 +26,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whizorch import Compare, EtcdClient, Op, WhizorchError
+from _history import events as history_events
+
+from whizorch import Compare, EtcdClient, EventType, Op, WhizorchError
 from whizorch.etcd import RangeResult
 from whizorch.saga import SagaClient
+from whizorch.saga._shards import shard_of
 from whizorch.testing import LocalEtcdCluster, eventually_async
 
+from . import settings
 from .checker import Effect as EffectRecord
 from .checker import (
     History,
+    KeyEvent,
+    RecordWrite,
     RolesSnapshot,
     RunResult,
+    ShardLead,
+    Term,
     Transfer,
     Violation,
     check,
     check_roles,
+    check_shares,
     parse_attempts,
+    parse_history,
 )
 from .consistency import check_members, known_bug
 from .ledger import REGIONS, ROUTES, account_key, frozen_key, saga_name
@@ -67,8 +79,13 @@ class Options:
     sagas: int | None = None
     """Transfers submitted at a steady rate over the duration (default 4 per second)."""
     ttl_s: int = 2
+    shards: int = settings.DEFAULT_SHARDS
+    """The namespace's shard count (``--shards`` of the orchestrators)."""
+    orchestrators: int = settings.DEFAULT_ORCHESTRATORS
+    """Orchestrator processes sharing the shards."""
     settle_s: float = 30.0
-    """After the last heal, every saga must be final within this."""
+    """After the last heal, every saga must be final, and the shards' shares even,
+    within this."""
     back_slack_s: float = 2.0
     """After the last heal, every role must be back within TTL + 1 s + this."""
     accounts: int = 12
@@ -83,15 +100,22 @@ class Options:
         return self.sagas if self.sagas is not None else max(1, round(4 * self.duration_s))
 
     def describe(self) -> str:
-        return (f"duration {self.duration_s:g}s, {self.saga_count} sagas, TTL {self.ttl_s}s, settle {self.settle_s:g}s, "
+        return (f"duration {self.duration_s:g}s, {self.saga_count} sagas, {self.shards} shards, "
+                f"{self.orchestrators} orchestrators, TTL {self.ttl_s}s, settle {self.settle_s:g}s, "
                 f"roles back within {self.ttl_s + 1 + self.back_slack_s:g}s, {self.accounts} accounts ({self.frozen} frozen), "
                 f"handler delays up to {self.handler_delay_s:g}s")
 
     def replay(self) -> str:
+        env, flags = "", ""
+        if self.shards != settings.DEFAULT_SHARDS:
+            env, flags = env + f"WHIZORCH_FAULT_SHARDS={self.shards} ", flags + f" --shards {self.shards}"
+        if self.orchestrators != settings.DEFAULT_ORCHESTRATORS:
+            env += f"WHIZORCH_FAULT_ORCHESTRATORS={self.orchestrators} "
+            flags += f" --orchestrators {self.orchestrators}"
         return (f"WHIZORCH_FAULT_SEED={self.seed} WHIZORCH_FAULT_DURATION_S={self.duration_s:g} "
-                f"WHIZORCH_FAULT_SAGAS={self.saga_count} .venv/bin/python -m pytest integration/fault   "
+                f"WHIZORCH_FAULT_SAGAS={self.saga_count} {env}.venv/bin/python -m pytest integration/fault   "
                 f"# or: .venv/bin/python -m integration.fault --seed {self.seed} --duration {self.duration_s:g} "
-                f"--sagas {self.saga_count}" + (f" --delay {self.handler_delay_s:g}" if self.handler_delay_s != 0.2 else ""))
+                f"--sagas {self.saga_count}{flags}" + (f" --delay {self.handler_delay_s:g}" if self.handler_delay_s != 0.2 else ""))
 
 
 @dataclass
@@ -137,15 +161,16 @@ def plan_workload(opts: Options) -> Workload:
     return Workload(initial, frozen, transfers)
 
 
-def role_specs() -> list[RoleSpec]:
-    """2 workers per region and 2 orchestrators, rotated over the members so the two
-    workers of a region, and the two orchestrators, sit on different members."""
+def role_specs(orchestrators: int) -> list[RoleSpec]:
+    """2 workers per region and ``orchestrators`` orchestrators (o1, o2, ...), rotated
+    over the 3 members so the two workers of a region, and the orchestrators (3 at
+    most), sit on different members."""
     specs, rotation = [], 0
     for region in REGIONS:
         for n in (1, 2):
             specs.append(RoleSpec(f"{region}-{n}", "worker", region, rotation % 3))
             rotation += 1
-    specs += [RoleSpec("o1", "orchestrator", None, 0), RoleSpec("o2", "orchestrator", None, 1)]
+    specs += [RoleSpec(f"o{i + 1}", "orchestrator", None, i % 3) for i in range(orchestrators)]
     return specs
 
 
@@ -195,35 +220,66 @@ class _Submitter:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _roles_snapshot(client: EtcdClient, deployment: Deployment) -> RolesSnapshot:
-    """Registrations and election keys (one read) against the live role processes."""
+async def _roles_snapshot(client: EtcdClient, deployment: Deployment, shards: int) -> RolesSnapshot:
+    """Registrations, membership and election keys (one read) against the live role
+    processes."""
     res = await client.txn([], [
         Op.get(f"{NAMESPACE}/region/", prefix=True),
+        Op.get(f"{NAMESPACE}/orch/", prefix=True),
         Op.get(f"{NAMESPACE}/leader/", prefix=True, sort_target="create", sort_order="ascend"),
     ])  # fmt: skip
-    regs, cands = res.responses
-    assert isinstance(regs, RangeResult) and isinstance(cands, RangeResult)
+    regs, orchs, elections = res.responses
+    assert isinstance(regs, RangeResult) and isinstance(orchs, RangeResult) and isinstance(elections, RangeResult)
     per_region: dict[str, int] = defaultdict(int)
-    own: dict[str, int] = {}  # role name -> create revision of its newest key
+    own: dict[str, tuple[int, str]] = {}  # role name -> (create revision, lease hex) of its newest key
     for kv in regs.kvs:
         per_region[kv.key.decode().split("/")[-2]] += 1
         with contextlib.suppress(ValueError, AttributeError):
             name = str(json.loads(kv.value).get("worker"))
-            own[name] = max(own.get(name, 0), kv.create_revision)
-    for kv in cands.kvs:
-        name = kv.value.decode(errors="replace")
-        own[name] = max(own.get(name, 0), kv.create_revision)
+            own[name] = max(own.get(name, (0, "")), (kv.create_revision, ""))
+    for kv in orchs.kvs:
+        with contextlib.suppress(ValueError, AttributeError):
+            name = str(json.loads(kv.value).get("node"))
+            own[name] = max(own.get(name, (0, "")), (kv.create_revision, kv.key.decode().rpartition("/")[2]))
+    leaders: dict[int, ShardLead] = {}
+    for kv in elections.kvs:  # by create revision: each shard's first key leads it
+        shard, _, lease = kv.key.decode()[len(f"{NAMESPACE}/leader/") :].partition("/")
+        if not shard.isdigit():
+            continue
+        k = int(shard)
+        lead = leaders.get(k)
+        node = kv.value.decode(errors="replace")
+        leaders[k] = ShardLead(lease, node) if lead is None else \
+            dataclasses.replace(lead, keys=lead.keys + 1, queued=(*lead.queued, f"{node} ({lease})"))
     live = [r for r in deployment.roles.values() if r.state == "running" and r.pid is not None]
+    current = {r.name: own[r.name] for r in live if own.get(r.name, (0, ""))[0] > r.started_rev}
     return RolesSnapshot(
         live_workers=deployment.live_workers(),
         registrations=dict(per_region),
-        leader=cands.kvs[0].value.decode() if cands.kvs else None,
-        candidates=len(cands.kvs),
-        live_orchestrators=sum(r.spec.kind == "orchestrator" for r in live),
+        shards=shards,
+        leaders=leaders,
+        live_orchestrators=[r.name for r in live if r.spec.kind == "orchestrator"],
+        sessions={name: lease for name, (_, lease) in current.items() if lease},
+        members=len(orchs.kvs),
         not_running=deployment.not_running(),
-        unregistered=[r.name for r in live if own.get(r.name, 0) <= r.started_rev],
+        unregistered=[r.name for r in live if r.name not in current],
         exits=list(deployment.exits),
     )
+
+
+async def _terms_history(client: EtcdClient, since: int, shards: int) -> tuple[list[Term], list[RecordWrite]]:
+    """The shards' terms and every saga record write since ``since``, from etcd's own
+    history of the namespace (``_history.events``: every event up to a marker it puts)."""
+    found = await history_events(client, f"{NAMESPACE}/", since=since, timeout=120.0)
+    wanted = (f"{NAMESPACE}/leader/".encode(), f"{NAMESPACE}/saga/".encode())
+    plain = [
+        KeyEvent(
+            "put" if ev.type is EventType.PUT else "delete", ev.kv.key.decode(errors="replace"), ev.revision,
+            ev.kv.create_revision, ev.kv.value,
+        )
+        for ev in found if ev.kv.key.startswith(wanted)
+    ]  # fmt: skip
+    return parse_history(plain, NAMESPACE, lambda sid: shard_of(sid, shards))
 
 
 async def _collect(client: EtcdClient, work: Workload, ledger_dir: Path, roles: RolesSnapshot) -> tuple[History, dict[str, dict[str, Any]]]:
@@ -305,26 +361,34 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
         env = role_env(os.environ, pythonpath=[*paths, HERE.parent], ledger_dir=ledger_dir, prefix=LEDGER_PREFIX,
                        delay_s=opts.handler_delay_s)
         deployment = Deployment(
-            role_specs(), endpoints=[proxies.endpoint(n) for n in proxies.names], namespace=NAMESPACE,
-            ttl_s=opts.ttl_s, app=APP, env=env, log=log, revision=lambda: _revision(observer),
+            role_specs(opts.orchestrators), endpoints=[proxies.endpoint(n) for n in proxies.names], namespace=NAMESPACE,
+            ttl_s=opts.ttl_s, app=APP, env=env, log=log, revision=lambda: _revision(observer), shards=opts.shards,
         )
         stack.push_async_callback(deployment.aclose)
+        # etcd's history from here on holds every election and every saga record write
+        start_rev = (await observer.get(f"{NAMESPACE}/meta")).header.revision
         await deployment.start_all()
         if deployment.failures:
             raise RuntimeError("roles did not start:\n" + "\n".join(deployment.failures))
 
-        async def leads() -> None:
-            snap = await _roles_snapshot(observer, deployment)
-            assert snap.leader is not None and not check_roles(snap), check_roles(snap)
+        async def snap() -> RolesSnapshot:
+            return await _roles_snapshot(observer, deployment, opts.shards)
 
-        await eventually_async(leads, timeout=30, message="every role up and an orchestrator leading")
+        async def leads() -> None:
+            s = await snap()
+            assert not check_roles(s) and not check_shares(s), check_roles(s) + check_shares(s)
+
+        try:
+            await eventually_async(leads, timeout=60, retry_on=(AssertionError, WhizorchError),
+                                   message="every role up and the shards shared among the orchestrators")
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}; still: {exc.__cause__}") from exc
         timings["start"] = time.monotonic() - started
         sagas = SagaClient(observer, namespace=NAMESPACE)
         stack.push_async_callback(sagas.aclose)
 
         async def missing() -> list[str]:
-            snap = await _roles_snapshot(observer, deployment)
-            return [str(v) for v in check_roles(dataclasses.replace(snap, exits=()))]
+            return [str(v) for v in check_roles(dataclasses.replace(await snap(), exits=()))]
 
         t0 = time.monotonic()
         t0_wall = time.time()
@@ -350,15 +414,21 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             if snapshot is not None:
                 await asyncio.sleep(0.1)  # ok: polling the deployment against the deadline
             try:
-                snapshot = await _roles_snapshot(observer, deployment)
+                snapshot = await snap()
             except WhizorchError as exc:  # etcd trouble after the last heal: not back
-                snapshot = RolesSnapshot({}, {}, None, not_running=[f"(etcd did not answer: {exc})"])
+                snapshot = RolesSnapshot({}, {}, not_running=[f"(etcd did not answer: {exc})"])
         timings["roles back"] = time.monotonic() - last_heal
 
-        # every saga final within the settle time
+        # every saga final, and the shards' shares settled, within the settle time
         ids = [t.saga_id for t in work.transfers]
+        settled: RolesSnapshot | None = None
 
         async def all_final() -> bool:
+            nonlocal settled
+            if settled is None or check_shares(settled):
+                settled = await snap()
+            if check_shares(settled):
+                return False
             res = await observer.get(f"{NAMESPACE}/saga/", prefix=True)
             final = 0
             for kv in res.kvs:
@@ -368,12 +438,17 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             return final >= len(ids)
 
         with contextlib.suppress(AssertionError):
-            await eventually_async(all_final, timeout=max(0.1, last_heal + opts.settle_s - time.monotonic()), interval=0.25)
+            await eventually_async(all_final, timeout=max(0.1, last_heal + opts.settle_s - time.monotonic()), interval=0.25,
+                                   retry_on=(AssertionError, WhizorchError))
         timings["settled"] = time.monotonic() - last_heal
+        if settled is None:  # etcd did not answer within the settle time: read what is there now
+            settled = await snap()
 
         # the deployment as it was back, and every process that died on its own until now
         snapshot = dataclasses.replace(snapshot, exits=list(deployment.exits), not_running=deployment.not_running())
         history, records = await _collect(observer, work, ledger_dir, snapshot)
+        history.settled = settled
+        history.terms, history.writes = await _terms_history(observer, start_rev, opts.shards)
         violations = check(history)
         void = None
         try:
@@ -396,7 +471,7 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             ))
         timings["run"] = time.monotonic() - started
         leader_events = [
-            f"+{float(e.get('at', 0.0)) - t0_wall:7.2f}s {role}: {e['event']} term {e.get('term')}"
+            f"+{float(e.get('at', 0.0)) - t0_wall:7.2f}s {role}: {e['event']} shard {e.get('shard')} term {e.get('term')}"
             for role, e in sorted(deployment.events("leader", "follower"), key=lambda re: float(re[1].get("at", 0.0)))
         ]
         report = render(
@@ -408,6 +483,7 @@ async def run_seed(opts: Options, *, workdir: Path, etcd_bin: str | None = None,
             report = f"== verdict VOID: {void} ==\n" + report
         if violations:
             (workdir / "report.txt").write_text(report + "\n")
+            deployment.write_logs(workdir / "roles")
         log(report)
         return Outcome(opts.seed, violations, report, timings, len(nemesis.faults), void)
 

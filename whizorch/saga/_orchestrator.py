@@ -33,7 +33,7 @@ from typing import Any
 from whizorch._check import is_int
 from whizorch.coord import Election, Fence, LeaseTiming, Session
 from whizorch.errors import ClosedError, ConfigError, DecodeError, WhizorchError
-from whizorch.etcd import EtcdClient, EventType, WatchEvent
+from whizorch.etcd import Compare, EtcdClient, EventType, Op, WatchEvent
 from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactGate
 from whizorch.saga._definition import App
@@ -318,25 +318,42 @@ class Orchestrator:
         for kv in elections.kvs:
             board.candidate(kv.key, kv.create_revision)
         campaigns: dict[int, asyncio.Task[None]] = {}
+        withdrawals: dict[int, asyncio.Task[None]] = {}
+        """Shards whose election holds this session's key while no campaign runs for them."""
         fatal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stopping = False
 
         def reconcile() -> None:
             self._mine = board.mine(me)
-            for k in sorted(self._mine - campaigns.keys()):
+            # a shard whose stray key is being withdrawn is campaigned for once it is gone
+            for k in sorted(self._mine - campaigns.keys() - withdrawals.keys()):
                 task = asyncio.get_running_loop().create_task(self._shard(env, session, k), name=f"whizorch-shard-{k}")
-                task.add_done_callback(functools.partial(done, k))
+                task.add_done_callback(functools.partial(done, k, campaigns))
                 campaigns[k] = task
             for k in sorted(campaigns.keys() - self._mine):
                 campaigns[k].cancel()  # its term ends and resigns: the assigned node's campaign wins
+            tidy()
             self.leader_changed.set()
 
-        def done(k: int, task: asyncio.Task[None]) -> None:
-            if campaigns.get(k) is task:
-                del campaigns[k]
+        def tidy() -> None:
+            """No key of this session stays in the election of a shard it does not
+            campaign for. A resign or a withdrawal etcd did not answer leaves one behind,
+            and so does a campaign's put carried out after the campaign ended (sent to a
+            member that was paused); an orchestrator's session outlives its shards, so
+            the key would lead the shard, or come to, with nobody driving it."""
+            for k in sorted(board.held(me) - campaigns.keys() - withdrawals.keys()):
+                key = f"{keys.shard_leader(k)}/{me}".encode()
+                task = asyncio.get_running_loop().create_task(self._withdraw(session, key, k), name=f"whizorch-withdraw-{k}")
+                task.add_done_callback(functools.partial(done, k, withdrawals))
+                withdrawals[k] = task
+
+        def done(k: int, tasks: dict[int, asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+            if tasks.get(k) is task:
+                del tasks[k]
             if not task.cancelled() and task.exception() is not None and not fatal.done():
                 fatal.set_exception(task.exception())  # type: ignore[arg-type]
-            elif k in self._mine and not fatal.done() and not session.is_lost:
-                reconcile()  # the shard's loop ended on its own: campaign again
+            elif not stopping and not fatal.done() and not session.is_lost:
+                reconcile()  # campaign again if the shard is still ours; withdraw a key left behind
 
         def on_member(ev: WatchEvent) -> None:
             board.member(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.value)
@@ -345,6 +362,8 @@ class Orchestrator:
         def on_election(ev: WatchEvent) -> None:
             if board.candidate(ev.kv.key, None if ev.type is EventType.DELETE else ev.kv.create_revision):
                 reconcile()  # a shard was won or left: shares may settle differently
+            else:
+                tidy()
 
         handlers: dict[str, Callable[[WatchEvent], None]] = {
             "submit": lambda ev: self._to_shard("submit", ev),
@@ -366,8 +385,9 @@ class Orchestrator:
                     raise fut.exception()  # type: ignore[misc]
             raise LeadershipLost(f"session lost ({session.lost_reason or 'its lease ended'})")
         finally:
+            stopping = True
             self._mine = set()
-            running = list(campaigns.values())
+            running = [*campaigns.values(), *withdrawals.values()]
             for t in [*running, *watchers, lost]:
                 t.cancel()
             await asyncio.gather(*running, *watchers, lost, return_exceptions=True)
@@ -419,6 +439,21 @@ class Orchestrator:
                 with contextlib.suppress(WhizorchError):
                     await election.resign()  # skipped when the session is lost
             await asyncio.sleep(backoff.next_s())  # ok: backoff before campaigning again
+
+    async def _withdraw(self, session: Session, key: bytes, shard: int) -> None:
+        """Delete this session's ``key`` from ``shard``'s election (guarded by its lease:
+        only ours), retried while the session lives."""
+        backoff = Backoff()
+        while not session.is_lost:
+            try:
+                await self.client.txn([Compare.lease(key, "==", session.lease_id)], [Op.delete(key)], idempotent=True)
+                return
+            except WhizorchError as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("orchestrator %s: shard %d: could not withdraw its election key: %s; retrying",
+                            self.node_id, shard, exc)
+            await asyncio.sleep(backoff.next_s())  # ok: backoff before asking etcd again
 
     def _ready(self, term: ShardLeader) -> None:
         self._leading(term.shard, term.term, True)

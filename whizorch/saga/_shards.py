@@ -206,6 +206,11 @@ class ShardBoard:
                 out[k] = (key.rpartition(b"/")[2].decode(errors="replace"), found[key])
         return out
 
+    def held(self, lease: str) -> set[int]:
+        """The shards whose election holds a key on ``lease`` (leading or queued)."""
+        tail = b"/" + lease.encode()
+        return {k for k, found in self._candidates.items() if any(key.endswith(tail) for key in found)}
+
     def mine(self, lease: str) -> set[int]:
         """The shards the assignment gives the orchestrator on ``lease`` (a member over
         its share gives back the shards it has held the shortest: ``assign``'s since)."""
