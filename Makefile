@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint bench dev clean
+.PHONY: setup demo test lint bench bench-shards dev clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_coord.py $(ARGS)
+
+# issue 17's figures (about 10 minutes; docs/performance.md, "Shards"); bench_regress.py
+# needs an earlier build of the engine and is run by hand (see its docstring)
+bench-shards: setup
+	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_shards.py
 
 dev: setup
 	$(BIN)/python -m whizorch.dev $(ARGS)

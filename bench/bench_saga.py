@@ -19,7 +19,11 @@ one 3-step saga; <= 1.5 ms of Python CPU per step summed over every role process
 /proc: user + system time); each failover <= lease TTL + 1 s. The rebuild at scale is
 bench_scale.py's, the WAN figures bench_wan.py's. Figures, not a pass/fail test.
 
-    python bench/bench_saga.py [--n 300] [--inflight 200] [--duration 10] [--ttl 2] [--observe]
+    python bench/bench_saga.py [--n 300] [--inflight 200] [--duration 10] [--ttl 2] [--observe] [--shards N]
+
+``--shards N``: the namespace the orchestrators create has N shards (default: the
+engine's, 4, shared by the two orchestrators); ``--shards 1`` is one leader, as before
+shards (bench_regress.py compares it with the engine before them).
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ from whizorch.testing import LocalEtcdCluster
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from bench_apps import three  # noqa: E402
+
+
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -79,6 +89,15 @@ class Proc:
             await asyncio.sleep(0.005)  # ok: polling another process's output
         raise TimeoutError(f"no {kind} event")
 
+    def leads(self) -> bool:
+        """Whether the process leads a shard now, by its last leader/follower event of
+        each shard (an orchestrator started with ``--events``)."""
+        state: dict[object, bool] = {}
+        for _, ev in list(self.events):
+            if ev.get("event") in ("leader", "follower"):
+                state[ev.get("shard")] = ev.get("event") == "leader"
+        return any(state.values())
+
     def cpu_s(self) -> float:
         """User + system CPU seconds the process has used (Linux /proc)."""
         try:
@@ -105,16 +124,17 @@ class Proc:
             self.proc.stdout.close()
 
 
-async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool) -> None:
+async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool, shards: int | None = None) -> None:
     # --observe: every role serves /metrics and runs the Tracing middleware (no SDK:
     # what enabling them costs without an exporter); the client submits through both
     extra = ["--metrics-bind", "127.0.0.1:0", "--tracing"] if observe else []
+    sharding = ["--shards", str(shards)] if shards is not None else []
     async with LocalEtcdCluster(3, heartbeat_ms=100, election_ms=1000) as cluster:
         endpoints = ",".join(cluster.endpoints)
         procs: list[Proc] = []
         try:
             orch = [
-                Proc(["orchestrator", "--events", "--id", f"orch-{i}", "--lease-ttl", str(ttl), *extra], endpoints)
+                Proc(["orchestrator", "--events", "--id", f"orch-{i}", "--lease-ttl", str(ttl), *sharding, *extra], endpoints)
                 for i in range(2)
             ]
             procs += orch
@@ -125,13 +145,11 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool) -
             procs += list(workers.values())
             for w in workers.values():
                 await w.wait_event("worker_ready")
-            leader = None
-            while leader is None:
-                for o in orch:
-                    if any(ev.get("event") == "leader" for _, ev in o.events):
-                        leader = o
+            while not any(o.leads() for o in orch):
                 await asyncio.sleep(0.01)  # ok: waiting for the first election
-            print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s; middleware: {'metrics + tracing' if observe else 'none'}")
+            print(f"etcd {'.'.join(map(str, cluster.version))}, 3 members; 2 orchestrators, workers in eu/us/ap; ttl {ttl}s; "
+                  f"shards: {shards or 'default'}; middleware: {'metrics + tracing' if observe else 'none'}; "
+                  f"load {load()}")
 
             async with EtcdClient(cluster.endpoints) as client:
                 middleware = [Tracing(), Metrics()] if observe else []
@@ -168,10 +186,12 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool) -
                 t0 = time.monotonic()
                 rev0 = (await client.get("whizorch/none")).header.revision
                 cpu0 = sum(p.cpu_s() for p in procs)
+                each0 = [p.cpu_s() for p in procs]
                 own0 = time.process_time()
                 await asyncio.gather(*(pump() for _ in range(inflight)))
                 took = time.monotonic() - t0
                 cpu1 = sum(p.cpu_s() for p in procs)
+                each = [(p.cpu_s() - c0) / max(1, 3 * done) * 1000 for p, c0 in zip(procs, each0, strict=True)]
                 own1 = time.process_time()
                 rev1 = (await client.get("whizorch/none")).header.revision
                 steps = 3 * done
@@ -181,8 +201,14 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool) -
                 print(f"  etcd commits per step under load: {(rev1 - rev0) / steps:.2f}   (target <= 1.5)")
                 print(f"  Python CPU per step, orchestrators + workers: {(cpu1 - cpu0) / steps * 1000:.2f} ms   (target <= 1.5 ms);"
                       f" the submitting client: {(own1 - own0) / steps * 1000:.2f} ms")
+                print("  Python CPU per step, each process: " + ", ".join(
+                    [f"orch-{i} {ms:.2f} ms" for i, ms in enumerate(each[:2])] + [f"w-{r} {ms:.2f} ms" for r, ms in zip(workers, each[2:], strict=True)]
+                ))
 
                 # -- leader failover -----------------------------------------------------
+                # the process leading now: a shard may have changed hands as both
+                # orchestrators started (the one that won first hands it over)
+                leader = next(o for o in orch if o.leads())
                 other = orch[1] if leader is orch[0] else orch[0]
                 killed_at = time.monotonic()
                 leader.kill()
@@ -231,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--ttl", type=int, default=2, help="lease TTL of orchestrators and workers")
     parser.add_argument("--observe", action="store_true", help="metrics + tracing middleware on every role")
+    parser.add_argument("--shards", type=int, default=None, help="shards of the namespace (default: the engine's)")
     args = parser.parse_args(argv)
-    asyncio.run(run(args.n, args.inflight, args.duration, args.ttl, args.observe))
+    asyncio.run(run(args.n, args.inflight, args.duration, args.ttl, args.observe, args.shards))
     return 0
 
 

@@ -1,27 +1,38 @@
-"""Scale: 100,000 finished sagas retained and 10,000 in flight (issue 10, part 4).
+"""Scale: a shard's takeover with 10,000 sagas in flight, 100,000 and 300,000 retained.
 
-Seeds a local etcd (1 member by default, ``--members 3`` for a cluster) with saga
-records built by ``SagaRecord.to_json``, as the engine leaves them for the bench's
-3-step saga (bench_apps.three: reserve@eu, charge@us, ship@ap):
+Seeds a local etcd (1 member by default, ``--members 3`` for a cluster) with sagas as
+key schema 3 leaves them (``scale_seed.py``: records, ``input/``, the in-flight index
+``live/<shard>/`` and the retention index ``done/<shard>/``, no ``submit/`` key for an
+adopted saga, ``<ns>/meta``), the in-flight ones split over the namespace's shards
+(``--shards``, default 4), then, for each retained count (``--retained``, default
+100,000 and 300,000: the finished sagas are added between the two):
 
-- a finished saga: ``saga/<id>`` (completed, every step done, 8 history entries),
-  ``submit/<id>`` and one result per step;
-- an in-flight saga: its record (step 0 done, step 1 dispatched), ``submit/<id>``,
-  step 0's result and step 1's task, put on a lease granted here as a live worker's
-  lease would be, beside that worker's registration in each region (key schema v2).
+- a fresh orchestrator's takeover of every shard, ``--runs`` times (the median shown):
+  from ``Orchestrator`` start to each shard's election won (its election key's watch
+  event) and to each shard leading (its ``leader`` event), and to every shard leading;
+  the writes etcd took meanwhile, and the CPU of this process and of etcd;
+- one shard's takeover alone (the other shards' elections held by another session, as
+  when one shard moves to another orchestrator), as many times, interleaved;
+- the leader's memory per saga in flight (tracemalloc, one run of its own) and its RSS;
+- etcd bytes per finished and per in-flight saga (backend in use after compaction and
+  defragmentation), and ``whizorch sagas list`` / ``whizorch status`` timings (first
+  count only; ``--no-cli`` skips them).
 
-Then prints, each next to its target: ``whizorch sagas list`` and ``whizorch status``
-(child process and in-process), etcd bytes per finished and per in-flight saga (the
-backend's in-use bytes after compaction and defragmentation), the paged namespace
-read, and a new leader's rebuild (Orchestrator start to ``is_leader``) with its memory
-per saga (tracemalloc: Python allocations the leader holds after the rebuild).
-Figures are printed, never asserted. ``--quick``: 10,000 + 1,000 sagas.
+Then the issue's figure: the takeover at each count next to its target (<= 2 s to
+leading) and the ratio of the two counts (target: within 20%), of the wall times
+(median, and least: the run the shared machine disturbed least) and of the CPU the
+takeover cost (this process + etcd: what the work is, whatever the load). Figures are printed,
+never asserted. ``--quick``: 1,000 in flight, 10,000 and 30,000 retained (about a
+minute); the default run takes about 5 minutes on a 2-core machine.
+
+    python bench/bench_scale.py [--quick] [--shards 4] [--inflight 10000] [--retained 100000,300000]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import statistics
@@ -29,135 +40,38 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_apps as apps
+from scale_seed import Seeder, live_id, shard_of, write_all
 
 from whizorch import EtcdClient
 from whizorch.cli._inspect import Target, _status
-from whizorch.etcd import Op
-from whizorch.saga import Orchestrator, SagaRecord, StepState
+from whizorch.coord import Election, Session
+from whizorch.etcd import EventType
+from whizorch.saga import LeadershipChanged, Orchestrator
 from whizorch.saga._listing import scan_sagas
-from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
-from whizorch.saga._snapshot import read_namespace
+from whizorch.saga._model import Keys
 from whizorch.testing import LocalEtcdCluster, find_etcdctl
 
 NS = "whizorch"
-STEPS = (("reserve", "eu"), ("charge", "us"), ("ship", "ap"))
-SAGA = apps.three.name
-OPS_PER_TXN = 125  # etcd's --max-txn-ops is 128
 KEYS = Keys(NS)
+TAKEOVER_TARGET_S = 2.0
+SAME_WITHIN = 0.20
 
 
-# -- keys (docs/design.md "Key schema") ------------------------------------------------
+def load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: say how busy it was)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def result_key(sid: str, step: int, region: str) -> bytes:
-    return KEYS.result(region, sid, step, "run", 1)
-
-
-def task_key(sid: str, step: int, region: str, lease: int) -> bytes:
-    return KEYS.task(region, f"{lease:x}", sid, step, "run", 1)
-
-
-# -- values, as the engine writes them ----------------------------------------------------
-
-
-def _result(sid: str, step: int, region: str, at: float, fence: int) -> bytes:
-    return ResultPayload(
-        ok=True, output=None, worker=f"{region}-0", region=region, started=at, ended=at + 0.0005, fence=fence
-    ).to_json()
-
-
-def _record(sid: str, txid: int, at: float, done: int, lease: int = 0) -> bytes:
-    """A record with ``done`` steps done; the next one dispatched, or completed if all are."""
-    steps, history = [], [{"at": round(at, 4), "event": "adopted", "txid": txid}]
-    t = at
-    for i, (name, region) in enumerate(STEPS):
-        if i < done:
-            steps.append(StepState(
-                name=name, state="done", region=region, run=1, result=result_key(sid, i, region).decode(),
-                started=t, ended=t + 0.003, regions=[region], dispatched_at=t,
-            ))  # fmt: skip
-            history += [
-                {"at": round(t, 4), "event": "dispatched", "step": i, "region": region, "attempt": 1},
-                {"at": round(t + 0.003, 4), "event": "step_done", "step": i, "region": region, "attempt": 1},
-            ]
-            t += 0.003
-        elif i == done:
-            steps.append(StepState(name=name, state="dispatched", region=region, run=1, started=t, regions=[region],
-                                   dispatched_at=t, worker=f"{lease:x}"))  # fmt: skip
-            history.append({"at": round(t, 4), "event": "dispatched", "step": i, "region": region, "attempt": 1})
-        else:
-            steps.append(StepState(name=name))
-    final = done == len(STEPS)
-    if final:
-        history.append({"at": round(t, 4), "event": "completed"})
-    return SagaRecord(
-        id=sid, saga=SAGA, txid=txid, status="completed" if final else "running", steps=steps, created=at,
-        updated=t, finished=t if final else None, step=min(done, len(STEPS) - 1), history=history, leader_term=3,
-    ).to_json()  # fmt: skip
-
-
-def _submission(sid: str, at: float) -> bytes:
-    return encode_json({"saga": SAGA, "input": {"order": sid}, "trace": {}, "submitted": at}, what="submission")
-
-
-def finished_ops(i: int, at: float) -> list[Op]:
-    sid = f"{i:08x}-done"
-    ops = [Op.put(KEYS.saga(sid), _record(sid, 1000 + i, at, done=3)), Op.put(KEYS.submit(sid), _submission(sid, at))]
-    for step, (_, region) in enumerate(STEPS):
-        ops.append(Op.put(result_key(sid, step, region), _result(sid, step, region, at, 2000 + i)))
-    return ops
-
-
-def inflight_ops(i: int, at: float, lease: int) -> list[Op]:
-    sid = f"{i:08x}-live"
-    ops = [
-        Op.put(KEYS.saga(sid), _record(sid, 500_000 + i, at, done=1, lease=lease)), Op.put(KEYS.submit(sid), _submission(sid, at))
-    ]
-    ops.append(Op.put(result_key(sid, 0, "eu"), _result(sid, 0, "eu", at, 3000 + i)))
-    task = TaskPayload(
-        saga_id=sid, saga=SAGA, txid=500_000 + i, step=1, step_name="charge", kind="run", attempt=1, region="us",
-        input={"order": sid}, outputs={"reserve": None}, timeout_s=None,
-    )  # fmt: skip
-    ops.append(Op.put(task_key(sid, 1, "us", lease), task.to_json(), lease=lease))
-    return ops
-
-
-def live_keys(i: int, lease: int) -> list[bytes]:
-    """Every key ``inflight_ops(i, ...)`` writes."""
-    sid = f"{i:08x}-live"
-    return [KEYS.saga(sid), KEYS.submit(sid), result_key(sid, 0, "eu"), task_key(sid, 1, "us", lease)]
-
-
-async def write_all(client: EtcdClient, ops: Iterator[list[Op]], concurrency: int = 16) -> int:
-    """Every saga's ops in txns of at most OPS_PER_TXN ops, ``concurrency`` at a time."""
-    queue: asyncio.Queue[list[Op] | None] = asyncio.Queue(maxsize=concurrency * 2)
-    written = 0
-
-    async def writer() -> None:
-        nonlocal written
-        while (batch := await queue.get()) is not None:
-            await client.txn([], batch, idempotent=True)
-            written += len(batch)
-
-    tasks = [asyncio.create_task(writer()) for _ in range(concurrency)]
-    batch: list[Op] = []
-    for saga_ops in ops:
-        if len(batch) + len(saga_ops) > OPS_PER_TXN:
-            await queue.put(batch)
-            batch = []
-        batch += saga_ops
-    if batch:
-        await queue.put(batch)
-    for _ in tasks:
-        await queue.put(None)
-    await asyncio.gather(*tasks)
-    return written
+def row(what: str, value: str, target: str = "") -> None:
+    print(f"  {what:<60} {value:>16}   {target}", flush=True)
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -167,7 +81,7 @@ async def in_use(client: EtcdClient, endpoints: list[str]) -> tuple[int, int]:
     """(db size, in use) after compacting to now and defragmenting every member."""
     head = (await client.get("bench/none")).header.revision
     await client.compact(head, physical=True)
-    defrag = [find_etcdctl(), "--endpoints", ",".join(endpoints), "--command-timeout=120s", "defrag"]
+    defrag = [find_etcdctl(), "--endpoints", ",".join(endpoints), "--command-timeout=300s", "defrag"]
     await asyncio.to_thread(subprocess.run, defrag, check=True, capture_output=True)
     sizes = [await client.status(e) for e in endpoints]
     return max(s.db_size for s in sizes), max(s.db_size_in_use for s in sizes)
@@ -198,16 +112,6 @@ def cli(endpoints: list[str], *args: str, runs: int = 3) -> float:
     return statistics.median(samples)
 
 
-def python_startup() -> float:
-    """The median time of a child interpreter importing whizorch's CLI and exiting."""
-    samples = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import whizorch.cli._inspect"], check=True)
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def rss() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -215,112 +119,258 @@ def rss() -> int:
     return 0
 
 
-async def rebuild(client: EtcdClient, *, trace: bool, timeout_s: float) -> tuple[float, int, int]:
-    """Start an Orchestrator on the data and wait until it leads: (seconds, traced bytes
-    it holds once leading (0 without ``trace``), RSS growth)."""
+@attrs.frozen
+class Takeover:
+    """One fresh orchestrator's start, until it leads every shard."""
+
+    total_s: float
+    """Start to every shard leading."""
+    won_s: dict[int, float]
+    """Start to each shard's election key (campaign won: no other candidate)."""
+    leading_s: dict[int, float]
+    """Start to each shard's ``leader`` event (its takeover done)."""
+    revisions: int
+    """etcd revisions from start to leading: the node's own keys (its membership, one
+    election key per shard) and whatever the takeover wrote."""
+    cost: Cost
+    """Wall time to every shard leading, and the CPU of this process (the leader's, and
+    the watch's) and of etcd meanwhile."""
+    held: int
+    """tracemalloc: bytes allocated and still held once leading (0 when not traced)."""
+    rss_growth: int
+
+
+async def takeover(client: EtcdClient, cluster: LocalEtcdCluster, *, trace: bool, timeout_s: float) -> Takeover:
+    """Start an Orchestrator on the data and wait until it leads every shard."""
     gc.collect()
     rss0 = rss()
+    won: dict[int, float] = {}
+    leading: dict[int, float] = {}
+    rev0 = (await client.get(KEYS.meta)).header.revision
+    head = len(KEYS.prefix("leader"))
+
+    def on_event(ev: object) -> None:
+        if isinstance(ev, LeadershipChanged) and ev.leading and ev.shard is not None:
+            leading.setdefault(ev.shard, time.perf_counter() - t0)
+
+    async def elections() -> None:
+        async with client.watch(KEYS.prefix("leader"), prefix=True, start_revision=rev0 + 1) as w:
+            async for ev in w:
+                if ev.type is EventType.PUT:
+                    shard = int(ev.kv.key[head:].partition(b"/")[0])
+                    won.setdefault(shard, time.perf_counter() - t0)
+
     if trace:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
+    watcher = asyncio.ensure_future(elections())
+    await asyncio.sleep(0.05)  # ok: let the watch be created before the orchestrator starts
+    etcd0, cpu0 = etcd_cpu(cluster), time.process_time()
     t0 = time.perf_counter()
-    async with Orchestrator(client, apps.app, namespace=NS, node_id="bench-scale", lease_ttl_s=10) as orch:
-        await orch.wait_leader(timeout_s)
-        took = time.perf_counter() - t0
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - base if trace else 0
-        grown = rss() - rss0
-    if trace:
-        tracemalloc.stop()
-    return took, held, grown
+    try:
+        async with Orchestrator(
+            client, apps.scale_app, namespace=NS, node_id="bench-scale", lease_ttl_s=10, on_event=on_event
+        ) as orch:
+            await orch.wait_leader(timeout_s)
+            total = time.perf_counter() - t0
+            cost = Cost(total, time.process_time() - cpu0, etcd_cpu(cluster) - etcd0)
+            rev1 = (await client.get(KEYS.meta)).header.revision
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - base if trace else 0
+            grown = rss() - rss0
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        if trace:
+            tracemalloc.stop()
+    return Takeover(total, won, leading, rev1 - rev0, cost, held, grown)
 
 
-def row(what: str, value: str, target: str = "") -> None:
-    print(f"  {what:<58} {value:>16}   {target}", flush=True)
+def pid_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 when it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@attrs.frozen
+class Cost:
+    """One takeover: wall time to leading, and the CPU it took from this process (the
+    orchestrator) and from etcd's members."""
+
+    wall_s: float
+    cpu_s: float
+    etcd_cpu_s: float
+
+    @property
+    def all_cpu_s(self) -> float:
+        return self.cpu_s + self.etcd_cpu_s
+
+
+async def one_shard(client: EtcdClient, cluster: LocalEtcdCluster, shard: int, shards: int, timeout_s: float) -> Cost:
+    """A fresh orchestrator's start to leading ``shard`` while another session holds
+    every other shard's election (so this node takes over that one shard alone, as a
+    shard moving to another orchestrator does)."""
+    led = asyncio.Event()
+    async with Session(client, ttl_s=30) as holder:
+        held = [Election(holder, KEYS.shard_leader(k)) for k in range(shards) if k != shard]
+        for e in held:
+            await e.campaign("bench-holder")
+
+        def on_event(ev: object) -> None:
+            if isinstance(ev, LeadershipChanged) and ev.leading and ev.shard == shard:
+                led.set()
+
+        etcd0, cpu0 = etcd_cpu(cluster), time.process_time()
+        t0 = time.perf_counter()
+        async with Orchestrator(
+            client, apps.scale_app, namespace=NS, node_id="bench-scale", lease_ttl_s=10, on_event=on_event
+        ):
+            await asyncio.wait_for(led.wait(), timeout_s)
+            cost = Cost(time.perf_counter() - t0, time.process_time() - cpu0, etcd_cpu(cluster) - etcd0)
+        for e in held:
+            await e.resign()
+    return cost
+
+
+def etcd_cpu(cluster: LocalEtcdCluster) -> float:
+    return sum(pid_cpu_s(m.pid) for m in cluster.members)
+
+
+def verdict(wall: float) -> str:
+    return f"<= {TAKEOVER_TARGET_S:.0f} s: {'met' if wall <= TAKEOVER_TARGET_S else 'MISSED'}"
+
+
+def runs_text(costs: list[Cost]) -> str:
+    return f"(runs: {', '.join(f'{c.wall_s:.2f}' for c in costs)}; CPU: this process {statistics.median(c.cpu_s for c in costs):.2f} s, " \
+        f"etcd {statistics.median(c.etcd_cpu_s for c in costs):.2f} s)"
+
+
+async def measure_takeovers(
+    client: EtcdClient, cluster: LocalEtcdCluster, args: argparse.Namespace, n_live: int, n_done: int
+) -> dict[str, list[Cost]]:
+    """Print the takeover figures at one retained count: every shard by a fresh
+    orchestrator, and shard 0 alone, ``--runs`` of each, interleaved."""
+    every: list[Takeover] = []
+    alone: list[Cost] = []
+    for _ in range(args.runs):
+        every.append(await takeover(client, cluster, trace=False, timeout_s=args.timeout))
+        alone.append(await one_shard(client, cluster, 0, args.shards, args.timeout))
+    print(f"\ntakeover: a fresh orchestrator, {args.shards} shards, {n_live:,} in flight, {n_done:,} finished retained "
+          f"(median of {len(every)}; load {load()})")  # fmt: skip
+    for k in range(args.shards):
+        won = statistics.median(r.won_s.get(k, float("nan")) for r in every)
+        led = statistics.median(r.leading_s.get(k, float("nan")) for r in every)
+        live = sum(1 for i in range(n_live) if shard_of(live_id(i), args.shards) == k)
+        row(f"shard {k} ({live:,} in flight): election won / leading", f"{won:.2f} / {led:.2f} s", f"takeover {led - won:.2f} s")
+    costs = [r.cost for r in every]
+    total = statistics.median(c.wall_s for c in costs)
+    row("start to every shard leading", f"{total:.2f} s", f"{verdict(total)}  {runs_text(costs)}")
+    row("  etcd writes meanwhile", f"{statistics.median(r.revisions for r in every):.0f}",
+        f"its membership + {args.shards} election keys = {args.shards + 1}; the rest: the takeover's")  # fmt: skip
+    live0 = sum(1 for i in range(n_live) if shard_of(live_id(i), args.shards) == 0)
+    one = statistics.median(c.wall_s for c in alone)
+    row(f"shard 0 alone ({live0:,} in flight; the others held elsewhere)", f"{one:.2f} s", f"{verdict(one)}  {runs_text(alone)}")
+    traced = await takeover(client, cluster, trace=True, timeout_s=args.timeout)
+    row("leader memory per saga in flight (tracemalloc, all it holds)", f"{traced.held / max(1, n_live):,.0f} B",
+        f"{traced.held / 2**20:,.1f} MiB in all; RSS +{traced.rss_growth / 2**20:,.0f} MiB")  # fmt: skip
+    return {f"every shard ({n_live:,} in flight)": costs, f"one shard alone ({live0:,} in flight)": alone}
 
 
 async def run(args: argparse.Namespace) -> None:
-    n_done, n_live = (10_000, 1_000) if args.quick else (args.finished, args.inflight)
-    print(f"bench_scale: {n_done:,} finished + {n_live:,} in-flight sagas, key schema v2, "
-          f"{args.members} etcd member(s), {os.cpu_count()} CPUs", flush=True)  # fmt: skip
-    async with LocalEtcdCluster(args.members, heartbeat_ms=100, election_ms=1000) as cluster:
+    n_live = 1_000 if args.quick else args.inflight
+    levels = sorted((10_000, 30_000) if args.quick else args.retained)
+    seeder = Seeder(KEYS, args.shards)
+    print(f"bench_scale: {n_live:,} in flight over {args.shards} shards; {', '.join(f'{n:,}' for n in levels)} finished "
+          f"retained; key schema 3, {args.members} etcd member(s), {os.cpu_count()} CPUs; load {load()}", flush=True)  # fmt: skip
+    extra = ["--quota-backend-bytes=8589934592"]  # 300,000 retained sagas take more than the 2 GiB default
+    async with LocalEtcdCluster(args.members, heartbeat_ms=100, election_ms=1000, extra_args=extra) as cluster:
         endpoints = list(cluster.endpoints)
         async with EtcdClient(endpoints, timeout_s=60.0, retry_deadline_s=60.0) as client:
+            await client.txn([], seeder.namespace_ops())
             _, used0 = await in_use(client, endpoints)
             now = time.time() - 60.0  # finished a minute ago: inside the default retention (3600 s)
 
-            t0 = time.perf_counter()
-            await write_all(client, (finished_ops(i, now) for i in range(n_done)))
-            seed_done = time.perf_counter() - t0
-            _, used1 = await in_use(client, endpoints)
-
-            print("\netcd bytes (backend in use after compaction + defrag)")
-            row("per finished saga (record, submission, 3 results)", f"{(used1 - used0) / n_done:,.0f} B")
-            row(f"seeding {n_done:,} finished sagas", f"{seed_done:.1f} s")
-
-
             lease = (await client.lease_grant(3600)).id  # a live worker's lease, for the bench's length
-            caps = {"worker": "bench", "compliance": [], "cost": 0.0, "concurrency": 1000, "load": 0.0}
-            for region in ("eu", "us", "ap"):  # the worker's registrations: every region is healthy
-                await client.put(KEYS.region(region, lease), encode_json({**caps, "region": region}, what="caps"), lease=lease)
+            await client.txn([], seeder.worker_ops(lease))
             t0 = time.perf_counter()
-            await write_all(client, (inflight_ops(i, now, lease) for i in range(n_live)))
+            await write_all(client, (seeder.in_flight(i, now, lease) for i in range(n_live)))
             seed_live = time.perf_counter() - t0
-            size2, used2 = await in_use(client, endpoints)
-            row("per in-flight saga (record, submission, 1 result, 1 task)", f"{(used2 - used1) / n_live:,.0f} B")
+            _, used1 = await in_use(client, endpoints)
+            print("\netcd bytes (backend in use after compaction + defrag)")
+            row("per in-flight saga (record, input, result, task, live/ entry)", f"{(used1 - used0) / n_live:,.0f} B")
             row(f"seeding {n_live:,} in-flight sagas", f"{seed_live:.1f} s")
-            row("db size / in use, all seeded", f"{size2 / 2**20:,.1f} / {used2 / 2**20:,.1f} MiB",
-                "quota: 2 GiB default, 8 GiB suggested max")  # fmt: skip
 
-            print("\nCLI (median of 3)")
-            startup = python_startup()
-            row("python -c 'import whizorch.cli._inspect' (startup alone)", f"{startup:.2f} s")
-            row("whizorch sagas list --json (child process)", f"{cli(endpoints, 'sagas', 'list', '--json'):.2f} s", "<= 1 s")
-            row("whizorch sagas list --status failed (none match; --scan bound)",
-                f"{cli(endpoints, 'sagas', 'list', '--status', 'failed', '--json'):.2f} s", "<= 1 s")  # fmt: skip
-            row("whizorch status --json (child process)", f"{cli(endpoints, 'status', '--json'):.2f} s", "<= 1 s")
-            target = Target(client, KEYS)
-            took, _ = await timed(lambda: scan_sagas(client, KEYS, limit=100))
-            row("sagas list, in process (scan_sagas limit=100)", f"{took * 1000:.0f} ms", "<= 1 s")
-            took, page = await timed(lambda: scan_sagas(client, KEYS, limit=100, status="failed", max_scan=5_000))
-            row(f"  --status failed, in process ({page.scanned:,} scanned)", f"{took * 1000:.0f} ms", "<= 1 s")
-            took, doc = await timed(lambda: _status(target))
-            row("status, in process", f"{took * 1000:.0f} ms", "<= 1 s")
-            s = doc["sagas"]
-            print(f"    status sagas: total {s['total']:,}, exact {s['exact']}, scanned {s['scanned']:,}; "
-                  f"tasks {sum(r['tasks'] for r in doc['regions']):,}")  # fmt: skip
+            seeded = 0
+            figures: dict[int, dict[str, list[Cost]]] = {}
+            for level in levels:
+                t0 = time.perf_counter()
+                await write_all(client, (seeder.finished(i, now) for i in range(seeded, level)))
+                took = time.perf_counter() - t0
+                used_before = used1
+                size, used1 = await in_use(client, endpoints)
+                print(f"\n{level:,} finished retained")
+                row("per finished saga (record, input, 3 results, done/ entry)",
+                    f"{(used1 - used_before) / (level - seeded):,.0f} B")  # fmt: skip
+                row(f"seeding {level - seeded:,} finished sagas", f"{took:.1f} s")
+                row("db size / in use, all seeded", f"{size / 2**20:,.1f} / {used1 / 2**20:,.1f} MiB")
+                seeded = level
+                if not args.no_cli and level == levels[0]:
+                    await cli_figures(client, endpoints)
+                figures[level] = await measure_takeovers(client, cluster, args, n_live, level)
 
-            print("\nnamespace read at one revision")
-            took, (kvs, _) = await timed(lambda: read_namespace(client, f"{NS}/".encode(), page_size=args.page_size), 1)
-            row(f"read_namespace, pages of {args.page_size:,} ({len(kvs):,} keys)", f"{took:.2f} s")
-            del kvs
-            took, res = await timed(lambda: client.get(f"{NS}/", prefix=True), 1)
-            row(f"one Range ({len(res.kvs):,} keys)", f"{took:.2f} s")
-            del res
+            print(f"\nissue 17: takeover with {n_live:,} in flight over {args.shards} shards (load {load()})")
+            for what in figures[levels[0]]:
+                for level in levels:
+                    wall = statistics.median(c.wall_s for c in figures[level][what])
+                    row(f"{level:,} retained: {what}", f"{wall:.2f} s", verdict(wall))
+                if len(levels) > 1:
+                    lo, hi = figures[levels[0]][what], figures[levels[-1]][what]
+                    for name, pick in (("wall, median", lambda c: c.wall_s), ("wall, least", lambda c: c.wall_s),
+                                       ("CPU, this process + etcd", lambda c: c.all_cpu_s)):  # fmt: skip
+                        agg = min if "least" in name else statistics.median
+                        ratio = agg(map(pick, hi)) / agg(map(pick, lo))
+                        row(f"  {levels[-1]:,} vs {levels[0]:,} retained ({name})", f"{ratio:.2f}x",
+                            f"within {SAME_WITHIN:.0%}: {'met' if abs(ratio - 1) <= SAME_WITHIN else 'MISSED'}")  # fmt: skip
 
-            if not args.no_rebuild:
-                print("\nleader rebuild (Orchestrator start to is_leader; engine of this checkout)")
-                took, _, grown = await rebuild(client, trace=False, timeout_s=args.rebuild_timeout)
-                row(f"rebuild, {n_done:,} finished + {n_live:,} in flight", f"{took:.2f} s", "<= 5 s")
-                row("  RSS growth of this process while leading", f"{grown / 2**20:,.0f} MiB")
-                _, held_all, _ = await rebuild(client, trace=True, timeout_s=args.rebuild_timeout)
-                # the in-flight sagas removed again: what the leader holds for the finished alone
-                deletes = ([Op.delete(k) for k in live_keys(i, lease)] for i in range(n_live))
-                await write_all(client, deletes)
-                _, held_done, _ = await rebuild(client, trace=True, timeout_s=args.rebuild_timeout)
-                row("leader memory per finished saga (tracemalloc)", f"{held_done / n_done:,.0f} B")
-                row("leader memory per in-flight saga (tracemalloc)", f"{(held_all - held_done) / n_live:,.0f} B")
+
+async def cli_figures(client: EtcdClient, endpoints: list[str]) -> None:
+    print("\nCLI (median of 3)")
+    row("whizorch sagas list --json (child process)", f"{cli(endpoints, 'sagas', 'list', '--json'):.2f} s", "<= 1 s")
+    row("whizorch sagas list --status failed (none match; --scan bound)",
+        f"{cli(endpoints, 'sagas', 'list', '--status', 'failed', '--json'):.2f} s", "<= 1 s")  # fmt: skip
+    row("whizorch status --json (child process)", f"{cli(endpoints, 'status', '--json'):.2f} s", "<= 1 s")
+    took, _ = await timed(lambda: scan_sagas(client, KEYS, limit=100))
+    row("sagas list, in process (scan_sagas limit=100)", f"{took * 1000:.0f} ms", "<= 1 s")
+    took, doc = await timed(lambda: _status(Target(client, KEYS)))
+    row("status, in process", f"{took * 1000:.0f} ms", "<= 1 s")
+    s = doc["sagas"]
+    print(f"    status sagas: total {s['total']:,}, exact {s['exact']}, scanned {s['scanned']:,}")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(n.replace("_", "")) for n in text.split(",") if n]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts, e.g. 100000,300000") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--finished", type=int, default=100_000)
-    parser.add_argument("--inflight", type=int, default=10_000)
+    parser.add_argument("--inflight", type=int, default=10_000, help="sagas in flight (default 10,000)")
+    parser.add_argument("--retained", type=_counts, default=[100_000, 300_000],
+                        help="finished sagas retained, one takeover figure each (default 100000,300000)")  # fmt: skip
+    parser.add_argument("--shards", type=int, default=4, help="the namespace's shards (default 4)")
     parser.add_argument("--members", type=int, default=1, help="etcd members (default 1)")
-    parser.add_argument("--page-size", type=int, default=2000)
-    parser.add_argument("--rebuild-timeout", type=float, default=300.0)
-    parser.add_argument("--no-rebuild", action="store_true", help="skip the Orchestrator rebuilds")
-    parser.add_argument("--quick", action="store_true", help="10,000 finished + 1,000 in flight")
+    parser.add_argument("--runs", type=int, default=3, help="takeovers per retained count (default 3)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a takeover may take before the bench gives up")
+    parser.add_argument("--no-cli", action="store_true", help="skip the CLI timings")
+    parser.add_argument("--quick", action="store_true", help="1,000 in flight; 10,000 and 30,000 retained")
     asyncio.run(run(parser.parse_args(argv)))
     return 0
 

@@ -38,6 +38,11 @@ __all__ = ["take_over"]
 
 log = logging.getLogger("whizorch.saga.orchestrator")
 
+YIELD_EVERY = 200
+"""Records a takeover decodes between two yields to the event loop: a shard with
+thousands of sagas in flight must not hold the loop for seconds, since the session's
+keepalives, the split-brain probe and the process's other shards run in it."""
+
 
 async def take_over(term: ShardLeader) -> int:
     """Rebuild the term's view of its shard and resume every saga in flight; return
@@ -57,7 +62,9 @@ async def take_over(term: ShardLeader) -> int:
     specs: dict[tuple[str, str], SagaSpec | None] = {}
     live: list[LeaderSaga] = []
     untouched: set[str] = set()
-    for kv in snap.records:
+    for n, kv in enumerate(snap.records, 1):
+        if n % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # ok: a yield, so the loop runs keepalives and other shards
         try:
             sid = keys.saga_id(kv.key, "saga")
         except DecodeError as exc:
