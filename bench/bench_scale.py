@@ -55,8 +55,8 @@ from whizorch.cli._inspect import Target, _status
 from whizorch.coord import Election, Session
 from whizorch.etcd import EventType
 from whizorch.saga import LeadershipChanged, Orchestrator
+from whizorch.saga._keys import Keys
 from whizorch.saga._listing import scan_sagas
-from whizorch.saga._model import Keys
 from whizorch.testing import LocalEtcdCluster, find_etcdctl
 
 NS = "whizorch"

@@ -30,7 +30,8 @@ import bench_apps as apps
 from whizorch import EtcdClient
 from whizorch.etcd import Op
 from whizorch.saga import SagaRecord, StepState
-from whizorch.saga._model import Keys, ResultPayload, TaskPayload, encode_json
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import ResultPayload, TaskPayload, encode_json
 from whizorch.saga._spec import SagaSpec
 
 SAGA = apps.scale.name

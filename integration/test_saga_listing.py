@@ -9,7 +9,8 @@ from whizorch import EtcdClient
 from whizorch.errors import ConfigError
 from whizorch.etcd import Op
 from whizorch.saga import SagaClient, SagaRecord, StepState
-from whizorch.saga._model import Keys, encode_json
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import encode_json
 
 
 def record(sid: str, status: str, saga: str = "trip") -> bytes:

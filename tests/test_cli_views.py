@@ -34,7 +34,8 @@ from whizorch.cli._views import (
 )
 from whizorch.etcd import KeyValue, Member, Status, version_warning
 from whizorch.saga import SagaRecord, StepState
-from whizorch.saga._model import OPTIONAL_STEP_FIELDS, Keys
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import OPTIONAL_STEP_FIELDS
 
 T0 = 1_700_000_000.0
 

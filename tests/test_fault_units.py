@@ -24,7 +24,8 @@ from whizorch.errors import (
 )
 from whizorch.etcd import _errors
 from whizorch.saga._fencing import run_fenced
-from whizorch.saga._model import Keys, NewerRecordError, ResultPayload, SagaRecord, TaskPayload
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import NewerRecordError, ResultPayload, SagaRecord, TaskPayload
 from whizorch.saga._supervise import BackgroundTasks, Backoff, is_transient
 from whizorch.saga._view import capabilities
 

@@ -11,9 +11,9 @@ import pytest
 
 from whizorch import ConfigError, DecodeError, RequestTooLargeError
 from whizorch.saga._definition import App, Retry, Saga, Step, StepContext, call_handler
+from whizorch.saga._keys import Keys
 from whizorch.saga._model import (
     MAX_HISTORY,
-    Keys,
     NewerRecordError,
     ResultPayload,
     SagaRecord,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from whizorch.saga._definition import Retry, Saga
+from whizorch.saga._keys import Keys
 from whizorch.saga._machine import (
     COMPENSATE,
     RUN,
@@ -23,7 +24,7 @@ from whizorch.saga._machine import (
     adopt,
     apply,
 )
-from whizorch.saga._model import Keys, SagaRecord
+from whizorch.saga._model import SagaRecord
 from whizorch.saga._spec import StepSpec
 
 T0 = 1_000.0

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 
 from whizorch.saga import RegionInfo, Retry, Router, Saga, Settings
+from whizorch.saga._keys import Keys
 from whizorch.saga._machine import (
     COMPENSATE,
     RUN,
@@ -50,7 +51,6 @@ from whizorch.saga._model import (
     MAX_HISTORY,
     RUNNING,
     STATUSES,
-    Keys,
     SagaRecord,
     StepState,
 )

@@ -7,7 +7,7 @@ import pytest
 from whizorch.errors import ConfigError
 from whizorch.etcd import prefix_end
 from whizorch.etcd.auth import Permission, PermType
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 from whizorch.saga.roles import (
     RoleKind,
     RoleSpec,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from whizorch.etcd import KeyValue
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 from whizorch.saga._status import leader_summary, leaders_of
 
 

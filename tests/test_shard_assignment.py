@@ -8,7 +8,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 from whizorch.saga._shards import Member, ShardBoard, assign, members_from, shard_of
 
 NODES = st.lists(st.text("abcdefgh0123456789-", min_size=1, max_size=8), min_size=1, max_size=9, unique=True)

@@ -18,6 +18,7 @@ from whizorch.saga._events import (
     StepFailedOver,
 )
 from whizorch.saga._fencing import fenced_txn
+from whizorch.saga._keys import SAGA_ID, Keys
 from whizorch.saga._listing import Listing, Submitted, scan_sagas
 from whizorch.saga._machine import Settings
 from whizorch.saga._middleware import (
@@ -31,9 +32,7 @@ from whizorch.saga._middleware import (
 )
 from whizorch.saga._model import (
     FINAL_STATUSES,
-    SAGA_ID,
     STATUSES,
-    Keys,
     SagaRecord,
     StepKind,
     StepState,

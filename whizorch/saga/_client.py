@@ -32,13 +32,12 @@ from whizorch.errors import (
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult, TxnResult
 from whizorch.saga._definition import Saga
 from whizorch.saga._definitions import publish
+from whizorch.saga._keys import SAGA_ID, Keys
 from whizorch.saga._listing import Submitted, scan_sagas
 from whizorch.saga._middleware import Middleware, Submission, check_middleware, run_pipeline
 from whizorch.saga._model import (
     COMPLETED,
-    SAGA_ID,
     STATUSES,
-    Keys,
     ResultPayload,
     SagaRecord,
     SubmissionPayload,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
 from whizorch.saga._definition import App
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 from whizorch.saga._spec import SagaSpec
 
 __all__ = ["Definitions", "publish"]

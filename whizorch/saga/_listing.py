@@ -19,7 +19,8 @@ import attrs
 from whizorch._check import is_int
 from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import EtcdClient, KeyValue, prefix_end
-from whizorch.saga._model import SAGA_ID, STATUSES, Keys, SagaRecord, SubmissionPayload
+from whizorch.saga._keys import SAGA_ID, Keys
+from whizorch.saga._model import STATUSES, SagaRecord, SubmissionPayload
 
 __all__ = ["Listing", "Submitted", "scan_sagas"]
 

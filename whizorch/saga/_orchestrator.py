@@ -46,6 +46,7 @@ from whizorch.saga._events import (
     RegionsHealthy,
     SafeModeEntered,
 )
+from whizorch.saga._keys import Keys
 from whizorch.saga._latency import LatencyMonitor
 from whizorch.saga._locality import bring_raft_leader
 from whizorch.saga._middleware import (
@@ -54,7 +55,7 @@ from whizorch.saga._middleware import (
     check_middleware,
     leadership_changed,
 )
-from whizorch.saga._model import Keys, encode_json
+from whizorch.saga._model import encode_json
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
 from whizorch.saga._shards import ShardBoard, open_namespace, shard_of

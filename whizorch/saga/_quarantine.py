@@ -20,7 +20,8 @@ from typing import Any
 from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue
 from whizorch.saga._events import InputQuarantined
-from whizorch.saga._model import Keys, decode_json, encode_json
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import decode_json, encode_json
 
 __all__ = ["Quarantine"]
 

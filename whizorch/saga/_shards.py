@@ -20,7 +20,7 @@ import attrs
 from whizorch._check import is_int
 from whizorch.errors import ConfigError, DecodeError
 from whizorch.etcd import Compare, EtcdClient, Op, RangeResult
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 
 __all__ = ["SCHEMA", "Member", "ShardBoard", "assign", "members_from", "open_namespace", "shard_of"]
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue, Member, Status, version_warning
-from whizorch.saga._model import Keys, SagaRecord, decode_json
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import SagaRecord, decode_json
 from whizorch.saga._view import capabilities
 
 __all__ = [

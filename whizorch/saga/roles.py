@@ -48,7 +48,7 @@ import attrs
 
 from whizorch.errors import ConfigError
 from whizorch.etcd import Permission, PermType, prefix_end
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 
 __all__ = [
     "RoleKind",

@@ -14,7 +14,8 @@ import attrs
 
 from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
-from whizorch.saga._model import FAILED, Keys, SagaRecord, StepKind, TaskPayload
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import FAILED, SagaRecord, StepKind, TaskPayload
 from whizorch.saga._spec import SagaSpec
 
 __all__ = [

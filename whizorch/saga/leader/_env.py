@@ -19,8 +19,8 @@ from whizorch.saga import _machine as m
 from whizorch.saga._contact import ContactGate
 from whizorch.saga._definitions import Definitions
 from whizorch.saga._events import OrchestratorEvent
+from whizorch.saga._keys import Keys
 from whizorch.saga._middleware import Middleware
-from whizorch.saga._model import Keys
 from whizorch.saga._quarantine import Quarantine
 from whizorch.saga._router import Router
 from whizorch.saga._supervise import BackgroundTasks

@@ -10,7 +10,8 @@ from __future__ import annotations
 from whizorch.errors import DecodeError
 from whizorch.etcd import KeyValue
 from whizorch.saga import _machine as m
-from whizorch.saga._model import Keys, ResultPayload
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import ResultPayload
 from whizorch.saga.leader._cache import LeaderSaga
 
 __all__ = ["learn_output", "result_event", "unknown_definition"]

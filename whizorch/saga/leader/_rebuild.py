@@ -17,7 +17,7 @@ import asyncio
 import attrs
 
 from whizorch.etcd import EtcdClient, KeyValue
-from whizorch.saga._model import Keys
+from whizorch.saga._keys import Keys
 from whizorch.saga._shards import shard_of
 from whizorch.saga._snapshot import read_many
 

@@ -25,7 +25,8 @@ from whizorch.coord import Fence
 from whizorch.errors import OutcomeUnknownError
 from whizorch.etcd import BatchRefused, Compare, EtcdClient, KeyValue, Op, RangeResult, TxnBatcher
 from whizorch.saga import _machine as m
-from whizorch.saga._model import FAILED, Keys, SagaRecord, StepState, encode_json
+from whizorch.saga._keys import Keys
+from whizorch.saga._model import FAILED, SagaRecord, StepState, encode_json
 from whizorch.saga._view import Workers
 from whizorch.saga.leader._cache import (
     NO_INPUT,
