@@ -190,16 +190,23 @@ async def test_compensated_saga_records_the_exception_and_the_compensations(obse
 async def test_leader_change_mid_saga_keeps_one_trace(observed: Observed) -> None:
     """The old leader's saga span ends as leadership_lost; the new leader's resumed span joins the same trace."""
     first = await observed.start()
-    second = await observed.orchestrator()
     HOLD["trip-3"] = asyncio.Event()
     handle = await observed.sagas.submit(tour, {}, saga_id="trip-3")
 
     async def us_running() -> None:
         assert observed.workers["us"].running == 1
 
-    await eventually_async(us_running, timeout=15)
+    # adopted and driven by the only orchestrator; the second joins only then (it could
+    # otherwise be given trip-3's shard before the saga starts, and lead it from the start)
+    await eventually_async(us_running, timeout=30)
+    second = await observed.orchestrator()
     await first.aclose()  # resigns: the other candidate takes over at once
-    await second.wait_leader(10)
+    shard = shard_of("trip-3", first.shard_count)
+
+    def second_leads_trip3() -> None:
+        assert shard in second.shards
+
+    await eventually_async(second_leads_trip3, timeout=30)
     HOLD["trip-3"].set()
     result = await handle.result(timeout_s=30)
     assert result.ok
@@ -207,13 +214,13 @@ async def test_leader_change_mid_saga_keeps_one_trace(observed: Observed) -> Non
     def resumed_finished() -> None:
         assert [s.name for s in observed.spans("trip-3")].count("orchestrate tour") == 2
 
-    await eventually_async(resumed_finished, timeout=10)
+    await eventually_async(resumed_finished, timeout=30)
     spans = observed.spans("trip-3")
     assert len({s.context.trace_id for s in spans}) == 1
     lost, resumed = sorted((s for s in spans if s.name == "orchestrate tour"), key=lambda s: s.start_time or 0)
     assert (lost.attributes or {})["whizorch.leadership_lost"] is True
     assert (resumed.attributes or {})["whizorch.resumed"] is True
-    assert (resumed.attributes or {})["whizorch.term"] == second.shards[shard_of("trip-3", second.shard_count)]
+    assert (resumed.attributes or {})["whizorch.term"] == second.shards[shard]
     assert resumed.parent is not None and resumed.parent.span_id == lost.context.span_id
     # steps hang under the first orchestrate span, whose context the record keeps
     assert all(s.parent is not None and s.parent.span_id == lost.context.span_id for s in spans if s.name.startswith("step "))
