@@ -24,6 +24,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check whizorch tests integration bench scripts examples
 	$(BIN)/mypy
+	MYPYPATH=bench $(BIN)/mypy --explicit-package-bases bench/*.py
 
 bench: setup
 	$(BIN)/python bench/bench_coord.py $(ARGS)

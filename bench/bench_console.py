@@ -1,7 +1,7 @@
 """The web console's figures (issue 16), each printed next to its target.
 
 Seeds a local etcd with 100,000 finished + 10,000 in-flight sagas the way
-bench_scale.py does (its seeding, reused), starts ``whizorch console`` as a process of
+bench_scale.py does (``scale_seed.py``'s Seeder, 4 shards), starts ``whizorch console`` as a process of
 its own, and measures:
 
 - the console's first read of the namespace (it then keeps current from one watch);
@@ -30,11 +30,15 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_scale as scale
+from scale_seed import Seeder, write_all
 
 from whizorch import EtcdClient
+from whizorch.saga._keys import Keys
 from whizorch.testing import LocalEtcdCluster
 
+NS = "whizorch"
+KEYS = Keys(NS)
+SHARDS = 4
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -81,7 +85,7 @@ async def browser_lag(url: str, client: EtcdClient, sid: str, samples: int) -> l
         return "playwright not installed"
     if not Path(CHROMIUM).exists():  # noqa: ASYNC240
         return f"no {CHROMIUM}"
-    key = scale.KEYS.saga(sid)
+    key = KEYS.saga(sid)
     raw = json.loads((await client.get(key)).kvs[0].value)
     lags = []
     async with async_playwright() as pw:
@@ -112,16 +116,16 @@ async def run(args: argparse.Namespace) -> None:
         async with EtcdClient(endpoints, timeout_s=60.0, retry_deadline_s=60.0) as client:
             now = time.time() - 60.0
             t0 = time.perf_counter()
-            await scale.write_all(client, (scale.finished_ops(i, now) for i in range(n_done)))
+            seeder = Seeder(KEYS, SHARDS)
+            await client.txn([], seeder.namespace_ops())
+            await write_all(client, (seeder.finished(i, now) for i in range(n_done)))
             lease = (await client.lease_grant(3600)).id
-            caps = {"worker": "bench", "compliance": [], "cost": 0.0, "concurrency": 1000, "load": 0.0}
-            for region in ("eu", "us", "ap"):
-                await client.put(scale.KEYS.region(region, lease), json.dumps({**caps, "region": region}), lease=lease)
-            await scale.write_all(client, (scale.inflight_ops(i, now, lease) for i in range(n_live)))
+            await client.txn([], seeder.worker_ops(lease))
+            await write_all(client, (seeder.in_flight(i, now, lease) for i in range(n_live)))
             print(f"  seeded in {time.perf_counter() - t0:.1f} s", flush=True)
 
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "whizorch", "console", "--etcd", ",".join(endpoints), "--namespace", scale.NS,
+                sys.executable, "-m", "whizorch", "console", "--etcd", ",".join(endpoints), "--namespace", NS,
                 "--bind", "127.0.0.1:0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
             assert proc.stdout is not None

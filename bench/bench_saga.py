@@ -152,7 +152,7 @@ async def run(n: int, inflight: int, duration: float, ttl: int, observe: bool, s
                   f"load {load()}")
 
             async with EtcdClient(cluster.endpoints) as client:
-                middleware = [Tracing(), Metrics()] if observe else []
+                middleware: list[Any] = [Tracing(), Metrics()] if observe else []
                 sc = SagaClient(client, namespace="whizorch", middleware=middleware)
                 for i in range(20):  # warm-up
                     await sc.execute(three, {"i": i}, timeout_s=30)

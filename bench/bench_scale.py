@@ -48,13 +48,13 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_apps as apps
-from scale_seed import Seeder, live_id, shard_of, write_all
+from scale_seed import Seeder, live_id, write_all
 
 from whizorch import EtcdClient
 from whizorch.cli._inspect import Target, _status
 from whizorch.coord import Election, Session
 from whizorch.etcd import EventType
-from whizorch.saga import LeadershipChanged, Orchestrator
+from whizorch.saga import LeadershipChanged, Orchestrator, shard_of
 from whizorch.saga._keys import Keys
 from whizorch.saga._listing import scan_sagas
 from whizorch.testing import LocalEtcdCluster, find_etcdctl
@@ -81,8 +81,8 @@ async def in_use(client: EtcdClient, endpoints: list[str]) -> tuple[int, int]:
     """(db size, in use) after compacting to now and defragmenting every member."""
     head = (await client.get("bench/none")).header.revision
     await client.compact(head, physical=True)
-    defrag = [find_etcdctl(), "--endpoints", ",".join(endpoints), "--command-timeout=300s", "defrag"]
-    await asyncio.to_thread(subprocess.run, defrag, check=True, capture_output=True)
+    defrag = [str(find_etcdctl()), "--endpoints", ",".join(endpoints), "--command-timeout=300s", "defrag"]
+    await asyncio.to_thread(lambda: subprocess.run(defrag, check=True, capture_output=True))
     sizes = [await client.status(e) for e in endpoints]
     return max(s.db_size for s in sizes), max(s.db_size_in_use for s in sizes)
 

@@ -39,7 +39,6 @@ import statistics
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
 
 import attrs
@@ -50,7 +49,7 @@ from bench_apps import three  # noqa: E402
 from bench_saga import Proc, load, pct  # noqa: E402
 
 from whizorch import EtcdClient  # noqa: E402
-from whizorch.saga import SagaClient  # noqa: E402
+from whizorch.saga import SagaClient, shard_of  # noqa: E402
 from whizorch.testing import LocalEtcdCluster  # noqa: E402
 
 REGIONS = ("eu", "us", "ap")
@@ -66,11 +65,6 @@ def pid_cpu_s(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def shard_of(saga_id: str, shards: int) -> int:
-    """As ``whizorch.saga._shards.shard_of``."""
-    return zlib.crc32(saga_id.encode()) % shards
 
 
 def led(proc: Proc) -> dict[int, float]:

@@ -512,7 +512,10 @@ def region_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: 
                     "--namespace", NAMESPACE, name=f"submit-region-{i + 1}")
         procs.append(sub)
         victim = roles.workers[KILL_REGION]
-        victim.wait(lambda ev, sid=sid: ev.get("event") == "step_started" and ev["saga_id"] == sid, 60, "held step")
+        def held(ev: dict[str, Any], sid: str = sid) -> bool:
+            return bool(ev.get("event") == "step_started" and ev["saga_id"] == sid)
+
+        victim.wait(held, 60, "held step")
         killed_at = time.time()
         victim.kill()
         moved = None
@@ -534,8 +537,10 @@ def region_failover(lab: RegionLab, leader: str, ttl: int, roles: Roles, procs: 
         if i + 1 < rounds:  # the region back, and the leader routing to it again, before the next kill
             back_at = time.time()
             roles.start_worker(KILL_REGION)
-            roles.leader().wait(lambda ev, t=back_at: ev.get("event") == "regions" and KILL_REGION in ev["healthy"]
-                                and ev["_read"] >= t, 30, f"{KILL_REGION} healthy again")
+            def healthy_again(ev: dict[str, Any], t: float = back_at) -> bool:
+                return bool(ev.get("event") == "regions" and KILL_REGION in ev["healthy"] and ev["_read"] >= t)
+
+            roles.leader().wait(healthy_again, 30, f"{KILL_REGION} healthy again")
     return Row(f"regional failover ({KILL_REGION} -> {', '.join(sorted(to))})", SPEC["region failover"][0], samples=took,
                floor=ttl * 1000, target=f"<= TTL + 1 s = {ttl + 1} s", limit=(ttl + 1) * 1000, unit="s",
                note="kill -> the step's handler starts elsewhere")
@@ -608,11 +613,16 @@ def split_brain(lab: RegionLab, leader: str, contact_s: float, cuts: int, roles:
         cut_at = time.time()
         lab.isolate(leader)
         try:
-            ev = orch.wait(lambda ev, t=cut_at: ev.get("event") == "safe_mode" and ev["_read"] >= t, 30, "safe_mode event")
+            def safe_mode(ev: dict[str, Any], t: float = cut_at) -> bool:
+                return bool(ev.get("event") == "safe_mode" and ev["_read"] >= t)
+
+            ev = orch.wait(safe_mode, 30, "safe_mode event")
         finally:
             lab.heal()
-        back = orch.wait(lambda ev, t=cut_at: ev.get("event") in ("contact_restored", "follower") and ev["_read"] >= t,
-                         30, "contact_restored event")
+        def restored(ev: dict[str, Any], t: float = cut_at) -> bool:
+            return bool(ev.get("event") in ("contact_restored", "follower") and ev["_read"] >= t)
+
+        back = orch.wait(restored, 30, "contact_restored event")
         took.append((float(ev["at"]) - cut_at) * 1000)
         print(f"  {orch.name}: safe mode {took[-1]:.0f} ms after the cut (etcd's leader was in {etcd_leader}); "
               f"after the heal: {back['event']}" + (f" (writes paused {back['paused_s']:.2f}s)" if "paused_s" in back else ""))

