@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("uvicorn", reason="the console extra is not installed (pip install -e '.[console]')")
 
@@ -157,3 +159,65 @@ def test_bad_binds_and_tokens_are_refused_with_the_fix() -> None:
         ConsoleSettings(host="10.0.0.5")
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
+
+
+_STATUSES = ("running", "completed", "failed", "compensated")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sagas=st.lists(st.tuples(st.sampled_from(_STATUSES), st.sampled_from(("order", "transfer"))), max_size=40),
+    pending=st.lists(st.integers(0, 60), max_size=5),
+    status=st.none() | st.sampled_from((*_STATUSES, "pending")),
+    saga_type=st.none() | st.sampled_from(("order", "transfer", "nothing")),
+    region=st.none() | st.just("eu"),
+    limit=st.integers(1, 7),
+    before=st.none() | st.integers(0, 420),
+)
+def test_a_page_is_the_naive_walks_page(
+    sagas: list[tuple[str, str]], pending: list[int], status: str | None, saga_type: str | None,
+    region: str | None, limit: int, before: int | None,
+) -> None:
+    """Where the counters know the matches the walk stops at the page's end: the page,
+    its count and its cursor are still what walking every saga gives."""
+    index = SagaIndex()
+    for i, (st_, saga) in enumerate(sagas):
+        index.put_record(f"s{i}", _record(f"s{i}", st_, txid=i * 10, saga=saga, regions=("eu",) if i % 2 else ("us",)))
+    for rev in pending:
+        index.put_submission(f"p{rev}", _sub(f"p{rev}", rev * 7 + 1))
+    q = Query(status=status, saga_type=saga_type, region=region, limit=limit, before=before)
+    every = sorted(index, key=lambda e: (e.txid, e.id), reverse=True)
+    matching = [e for e in every if q.matches(e)]
+    eligible = [e for e in matching if before is None or e.txid < before]
+    page = index.page(q)
+    assert [e.id for e in page.entries] == [e.id for e in eligible[:limit]]
+    assert page.matched == len(matching)
+    assert page.next_before == (eligible[limit - 1].txid if len(eligible) > limit else None)
+
+
+async def test_the_consoles_connections_send_without_nagles_delay() -> None:
+    """Every connection the console accepts has TCP_NODELAY, as asyncio gives a socket
+    that names IPPROTO_TCP: without it each response waited out Nagle and the client's
+    delayed ACK (about 40 ms a page, measured by bench_console.py)."""
+    import asyncio
+    import socket
+
+    from whizorch import EtcdClient
+    from whizorch.console import ConsoleServer
+
+    async with EtcdClient(["127.0.0.1:1"], timeout_s=1.0) as client:  # never asked: nothing is served from etcd here
+        sock = ConsoleServer(client, ConsoleSettings(port=0))._bind()
+    options: list[int] = []
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        options.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(accepted, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        async with asyncio.timeout(30):
+            while not options:
+                await asyncio.sleep(0.01)
+        writer.close()
+    assert options == [1]

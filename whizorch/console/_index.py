@@ -237,25 +237,48 @@ class SagaIndex:
     # -- reads -------------------------------------------------------------------------
 
     def page(self, q: Query) -> Page:
-        """The sagas matching ``q``, newest first, ``q.limit`` of them after ``q.before``."""
+        """The sagas matching ``q``, newest first, ``q.limit`` of them after ``q.before``.
+
+        With no filter, or one on status or saga type alone, the count of matches is
+        kept and the walk stops at the page's end (a page costs its rows); any other
+        filter walks the whole index once to count its matches."""
         order = self._order
         top = len(order) if q.before is None else bisect.bisect_left(order, (q.before, ""))
+        known = self._matches(q)
+        if known == 0:
+            return Page(entries=[], matched=0, next_before=None)
         out: list[Entry] = []
         matched = 0
         by_id = self._by_id
         more = False
-        # the whole index is walked once to count the matches; the page is the first ``limit``
-        for i in range(len(order) - 1, -1, -1):
+        for i in range(top - 1 if known is not None else len(order) - 1, -1, -1):
             e = by_id[order[i][1]]
             if not q.matches(e):
                 continue
             matched += 1
+            if known is not None and q.before is None and matched == known and len(out) < q.limit:
+                out.append(e)  # the last match there is: the rest of the walk finds none
+                break
             if i < top:
                 if len(out) < q.limit:
                     out.append(e)
                 else:
                     more = True
-        return Page(entries=out, matched=matched, next_before=out[-1].txid if more else None)
+                    if known is not None:
+                        break
+        return Page(entries=out, matched=matched if known is None else known, next_before=out[-1].txid if more else None)
+
+    def _matches(self, q: Query) -> int | None:
+        """How many sagas match ``q``, where the counters know it without a walk."""
+        if q.region is not None or q.id_prefix or q.since is not None or q.until is not None:
+            return None
+        if q.status is None and q.saga_type is None:
+            return len(self._by_id)
+        if q.saga_type is None:
+            return self.counts.get(q.status or "", 0)
+        if q.status is None:
+            return self.types.get(q.saga_type, 0)
+        return None
 
     def status_counts(self) -> dict[str, int]:
         """Sagas by status (every status named, zeros included), and ``total``."""
