@@ -9,15 +9,14 @@ directory brings the same cluster back.
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
-from typing import Any, TextIO
+from typing import TextIO
 
 import click
 
+from whizorch._foreground import Foreground
 from whizorch.config import load_config
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.testing import LocalEtcdCluster
@@ -107,53 +106,36 @@ def _run(
     members: int, heartbeat_ms: int | None, election_ms: int | None, config: str | None, data_dir: str | None,
     etcd_bin: str | None, start_timeout: float, out: TextIO,
 ) -> int:
-    stop = threading.Event()
-    started = False
-    received: list[str] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signal.Signals(signum).name)
-        if not started:
-            # unwinds the start, which kills what it started
-            raise KeyboardInterrupt
-        stop.set()
-
-    restore: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            restore[signum] = signal.signal(signum, on_signal)
-    try:
-        timing = load_config(config).consensus.local_cluster_kwargs()
-        cluster = LocalEtcdCluster(
-            members,
-            etcd_bin=etcd_bin,
-            heartbeat_ms=heartbeat_ms if heartbeat_ms is not None else timing["heartbeat_ms"],
-            election_ms=election_ms if election_ms is not None else timing["election_ms"],
-            data_dir=data_dir,
-            start_timeout=start_timeout,
-        )
-        cluster.start()
-        started = True
+    with Foreground() as fg:
         try:
-            _describe(cluster, out)
-            _watch(cluster, stop)
-            print(f"{received[-1]}: stopping etcd ...", file=out, flush=True)
-        finally:
-            cluster.close(graceful=True)
-        print("etcd stopped.", file=out, flush=True)
-        return 0
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WhizorchError as exc:
-        print(f"error: the etcd cluster did not start: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{received[-1] if received else 'SIGINT'}: stopped while starting", file=sys.stderr)
-        return 130
-    finally:
-        for number, handler in restore.items():
-            signal.signal(number, handler)
+            timing = load_config(config).consensus.local_cluster_kwargs()
+            cluster = LocalEtcdCluster(
+                members,
+                etcd_bin=etcd_bin,
+                heartbeat_ms=heartbeat_ms if heartbeat_ms is not None else timing["heartbeat_ms"],
+                election_ms=election_ms if election_ms is not None else timing["election_ms"],
+                data_dir=data_dir,
+                start_timeout=start_timeout,
+            )
+            cluster.start()
+            fg.started = True
+            try:
+                _describe(cluster, out)
+                _watch(cluster, fg.stop)
+                print(f"{fg.last}: stopping etcd ...", file=out, flush=True)
+            finally:
+                cluster.close(graceful=True)
+            print("etcd stopped.", file=out, flush=True)
+            return 0
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except WhizorchError as exc:
+            print(f"error: the etcd cluster did not start: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{fg.last}: stopped while starting", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

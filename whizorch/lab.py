@@ -12,16 +12,15 @@ made. While it runs, lines on stdin change the network::
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
 import click
 
+from whizorch._foreground import Foreground
 from whizorch.errors import ConfigError, WhizorchError
 from whizorch.testing import RegionLab, parse_pairs
 
@@ -190,61 +189,45 @@ def _run(
     regions: str, rtt: list[str], jitter_ms: float, mode: Literal["auto", "netns", "approximate"], heartbeat_ms: int,
     election_ms: int | None, etcd_bin: str | None, config_out: Path | None, start_timeout: float, out: TextIO,
 ) -> int:
-    stop = threading.Event()
-    started = False
-    received: list[str] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signal.Signals(signum).name)
-        if not started:
-            raise KeyboardInterrupt  # unwinds the start, which removes what it made
-        stop.set()
-
-    restore: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            restore[signum] = signal.signal(signum, on_signal)
-    try:
-        lab = RegionLab(
-            [r.strip() for r in regions.split(",") if r.strip()],
-            rtt_ms=parse_pairs(rtt, what="--rtt") if rtt else None,
-            jitter_ms=jitter_ms,
-            mode=mode,
-            etcd_bin=etcd_bin,
-            heartbeat_ms=heartbeat_ms,
-            election_ms=election_ms,
-            start_timeout=start_timeout,
-        )
-        with lab:
-            started = True
-            lab.wait_leader_region()
-            if config_out is not None:
-                config_out.write_text(lab.config_toml())
-                print(f"regions written to {config_out}", file=out)
-            _describe(lab, out)
-            threading.Thread(
-                target=_read_commands, args=(lab, stop, out), name="lab-stdin", daemon=True
-            ).start()
-            broken = _watch(lab, stop)
-            if broken is not None:
-                print(f"error: {broken}; stopping the lab", file=sys.stderr, flush=True)
-            else:
-                print(f"{received[-1]}: stopping the lab ...", file=out, flush=True)
-        print("lab stopped; nothing left behind.", file=out, flush=True)
-        return 1 if broken is not None else 0
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WhizorchError as exc:
-        what = "the region lab failed" if started else "the region lab did not start"
-        print(f"error: {what}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{received[-1] if received else 'SIGINT'}: stopped while starting", file=sys.stderr)
-        return 130
-    finally:
-        for number, handler in restore.items():
-            signal.signal(number, handler)
+    with Foreground() as fg:
+        try:
+            lab = RegionLab(
+                [r.strip() for r in regions.split(",") if r.strip()],
+                rtt_ms=parse_pairs(rtt, what="--rtt") if rtt else None,
+                jitter_ms=jitter_ms,
+                mode=mode,
+                etcd_bin=etcd_bin,
+                heartbeat_ms=heartbeat_ms,
+                election_ms=election_ms,
+                start_timeout=start_timeout,
+            )
+            with lab:
+                fg.started = True
+                lab.wait_leader_region()
+                if config_out is not None:
+                    config_out.write_text(lab.config_toml())
+                    print(f"regions written to {config_out}", file=out)
+                _describe(lab, out)
+                threading.Thread(
+                    target=_read_commands, args=(lab, fg.stop, out), name="lab-stdin", daemon=True
+                ).start()
+                broken = _watch(lab, fg.stop)
+                if broken is not None:
+                    print(f"error: {broken}; stopping the lab", file=sys.stderr, flush=True)
+                else:
+                    print(f"{fg.last}: stopping the lab ...", file=out, flush=True)
+            print("lab stopped; nothing left behind.", file=out, flush=True)
+            return 1 if broken is not None else 0
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except WhizorchError as exc:
+            what = "the region lab failed" if fg.started else "the region lab did not start"
+            print(f"error: {what}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{fg.last}: stopped while starting", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":
