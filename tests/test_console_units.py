@@ -208,16 +208,17 @@ async def test_the_consoles_connections_send_without_nagles_delay() -> None:
     async with EtcdClient(["127.0.0.1:1"], timeout_s=1.0) as client:  # never asked: nothing is served from etcd here
         sock = ConsoleServer(client, ConsoleSettings(port=0))._bind()
     options: list[int] = []
+    served = asyncio.Event()
 
     async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         options.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        served.set()
         writer.close()
 
     server = await asyncio.start_server(accepted, sock=sock)
     async with server:
         _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
         async with asyncio.timeout(30):
-            while not options:
-                await asyncio.sleep(0.01)
+            await served.wait()
         writer.close()
     assert options == [1]
