@@ -320,10 +320,12 @@ class EtcdMember(MemberURLs):
         if process is None:
             return
         if process.poll() is None:
-            # SIGKILL ends a stopped process too; resuming first keeps its state plain
-            self.resume()
+            # a paused member is killed frozen (SIGKILL ends a stopped process): it never
+            # runs again, not even for the instant a resume first would give it to send
+            # what it missed (as the docker backend's kill); SIGCONT after it is a no-op
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
+            self.resume()
         process.wait()
         self._paused = False
 
