@@ -303,7 +303,9 @@ async def test_an_allowed_cancel_works_and_a_disallowed_one_is_refused(
     await page.locator("#confirm").click()
     await expect(page.locator("#cancel-requested")).to_be_visible(timeout=WAIT_MS)
     capps.release(deployment.dir, sid)
-    await expect(page.locator("#status")).to_have_text("compensated", timeout=WAIT_MS)
+    # roles on 2 s leases: on a starved machine sessions lapse and runs are handed over
+    # (a full loaded run once took over 30 s here); the page follows whatever it takes
+    await expect(page.locator("#status")).to_have_text("compensated", timeout=4 * WAIT_MS)
     rec = await sagas.get(sid)
     assert rec is not None and rec.status == "compensated" and rec.cancel_requested
 
