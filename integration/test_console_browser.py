@@ -200,6 +200,17 @@ async def _held(d: Deployment, sid: str) -> None:
     await eventually_async(lambda: capps.held(d.dir, sid), timeout=30, message=f"saga {sid} holding")
 
 
+async def _story(d: Deployment, sagas: SagaClient, sid: str) -> str:
+    """What a failure message needs: the saga's record and history from etcd, and what every role printed."""
+    rec = await sagas.get(sid)
+    lines = [f"saga {sid}: {rec.status if rec else 'not found'}"]
+    if rec is not None:
+        lines += [f"  step {st.name}: {st.state} in {st.region} (run {st.run}, compensation run {st.comp_run})" for st in rec.steps]
+        lines += [f"  {json.dumps(h, default=str)}" for h in rec.history]
+    lines += [child.describe() for child in d.roles.values()]
+    return "\n".join(lines)
+
+
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -305,7 +316,10 @@ async def test_an_allowed_cancel_works_and_a_disallowed_one_is_refused(
     capps.release(deployment.dir, sid)
     # roles on 2 s leases: on a starved machine sessions lapse and runs are handed over
     # (a full loaded run once took over 30 s here); the page follows whatever it takes
-    await expect(page.locator("#status")).to_have_text("compensated", timeout=4 * WAIT_MS)
+    try:
+        await expect(page.locator("#status")).to_have_text("compensated", timeout=4 * WAIT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await _story(deployment, sagas, sid)}") from None
     rec = await sagas.get(sid)
     assert rec is not None and rec.status == "compensated" and rec.cancel_requested
 

