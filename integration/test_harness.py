@@ -634,3 +634,14 @@ async def test_eventually_async_awaits_async_predicates() -> None:
 
     with pytest.raises(AssertionError, match="not true within"):
         await eventually_async(hangs, timeout=0.05)
+
+    async def wrong_then_hangs() -> None:
+        state["n"] += 1
+        if state["n"] > 10:
+            await asyncio.Event().wait()  # the last attempt is cut off by the deadline
+        raise AssertionError(f"still wrong: {state['n']}")
+
+    state["n"] = 0
+    with pytest.raises(AssertionError, match="not true within") as caught:
+        await eventually_async(wrong_then_hangs, timeout=1.0, interval=0.001)
+    assert str(caught.value.__cause__) == "still wrong: 10"  # the last real failure, not the cut-off

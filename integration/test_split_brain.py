@@ -104,9 +104,9 @@ async def test_leader_region_cut_off_stops_writing_before_the_majority_takes_ove
     await eventually_async(lambda: not o_eu.events("leader")[1:], timeout=1)  # never led again
 
     async def rejoined() -> None:  # eu is an orchestrator again; us keeps the shard
-        members = await direct.get(f"{NS}/orch/", prefix=True)
-        assert sorted(json.loads(kv.value)["node"] for kv in members.kvs) == ["o-eu", "o-us"]
-        assert [kv.value for kv in (await direct.get(f"{NS}/leader/", prefix=True)).kvs] == [b"o-us"]
+        members = sorted(json.loads(kv.value)["node"] for kv in (await direct.get(f"{NS}/orch/", prefix=True)).kvs)
+        leaders = [kv.value for kv in (await direct.get(f"{NS}/leader/", prefix=True)).kvs]
+        assert (members, leaders) == (["o-eu", "o-us"], [b"o-us"]), (o_eu.describe(), o_us.describe())
 
     await eventually_async(rejoined, timeout=30)
     assert o_eu.running and o_us.running, o_eu.describe()

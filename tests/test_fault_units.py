@@ -314,3 +314,53 @@ async def test_contact_monitor_enters_safe_mode_within_its_deadline_and_leaves_i
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_contact_monitor_gives_the_first_answer_twice_the_deadline() -> None:
+    """The first probe answer of a term may wait two of etcd's read-index rounds: a
+    first answer after 1.5 x the deadline is no safe mode; after that, the deadline
+    holds again; a monitor that never hears an answer enters safe mode."""
+    from whizorch.saga._contact import ContactMonitor
+
+    loop = asyncio.get_running_loop()
+    opens_at = loop.time() + 0.3  # deadline 0.2: the first answer comes at 1.5 x
+    answering = asyncio.Event()
+
+    async def probe(timeout_s: float) -> None:
+        await asyncio.sleep(max(0.0, opens_at - loop.time()))  # ok: etcd's slow first round
+        await answering.wait()
+
+    answering.set()
+    changes: list[bool] = []
+    mon = ContactMonitor(probe, deadline_s=0.2, on_change=lambda ok, s: changes.append(ok))
+    task = asyncio.ensure_future(mon.run())
+    try:
+        async with asyncio.timeout(10):
+            while not mon._answered:
+                await asyncio.sleep(0.005)  # ok: polling the monitor
+        assert changes == [], changes
+        answering.clear()  # from now on the plain deadline applies
+        async with asyncio.timeout(10):
+            while mon.ok.is_set():
+                await asyncio.sleep(0.005)  # ok: polling the monitor
+        assert changes == [False]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def silent(timeout_s: float) -> None:
+        await asyncio.Event().wait()
+
+    changes.clear()
+    mon = ContactMonitor(silent, deadline_s=0.2, on_change=lambda ok, s: changes.append(ok))
+    started = loop.time()
+    task = asyncio.ensure_future(mon.run())
+    try:
+        async with asyncio.timeout(10):
+            while mon.ok.is_set():
+                await asyncio.sleep(0.005)  # ok: polling the monitor
+        assert loop.time() - started >= 0.4  # twice the deadline before the first answer
+        assert changes == [False]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -10,6 +10,15 @@ write until contact returns. Writes already in flight are fenced as always (a ne
 leader's term makes them fail); safe mode just stops sending more. If contact returns
 while the session still lives, writes resume (no new election, no rebuild); if it
 does not, the session is lost and the node steps down as before.
+
+The first answer gets twice the deadline. etcd serves linearizable reads in rounds (one
+read-index request to the Raft leader and a heartbeat to a quorum at a time); a read
+that arrives while a round is in flight waits for the next one. Once probes flow, an
+answer arrives every round; but the first probe of a term can wait for two rounds,
+and with etcd's leader a WAN away (the lab's eu reading through ap: about 350 ms a
+round) that is longer than the deadline, so a node that just won leadership would
+enter safe mode for nothing. A cut at the very start of a term is therefore detected
+within twice the deadline, later ones within the deadline.
 """
 
 from __future__ import annotations
@@ -42,6 +51,8 @@ class ContactMonitor:
         self.ok = asyncio.Event()
         self.ok.set()  # leadership was just won with quorum writes: contact holds
         self._last_ok = 0.0
+        self._answered = False
+        """Whether a probe has answered since `run` began (until then, twice the deadline)."""
         self._excused = 0
         self.lost_at: float | None = None
         """Loop time safe mode began (None while in contact)."""
@@ -74,6 +85,7 @@ class ContactMonitor:
         # however far etcd's leader is, so a slow but live quorum never looks lost, and
         # a cut one is noticed a deadline after its last answer whatever the distance
         self._last_ok = loop.time()
+        self._answered = True
         self._judge(self._last_ok)
 
     @contextlib.contextmanager
@@ -91,7 +103,8 @@ class ContactMonitor:
         if self._excused:
             self._last_ok = now
         silent = now - self._last_ok
-        if self.ok.is_set() and silent > self.deadline_s:
+        allowed = self.deadline_s if self._answered else 2 * self.deadline_s  # see the module docstring
+        if self.ok.is_set() and silent > allowed:
             self.ok.clear()
             self.lost_at = now
             log.warning("no contact with etcd's quorum for %.3fs: safe mode, writes paused", silent)

@@ -115,7 +115,9 @@ async def eventually_async(
         except TimeoutError as exc:
             if not attempt_deadline.expired() and not isinstance(exc, retry_on):
                 raise
-            error, last = exc, _NOT_YET
+            if error is None or not attempt_deadline.expired():
+                error = exc  # an attempt cut off by the deadline keeps the last real failure
+            last = _NOT_YET
         except retry_on as exc:
             error, last = exc, _NOT_YET
         else:

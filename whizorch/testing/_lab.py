@@ -121,8 +121,11 @@ class RegionLab(Harness):
         delay is drawn from ``delay +- jitter`` (one number, or a table like
         ``rtt_ms``); order within a connection is kept. ``heartbeat_ms`` and
         ``election_ms``: etcd's Raft timing (default election timeout: 10 x the largest
-        round trip, at least 1000 ms, as etcd advises across regions). ``extra_args``:
-        more etcd flags. ``seed``: the jitter's random seed.
+        round trip, at least 1000 ms, as etcd advises across regions). Members run with
+        ``--pre-vote=true`` (etcd 3.5's default; etcd 3.4's is false, and there a member
+        cut off keeps raising its Raft term and deposes the leader when it is healed, a
+        few seconds with no leader). ``extra_args``: more etcd flags (they come later,
+        so ``--pre-vote=false`` turns it off). ``seed``: the jitter's random seed.
         """
         super().__init__()
         self.regions = check_regions(regions)
@@ -150,7 +153,7 @@ class RegionLab(Harness):
             "etcd_bin": self.etcd_bin,
             "heartbeat_ms": heartbeat_ms,
             "election_ms": election_ms,
-            "extra_args": extra_args,
+            "extra_args": ("--pre-vote=true", *extra_args),
             "start_timeout": start_timeout,
         }
         self._cluster: LabCluster | None = None
