@@ -7,13 +7,13 @@ them with rich.
 
 from __future__ import annotations
 
-import datetime
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
+from whizorch._format import fmt_duration, fmt_time
 from whizorch.etcd import KeyValue
 from whizorch.saga import (
     FINAL_STATUSES,
@@ -69,23 +69,6 @@ FINAL = tuple(s for s in STATUSES if s in FINAL_STATUSES)
 # -- formatting --------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: float | None) -> str:
-    """``0.25s``, ``12.3s``, ``4m05s``, ``2h03m``, ``3d04h``; ``-`` for None."""
-    if seconds is None:
-        return "-"
-    s = max(0.0, seconds)
-    if s < 10:
-        return f"{s:.2f}s"
-    if s < 60:
-        return f"{s:.1f}s"
-    whole = int(s)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
-
-
 def fmt_route(regions: Sequence[str]) -> str:
     """A step's regions in order, repeats (retries in one region) collapsed: ``eu -> us``."""
     route: list[str] = []
@@ -93,13 +76,6 @@ def fmt_route(regions: Sequence[str]) -> str:
         if not route or route[-1] != r:
             route.append(r)
     return " -> ".join(route) if route else "-"
-
-
-def fmt_time(at: float | None) -> str:
-    """A wall-clock time as ISO 8601 UTC to the millisecond; ``-`` for None."""
-    if at is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _span(start: float | None, end: float | None) -> float | None:

@@ -25,6 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from whizorch._format import fmt_duration, fmt_time
 from whizorch.console._detail import read_detail
 from whizorch.console._draw import draw
 from whizorch.console._hub import OVERVIEW, SAGAS, Hub, saga_topic
@@ -43,25 +44,6 @@ PING_S = 15.0
 _ID_RE = re.compile(SAGA_ID)
 
 
-def _fmt_time(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
-
-
-def _fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0.0, seconds)
-    if s < 1:
-        return f"{s * 1000:.0f} ms"
-    if s < 60:
-        return f"{s:.2f} s"
-    if s < 3600:
-        return f"{int(s) // 60}m{int(s) % 60:02d}s"
-    return f"{int(s) // 3600}h{int(s) % 3600 // 60:02d}m"
-
-
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("whizorch.console", "templates"),
@@ -70,8 +52,8 @@ def _env() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["t"] = _fmt_time
-    env.filters["dur"] = _fmt_duration
+    env.filters["t"] = fmt_time
+    env.filters["dur"] = fmt_duration
     env.filters["num"] = lambda n: f"{n:,}" if isinstance(n, int) else ("-" if n is None else str(n))
     return env
 
